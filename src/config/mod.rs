@@ -1,0 +1,389 @@
+//! Configuration: the TOML file an operator writes, turned into typed values.
+//!
+//! Loading has two stages (ripgrep's low/high args): [`raw`] holds serde structs that deny unknown
+//! keys, and [`validate`] turns them into a [`Config`] whose values cannot express an invalid
+//! state (`Duration`, `SocketAddr`, `IpNet`, resolved region and check names). Every problem is
+//! collected and reported at once as a list of [`ConfigError`]s, each naming the file, the key and
+//! what is wrong. This module does no network I/O; it reads only the config file itself. Zone
+//! files and the GeoIP database are checked when the snapshot is built (`crate::app`).
+
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use validate::{load, parse_duration, parse_str};
+
+/// Default DNS listen address when `server.dns_listen` is absent.
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";
+/// Default admin listen address when `server.admin_listen` is absent.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8053";
+/// Default TTL of dynamic answers, in seconds.
+pub const DEFAULT_SERVICE_TTL: u32 = 30;
+/// Default interval between two probes of one target.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time a probe may take before it counts as failed.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default consecutive successes for a target to go up.
+pub const DEFAULT_RISE: u32 = 2;
+/// Default consecutive failures for a target to go down.
+pub const DEFAULT_FALL: u32 = 3;
+/// Default idle time after which a DNS TCP connection is closed.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on concurrent DNS TCP connections.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// Default time a webhook POST may take.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of retries of a failed webhook POST.
+pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+
+/// One problem found in the configuration (or in a file it names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The line in that file, where known (zone files).
+    pub line: Option<usize>,
+    /// The key, as a dotted path (`service[0].endpoints[1].region`); empty for whole-file errors.
+    pub key: String,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Returns an error for `key` in `file`.
+    pub fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Returns the same error with a line number.
+    pub fn at_line(mut self, line: usize) -> Self {
+        self.line = Some(line);
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A list of config errors, displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this was read from; relative paths below are already resolved against
+    /// its directory.
+    pub source: PathBuf,
+    /// `[server]`.
+    pub server: Server,
+    /// `[notify]`, if present.
+    pub notify: Option<Notify>,
+    /// `[[zone]]`, in file order.
+    pub zones: Vec<ZoneSpec>,
+    /// `[region.*]`, in file order.
+    pub regions: Vec<Region>,
+    /// `[nets]`: client network -> region name, in file order (lookups use longest prefix).
+    pub nets: Vec<NetOverride>,
+    /// `[check.*]`, in file order.
+    pub checks: Vec<Check>,
+    /// `[[service]]`, in file order.
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    /// Returns the region called `name`.
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Returns the check called `name`.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+/// `[server]`: sockets, files and identity.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// DNS listen addresses; UDP and TCP are bound on each. Port 0 picks a free port.
+    pub dns_listen: Vec<SocketAddr>,
+    /// Admin HTTP listen address (loopback by default); `None` when set to `""` (disabled).
+    pub admin_listen: Option<SocketAddr>,
+    /// File holding the bearer token for mutating admin calls.
+    pub admin_token_file: Option<PathBuf>,
+    /// File where operator overrides (drains) are persisted.
+    pub state_file: Option<PathBuf>,
+    /// MaxMind-format GeoIP database.
+    pub geoip: Option<PathBuf>,
+    /// RFC 5001 name server identifier, returned when a query asks for it.
+    pub nsid: Option<String>,
+    /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
+    pub udp_workers: Option<usize>,
+    /// Idle time after which a DNS TCP connection is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Cap on concurrent DNS TCP connections; more are closed at accept.
+    pub tcp_max_connections: usize,
+}
+
+/// `[notify]`: where state changes are posted.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// `http://` or `https://` URL that receives a JSON POST per target state change.
+    pub webhook_url: String,
+    /// Time one POST may take.
+    pub timeout: Duration,
+    /// Retries after a failed POST (with backoff).
+    pub retries: u32,
+}
+
+/// One `[[zone]]`.
+#[derive(Debug, Clone)]
+pub struct ZoneSpec {
+    /// Zone origin, lowercase, fully qualified (`example.net.`).
+    pub origin: String,
+    /// Zone file (RFC 1035 master file), resolved.
+    pub file: PathBuf,
+}
+
+/// One `[region.NAME]`: where a region's endpoints live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    /// The region's name (the table key).
+    pub name: String,
+    /// Degrees north, -90..=90.
+    pub latitude: f64,
+    /// Degrees east, -180..=180.
+    pub longitude: f64,
+    /// Kilometres subtracted from the distance to this region by `nearest` (negative: farther).
+    pub bias_km: f64,
+}
+
+/// One `[nets]` entry: clients in `net` are treated as located in `region`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOverride {
+    /// Client network (host bits cleared).
+    pub net: IpNet,
+    /// Region name (exists in `regions`).
+    pub region: String,
+}
+
+/// The kind of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// HTTP GET.
+    Http,
+    /// HTTP GET over TLS.
+    Https,
+    /// TCP connect.
+    Tcp,
+}
+
+impl CheckKind {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// One accepted HTTP status: an exact code or a class (`2` for "2xx").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    /// An exact code, e.g. 204.
+    Code(u16),
+    /// A class: the hundreds digit, e.g. 2 for "2xx".
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// Returns true when `status` is accepted by this entry.
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// One `[check.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Check {
+    /// The check's name (the table key).
+    pub name: String,
+    /// http, https or tcp.
+    pub kind: CheckKind,
+    /// Port probed on each target address.
+    pub port: u16,
+    /// HTTP path (http/https only), starting with `/`.
+    pub path: String,
+    /// Host header and TLS SNI (http/https); default: the target address.
+    pub host: Option<String>,
+    /// Time between two probes of one target.
+    pub interval: Duration,
+    /// Time a probe may take; always less than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: NonZeroU32,
+    /// Consecutive failures to go down.
+    pub fall: NonZeroU32,
+    /// Accepted statuses (http/https); default `["2xx"]`.
+    pub expect_status: Vec<StatusMatch>,
+    /// Text the body must contain (http/https), searched in the first bytes of the body.
+    pub body_contains: Option<String>,
+    /// Extra request headers (http/https), in key order.
+    pub headers: Vec<(String, String)>,
+    /// Verify the server certificate (https); default true.
+    pub tls_verify: bool,
+}
+
+/// How a service orders its regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// By great-circle distance from the client (minus each region's bias).
+    Nearest,
+    /// By endpoint priority (lower first), then config order.
+    Failover,
+    /// Randomly by weight among healthy endpoints.
+    Weighted,
+    /// By the service's country/continent map.
+    Geo,
+    /// Every healthy target, up to `max_answers`.
+    All,
+}
+
+impl Policy {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Nearest => "nearest",
+            Policy::Failover => "failover",
+            Policy::Weighted => "weighted",
+            Policy::Geo => "geo",
+            Policy::All => "all",
+        }
+    }
+}
+
+/// What a service answers when no target is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WhenAllDown {
+    /// Fail open: answer as if every target were up.
+    All,
+    /// NOERROR with no address (NODATA).
+    Empty,
+    /// SERVFAIL.
+    Servfail,
+}
+
+impl WhenAllDown {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenAllDown::All => "all",
+            WhenAllDown::Empty => "empty",
+            WhenAllDown::Servfail => "servfail",
+        }
+    }
+}
+
+/// A key of a `geo` map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GeoKey {
+    /// `country:XX`: an ISO 3166 country code (uppercase).
+    Country(String),
+    /// `continent:XX`: a continent code (AF AN AS EU NA OC SA).
+    Continent(String),
+    /// A bare two-letter code: matched as a country first, then as a continent.
+    Either(String),
+}
+
+/// A `geo` policy map: location keys -> ordered region lists, with a default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GeoMap {
+    /// Entries in file order.
+    pub entries: Vec<(GeoKey, Vec<String>)>,
+    /// Regions for clients no entry matches (and clients with no location).
+    pub default: Vec<String>,
+}
+
+/// One `[[service]]`: a dynamic name and how it is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Owner name, lowercase, fully qualified (`api.example.net.`); inside one of the zones.
+    pub name: String,
+    /// How regions are ordered.
+    pub policy: Policy,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// Addresses per answer (at least 1).
+    pub max_answers: usize,
+    /// What to answer when no target is usable.
+    pub when_all_down: WhenAllDown,
+    /// Default check of the endpoints (exists in `checks`); `None`: targets are always up.
+    pub check: Option<String>,
+    /// Use the EDNS Client Subnet option when present (default true).
+    pub ecs: bool,
+    /// `weighted`/`all`: the same client subnet (/24, /56) gets the same choice.
+    pub sticky: bool,
+    /// The map of a `geo` policy (empty otherwise).
+    pub geo: GeoMap,
+    /// Endpoints in file order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint of a service: a region's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Region name (exists in `regions`).
+    pub region: String,
+    /// Target addresses (IPv4 answer A queries, IPv6 answer AAAA).
+    pub addresses: Vec<IpAddr>,
+    /// `weighted`: relative weight (default 1; 0 = only when nothing else is up).
+    pub weight: u32,
+    /// `failover`: lower is preferred (default 1).
+    pub priority: u32,
+    /// The check probing this endpoint's targets: its own `check`, else the service's.
+    pub check: Option<String>,
+}

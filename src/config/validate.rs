@@ -1,0 +1,979 @@
+//! Turns the raw TOML into a typed [`Config`], collecting every problem at once.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+
+use super::raw::{RawCheck, RawEndpoint, RawNotify, RawRegion, RawServer, RawService, RawZone};
+use super::*;
+
+/// Top-level keys the file may have.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server", "notify", "zone", "region", "nets", "check", "service",
+];
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            path,
+            "",
+            format!("cannot read config file: {e}"),
+        )])
+    })?;
+    parse_str(path, &text)
+}
+
+/// Validates config `text` as if read from `path` (relative paths resolve against its directory).
+pub fn parse_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            let line = e.span().map(|s| line_of(text, s.start));
+            let mut err = ConfigError::new(path, "", format!("invalid TOML: {}", e.message()));
+            err.line = line;
+            return Err(ConfigErrors(vec![err]));
+        }
+    };
+    let mut v = Validator {
+        file: path.to_path_buf(),
+        dir: path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        errors: Vec::new(),
+    };
+    let config = v.config(table);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// Returns the 1-based line of byte offset `pos` in `text`.
+fn line_of(text: &str, pos: usize) -> usize {
+    text[..pos.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses a duration such as `500ms`, `2s`, `1m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"2s\", \"1m\""))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("invalid duration {s:?}: too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+struct Validator {
+    file: PathBuf,
+    dir: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(&self.file, key, message));
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// Deserializes one table, recording an error under `key` on failure.
+    fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
+        match T::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let msg = e.message().trim().to_string();
+                self.err(key, msg);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    self.err(key, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(key, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn config(&mut self, mut table: toml::Table) -> Config {
+        for key in table.keys() {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                let msg = format!(
+                    "unknown top-level key `{key}`, expected one of: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                );
+                self.errors
+                    .push(ConfigError::new(&self.file, key.clone(), msg));
+            }
+        }
+        let server = self.server(table.remove("server"));
+        let notify = table.remove("notify").and_then(|v| self.notify(v));
+        let zones = self.zones(table.remove("zone"));
+        let regions = self.regions(table.remove("region"));
+        let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
+        let nets = self.nets(table.remove("nets"), &region_names);
+        let checks = self.checks(table.remove("check"));
+        let check_names: HashSet<String> = checks.iter().map(|c| c.name.clone()).collect();
+        let services = self.services(table.remove("service"), &zones, &region_names, &check_names);
+        Config {
+            source: self.file.clone(),
+            server,
+            notify,
+            zones,
+            regions,
+            nets,
+            checks,
+            services,
+        }
+    }
+
+    fn server(&mut self, value: Option<toml::Value>) -> Server {
+        let raw: Option<RawServer> = value.and_then(|v| self.section("server", v));
+        let raw = raw.unwrap_or(RawServer {
+            dns_listen: None,
+            admin_listen: None,
+            admin_token_file: None,
+            state_file: None,
+            geoip: None,
+            nsid: None,
+            udp_workers: None,
+            tcp_idle_timeout: None,
+            tcp_max_connections: None,
+        });
+        let listen = raw
+            .dns_listen
+            .unwrap_or_else(|| vec![DEFAULT_DNS_LISTEN.to_string()]);
+        let mut dns_listen = Vec::new();
+        if listen.is_empty() {
+            self.err("server.dns_listen", "must list at least one address");
+        }
+        for (i, a) in listen.iter().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(sa) if dns_listen.contains(&sa) => {
+                    self.err(format!("server.dns_listen[{i}]"), format!("duplicate address {a:?}"))
+                }
+                Ok(sa) => dns_listen.push(sa),
+                Err(_) => self.err(
+                    format!("server.dns_listen[{i}]"),
+                    format!("invalid socket address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:5353\" or \"[::1]:5353\""),
+                ),
+            }
+        }
+        let admin = raw
+            .admin_listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+        let admin_listen = if admin.is_empty() {
+            None
+        } else {
+            match admin.parse::<SocketAddr>() {
+                Ok(sa) => Some(sa),
+                Err(_) => {
+                    self.err(
+                        "server.admin_listen",
+                        format!(
+                            "invalid socket address {admin:?}: expected IP:PORT, or \"\" to disable"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let admin_token_file = raw.admin_token_file.map(|p| self.resolve(&p));
+        if let Some(p) = &admin_token_file {
+            match std::fs::read_to_string(p) {
+                Ok(t) if t.trim().is_empty() => self.err(
+                    "server.admin_token_file",
+                    format!("token file {} is empty", p.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => self.err(
+                    "server.admin_token_file",
+                    format!("cannot read {}: {e}", p.display()),
+                ),
+            }
+        }
+        let state_file = raw.state_file.map(|p| self.resolve(&p));
+        let geoip = raw.geoip.map(|p| self.resolve(&p));
+        if let Some(p) = &geoip
+            && !p.is_file()
+        {
+            self.err(
+                "server.geoip",
+                format!("GeoIP database {} does not exist", p.display()),
+            );
+        }
+        if let Some(n) = &raw.nsid
+            && (n.is_empty() || n.len() > 255)
+        {
+            self.err("server.nsid", "must be 1 to 255 bytes long");
+        }
+        if raw.udp_workers == Some(0) {
+            self.err("server.udp_workers", "must be at least 1");
+        }
+        if raw.tcp_max_connections == Some(0) {
+            self.err("server.tcp_max_connections", "must be at least 1");
+        }
+        let tcp_idle_timeout = self.duration(
+            "server.tcp_idle_timeout",
+            raw.tcp_idle_timeout.as_deref(),
+            DEFAULT_TCP_IDLE_TIMEOUT,
+        );
+        Server {
+            dns_listen,
+            admin_listen,
+            admin_token_file,
+            state_file,
+            geoip,
+            nsid: raw.nsid,
+            udp_workers: raw.udp_workers,
+            tcp_idle_timeout,
+            tcp_max_connections: raw
+                .tcp_max_connections
+                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+        }
+    }
+
+    fn notify(&mut self, value: toml::Value) -> Option<Notify> {
+        let raw: RawNotify = self.section("notify", value)?;
+        if !(raw.webhook_url.starts_with("http://") || raw.webhook_url.starts_with("https://")) {
+            self.err(
+                "notify.webhook_url",
+                format!("{:?} is not an http:// or https:// URL", raw.webhook_url),
+            );
+        }
+        let timeout = self.duration(
+            "notify.timeout",
+            raw.timeout.as_deref(),
+            DEFAULT_WEBHOOK_TIMEOUT,
+        );
+        Some(Notify {
+            webhook_url: raw.webhook_url,
+            timeout,
+            retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+        })
+    }
+
+    /// Checks a domain name; returns it lowercase and fully qualified.
+    fn domain(&mut self, key: &str, name: &str) -> Option<String> {
+        let lower = name.trim_end_matches('.').to_ascii_lowercase();
+        let ok = !lower.is_empty()
+            && lower.len() <= 253
+            && lower.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'*')
+            });
+        if ok {
+            Some(format!("{lower}."))
+        } else {
+            self.err(key, format!("invalid domain name {name:?}"));
+            None
+        }
+    }
+
+    fn zones(&mut self, value: Option<toml::Value>) -> Vec<ZoneSpec> {
+        let Some(value) = value else {
+            self.err("zone", "no [[zone]] is configured: at least one is needed");
+            return Vec::new();
+        };
+        let toml::Value::Array(items) = value else {
+            self.err("zone", "must be an array of tables ([[zone]])");
+            return Vec::new();
+        };
+        let mut zones: Vec<ZoneSpec> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let key = format!("zone[{i}]");
+            let Some(raw) = self.section::<RawZone>(&key, item) else {
+                continue;
+            };
+            let Some(origin) = self.domain(&format!("{key}.origin"), &raw.origin) else {
+                continue;
+            };
+            if zones.iter().any(|z| z.origin == origin) {
+                self.err(
+                    format!("{key}.origin"),
+                    format!("zone {origin} is configured twice"),
+                );
+                continue;
+            }
+            let file = self.resolve(&raw.file);
+            if !file.is_file() {
+                self.err(
+                    format!("{key}.file"),
+                    format!("zone file {} does not exist", file.display()),
+                );
+            }
+            zones.push(ZoneSpec { origin, file });
+        }
+        zones
+    }
+
+    fn regions(&mut self, value: Option<toml::Value>) -> Vec<Region> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let toml::Value::Table(table) = value else {
+            self.err("region", "must be a table of regions ([region.NAME])");
+            return Vec::new();
+        };
+        let mut regions = Vec::new();
+        for (name, item) in table {
+            let key = format!("region.{name}");
+            let Some(raw) = self.section::<RawRegion>(&key, item) else {
+                continue;
+            };
+            if !(-90.0..=90.0).contains(&raw.latitude) {
+                self.err(
+                    format!("{key}.latitude"),
+                    format!("{} is not within -90..=90", raw.latitude),
+                );
+            }
+            if !(-180.0..=180.0).contains(&raw.longitude) {
+                self.err(
+                    format!("{key}.longitude"),
+                    format!("{} is not within -180..=180", raw.longitude),
+                );
+            }
+            let bias_km = raw.bias.unwrap_or(0.0);
+            if !bias_km.is_finite() || bias_km.abs() > 20_000.0 {
+                self.err(
+                    format!("{key}.bias"),
+                    "must be a distance in km within -20000..=20000",
+                );
+            }
+            regions.push(Region {
+                name,
+                latitude: raw.latitude,
+                longitude: raw.longitude,
+                bias_km,
+            });
+        }
+        regions
+    }
+
+    fn nets(&mut self, value: Option<toml::Value>, regions: &HashSet<String>) -> Vec<NetOverride> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let toml::Value::Table(table) = value else {
+            self.err("nets", "must be a table of \"CIDR\" = \"region\"");
+            return Vec::new();
+        };
+        let mut nets: Vec<NetOverride> = Vec::new();
+        for (cidr, region) in table {
+            let key = format!("nets.\"{cidr}\"");
+            let net = match cidr.parse::<IpNet>() {
+                Ok(n) if n.trunc() != n => {
+                    self.err(
+                        &key,
+                        format!("{cidr:?} has host bits set (did you mean {}?)", n.trunc()),
+                    );
+                    continue;
+                }
+                Ok(n) => n,
+                Err(_) => match cidr.parse::<IpAddr>() {
+                    Ok(a) => IpNet::from(a),
+                    Err(_) => {
+                        self.err(&key, format!("{cidr:?} is not a network in CIDR notation"));
+                        continue;
+                    }
+                },
+            };
+            let toml::Value::String(region) = region else {
+                self.err(&key, "must be a region name (a string)");
+                continue;
+            };
+            if !regions.contains(&region) {
+                self.err(&key, format!("unknown region {region:?}"));
+                continue;
+            }
+            if nets.iter().any(|n| n.net == net) {
+                self.err(&key, format!("network {net} is listed twice"));
+                continue;
+            }
+            nets.push(NetOverride { net, region });
+        }
+        nets
+    }
+
+    fn checks(&mut self, value: Option<toml::Value>) -> Vec<Check> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let toml::Value::Table(table) = value else {
+            self.err("check", "must be a table of checks ([check.NAME])");
+            return Vec::new();
+        };
+        let mut checks = Vec::new();
+        for (name, item) in table {
+            let key = format!("check.{name}");
+            let Some(raw) = self.section::<RawCheck>(&key, item) else {
+                continue;
+            };
+            if let Some(c) = self.check(&key, name, raw) {
+                checks.push(c);
+            }
+        }
+        checks
+    }
+
+    fn check(&mut self, key: &str, name: String, raw: RawCheck) -> Option<Check> {
+        let kind = match raw.kind.as_str() {
+            "http" => CheckKind::Http,
+            "https" => CheckKind::Https,
+            "tcp" => CheckKind::Tcp,
+            other => {
+                self.err(
+                    format!("{key}.kind"),
+                    format!("unknown check kind {other:?}, expected one of: http, https, tcp"),
+                );
+                return None;
+            }
+        };
+        let is_http = kind != CheckKind::Tcp;
+        let port = match raw.port {
+            Some(0) => {
+                self.err(format!("{key}.port"), "must be 1..=65535");
+                return None;
+            }
+            Some(p) => p,
+            None if kind == CheckKind::Http => 80,
+            None if kind == CheckKind::Https => 443,
+            None => {
+                self.err(format!("{key}.port"), "is required for a tcp check");
+                return None;
+            }
+        };
+        if !is_http {
+            for (field, set) in [
+                ("path", raw.path.is_some()),
+                ("host", raw.host.is_some()),
+                ("expect_status", raw.expect_status.is_some()),
+                ("body_contains", raw.body_contains.is_some()),
+                ("headers", raw.headers.is_some()),
+                ("tls_verify", raw.tls_verify.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        format!("{key}.{field}"),
+                        "applies only to http and https checks",
+                    );
+                }
+            }
+        }
+        let path = raw.path.unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            self.err(
+                format!("{key}.path"),
+                format!("{path:?} must start with '/' and contain no spaces"),
+            );
+        }
+        if let Some(h) = &raw.host
+            && (h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            self.err(format!("{key}.host"), format!("{h:?} is not a host name"));
+        }
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            raw.interval.as_deref(),
+            DEFAULT_PROBE_INTERVAL,
+        );
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            raw.timeout.as_deref(),
+            DEFAULT_PROBE_TIMEOUT.min(interval / 2),
+        );
+        if timeout >= interval {
+            self.err(
+                format!("{key}.timeout"),
+                format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
+            );
+        }
+        let mut count =
+            |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
+            {
+                Some(n) if n.get() <= 100 => n,
+                _ => {
+                    self.err(format!("{key}.{field}"), "must be 1..=100");
+                    NonZeroU32::MIN
+                }
+            };
+        let rise = count("rise", raw.rise, DEFAULT_RISE);
+        let fall = count("fall", raw.fall, DEFAULT_FALL);
+        let mut expect_status = Vec::new();
+        for (i, s) in raw
+            .expect_status
+            .unwrap_or_else(|| vec!["2xx".into()])
+            .iter()
+            .enumerate()
+        {
+            match parse_status(s) {
+                Some(m) => expect_status.push(m),
+                None => self.err(
+                    format!("{key}.expect_status[{i}]"),
+                    format!("{s:?} is not a status code (100..=599) or class (\"2xx\")"),
+                ),
+            }
+        }
+        if expect_status.is_empty() && is_http {
+            self.err(
+                format!("{key}.expect_status"),
+                "must list at least one status",
+            );
+        }
+        if let Some(b) = &raw.body_contains
+            && b.is_empty()
+        {
+            self.err(format!("{key}.body_contains"), "must not be empty");
+        }
+        let headers: Vec<(String, String)> = raw.headers.unwrap_or_default().into_iter().collect();
+        for (h, v) in &headers {
+            let name_ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !name_ok {
+                self.err(
+                    format!("{key}.headers"),
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+            if v.contains(['\r', '\n']) {
+                self.err(
+                    format!("{key}.headers"),
+                    format!("value of {h:?} contains a line break"),
+                );
+            }
+        }
+        Some(Check {
+            name,
+            kind,
+            port,
+            path,
+            host: raw.host,
+            interval,
+            timeout,
+            rise,
+            fall,
+            expect_status,
+            body_contains: raw.body_contains,
+            headers,
+            tls_verify: raw.tls_verify.unwrap_or(true),
+        })
+    }
+
+    fn services(
+        &mut self,
+        value: Option<toml::Value>,
+        zones: &[ZoneSpec],
+        regions: &HashSet<String>,
+        checks: &HashSet<String>,
+    ) -> Vec<Service> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let toml::Value::Array(items) = value else {
+            self.err("service", "must be an array of tables ([[service]])");
+            return Vec::new();
+        };
+        let mut services: Vec<Service> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let key = format!("service[{i}]");
+            let Some(raw) = self.section::<RawService>(&key, item) else {
+                continue;
+            };
+            if let Some(s) = self.service(&key, raw, zones, regions, checks) {
+                if services.iter().any(|o| o.name == s.name) {
+                    self.err(
+                        format!("{key}.name"),
+                        format!("service {} is defined twice", s.name),
+                    );
+                    continue;
+                }
+                services.push(s);
+            }
+        }
+        services
+    }
+
+    fn service(
+        &mut self,
+        key: &str,
+        raw: RawService,
+        zones: &[ZoneSpec],
+        regions: &HashSet<String>,
+        checks: &HashSet<String>,
+    ) -> Option<Service> {
+        let before = self.errors.len();
+        let name = self.domain(&format!("{key}.name"), &raw.name);
+        if let Some(n) = &name
+            && !zones.iter().any(|z| is_subdomain(n, &z.origin))
+        {
+            self.err(
+                format!("{key}.name"),
+                format!("{n} is not inside any configured zone"),
+            );
+        }
+        let policy = match raw.policy.as_str() {
+            "nearest" => Policy::Nearest,
+            "failover" => Policy::Failover,
+            "weighted" => Policy::Weighted,
+            "geo" => Policy::Geo,
+            "all" => Policy::All,
+            other => {
+                self.err(
+                    format!("{key}.policy"),
+                    format!("unknown policy {other:?}, expected one of: nearest, failover, weighted, geo, all"),
+                );
+                Policy::Nearest
+            }
+        };
+        let when_all_down = match raw.when_all_down.as_deref() {
+            None | Some("all") => WhenAllDown::All,
+            Some("empty") => WhenAllDown::Empty,
+            Some("servfail") => WhenAllDown::Servfail,
+            Some(other) => {
+                self.err(
+                    format!("{key}.when_all_down"),
+                    format!("unknown value {other:?}, expected one of: all, empty, servfail"),
+                );
+                WhenAllDown::All
+            }
+        };
+        let ttl = raw.ttl.unwrap_or(DEFAULT_SERVICE_TTL);
+        if ttl > 86_400 {
+            self.err(
+                format!("{key}.ttl"),
+                format!("{ttl} is more than a day (86400)"),
+            );
+        }
+        let max_answers = raw.max_answers.unwrap_or(1);
+        if !(1..=64).contains(&max_answers) {
+            self.err(format!("{key}.max_answers"), "must be 1..=64");
+        }
+        if let Some(c) = &raw.check
+            && !checks.contains(c)
+        {
+            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
+        }
+        let sticky = raw.sticky.unwrap_or(false);
+        if sticky && !matches!(policy, Policy::Weighted | Policy::All) {
+            self.err(
+                format!("{key}.sticky"),
+                "applies only to the weighted and all policies",
+            );
+        }
+        if raw.endpoints.is_empty() {
+            self.err(
+                format!("{key}.endpoints"),
+                "must list at least one endpoint",
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (j, ep) in raw.endpoints.into_iter().enumerate() {
+            let ekey = format!("{key}.endpoints[{j}]");
+            endpoints.push(self.endpoint(&ekey, ep, raw.check.as_deref(), regions, checks));
+        }
+        let mut seen = HashSet::new();
+        for (j, ep) in endpoints.iter().enumerate() {
+            if !seen.insert(ep.region.clone()) {
+                self.err(
+                    format!("{key}.endpoints[{j}].region"),
+                    format!("region {:?} has two endpoints in this service: list all its addresses in one", ep.region),
+                );
+            }
+        }
+        let geo = match (policy, raw.geo) {
+            (Policy::Geo, Some(t)) => self.geo_map(&format!("{key}.geo"), t, &endpoints),
+            (Policy::Geo, None) => {
+                self.err(format!("{key}.geo"), "is required for policy \"geo\"");
+                GeoMap::default()
+            }
+            (_, Some(_)) => {
+                self.err(format!("{key}.geo"), "applies only to policy \"geo\"");
+                GeoMap::default()
+            }
+            (_, None) => GeoMap::default(),
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Service {
+            name: name?,
+            policy,
+            ttl,
+            max_answers,
+            when_all_down,
+            check: raw.check,
+            ecs: raw.ecs.unwrap_or(true),
+            sticky,
+            geo,
+            endpoints,
+        })
+    }
+
+    fn endpoint(
+        &mut self,
+        key: &str,
+        raw: RawEndpoint,
+        service_check: Option<&str>,
+        regions: &HashSet<String>,
+        checks: &HashSet<String>,
+    ) -> Endpoint {
+        if !regions.contains(&raw.region) {
+            self.err(
+                format!("{key}.region"),
+                format!("unknown region {:?}", raw.region),
+            );
+        }
+        let mut addresses = Vec::new();
+        if raw.addresses.is_empty() {
+            self.err(format!("{key}.addresses"), "must list at least one address");
+        }
+        for (k, a) in raw.addresses.iter().enumerate() {
+            match a.parse::<IpAddr>() {
+                Ok(ip) if addresses.contains(&ip) => self.err(
+                    format!("{key}.addresses[{k}]"),
+                    format!("duplicate address {a:?}"),
+                ),
+                Ok(ip) => addresses.push(ip),
+                Err(_) => self.err(
+                    format!("{key}.addresses[{k}]"),
+                    format!("invalid IP address {a:?}"),
+                ),
+            }
+        }
+        if let Some(c) = &raw.check
+            && !checks.contains(c)
+        {
+            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
+        }
+        Endpoint {
+            region: raw.region,
+            addresses,
+            weight: raw.weight.unwrap_or(1),
+            priority: raw.priority.unwrap_or(1),
+            check: raw.check.or_else(|| service_check.map(str::to_string)),
+        }
+    }
+
+    fn geo_map(&mut self, key: &str, table: toml::Table, endpoints: &[Endpoint]) -> GeoMap {
+        let mut map = GeoMap::default();
+        let mut has_default = false;
+        for (k, v) in table {
+            let ekey = format!("{key}.{k}");
+            let list: Option<Vec<String>> = match v {
+                toml::Value::Array(a) => a
+                    .into_iter()
+                    .map(|x| match x {
+                        toml::Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            };
+            let Some(list) = list else {
+                self.err(&ekey, "must be a list of region names");
+                continue;
+            };
+            if list.is_empty() {
+                self.err(&ekey, "must list at least one region");
+            }
+            for r in &list {
+                if !endpoints.iter().any(|e| &e.region == r) {
+                    self.err(
+                        &ekey,
+                        format!("region {r:?} has no endpoint in this service"),
+                    );
+                }
+            }
+            if k == "default" {
+                has_default = true;
+                map.default = list;
+                continue;
+            }
+            let gk = if let Some(c) = k.strip_prefix("country:") {
+                valid_code(c).then(|| GeoKey::Country(c.to_ascii_uppercase()))
+            } else if let Some(c) = k.strip_prefix("continent:") {
+                let c = c.to_ascii_uppercase();
+                ["AF", "AN", "AS", "EU", "NA", "OC", "SA"]
+                    .contains(&c.as_str())
+                    .then_some(GeoKey::Continent(c))
+            } else {
+                valid_code(&k).then(|| GeoKey::Either(k.to_ascii_uppercase()))
+            };
+            match gk {
+                Some(gk) => map.entries.push((gk, list)),
+                None => self.err(
+                    &ekey,
+                    format!("{k:?} is not a country or continent code (\"DE\", \"country:AS\", \"continent:EU\") or \"default\""),
+                ),
+            }
+        }
+        if !has_default {
+            self.err(
+                format!("{key}.default"),
+                "is required: the regions for clients no entry matches",
+            );
+        }
+        map
+    }
+}
+
+/// Returns true for a two-letter code.
+fn valid_code(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// Returns true when `name` equals `origin` or is below it (both lowercase, fully qualified).
+pub(crate) fn is_subdomain(name: &str, origin: &str) -> bool {
+    origin == "." || name == origin || name.ends_with(&format!(".{origin}"))
+}
+
+/// Parses `"200"` or `"2xx"`.
+fn parse_status(s: &str) -> Option<StatusMatch> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Some(d) = s.strip_suffix("xx") {
+        let c: u16 = d.parse().ok()?;
+        (1..=5).contains(&c).then_some(StatusMatch::Class(c))
+    } else {
+        let c: u16 = s.parse().ok()?;
+        (100..=599).contains(&c).then_some(StatusMatch::Code(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_str(Path::new("/nonexistent/m.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const MIN: &str = r#"
+[server]
+dns_listen = ["127.0.0.1:0"]
+[region.a]
+latitude = 1.0
+longitude = 2.0
+[check.web]
+kind = "http"
+port = 8080
+interval = "2s"
+timeout = "1s"
+"#;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn status_matches_codes_and_classes() {
+        assert_eq!(parse_status("2xx"), Some(StatusMatch::Class(2)));
+        assert_eq!(parse_status("204"), Some(StatusMatch::Code(204)));
+        assert_eq!(parse_status("9xx"), None);
+        assert_eq!(parse_status("abc"), None);
+        assert!(StatusMatch::Class(2).matches(299));
+        assert!(!StatusMatch::Class(2).matches(301));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = format!(
+            "{MIN}\n[check.bad]\nkind = \"icmp\"\n[check.slow]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\ntimeout = \"2s\"\nrise = 0\n"
+        );
+        let errs = errors(&text);
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("check.bad.kind: unknown check kind \"icmp\""),
+            "{joined}"
+        );
+        assert!(joined.contains("check.slow.timeout: timeout"), "{joined}");
+        assert!(
+            joined.contains("check.slow.rise: must be 1..=100"),
+            "{joined}"
+        );
+        assert!(joined.contains("zone: no [[zone]]"), "{joined}");
+        assert!(
+            errs.iter().all(|e| e.starts_with("/nonexistent/m.toml: ")),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_in_every_table() {
+        let errs = errors(&format!("{MIN}\nbogus = 1\n[nothing]\n")).join("\n");
+        assert!(errs.contains("unknown top-level key `bogus`"), "{errs}");
+        assert!(errs.contains("unknown top-level key `nothing`"), "{errs}");
+        let errs = errors(&MIN.replace("latitude = 1.0", "latitude = 1.0\nlatitud = 3")).join("\n");
+        assert!(errs.contains("region.a: unknown field `latitud`"), "{errs}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_carry_a_line() {
+        let errs = errors("[server]\ndns_listen = [\n\"x\"\n= 3\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("/nonexistent/m.toml:"), "{errs:?}");
+        assert!(errs[0].contains("invalid TOML"), "{errs:?}");
+    }
+
+    #[test]
+    fn subdomain_matching_is_label_aware() {
+        assert!(is_subdomain("api.example.net.", "example.net."));
+        assert!(is_subdomain("example.net.", "example.net."));
+        assert!(!is_subdomain("badexample.net.", "example.net."));
+    }
+}

@@ -1,0 +1,1 @@
+//! DNS wire handling. (in progress)

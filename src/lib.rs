@@ -1,0 +1,27 @@
+//! Meridian: a global traffic manager. An authoritative DNS server that answers queries for API
+//! hostnames with the nearest *healthy* regional endpoint.
+//!
+//! Module map (see `ARCHITECTURE.md`):
+//!
+//! - [`config`]: raw serde structs -> validated, typed [`config::Config`]; every error at once.
+//! - [`zone`]: static records from RFC 1035 zone files, and lookups in them.
+//! - [`geo`]: GeoIP (MaxMind format, memory-mapped), CIDR overrides, great-circle distance.
+//! - [`health`]: probes, the rise/fall state machine, operator overrides; publishes a
+//!   [`health::HealthView`].
+//! - [`policy`]: pure decisions: (service, client location, health view) -> addresses.
+//! - [`dns`]: the only place that speaks DNS: request bytes -> response bytes; UDP/TCP transports.
+//! - [`admin`]: the admin HTTP port.
+//! - [`metrics`]: metric names and the registry.
+//! - [`app`]: wiring, reload, signals and shutdown order.
+//!
+//! `geo`, `policy` and the health state machine do no I/O and never read the clock.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod dns;
+pub mod geo;
+pub mod health;
+pub mod metrics;
+pub mod policy;
+pub mod zone;

@@ -1,0 +1,1 @@
+//! Static records from zone files. (in progress)
