@@ -955,7 +955,7 @@ timeout = "1s"
 
     #[test]
     fn unknown_keys_are_rejected_in_every_table() {
-        let errs = errors(&format!("{MIN}\nbogus = 1\n[nothing]\n")).join("\n");
+        let errs = errors(&format!("bogus = 1\n{MIN}\n[nothing]\n")).join("\n");
         assert!(errs.contains("unknown top-level key `bogus`"), "{errs}");
         assert!(errs.contains("unknown top-level key `nothing`"), "{errs}");
         let errs = errors(&MIN.replace("latitude = 1.0", "latitude = 1.0\nlatitud = 3")).join("\n");
