@@ -1,1 +1,277 @@
-//! Wiring. (in progress)
+//! Wiring: load config into a snapshot, bind sockets, spawn DNS, probes and admin, handle
+//! signals, reload, and shut down in order (DNS first, then probes, then admin).
+//!
+//! Key types: [`Snapshot`] (everything the answer path reads, immutable, swapped whole on
+//! reload) and [`App`] (the shared handles).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::dns::{self, Answerer, Services};
+use crate::geo::Geo;
+use crate::health::HealthView;
+use crate::metrics::Metrics;
+use crate::zone::Zones;
+
+/// How long shutdown waits for tasks before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the answer path reads: built whole, never mutated, swapped on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Static zones.
+    pub zones: Zones,
+    /// GeoIP database and CIDR overrides.
+    pub geo: Geo,
+    /// Dynamic names.
+    pub services: Services,
+}
+
+/// Reads, validates and builds a snapshot from the config file at `path`; reports every
+/// problem found (config keys, zone files, GeoIP database).
+pub fn load_snapshot(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let config = config::load(path)?;
+    build_snapshot(config)
+}
+
+/// Builds a snapshot from a validated config.
+pub fn build_snapshot(config: Config) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let dynamic: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    let zones = match Zones::load(&config.zones, &dynamic, &config.source) {
+        Ok(z) => Some(z),
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
+    if let Some(zones) = &zones {
+        for (i, s) in config.services.iter().enumerate() {
+            let Ok(name) = Name::from_ascii(&s.name) else {
+                continue;
+            };
+            let lower = LowerName::new(&name);
+            if let Some(zone) = zones.zone_for(&lower) {
+                for t in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+                    if zone.has_static(&lower, t) {
+                        errors.push(ConfigError::new(
+                            &config.source,
+                            format!("service[{i}].name"),
+                            format!("{} also has static {t} records in its zone file: remove them, the service answers {t}", s.name),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let geo = match Geo::open(config.server.geoip.as_deref(), &config.nets) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errors.push(ConfigError::new(
+                &config.source,
+                "server.geoip",
+                e.to_string(),
+            ));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let services = Services::new(&config);
+    Ok(Snapshot {
+        config: Arc::new(config),
+        // Invariant: both are Some when no error was recorded above.
+        zones: zones.expect("zones loaded"),
+        geo: geo.expect("geo opened"),
+        services,
+    })
+}
+
+/// The shared handles of a running server.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The config file, re-read on reload.
+    pub config_path: PathBuf,
+    /// The current snapshot.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The current health view.
+    pub health: Arc<ArcSwap<HealthView>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Re-reads the config file; on success swaps in the new snapshot, on failure keeps the
+    /// old one and returns the errors.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let snapshot = load_snapshot(&self.config_path)?;
+        let old = self.snapshot.load();
+        if old.config.server.dns_listen != snapshot.config.server.dns_listen
+            || old.config.server.admin_listen != snapshot.config.server.admin_listen
+        {
+            warn!("listen addresses changed: they take effect at the next restart");
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        info!(config = %self.config_path.display(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+/// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
+pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<()> {
+    let server = snapshot.config.server.clone();
+    let app = App {
+        config_path,
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let answerer = Answerer {
+        snapshot: app.snapshot.clone(),
+        health: app.health.clone(),
+        metrics: app.metrics.clone(),
+    };
+    let token = CancellationToken::new();
+    let dns_tasks = TaskTracker::new();
+
+    // Bind every socket before serving anything, so a bad address fails the start cleanly.
+    let workers = server
+        .udp_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for addr in &server.dns_listen {
+        let sockets = dns::udp::bind(*addr, workers)
+            .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
+        let bound = sockets[0].local_addr()?;
+        // TCP on the same port as UDP (the UDP bind resolved port 0).
+        let tcp_addr = SocketAddr::new(addr.ip(), bound.port());
+        let listener =
+            bind_tcp(tcp_addr).with_context(|| format!("failed to bind dns/tcp on {tcp_addr}"))?;
+        info!("listening dns/udp {bound}");
+        info!("listening dns/tcp {}", listener.local_addr()?);
+        udp.extend(sockets);
+        tcp.push(listener);
+    }
+    for s in udp {
+        let socket = tokio::net::UdpSocket::from_std(s)?;
+        dns_tasks.spawn(dns::udp::serve(socket, answerer.clone(), token.clone()));
+    }
+    for l in tcp {
+        dns_tasks.spawn(dns::tcp::serve(
+            l,
+            answerer.clone(),
+            token.clone(),
+            server.tcp_idle_timeout,
+            server.tcp_max_connections,
+        ));
+    }
+    dns_tasks.close();
+
+    wait_for_signals(&app).await?;
+    info!("shutting down");
+    token.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, dns_tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("dns tasks did not stop in time");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
+async fn wait_for_signals(app: &App) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Err(errors) = app.reload() {
+                    for e in &errors.0 {
+                        warn!(error = %e, "reload failed, keeping the old configuration");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why `explain` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// The name is not a service.
+    #[error("{0} is not a service name (static names are answered from the zone file)")]
+    NotAService(String),
+    /// The type is not A or AAAA.
+    #[error("type {0:?} is not answered by services: use A or AAAA")]
+    BadType(String),
+}
+
+/// Explains how `name`/`qtype` would be answered for `client`, without health probes (every
+/// target counts as unknown, i.e. up).
+pub fn explain(
+    config: &Path,
+    client: std::net::IpAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<String, ExplainError> {
+    let snapshot = load_snapshot(config).map_err(ExplainError::Config)?;
+    let family = match qtype.to_ascii_uppercase().as_str() {
+        "A" => crate::policy::Family::V4,
+        "AAAA" => crate::policy::Family::V6,
+        _ => return Err(ExplainError::BadType(qtype.to_string())),
+    };
+    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+    let lower = Name::from_ascii(&fqdn)
+        .map(|n| LowerName::new(&n))
+        .map_err(|_| ExplainError::NotAService(name.to_string()))?;
+    let service = snapshot
+        .services
+        .get(&lower)
+        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
+    let located = snapshot.geo.locate(client);
+    let c = crate::policy::Client {
+        located: &located,
+        ecs_source_prefix: None,
+    };
+    let d = service.decide(&c, family, &HealthView::empty(), rand::random());
+    Ok(format!("client {client}: {located:?}\ndecision: {d:?}\n"))
+}

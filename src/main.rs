@@ -1,1 +1,154 @@
-fn main() {}
+//! The `meridian` command: CLI parsing, logging, runtime and exit codes
+//! (0 ok, 1 runtime failure, 2 bad config).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use meridian::app;
+
+/// Meridian: a global traffic manager (authoritative DNS answering with the nearest healthy
+/// endpoint).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server.
+    Serve {
+        /// The config file.
+        #[arg(long, env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validates the config, zone files and GeoIP database; prints every problem (exit 2).
+    Check {
+        /// The config file.
+        #[arg(long, env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Shows how a query from a client would be answered, and why.
+    Explain {
+        /// The config file.
+        #[arg(long, env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+        /// The client's address (or the ECS subnet address).
+        #[arg(long)]
+        client: IpAddr,
+        /// The name asked for.
+        name: String,
+        /// The type asked for: A or AAAA.
+        #[arg(default_value = "A")]
+        qtype: String,
+    },
+    /// GeoIP sample data.
+    Geodata {
+        #[command(subcommand)]
+        command: GeodataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GeodataCommand {
+    /// Builds a MaxMind-format database from a CSV of network,latitude,longitude,country,continent.
+    Build {
+        /// The CSV file.
+        #[arg(long)]
+        csv: PathBuf,
+        /// The database to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match app::load_snapshot(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: ok ({} zones, {} services, {} regions, {} checks)",
+                    config.display(),
+                    s.config.zones.len(),
+                    s.config.services.len(),
+                    s.config.regions.len(),
+                    s.config.checks.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{} problem(s) found", errors.0.len());
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            init_logging();
+            let snapshot = match app::load_snapshot(&config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(app::serve(config, snapshot)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Explain {
+            config,
+            client,
+            name,
+            qtype,
+        } => match app::explain(&config, client, &name, &qtype) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(app::ExplainError::Config(errors)) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Geodata {
+            command: GeodataCommand::Build { csv, out },
+        } => {
+            let _ = (csv, out);
+            eprintln!("error: geodata build is not wired yet");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,455 @@
-//! DNS wire handling. (in progress)
+//! DNS: the only place that speaks the protocol. Request bytes in, response bytes out.
+//!
+//! [`Answerer::respond`] is transport-agnostic: UDP and TCP loops ([`udp`], [`tcp`]) call it
+//! with the raw query and the client's address. It loads one immutable [`Snapshot`] and one
+//! [`HealthView`] per query (no locks), parses the query ([`wire`]), answers dynamic names from
+//! the policy and static names from the zones, and writes the response ([`response`]).
+//! It never panics on input and never blocks.
+//!
+//! Behaviour follows BIND, Knot and NSD for an authoritative-only server: REFUSED outside our
+//! zones, AA on authoritative answers, NXDOMAIN/NODATA with the SOA (RFC 2308), CNAMEs chased
+//! inside our zones, referrals below delegations, minimal ANY answers (RFC 8482), BADVERS for
+//! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871).
+
+pub mod response;
+pub mod tcp;
+pub mod udp;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::app::Snapshot;
+use crate::config::Config;
+use crate::health::HealthView;
+use crate::metrics::Metrics;
+use crate::policy::{Client, CompiledService, Family, Outcome};
+use crate::zone::{Found, Zone};
+use response::{Head, Opt, Rr};
+use wire::{Query, Reject};
+
+/// How many CNAMEs are followed inside our zones before giving up (BIND follows 16; answers
+/// this deep are a misconfiguration).
+const MAX_CNAME_CHAIN: usize = 8;
+
+/// RCODE values.
+mod rcode {
+    pub(super) const NOERROR: u16 = 0;
+    pub(super) const FORMERR: u16 = 1;
+    pub(super) const SERVFAIL: u16 = 2;
+    pub(super) const NXDOMAIN: u16 = 3;
+    pub(super) const NOTIMP: u16 = 4;
+    pub(super) const REFUSED: u16 = 5;
+    pub(super) const BADVERS: u16 = 16;
+}
+
+/// The transport a query came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: responses are limited to the client's (or 512-byte) payload size.
+    Udp,
+    /// TCP: no size limit but 65535.
+    Tcp,
+}
+
+impl Transport {
+    fn index(self) -> usize {
+        match self {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+        }
+    }
+}
+
+/// The dynamic names of a snapshot, by lowercase name.
+#[derive(Debug, Default)]
+pub struct Services {
+    by_name: HashMap<LowerName, CompiledService>,
+}
+
+impl Services {
+    /// Compiles every service of `config`.
+    pub fn new(config: &Config) -> Self {
+        let by_name = config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let name = Name::from_ascii(&s.name).ok()?;
+                Some((LowerName::new(&name), CompiledService::new(s, config)))
+            })
+            .collect();
+        Self { by_name }
+    }
+
+    /// Returns the service answering `name`.
+    pub fn get(&self, name: &LowerName) -> Option<&CompiledService> {
+        self.by_name.get(name)
+    }
+
+    /// Returns every service.
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
+        self.by_name.values()
+    }
+}
+
+/// Answers queries from the current snapshot and health view.
+#[derive(Debug, Clone)]
+pub struct Answerer {
+    /// The current configuration, zones, GeoIP and services.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The current health view.
+    pub health: Arc<ArcSwap<HealthView>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Answerer {
+    /// Writes the response to `query` (from `client`, over `transport`) into `out`. Returns
+    /// false when nothing should be sent (runts and responses are dropped).
+    pub fn respond(
+        &self,
+        query: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let snap = self.snapshot.load();
+        let health = self.health.load();
+        let (qtype, rcode) = match wire::parse(query) {
+            Err(Reject::Drop) => return false,
+            Err(Reject::FormErr { id, opcode, rd }) => {
+                let head = Head {
+                    id,
+                    opcode,
+                    rd,
+                    rcode: rcode::FORMERR,
+                    ..Head::default()
+                };
+                response::write(out, head, None, [&[], &[], &[]], None);
+                (0, rcode::FORMERR)
+            }
+            Ok(q) => {
+                let rcode = answer(&snap, &health, &q, client.ip(), transport, out);
+                (q.qtype, rcode)
+            }
+        };
+        self.metrics.dns.count(transport.index(), qtype, rcode);
+        true
+    }
+}
+
+/// What the answer sections hold before writing.
+#[derive(Default)]
+struct Sections {
+    answer: Vec<(Record, bool)>,
+    authority: Vec<Record>,
+    additional: Vec<Record>,
+}
+
+/// Answers a parsed query; returns the RCODE written.
+fn answer(
+    snap: &Snapshot,
+    health: &HealthView,
+    q: &Query<'_>,
+    client: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> u16 {
+    let mut head = Head {
+        id: q.id,
+        opcode: q.opcode,
+        rd: q.rd,
+        cd: q.cd,
+        ..Head::default()
+    };
+    let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
+    let mut opt = q.edns.as_ref().map(|e| Opt {
+        nsid: if e.nsid { nsid } else { None },
+        ecs: None,
+    });
+    // RFC 7871 §7.2.1: echo the option; scope 0 unless the answer depended on the subnet.
+    let echo_ecs = |opt: &mut Option<Opt<'_>>, scope: u8| {
+        if let (Some(o), Some(ecs)) = (opt.as_mut(), q.edns.as_ref().and_then(|e| e.ecs)) {
+            let (family, octets) = match ecs.addr {
+                IpAddr::V4(a) => {
+                    let mut o = [0u8; 16];
+                    o[..4].copy_from_slice(&a.octets());
+                    (1, o)
+                }
+                IpAddr::V6(a) => (2, a.octets()),
+            };
+            o.ecs = Some((family, ecs.source, scope, octets));
+        }
+    };
+    echo_ecs(&mut opt, 0);
+
+    let reply = |out: &mut Vec<u8>, head: Head, s: &Sections, opt: &Option<Opt<'_>>| -> u16 {
+        let answer: Vec<Rr<'_>> = s.answer.iter().map(|(r, p)| (r, *p)).collect();
+        let authority: Vec<Rr<'_>> = s.authority.iter().map(|r| (r, false)).collect();
+        let additional: Vec<Rr<'_>> = s.additional.iter().map(|r| (r, false)).collect();
+        let mut head = head;
+        if !response::write(
+            out,
+            head,
+            Some(q.question),
+            [&answer, &authority, &additional],
+            opt.as_ref(),
+        ) {
+            head.rcode = rcode::SERVFAIL;
+            head.aa = false;
+            response::write(out, head, Some(q.question), [&[], &[], &[]], opt.as_ref());
+        }
+        if transport == Transport::Udp && out.len() > response::udp_limit(q) {
+            // RFC 2181 §9 / RFC 6891 §7: too large for UDP: send TC with the question and the
+            // OPT, so the client retries over TCP.
+            head.tc = true;
+            response::write(out, head, Some(q.question), [&[], &[], &[]], opt.as_ref());
+        }
+        head.rcode
+    };
+    let error = |out: &mut Vec<u8>, mut head: Head, rcode: u16, opt: &Option<Opt<'_>>| -> u16 {
+        head.rcode = rcode;
+        reply(out, head, &Sections::default(), opt)
+    };
+
+    if q.opcode != 0 {
+        return error(out, head, rcode::NOTIMP, &opt);
+    }
+    if q.edns.as_ref().is_some_and(|e| e.version > 0) {
+        // RFC 6891 §6.1.3: BADVERS, with an OPT of our version.
+        let o = opt.clone().or_else(|| Some(Opt::default()));
+        return error(out, head, rcode::BADVERS, &o);
+    }
+    match q.qtype {
+        // OPT and TKEY/TSIG are not questions; AXFR/IXFR are not offered.
+        41 => return error(out, head, rcode::FORMERR, &opt),
+        249..=252 => return error(out, head, rcode::REFUSED, &opt),
+        253 | 254 => return error(out, head, rcode::NOTIMP, &opt),
+        _ => {}
+    }
+    if q.qclass != 1 {
+        // Only class IN is served; CH/HS/ANY get REFUSED, never an IN answer.
+        return error(out, head, rcode::REFUSED, &opt);
+    }
+    let Some(qname) = wire_to_name(&q.qname_lower) else {
+        return error(out, head, rcode::FORMERR, &opt);
+    };
+    let Some(zone) = snap.zones.zone_for(&qname) else {
+        return error(out, head, rcode::REFUSED, &opt);
+    };
+    let qtype = RecordType::from(q.qtype);
+    head.aa = true;
+    let mut s = Sections::default();
+
+    // A dynamic name.
+    if let Some(service) = snap.services.get(&qname)
+        && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
+    {
+        let (family, rcode_out) = dynamic(
+            snap,
+            health,
+            service,
+            q,
+            client,
+            qtype,
+            &Name::from(qname.clone()),
+            true,
+            &mut s,
+            &mut |scope| echo_ecs(&mut opt, scope),
+        );
+        let _ = family;
+        head.rcode = rcode_out;
+        if rcode_out == rcode::SERVFAIL {
+            head.aa = false;
+        } else if s.answer.is_empty() {
+            negative(zone, &mut s);
+        }
+        return reply(out, head, &s, &opt);
+    }
+
+    // Static records, following CNAMEs inside our zones.
+    let mut name = qname.clone();
+    let mut zone: &Zone = zone;
+    let mut first = true;
+    for _ in 0..=MAX_CNAME_CHAIN {
+        if qtype == RecordType::ANY {
+            match zone.find_any(&name) {
+                Some(records) => {
+                    s.answer.extend(records.iter().map(|r| (r.clone(), first)));
+                }
+                None if zone.contains(&name) => negative(zone, &mut s),
+                None => {
+                    head.rcode = rcode::NXDOMAIN;
+                    negative(zone, &mut s);
+                }
+            }
+            break;
+        }
+        match zone.find(&name, qtype) {
+            Found::Records(records) => {
+                additional_for(zone, &records, &mut s);
+                s.answer.extend(records.into_iter().map(|r| (r, first)));
+                break;
+            }
+            Found::Cname(c) => {
+                s.answer.push((c.clone(), first));
+                first = false;
+                let RData::CNAME(target) = &c.data else { break };
+                let target_lower = LowerName::new(&target.0);
+                match snap.zones.zone_for(&target_lower) {
+                    Some(z) => {
+                        zone = z;
+                        name = target_lower;
+                        if let Some(service) = snap.services.get(&name)
+                            && matches!(qtype, RecordType::A | RecordType::AAAA)
+                        {
+                            let rc = dynamic(
+                                snap,
+                                health,
+                                service,
+                                q,
+                                client,
+                                qtype,
+                                &target.0,
+                                false,
+                                &mut s,
+                                &mut |scope| echo_ecs(&mut opt, scope),
+                            )
+                            .1;
+                            head.rcode = rc;
+                            if rc == rcode::NOERROR
+                                && s.answer
+                                    .iter()
+                                    .all(|(r, _)| r.record_type() == RecordType::CNAME)
+                            {
+                                negative(zone, &mut s);
+                            }
+                            break;
+                        }
+                    }
+                    // Outside our zones: the resolver follows it.
+                    None => break,
+                }
+            }
+            Found::NoData => {
+                negative(zone, &mut s);
+                break;
+            }
+            Found::NxDomain => {
+                // RFC 6604: the RCODE is that of the last name in the chain.
+                head.rcode = rcode::NXDOMAIN;
+                negative(zone, &mut s);
+                break;
+            }
+            Found::Referral(ns) => {
+                if first {
+                    head.aa = false;
+                }
+                s.authority.extend(ns.iter().cloned());
+                additional_for(zone, ns, &mut s);
+                break;
+            }
+        }
+    }
+    reply(out, head, &s, &opt)
+}
+
+/// Answers a service name; returns the family asked and the RCODE.
+#[allow(clippy::too_many_arguments)]
+fn dynamic(
+    snap: &Snapshot,
+    health: &HealthView,
+    service: &CompiledService,
+    q: &Query<'_>,
+    resolver: IpAddr,
+    qtype: RecordType,
+    owner: &Name,
+    at_qname: bool,
+    s: &mut Sections,
+    echo_ecs: &mut dyn FnMut(u8),
+) -> (Family, u16) {
+    let family = if qtype == RecordType::AAAA {
+        Family::V6
+    } else {
+        Family::V4
+    };
+    let ecs = q
+        .edns
+        .as_ref()
+        .and_then(|e| e.ecs)
+        .filter(|e| e.source > 0 && service.service().ecs);
+    let located = snap.geo.locate(ecs.map_or(resolver, |e| e.addr));
+    let client = Client {
+        located: &located,
+        ecs_source_prefix: ecs.map(|e| e.source),
+    };
+    let decision = service.decide(&client, family, health, rand::random());
+    if ecs.is_some() {
+        echo_ecs(decision.scope);
+    }
+    match decision.outcome {
+        Outcome::Addresses(addrs) => {
+            for a in addrs {
+                let data = match a {
+                    IpAddr::V4(v4) => RData::A(A(v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                };
+                s.answer.push((
+                    Record::from_rdata(owner.clone(), decision.ttl, data),
+                    at_qname,
+                ));
+            }
+            (family, rcode::NOERROR)
+        }
+        Outcome::NoData => (family, rcode::NOERROR),
+        Outcome::ServFail => (family, rcode::SERVFAIL),
+    }
+}
+
+/// Adds the SOA for a negative answer (RFC 2308 §3: TTL is min(SOA TTL, MINIMUM)).
+fn negative(zone: &Zone, s: &mut Sections) {
+    let mut soa = zone.soa().clone();
+    soa.ttl = zone.negative_ttl();
+    s.authority.push(soa);
+}
+
+/// Adds in-zone addresses of the names that NS, MX and SRV records point at.
+fn additional_for(zone: &Zone, records: &[Record], s: &mut Sections) {
+    for r in records {
+        let target = match &r.data {
+            RData::NS(ns) => &ns.0,
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => continue,
+        };
+        let lower = LowerName::new(target);
+        if zone.origin().zone_of(&lower) {
+            for a in zone.addresses(&lower) {
+                if !s.additional.iter().any(|x| x == a) {
+                    s.additional.push(a.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Converts a lowercased wire-format name into a `LowerName`.
+fn wire_to_name(wire: &[u8]) -> Option<LowerName> {
+    let mut labels = Vec::new();
+    let mut i = 0;
+    while let Some(&len) = wire.get(i) {
+        if len == 0 {
+            break;
+        }
+        labels.push(wire.get(i + 1..i + 1 + len as usize)?);
+        i += 1 + len as usize;
+    }
+    let mut name = Name::from_labels(labels).ok()?;
+    name.set_fqdn(true);
+    Some(LowerName::new(&name))
+}

@@ -1,0 +1,289 @@
+//! Zone-file loading: hickory-proto's parser plus what it does not give us — line numbers for
+//! errors, and the load-time checks of an authoritative server.
+//!
+//! The parser reports no positions, so the file is split into entries (a record may span lines
+//! inside parentheses) and, when the whole file fails, the first failing entry is found by
+//! bisecting over entry prefixes. That entry is reported with its line and left out, and the
+//! search repeats, so that `meridian check` lists every bad entry at once (up to a bound).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use hickory_proto::rr::RecordSet;
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType, RrKey};
+use hickory_proto::serialize::txt::Parser;
+
+use super::{Node, RrSet, Zone};
+use crate::config::{ConfigError, ZoneSpec};
+
+/// How many bad entries one zone file reports before giving up.
+const MAX_ERRORS_PER_FILE: usize = 20;
+
+/// One logical entry of a zone file: a directive or a record, possibly several lines long.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// 1-based line where the entry starts.
+    line: usize,
+    text: String,
+}
+
+/// Splits zone-file text into entries, tracking parentheses outside quotes and comments.
+fn split_entries(text: &str) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut current = String::new();
+    let mut start = 0;
+    let mut depth = 0i32;
+    for (i, line) in text.lines().enumerate() {
+        if current.is_empty() {
+            start = i + 1;
+        }
+        let mut in_quote = false;
+        let mut escaped = false;
+        for c in line.chars() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' => escaped = true,
+                '"' => in_quote = !in_quote,
+                ';' if !in_quote => break,
+                '(' if !in_quote => depth += 1,
+                ')' if !in_quote => depth -= 1,
+                _ => {}
+            }
+        }
+        current.push_str(line);
+        current.push('\n');
+        if depth <= 0 {
+            depth = 0;
+            entries.push(Entry {
+                line: start,
+                text: std::mem::take(&mut current),
+            });
+        }
+    }
+    if !current.is_empty() {
+        entries.push(Entry {
+            line: start,
+            text: current,
+        });
+    }
+    entries
+}
+
+type Parsed = (Name, BTreeMap<RrKey, RecordSet>);
+
+fn parse_entries(entries: &[&Entry], spec: &ZoneSpec, origin: &Name) -> Result<Parsed, String> {
+    let text: String = entries.iter().map(|e| e.text.as_str()).collect();
+    Parser::new(text, Some(spec.file.clone()), Some(origin.clone()))
+        .parse()
+        .map_err(|e| e.to_string())
+}
+
+/// Returns the index (into `entries`) of the first entry for which `bad(prefix)` turns true,
+/// assuming `bad` is monotonic over prefixes and true for the whole list.
+fn first_bad(entries: &[&Entry], mut bad: impl FnMut(&[&Entry]) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, entries.len()); // bad(entries[..hi]) holds; bad(entries[..lo]) does not
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if bad(&entries[..mid]) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi - 1
+}
+
+/// Loads and checks one zone.
+pub(super) fn load_zone(
+    spec: &ZoneSpec,
+    index: usize,
+    config_file: &Path,
+) -> Result<Zone, Vec<ConfigError>> {
+    let key = format!("zone[{index}]");
+    let text = std::fs::read_to_string(&spec.file).map_err(|e| {
+        vec![ConfigError::new(
+            config_file,
+            format!("{key}.file"),
+            format!("cannot read zone file {}: {e}", spec.file.display()),
+        )]
+    })?;
+    let origin = Name::from_ascii(&spec.origin).map_err(|e| {
+        vec![ConfigError::new(
+            config_file,
+            format!("{key}.origin"),
+            format!("invalid origin: {e}"),
+        )]
+    })?;
+    let file = spec.file.as_path();
+    let zerr = |line: usize, msg: String| {
+        ConfigError::new(file, format!("zone {}", spec.origin), msg).at_line(line)
+    };
+
+    let entries = split_entries(&text);
+    let mut kept: Vec<&Entry> = entries.iter().collect();
+    let mut errors = Vec::new();
+    let records = loop {
+        match parse_entries(&kept, spec, &origin) {
+            Ok((_, records)) => break records,
+            Err(_) if errors.len() >= MAX_ERRORS_PER_FILE => return Err(errors),
+            Err(_) => {
+                let i = first_bad(&kept, |p| parse_entries(p, spec, &origin).is_err());
+                let msg = parse_entries(&kept[..=i], spec, &origin)
+                    .err()
+                    .unwrap_or_else(|| "syntax error".to_string());
+                errors.push(zerr(kept[i].line, format!("syntax error: {msg}")));
+                kept.remove(i);
+            }
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let lower_origin = LowerName::new(&origin);
+    // Records outside the origin: find each one's line the same way.
+    let outside = |records: &BTreeMap<RrKey, RecordSet>| {
+        records.keys().any(|k| !lower_origin.zone_of(k.name()))
+    };
+    while outside(&records_of(&kept, spec, &origin)) && errors.len() < MAX_ERRORS_PER_FILE {
+        let i = first_bad(&kept, |p| outside(&records_of(p, spec, &origin)));
+        let name = records_of(&kept[..=i], spec, &origin)
+            .keys()
+            .find(|k| !lower_origin.zone_of(k.name()))
+            .map(|k| k.name().to_string())
+            .unwrap_or_default();
+        errors.push(zerr(
+            kept[i].line,
+            format!("record {name} is outside the zone's origin {}", spec.origin),
+        ));
+        kept.remove(i);
+    }
+
+    let mut nodes: HashMap<LowerName, Node> = HashMap::new();
+    for (key, set) in records {
+        let name = key.name().clone();
+        let records: Vec<_> = set.records_without_rrsigs().cloned().collect();
+        if records.iter().any(|r| r.dns_class != DNSClass::IN) {
+            errors.push(ConfigError::new(
+                file,
+                format!("zone {}", spec.origin),
+                format!("{name}: only class IN is served"),
+            ));
+        }
+        nodes.entry(name).or_default().rrsets.push(RrSet {
+            rtype: set.record_type(),
+            records,
+        });
+    }
+
+    // Load-time checks, as BIND's named-checkzone makes them.
+    let apex = nodes.get(&lower_origin);
+    let soa_count = apex
+        .and_then(|n| n.get(RecordType::SOA))
+        .map_or(0, <[_]>::len);
+    if soa_count != 1 {
+        errors.push(ConfigError::new(
+            file,
+            format!("zone {}", spec.origin),
+            format!("the apex must have exactly one SOA record (found {soa_count})"),
+        ));
+    }
+    if apex.and_then(|n| n.get(RecordType::NS)).is_none() {
+        errors.push(ConfigError::new(
+            file,
+            format!("zone {}", spec.origin),
+            "the apex has no NS records",
+        ));
+    }
+    for (name, node) in &nodes {
+        if node.get(RecordType::SOA).is_some() && *name != lower_origin {
+            errors.push(ConfigError::new(
+                file,
+                format!("zone {}", spec.origin),
+                format!("{name}: SOA is only allowed at the apex"),
+            ));
+        }
+        if node.get(RecordType::CNAME).is_some() && node.rrsets.len() > 1 {
+            errors.push(ConfigError::new(
+                file,
+                format!("zone {}", spec.origin),
+                format!("{name}: a CNAME cannot coexist with other records (RFC 1034 §3.6.2)"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let cuts: Vec<LowerName> = nodes
+        .iter()
+        .filter(|(n, node)| **n != lower_origin && node.get(RecordType::NS).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let has_wildcards = nodes.keys().any(LowerName::is_wildcard);
+    let mut zone = Zone {
+        origin: lower_origin,
+        nodes,
+        cuts,
+        has_wildcards,
+    };
+    let names: Vec<LowerName> = zone.nodes.keys().cloned().collect();
+    for n in &names {
+        insert_with_ancestors(&mut zone, n);
+    }
+    Ok(zone)
+}
+
+fn records_of(entries: &[&Entry], spec: &ZoneSpec, origin: &Name) -> BTreeMap<RrKey, RecordSet> {
+    parse_entries(entries, spec, origin)
+        .map(|(_, r)| r)
+        .unwrap_or_default()
+}
+
+/// Makes `name` and every ancestor up to the origin exist (ancestors as empty non-terminals).
+pub(super) fn insert_with_ancestors(zone: &mut Zone, name: &LowerName) {
+    zone.nodes.entry(name.clone()).or_default();
+    let mut n = name.clone();
+    while n != zone.origin && !n.is_root() {
+        n = n.base_name();
+        zone.nodes.entry(n.clone()).or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_span_parenthesised_lines() {
+        let text = "$TTL 300\n@ IN SOA ns1 host (\n 1 ; serial\n 2 3 4 5 )\nwww A 192.0.2.1\n";
+        let e = split_entries(text);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[1].line, 2);
+        assert_eq!(e[2].line, 5);
+    }
+
+    #[test]
+    fn parentheses_in_quotes_and_comments_are_ignored() {
+        let text = "a TXT \"(\" ; (\nb A 192.0.2.1\n";
+        let e = split_entries(text);
+        assert_eq!(e.len(), 2);
+    }
+
+    #[test]
+    fn first_bad_finds_the_first_failing_prefix() {
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| Entry {
+                line: i,
+                text: String::new(),
+            })
+            .collect();
+        let refs: Vec<&Entry> = entries.iter().collect();
+        assert_eq!(first_bad(&refs, |p| p.len() > 6), 6);
+        assert_eq!(first_bad(&refs, |p| !p.is_empty()), 0);
+        assert_eq!(first_bad(&refs, |p| p.len() == 10), 9);
+    }
+}
