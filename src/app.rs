@@ -180,6 +180,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         ));
     }
     dns_tasks.close();
+    info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&app).await?;
     info!("shutting down");
