@@ -603,6 +603,92 @@ pub(crate) mod tests {
         );
     }
 
+    /// Serves `connections` TLS connections on 127.0.0.1 with the self-signed certificate for
+    /// api.example.net in `testdata/` (see `gen-cert.sh`), answering 200 "ok", and records the
+    /// SNI name each client sent. Runs on a plain thread with rustls' blocking stream.
+    fn tls_backend(connections: usize) -> (u16, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use std::io::{Read, Write};
+        let cert = CertificateDer::from(include_bytes!("testdata/cert.der").to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            include_bytes!("testdata/key.der").to_vec(),
+        ));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sni = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sni.clone();
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let Ok((sock, _)) = listener.accept() else {
+                    return;
+                };
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 1024];
+                let complete = loop {
+                    match tls.read(&mut tmp) {
+                        Ok(0) | Err(_) => break false,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break true;
+                    }
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(tls.conn.server_name().map(str::to_string));
+                if complete {
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+            }
+        });
+        (port, sni)
+    }
+
+    #[tokio::test]
+    async fn https_probe_sends_sni_from_host_and_skips_verification_when_told() {
+        let (port, sni) = tls_backend(1);
+        let mut c = http_check(port);
+        c.kind = CheckKind::Https;
+        c.host = Some("api.example.net".into());
+        c.tls_verify = false;
+        c.body_contains = Some("ok".into());
+        c.timeout = Duration::from_secs(5);
+        let out = Prober::new(localhost(), &c).probe().await;
+        assert_eq!(out.result, Ok(()));
+        assert_eq!(*sni.lock().unwrap(), [Some("api.example.net".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn https_probe_rejects_a_self_signed_certificate_when_verifying() {
+        let (port, _sni) = tls_backend(1);
+        let mut c = http_check(port);
+        c.kind = CheckKind::Https;
+        c.host = Some("api.example.net".into());
+        c.timeout = Duration::from_secs(5);
+        let err = Prober::new(localhost(), &c)
+            .probe()
+            .await
+            .result
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::Tls(_)), "{err:?}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
     #[test]
     fn timeouts_are_written_like_config_durations() {
         let s = |d| ProbeError::TimedOut(d).to_string();
