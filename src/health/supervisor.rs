@@ -210,7 +210,8 @@ impl Health {
     /// Loads the overrides from `config.server.state_file` and starts one probe task per
     /// distinct (address, check) on the current tokio runtime. The tasks stop when `token` is
     /// cancelled (or on [`Health::shutdown`]). Fails when the state file is unreadable or
-    /// corrupt; a missing file means nothing is drained.
+    /// corrupt; a missing file means nothing is drained. Must be called within a tokio
+    /// runtime; the tasks hold the subsystem alive until `token` is cancelled.
     pub fn start(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
         let overrides = match &config.server.state_file {
             Some(path) => Overrides::load(path)?,
@@ -682,8 +683,13 @@ mod tests {
         let mut events = health.subscribe();
         let state = || health.view().state(lo(1), Some("web"));
         eventually("up", || state() == State::Up).await;
-        let first = events.recv().await.unwrap();
-        assert_eq!((first.from, first.to), (State::Unknown, State::Up));
+        // The first transition (unknown -> up) may precede `subscribe`; later ones cannot.
+        let mut next_to = async |to: State| loop {
+            let e = events.recv().await.unwrap();
+            if e.to == to {
+                return e;
+            }
+        };
 
         b.set(Reply {
             status: 503,
@@ -693,7 +699,7 @@ mod tests {
         eventually("down", || state() == State::Down).await;
         // fall = 3: at least three failed probes happened before the view changed.
         assert!(b.hits() - hits_before >= 3);
-        let down = events.recv().await.unwrap();
+        let down = next_to(State::Down).await;
         assert_eq!((down.from, down.to), (State::Up, State::Down));
         assert_eq!(
             down.reason.to_string(),
@@ -708,7 +714,7 @@ mod tests {
 
         b.set(Reply::ok());
         eventually("up again", || state() == State::Up).await;
-        let up = events.recv().await.unwrap();
+        let up = next_to(State::Up).await;
         assert_eq!(up.reason.to_string(), "2 consecutive successes");
         health.shutdown().await;
     }
