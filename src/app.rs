@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::dns::{self, Answerer, Services};
 use crate::geo::Geo;
-use crate::health::HealthView;
+use crate::health::{Health, HealthView};
 use crate::metrics::Metrics;
 use crate::zone::Zones;
 
@@ -107,8 +107,8 @@ pub struct App {
     pub config_path: PathBuf,
     /// The current snapshot.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// The current health view.
-    pub health: Arc<ArcSwap<HealthView>>,
+    /// Probes, their state and the operator's drains.
+    pub health: Health,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -124,27 +124,40 @@ impl App {
         {
             warn!("listen addresses changed: they take effect at the next restart");
         }
+        let summary = self.health.reload(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
-        info!(config = %self.config_path.display(), "configuration reloaded");
+        info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
         Ok(())
     }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The health subsystem refused its state (a corrupt state file): a config problem (exit 2).
+    #[error("{0}")]
+    Health(crate::health::HealthError),
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
 pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<()> {
     let server = snapshot.config.server.clone();
+    let token = CancellationToken::new();
+    // Probes stop on their own token, after DNS has stopped answering.
+    let health_token = CancellationToken::new();
+    let health =
+        Health::start(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
     let app = App {
         config_path,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+        health,
         metrics: Arc::new(Metrics::default()),
     };
     let answerer = Answerer {
         snapshot: app.snapshot.clone(),
-        health: app.health.clone(),
+        health: app.health.view_cell(),
         metrics: app.metrics.clone(),
     };
-    let token = CancellationToken::new();
     let dns_tasks = TaskTracker::new();
 
     // Bind every socket before serving anything, so a bad address fails the start cleanly.
