@@ -126,9 +126,9 @@ pub enum Step {
         /// Its health state (`unknown` counts as up).
         state: State,
     },
-    /// Sticky `all`: the list of picks was rotated to start at this position.
+    /// Sticky `all`: the walk over the family's targets (config order) starts here.
     Rotate {
-        /// The new first position, 0-based.
+        /// The first position, 0-based.
         start: usize,
     },
 }
@@ -365,7 +365,9 @@ impl fmt::Display for Explanation {
                         "  pick {address} ({region}, {})",
                         format!("{state:?}").to_lowercase()
                     )?,
-                    Step::Rotate { start } => writeln!(f, "  rotate to start at {start}")?,
+                    Step::Rotate { start } => {
+                        writeln!(f, "  start at target {} (sticky rotation)", start + 1)?
+                    }
                 }
             }
         }

@@ -25,7 +25,7 @@
 //!   (a bare `XX` key matches as a country first, then as a continent; the first entry in file
 //!   order wins). Only the listed regions are candidates (a map may encode data residency). A
 //!   `[nets]` override region goes first.
-//! - `all`: every usable target in config order.
+//! - `all`: every usable target in config order (sticky: starting at a per-subnet position).
 //!
 //! # Filling the answer
 //!
@@ -47,8 +47,10 @@
 //! (/24 of an IPv4 address, /56 of an IPv6 one) and the service name instead of the caller's
 //! random number: FNV-1a 64 over the service name, 0xff, the family tag (4 or 6) and the masked
 //! address octets, finished by splitmix64. It is fixed and documented so that every instance and
-//! every version give a subnet the same answer while health stays the same. `all` rotates the
-//! start of its usable-target list by that hash, so load spreads but each subnet sticks.
+//! every version give a subnet the same answer while health stays the same. `all` starts its walk
+//! over the configured targets at a position drawn from that hash, so load spreads but each
+//! subnet sticks. Both draw over the configuration, then pass over what is unusable, so a subnet's
+//! answer moves only when one of its own targets or regions fails, not when another one does.
 //!
 //! # ECS scope (RFC 7871 §7.2.1)
 //!
@@ -306,6 +308,8 @@ pub struct CompiledService {
     regions: Box<[CompiledRegion]>,
     /// Number of targets per family (index: [`Family::index`]).
     family_targets: [usize; 2],
+    /// Per family: (region index, target) in config order, for `all`.
+    flat_targets: [Box<[(usize, IpAddr)]>; 2],
     config_order: Box<[usize]>,
     failover_order: Box<[usize]>,
     nets_orders: Box<[NetsOrder]>,
@@ -354,6 +358,14 @@ impl CompiledService {
             regions.iter().map(|r| r.targets[0].len()).sum(),
             regions.iter().map(|r| r.targets[1].len()).sum(),
         ];
+        let flat = |f: usize| -> Box<[(usize, IpAddr)]> {
+            regions
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.targets[f].iter().map(move |&a| (i, a)))
+                .collect()
+        };
+        let flat_targets = [flat(0), flat(1)];
         let config_order: Box<[usize]> = (0..n).collect();
         let mut failover_order: Vec<usize> = (0..n).collect();
         // Stable sort: ties stay in config order.
@@ -395,6 +407,7 @@ impl CompiledService {
             service: service.clone(),
             regions,
             family_targets,
+            flat_targets,
             config_order,
             failover_order: failover_order.into(),
             nets_orders,
@@ -492,12 +505,13 @@ impl CompiledService {
             random
         };
         let max = self.service.max_answers.max(1);
-        let rotate = self.service.policy == Policy::All && self.service.sticky;
-        let mut out = Vec::with_capacity(if rotate {
-            self.family_targets[fam]
+        let mut out = Vec::with_capacity(max.min(self.family_targets[fam]));
+        // `all`: where the walk over the targets starts (sticky services only).
+        let start = if self.service.policy == Policy::All && self.service.sticky {
+            below(seed, self.family_targets[fam] as u64) as usize
         } else {
-            max.min(self.family_targets[fam])
-        });
+            0
+        };
         let mut inline = [0.0f64; INLINE_REGIONS];
         let mut heap;
         let keys: &mut [f64] = if self.regions.len() <= INLINE_REGIONS {
@@ -513,19 +527,12 @@ impl CompiledService {
             sink.pass(pass);
             let has_candidate = match self.service.policy {
                 Policy::Weighted => {
-                    self.fill_weighted(fam, pass, health, seed, max, &mut out, sink)
+                    self.fill_weighted(fam, pass, health, seed, max, &mut out, sink);
+                    true
                 }
-                Policy::All if rotate => {
-                    let order = Order::list(None, &self.config_order);
-                    let seen =
-                        self.fill_ordered(order, fam, pass, health, usize::MAX, &mut out, sink);
-                    if !out.is_empty() {
-                        let start = below(seed, out.len() as u64) as usize;
-                        out.rotate_left(start);
-                        out.truncate(max);
-                        sink.rotated(start);
-                    }
-                    seen
+                Policy::All => {
+                    self.fill_all(fam, pass, health, start, max, &mut out, sink);
+                    true
                 }
                 _ => {
                     let order = self.order(located, &mut *keys);
@@ -675,8 +682,14 @@ impl CompiledService {
         out.len() >= max
     }
 
-    /// `weighted`: draws usable regions by weight without replacement, filling `out` from each;
-    /// returns whether some region had a target of the family.
+    /// `weighted`: draws regions by weight without replacement, passing over the unusable
+    /// ones, and fills `out` from each region drawn. Weight 0 regions are drawn (uniformly)
+    /// only when no region of positive weight is usable.
+    ///
+    /// Drawing first and checking health after costs one health lookup in the healthy case,
+    /// and draws from exactly the distribution of "by weight among the usable". It also keeps
+    /// sticky clients in place when an unrelated region fails: the first draw of a subnet
+    /// depends only on the configured weights.
     #[allow(clippy::too_many_arguments)]
     fn fill_weighted<H: HealthSource + ?Sized, S: Sink>(
         &self,
@@ -687,77 +700,122 @@ impl CompiledService {
         max: usize,
         out: &mut Vec<IpAddr>,
         sink: &mut S,
-    ) -> bool {
-        // Per region: its weight when usable, else -1.
+    ) {
         let n = self.regions.len();
-        let mut inline = [-1i64; INLINE_REGIONS];
+        let mut inline = [false; INLINE_REGIONS];
         let mut heap;
-        let weights: &mut [i64] = if n <= INLINE_REGIONS {
+        // Per region: still to be drawn in the current round.
+        let open: &mut [bool] = if n <= INLINE_REGIONS {
             &mut inline[..n]
         } else {
-            heap = vec![-1i64; n];
+            heap = vec![false; n];
             &mut heap
         };
-        let (mut seen, mut total_positive, mut zeros) = (false, 0u64, 0u64);
-        for (i, region) in self.regions.iter().enumerate() {
-            weights[i] = -1;
-            let targets = &region.targets[fam];
-            if targets.is_empty() {
-                sink.region_skipped(i, SkipReason::NoTargetOfFamily);
-                continue;
-            }
-            seen = true;
-            if pass.skips_drained() && health.is_drained(&region.name) {
-                sink.region_skipped(i, SkipReason::Drained);
-                continue;
-            }
-            if pass.skips_down()
-                && targets
-                    .iter()
-                    .all(|&a| health.state(a, region.check.as_deref()) == State::Down)
-            {
-                sink.region_skipped(i, SkipReason::AllTargetsDown);
-                continue;
-            }
-            weights[i] = i64::from(region.weight);
-            if region.weight > 0 {
-                total_positive += u64::from(region.weight);
-            } else {
-                zeros += 1;
-            }
-        }
-        // Weight 0 means "only when nothing else is usable": then the zeros are drawn uniformly.
-        let zero_only = total_positive == 0;
-        let effective = |w: i64| -> u64 {
-            match (w, zero_only) {
-                (w, _) if w < 0 => 0,
-                (0, true) => 1,
-                (w, false) => w as u64,
-                _ => 0,
-            }
-        };
-        let mut total = if zero_only { zeros } else { total_positive };
-        while total > 0 && out.len() < max {
-            let mut r = below(seed, total);
-            seed = splitmix64(seed);
-            let mut chosen = None;
-            for (i, &w) in weights.iter().enumerate() {
-                let e = effective(w);
-                if r < e {
-                    chosen = Some(i);
-                    break;
-                }
-                r -= e;
-            }
-            // `r < total` = the sum of effective weights, so some region is always chosen.
-            let Some(i) = chosen else { break };
-            total -= effective(weights[i]);
-            weights[i] = -1;
-            if self.fill_region(i, fam, pass, health, max, out, sink) {
+        let mut any_usable = false;
+        for zero_round in [false, true] {
+            if zero_round && any_usable {
                 break;
             }
+            // The weight a region has in this round (0: not drawn in it).
+            let weight = |r: &CompiledRegion| -> u64 {
+                match (zero_round, r.weight) {
+                    (_, _) if r.targets[fam].is_empty() => 0,
+                    (false, w) => u64::from(w),
+                    (true, 0) => 1,
+                    (true, _) => 0,
+                }
+            };
+            let mut total = 0u64;
+            for (o, r) in open.iter_mut().zip(self.regions.iter()) {
+                let w = weight(r);
+                *o = w > 0;
+                total += w;
+            }
+            while total > 0 && out.len() < max {
+                let mut x = below(seed, total);
+                seed = splitmix64(seed);
+                let mut chosen = None;
+                for (i, r) in self.regions.iter().enumerate() {
+                    let w = if open[i] { weight(r) } else { 0 };
+                    if x < w {
+                        chosen = Some(i);
+                        break;
+                    }
+                    x -= w;
+                }
+                // `x < total`, the sum of the open weights: some region is always chosen.
+                let Some(i) = chosen else { break };
+                open[i] = false;
+                total -= weight(&self.regions[i]);
+                let region = &self.regions[i];
+                if pass.skips_drained() && health.is_drained(&region.name) {
+                    sink.region_skipped(i, SkipReason::Drained);
+                    continue;
+                }
+                if pass.skips_down()
+                    && region.targets[fam]
+                        .iter()
+                        .all(|&a| health.state(a, region.check.as_deref()) == State::Down)
+                {
+                    sink.region_skipped(i, SkipReason::AllTargetsDown);
+                    continue;
+                }
+                any_usable = true;
+                if self.fill_region(i, fam, pass, health, max, out, sink) {
+                    break;
+                }
+            }
         }
-        seen
+    }
+
+    /// `all`: walks the family's targets in config order, starting at `start` and wrapping,
+    /// and takes the usable ones up to `max`.
+    ///
+    /// Sticky services start at a position drawn from the subnet hash over the configured
+    /// targets (not the usable ones), so a subnet's answer moves only when one of its own
+    /// targets fails.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_all<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        fam: usize,
+        pass: Pass,
+        health: &H,
+        start: usize,
+        max: usize,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) {
+        let flat = &self.flat_targets[fam];
+        if start > 0 {
+            sink.rotated(start);
+        }
+        // The drain state of the region last looked at: targets of a region are adjacent.
+        let mut drained: Option<(usize, bool)> = None;
+        let (tail, head) = flat.split_at(start.min(flat.len()));
+        for &(i, address) in head.iter().chain(tail) {
+            if out.len() >= max {
+                return;
+            }
+            let region = &self.regions[i];
+            if pass.skips_drained() {
+                let is_drained = match drained {
+                    Some((r, d)) if r == i => d,
+                    _ => health.is_drained(&region.name),
+                };
+                drained = Some((i, is_drained));
+                if is_drained {
+                    sink.target_skipped(i, address, SkipReason::Drained);
+                    continue;
+                }
+            }
+            let state = health.state(address, region.check.as_deref());
+            if pass.skips_down() && state == State::Down {
+                sink.target_skipped(i, address, SkipReason::Down);
+                continue;
+            }
+            out.push(address);
+            sink.picked(i, address, state);
+        }
     }
 }
 

@@ -1007,3 +1007,73 @@ fn explain_notes_a_family_absent_from_the_service() {
     assert_eq!(e.notes, ["the service has no target of this family"]);
     assert!(e.to_string().contains("answer: NODATA"));
 }
+
+#[test]
+fn sticky_subnets_stay_put_when_an_unrelated_region_fails() {
+    let weighted = weighted("sticky = true");
+    let all = compile(&format!(
+        "policy = \"all\"\ncheck = \"web\"\nsticky = true\n{FOUR}"
+    ));
+    for svc in [&weighted, &all] {
+        let mut moved = 0;
+        for subnet in 0..100u32 {
+            let client = subnet_client(&format!("198.18.{subnet}.1"));
+            let before = addrs(&decide(svc, &client, Family::V4, &Health::default()))[0];
+            // Fail one region the subnet does not use.
+            let other = [EU_WEST, US_EAST, AP_SOUTH]
+                .into_iter()
+                .find(|a| ip(a) != before && svc.region_of(ip(a)) != svc.region_of(before))
+                .unwrap();
+            let region = svc.region_of(ip(other)).unwrap().to_string();
+            let after = decide(svc, &client, Family::V4, &Health::drained(&[&region]));
+            if addrs(&after)[0] != before {
+                moved += 1;
+            }
+            // Failing its own region moves it.
+            let own = svc.region_of(before).unwrap().to_string();
+            let gone = decide(svc, &client, Family::V4, &Health::drained(&[&own]));
+            assert_ne!(addrs(&gone)[0], before);
+        }
+        assert_eq!(moved, 0, "{}", svc.service().policy.as_str());
+    }
+}
+
+#[test]
+fn weighted_fails_open_by_weight_over_non_drained_regions() {
+    let svc = weighted("");
+    let states = [
+        (US_EAST, State::Down),
+        (EU_WEST, State::Down),
+        (AP_SOUTH, State::Down),
+    ];
+    let h = histogram(&svc, &paris(), &Health::with(&states, &[]), 400);
+    assert!(
+        h.contains_key(&ip(US_EAST)) && h.contains_key(&ip(EU_WEST)),
+        "{h:?}"
+    );
+    assert!(!h.contains_key(&ip(AP_SOUTH)), "{h:?}");
+    let h = histogram(&svc, &paris(), &Health::with(&states, &["us-east"]), 100);
+    assert_eq!(h.keys().copied().collect::<Vec<_>>(), ips(&[EU_WEST]));
+}
+
+#[test]
+fn explain_of_weighted_shows_the_regions_drawn_and_passed_over() {
+    let svc = weighted("");
+    let client = Client {
+        located: &paris(),
+        ecs_source_prefix: None,
+    };
+    let e = svc.explain_with(&client, Family::V4, &Health::drained(&["us-east"]), 0);
+    assert_eq!(addrs(&e.decision), ips(&[EU_WEST]));
+    let steps = &e.passes[0].steps;
+    // random 0 draws us-east (the first by cumulative weight), which is drained.
+    assert_eq!(
+        steps[0],
+        Step::SkipRegion {
+            region: "us-east".into(),
+            reason: SkipReason::Drained
+        }
+    );
+    assert!(e.to_string().contains("regions (drawn by weight):"));
+    assert!(e.to_string().contains("us-east weight 3"));
+}
