@@ -1,8 +1,9 @@
 //! Benchmarks of the policy hot path: `CompiledService::decide` for each policy over 20 regions.
 //!
-//! Run with `cargo bench --bench policy`. The health view is a fresh one (every target
-//! "unknown", counted as up), so the numbers are the policy's own cost plus one health lookup
-//! per visited target.
+//! Run with `cargo bench --bench policy`. Most benchmarks use a fresh `HealthView` (every target
+//! "unknown", counted as up: the cheapest lookup), so they measure the policy's own cost. The
+//! `probed_*` ones use `Probed`, a stand-in with every target probed, hashed like `HealthView`
+//! (SipHash, check name then address), to show the cost with realistic lookups.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -10,8 +11,10 @@ use std::path::Path;
 use divan::{Bencher, black_box};
 use meridian::config::Config;
 use meridian::geo::{Located, Location, LocationSource};
-use meridian::health::HealthView;
-use meridian::policy::{Client, CompiledService, Family};
+use std::collections::{HashMap, HashSet};
+
+use meridian::health::{HealthView, State};
+use meridian::policy::{Client, CompiledService, Family, HealthSource};
 
 fn main() {
     divan::main();
@@ -205,4 +208,90 @@ fn explain_nearest_20_regions(bencher: Bencher<'_, '_>) {
         ecs_source_prefix: Some(24),
     };
     bencher.bench_local(|| black_box(svc.explain(black_box(&client), Family::V4, &health, 0)));
+}
+
+/// Health with every target probed: check name -> address -> state, std `HashMap`s (SipHash),
+/// the shape of `HealthView`.
+struct Probed {
+    states: HashMap<String, HashMap<IpAddr, State>>,
+    drained: HashSet<String>,
+}
+
+impl Probed {
+    fn new(svc: &CompiledService, down: &[&str]) -> Self {
+        let mut m = HashMap::new();
+        for ep in &svc.service().endpoints {
+            for a in &ep.addresses {
+                let s = if down.contains(&ep.region.as_str()) {
+                    State::Down
+                } else {
+                    State::Up
+                };
+                m.insert(*a, s);
+            }
+        }
+        Probed {
+            states: HashMap::from([("web".to_string(), m)]),
+            drained: HashSet::from(["r-none".to_string()]),
+        }
+    }
+}
+
+impl HealthSource for Probed {
+    fn state(&self, address: IpAddr, check: Option<&str>) -> State {
+        let Some(check) = check else {
+            return State::Up;
+        };
+        self.states
+            .get(check)
+            .and_then(|m| m.get(&address))
+            .copied()
+            .unwrap_or(State::Unknown)
+    }
+
+    fn is_drained(&self, region: &str) -> bool {
+        self.drained.contains(region)
+    }
+}
+
+fn run_probed(bencher: Bencher<'_, '_>, svc: &CompiledService, down: &[&str]) {
+    let health = Probed::new(svc, down);
+    let located = berlin();
+    let client = Client {
+        located: &located,
+        ecs_source_prefix: Some(24),
+    };
+    let mut random = 0x1234_5678_9abc_def0u64;
+    bencher.bench_local(|| {
+        random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
+        black_box(svc.decide_with(black_box(&client), Family::V4, &health, random))
+    });
+}
+
+#[divan::bench]
+fn probed_nearest_20_regions_a(bencher: Bencher<'_, '_>) {
+    run_probed(bencher, &compile("nearest", "", false), &[]);
+}
+
+/// The two regions nearest to the client are down: three regions visited.
+#[divan::bench]
+fn probed_nearest_20_regions_two_nearest_down(bencher: Bencher<'_, '_>) {
+    let svc = compile("nearest", "", false);
+    let client = Client {
+        located: &berlin(),
+        ecs_source_prefix: None,
+    };
+    let e = svc.explain_with(&client, Family::V4, &Probed::new(&svc, &[]), 0);
+    let down: Vec<&str> = e.order[..2].iter().map(|r| r.region.as_str()).collect();
+    run_probed(bencher, &svc, &down);
+}
+
+#[divan::bench]
+fn probed_weighted_20_regions(bencher: Bencher<'_, '_>) {
+    run_probed(bencher, &compile("weighted", "", false), &[]);
+}
+
+#[divan::bench]
+fn probed_all_20_regions_max_answers_4(bencher: Bencher<'_, '_>) {
+    run_probed(bencher, &compile("all", "max_answers = 4", false), &[]);
 }
