@@ -58,10 +58,10 @@ fn berlin() -> Located {
     Located {
         ip: "85.1.2.3".parse::<IpAddr>().unwrap(),
         location: Some(Location {
-            latitude: 52.5,
-            longitude: 13.4,
-            country: Some("DE".to_string()),
-            continent: Some("EU".to_string()),
+            latitude: Some(52.5),
+            longitude: Some(13.4),
+            country: meridian::geo::Code::new("DE"),
+            continent: meridian::geo::Code::new("EU"),
         }),
         region: None,
         source: LocationSource::Database,
@@ -126,7 +126,7 @@ fn nearest_20_regions_max_answers_4(bencher: Bencher<'_, '_>) {
 fn nearest_20_regions_nets_override(bencher: Bencher<'_, '_>) {
     let mut located = berlin();
     located.location = None;
-    located.region = Some("r7".to_string());
+    located.region = Some("r7".into());
     located.source = LocationSource::Nets;
     run(
         bencher,

@@ -259,8 +259,35 @@ pub enum ExplainError {
     BadType(String),
 }
 
-/// Explains how `name`/`qtype` would be answered for `client`, without health probes (every
-/// target counts as unknown, i.e. up).
+/// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
+/// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
+pub fn explain_in(
+    snapshot: &Snapshot,
+    health: &HealthView,
+    client: std::net::IpAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<crate::policy::Explanation, ExplainError> {
+    let family = match qtype.to_ascii_uppercase().as_str() {
+        "A" => crate::policy::Family::V4,
+        "AAAA" => crate::policy::Family::V6,
+        _ => return Err(ExplainError::BadType(qtype.to_string())),
+    };
+    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+    let service = Name::from_ascii(&fqdn)
+        .ok()
+        .and_then(|n| snapshot.services.get(&LowerName::new(&n)))
+        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
+    let located = snapshot.geo.locate(client);
+    let c = crate::policy::Client {
+        located: &located,
+        ecs_source_prefix: None,
+    };
+    Ok(service.explain(&c, family, health, rand::random()))
+}
+
+/// Explains a decision from the config file alone (no probes run: every target counts as
+/// unknown, i.e. up; drains in the state file are applied).
 pub fn explain(
     config: &Path,
     client: std::net::IpAddr,
@@ -268,24 +295,16 @@ pub fn explain(
     qtype: &str,
 ) -> Result<String, ExplainError> {
     let snapshot = load_snapshot(config).map_err(ExplainError::Config)?;
-    let family = match qtype.to_ascii_uppercase().as_str() {
-        "A" => crate::policy::Family::V4,
-        "AAAA" => crate::policy::Family::V6,
-        _ => return Err(ExplainError::BadType(qtype.to_string())),
-    };
-    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
-    let lower = Name::from_ascii(&fqdn)
-        .map(|n| LowerName::new(&n))
-        .map_err(|_| ExplainError::NotAService(name.to_string()))?;
-    let service = snapshot
-        .services
-        .get(&lower)
-        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
-    let located = snapshot.geo.locate(client);
-    let c = crate::policy::Client {
-        located: &located,
-        ecs_source_prefix: None,
-    };
-    let d = service.decide(&c, family, &HealthView::empty(), rand::random());
-    Ok(format!("client {client}: {located:?}\ndecision: {d:?}\n"))
+    let mut health = HealthView::empty();
+    if let Some(state) = &snapshot.config.server.state_file
+        && let Ok(o) = crate::health::Overrides::load(state)
+    {
+        for r in &o.drained_regions {
+            health = health.with_drained(r);
+        }
+    }
+    let e = explain_in(&snapshot, &health, client, name, qtype)?;
+    Ok(format!(
+        "{e}\n(no probes were run: every target counts as unknown, i.e. up)\n"
+    ))
 }

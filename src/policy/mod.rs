@@ -954,8 +954,8 @@ fn nets_region(located: &Located) -> Option<&str> {
 
 /// Returns the client's coordinates in degrees, when known and finite.
 fn position(located: &Located) -> Option<(f64, f64)> {
-    let loc = located.location.as_ref()?;
-    (loc.latitude.is_finite() && loc.longitude.is_finite()).then_some((loc.latitude, loc.longitude))
+    let (lat, lon) = located.location.as_ref()?.coordinates()?;
+    (lat.is_finite() && lon.is_finite()).then_some((lat, lon))
 }
 
 fn country_code(loc: &Location) -> Option<u16> {

@@ -115,10 +115,10 @@ fn at(addr: &str, lat: f64, lon: f64, country: &str, continent: &str, prefix_len
     Located {
         ip: ip(addr),
         location: Some(Location {
-            latitude: lat,
-            longitude: lon,
-            country: Some(country.to_string()),
-            continent: Some(continent.to_string()),
+            latitude: Some(lat),
+            longitude: Some(lon),
+            country: crate::geo::Code::new(country),
+            continent: crate::geo::Code::new(continent),
         }),
         region: None,
         source: LocationSource::Database,
@@ -153,7 +153,7 @@ fn by_nets(addr: &str, region: &str) -> Located {
     Located {
         ip: ip(addr),
         location: None,
-        region: Some(region.to_string()),
+        region: Some(region.into()),
         source: LocationSource::Nets,
         prefix_len: 16,
     }
@@ -308,7 +308,7 @@ fn a_nets_override_region_goes_first_then_the_nearest_to_it() {
     assert_eq!(addrs(&d), ips(&[AP_SOUTH, EU_WEST, US_WEST]));
     // The override beats a location that the database may also have found.
     let mut both = paris();
-    both.region = Some("ap-south".to_string());
+    both.region = Some("ap-south".into());
     let d = decide(&svc, &both, Family::V4, &Health::default());
     assert_eq!(addrs(&d)[0], ip(AP_SOUTH));
     // A down override region is skipped like any other.
@@ -502,7 +502,7 @@ fn geo_puts_a_nets_override_region_first() {
     assert_eq!(addrs(&d), ips(&[AP_SOUTH, US_EAST]));
     // An override region already in the list is not repeated.
     let mut c = paris();
-    c.region = Some("us-east".to_string());
+    c.region = Some("us-east".into());
     let d = decide(&svc, &c, Family::V4, &Health::down(&[US_EAST_2]));
     assert_eq!(addrs(&d), ips(&[US_EAST, EU_WEST]));
 }
@@ -887,7 +887,7 @@ fn a_client_with_non_finite_coordinates_is_treated_as_unlocated() {
     let svc = nearest("");
     let mut client = paris();
     if let Some(l) = &mut client.location {
-        l.latitude = f64::NAN;
+        l.latitude = Some(f64::NAN);
     }
     let d = decide(&svc, &client, Family::V4, &Health::default());
     assert_eq!(addrs(&d), ips(&[US_EAST]));
