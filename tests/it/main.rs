@@ -5,4 +5,5 @@
 mod cli;
 mod dns;
 mod fuzz;
+mod geo;
 mod harness;
