@@ -2,8 +2,10 @@
 #![allow(unreachable_pub)]
 //! over real UDP and TCP (see `harness`).
 
+mod backend;
 mod cli;
 mod dns;
 mod fuzz;
 mod geo;
 mod harness;
+mod health;
