@@ -167,13 +167,8 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for addr in &server.dns_listen {
-        let sockets = dns::udp::bind(*addr, workers)
-            .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
+        let (sockets, listener) = bind_dns(*addr, workers)?;
         let bound = sockets[0].local_addr()?;
-        // TCP on the same port as UDP (the UDP bind resolved port 0).
-        let tcp_addr = SocketAddr::new(addr.ip(), bound.port());
-        let listener =
-            bind_tcp(tcp_addr).with_context(|| format!("failed to bind dns/tcp on {tcp_addr}"))?;
         info!("listening dns/udp {bound}");
         info!("listening dns/tcp {}", listener.local_addr()?);
         udp.extend(sockets);
@@ -206,6 +201,32 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Binds UDP and TCP on the same port. With port 0 the UDP bind picks the port, and the TCP
+/// bind may find it taken (by some other TCP socket): then both are retried on a new port.
+fn bind_dns(
+    addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, tokio::net::TcpListener)> {
+    const ATTEMPTS: usize = 20;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = dns::udp::bind(addr, workers)
+            .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
+        let tcp_addr = SocketAddr::new(addr.ip(), sockets[0].local_addr()?.port());
+        match bind_tcp(tcp_addr) {
+            Ok(listener) => return Ok((sockets, listener)),
+            Err(e)
+                if addr.port() == 0
+                    && attempt < ATTEMPTS
+                    && e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to bind dns/tcp on {tcp_addr}"));
+            }
+        }
+    }
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
