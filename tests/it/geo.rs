@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{RData, RecordType};
 
-use crate::harness::{Server, ZONE, query};
+use crate::harness::{Server, ZONE, add_option, ecs, query};
 
 /// Regions on four continents, one service per policy that depends on location.
 pub const REGIONS: &str = r#"
@@ -84,15 +84,7 @@ fn ask_ecs(
     source: u8,
 ) -> (Vec<IpAddr>, u8) {
     let mut m = query(name, rtype);
-    m.edns
-        .as_mut()
-        .unwrap()
-        .options_mut()
-        .insert(EdnsOption::Subnet(ClientSubnet::new(
-            subnet.parse().unwrap(),
-            source,
-            0,
-        )));
+    add_option(&mut m, ecs(subnet, source));
     let [u, t] = s.both(&m);
     let addrs = |r: &Message| -> Vec<IpAddr> {
         r.answers
@@ -239,11 +231,10 @@ fn rfc7871_malformed_client_subnet_is_formerr() {
     let s = server();
     // Source /24 but four address octets: too many (RFC 7871 §6).
     let mut m = query("api.example.net.", RecordType::A);
-    m.edns
-        .as_mut()
-        .unwrap()
-        .options_mut()
-        .insert(EdnsOption::Unknown(8, vec![0, 1, 24, 0, 192, 0, 2, 1]));
+    add_option(
+        &mut m,
+        EdnsOption::Unknown(8, vec![0, 1, 24, 0, 192, 0, 2, 1]),
+    );
     for r in s.both(&m) {
         assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
     }

@@ -8,30 +8,21 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{RData, RecordType};
 
 use crate::backend::{Mode, backends};
 use crate::geo::REGIONS;
-use crate::harness::{Server, ZONE, query};
+use crate::harness::{Server, ZONE, add_option, ecs, query};
 
 /// Probe timing used by these tests: withdrawal is due within interval × fall + 1 s = 2 s.
 const CHECK: &str = "interval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n";
 /// The bound a test waits for a behaviour before failing: generous for loaded machines.
 const BOUND: Duration = Duration::from_secs(20);
 
-fn answer(s: &Server, name: &str, ecs: Option<&str>) -> (ResponseCode, Vec<IpAddr>) {
+fn answer(s: &Server, name: &str, client_subnet: Option<&str>) -> (ResponseCode, Vec<IpAddr>) {
     let mut m = query(name, RecordType::A);
-    if let Some(subnet) = ecs {
-        m.edns
-            .as_mut()
-            .unwrap()
-            .options_mut()
-            .insert(EdnsOption::Subnet(ClientSubnet::new(
-                subnet.parse().unwrap(),
-                24,
-                0,
-            )));
+    if let Some(subnet) = client_subnet {
+        add_option(&mut m, ecs(subnet, 24));
     }
     let raw = s.udp_raw(&m.to_vec().unwrap()).expect("a response");
     let r = Message::from_vec(&raw).unwrap();
