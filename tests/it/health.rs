@@ -165,36 +165,19 @@ fn status_503_and_wrong_body_withdraw_a_target() {
 #[test]
 fn every_backend_down_each_when_all_down_mode_does_what_it_says() {
     let (port, mut b) = backends(&["127.0.0.21", "127.0.0.22"]);
-    let services = r#"
-[[service]]
-name = "open.example.net."
-policy = "failover"
-check = "port"
-when_all_down = "all"
-endpoints = [
-  { region = "us-east", addresses = ["127.0.0.21"], priority = 1 },
-  { region = "eu-west", addresses = ["127.0.0.22"], priority = 2 },
-]
-[[service]]
-name = "empty.example.net."
-policy = "failover"
-check = "port"
-when_all_down = "empty"
-endpoints = [
-  { region = "us-east", addresses = ["127.0.0.21"], priority = 1 },
-  { region = "eu-west", addresses = ["127.0.0.22"], priority = 2 },
-]
-[[service]]
-name = "closed.example.net."
-policy = "failover"
-check = "port"
-when_all_down = "servfail"
-endpoints = [
-  { region = "us-east", addresses = ["127.0.0.21"], priority = 1 },
-  { region = "eu-west", addresses = ["127.0.0.22"], priority = 2 },
-]
-"#;
-    let s = server_for(port, services);
+    // Three services over the same two targets, one per when_all_down mode.
+    let services: String = [("open", "all"), ("empty", "empty"), ("closed", "servfail")]
+        .iter()
+        .map(|(name, mode)| {
+            format!(
+                "[[service]]\nname = \"{name}.example.net.\"\npolicy = \"failover\"\ncheck = \"port\"\n\
+                 when_all_down = \"{mode}\"\nendpoints = [\n\
+                 {{ region = \"us-east\", addresses = [\"127.0.0.21\"], priority = 1 }},\n\
+                 {{ region = \"eu-west\", addresses = [\"127.0.0.22\"], priority = 2 }},\n]\n"
+            )
+        })
+        .collect();
+    let s = server_for(port, &services);
     wait_until("both probed up", &s, || ups(&s) >= 2);
     assert_eq!(
         answer(&s, "closed.example.net.", None),
