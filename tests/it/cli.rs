@@ -139,3 +139,74 @@ fn sigint_shuts_down_cleanly_with_exit_0() {
         .expect("exited after SIGINT");
     assert_eq!(status.code(), Some(0), "{}", s.log_text());
 }
+
+/// Every table of the example config, with an unknown key injected, is rejected by name.
+#[test]
+fn an_unknown_key_in_any_table_of_the_example_config_is_rejected() {
+    let example = std::fs::read_to_string(repo().join("zones/meridian.toml")).unwrap();
+    let table: toml::Table = example.parse().unwrap();
+    // (path to the table, the key as errors name it)
+    let mut targets: Vec<(Vec<String>, String)> = Vec::new();
+    for (k, v) in &table {
+        match v {
+            toml::Value::Table(t) if k == "region" || k == "check" => {
+                for name in t.keys() {
+                    targets.push((vec![k.clone(), name.clone()], format!("{k}.{name}")));
+                }
+            }
+            toml::Value::Table(_) if k != "nets" => targets.push((vec![k.clone()], k.clone())),
+            toml::Value::Array(a) => {
+                for i in 0..a.len() {
+                    targets.push((vec![k.clone(), i.to_string()], format!("{k}[{i}]")));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(targets.len() >= 10, "{targets:?}");
+    for (path, key) in targets {
+        let mut t = table.clone();
+        let cur = table_at(&mut t, &path);
+        cur.insert("bogus_key".into(), toml::Value::Integer(1));
+        let dir = tempfile::tempdir().unwrap();
+        // Relative paths in the example resolve against its directory: keep them working.
+        let text = toml::to_string(&t)
+            .unwrap()
+            .replace(
+                "\"example.net.zone\"",
+                &format!("{:?}", repo().join("zones/example.net.zone")),
+            )
+            .replace(
+                "\"admin.token\"",
+                &format!("{:?}", repo().join("zones/admin.token")),
+            )
+            .replace(
+                "\"../geodata/sample.mmdb\"",
+                &format!("{:?}", repo().join("geodata/sample.mmdb")),
+            );
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, text).unwrap();
+        let (code, _, err) = run(&["check", "--config", p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(
+            err.contains(&format!("{key}: unknown field `bogus_key`")),
+            "{key}: {err}"
+        );
+    }
+}
+
+/// Returns the table at `path`: a top-level table, a named sub-table, or an array element.
+fn table_at<'a>(t: &'a mut toml::Table, path: &[String]) -> &'a mut toml::Table {
+    let top = t.get_mut(&path[0]).expect("top-level key");
+    match (top, path.get(1)) {
+        (toml::Value::Table(x), None) => x,
+        (toml::Value::Table(x), Some(name)) => x
+            .get_mut(name)
+            .and_then(toml::Value::as_table_mut)
+            .expect("sub-table"),
+        (toml::Value::Array(a), Some(i)) => a[i.parse::<usize>().unwrap()]
+            .as_table_mut()
+            .expect("array of tables"),
+        _ => panic!("unexpected shape at {path:?}"),
+    }
+}

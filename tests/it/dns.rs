@@ -2,10 +2,10 @@
 //! over UDP and TCP; RFC sections are cited in the names.
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
-use crate::harness::{Server, ZONE, query, query_no_edns};
+use crate::harness::{Server, ZONE, add_option, ecs, query, query_no_edns};
 
 fn server() -> Server {
     Server::start(&format!(
@@ -238,11 +238,7 @@ fn rfc6891_edns_version_above_zero_is_badvers_with_opt() {
 fn rfc6891_unknown_edns_options_are_ignored_not_echoed() {
     let s = server();
     let mut m = query("example.net.", RecordType::SOA);
-    m.edns
-        .as_mut()
-        .unwrap()
-        .options_mut()
-        .insert(EdnsOption::Unknown(65001, vec![1, 2, 3]));
+    add_option(&mut m, EdnsOption::Unknown(65001, vec![1, 2, 3]));
     for r in s.both(&m) {
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
         let e = r.edns.as_ref().unwrap();
@@ -254,11 +250,7 @@ fn rfc6891_unknown_edns_options_are_ignored_not_echoed() {
 fn rfc5001_nsid_is_returned_when_asked() {
     let s = server();
     let mut m = query("example.net.", RecordType::SOA);
-    m.edns
-        .as_mut()
-        .unwrap()
-        .options_mut()
-        .insert(EdnsOption::Unknown(3, vec![]));
+    add_option(&mut m, EdnsOption::Unknown(3, vec![]));
     for r in s.both(&m) {
         let e = r.edns.as_ref().unwrap();
         match e.option(EdnsCode::NSID) {
@@ -335,15 +327,7 @@ fn rfc4592_wildcard_answers_with_the_query_name() {
 fn rfc7871_ecs_on_a_static_name_is_echoed_with_scope_zero() {
     let s = server();
     let mut m = query("mail.example.net.", RecordType::A);
-    m.edns
-        .as_mut()
-        .unwrap()
-        .options_mut()
-        .insert(EdnsOption::Subnet(ClientSubnet::new(
-            "198.51.100.0".parse().unwrap(),
-            24,
-            0,
-        )));
+    add_option(&mut m, ecs("198.51.100.0", 24));
     for r in s.both(&m) {
         match r.edns.as_ref().unwrap().option(EdnsCode::Subnet) {
             Some(EdnsOption::Subnet(c)) => {

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 
-use crate::harness::{Server, ZONE, query, tcp_raw};
+use crate::harness::{Server, ZONE, add_option, ecs, query, tcp_raw};
 
 /// A small deterministic PRNG (xorshift), so failures can be replayed from the seed.
 struct Rng(u64);
@@ -34,15 +33,7 @@ fn seeds() -> Vec<Vec<u8>> {
         ("nope.example.net.", RecordType::AAAA),
     ] {
         let mut m = query(name, t);
-        m.edns
-            .as_mut()
-            .unwrap()
-            .options_mut()
-            .insert(EdnsOption::Subnet(ClientSubnet::new(
-                "198.51.100.0".parse().unwrap(),
-                24,
-                0,
-            )));
+        add_option(&mut m, ecs("198.51.100.0", 24));
         out.push(m.to_vec().unwrap());
         out.push(query(name, t).to_vec().unwrap());
     }

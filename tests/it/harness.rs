@@ -260,6 +260,26 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Adds an EDNS option to a query built by [`query`].
+pub fn add_option(m: &mut Message, option: hickory_proto::rr::rdata::opt::EdnsOption) {
+    m.edns
+        .as_mut()
+        .expect("a query with EDNS")
+        .options_mut()
+        .insert(option);
+}
+
+/// Builds an ECS option for `subnet`/`source` (scope 0, as queries carry it).
+pub fn ecs(subnet: &str, source: u8) -> hickory_proto::rr::rdata::opt::EdnsOption {
+    hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+        hickory_proto::rr::rdata::opt::ClientSubnet::new(
+            subnet.parse().expect("an IP address"),
+            source,
+            0,
+        ),
+    )
+}
+
 impl Server {
     /// Returns the directory holding the config (and any state file under it).
     pub fn dir(&self) -> &Path {

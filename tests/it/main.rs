@@ -3,7 +3,10 @@
 //! over real UDP and TCP (see `harness`).
 
 mod admin;
+mod backend;
 mod cli;
 mod dns;
 mod fuzz;
+mod geo;
 mod harness;
+mod health;
