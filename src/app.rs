@@ -116,6 +116,7 @@ pub struct App {
 impl App {
     /// Re-reads the config file; on success swaps in the new snapshot, on failure keeps the
     /// old one and returns the errors.
+    ///
     /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
     /// `meridian_config_reloads_total{result}`.
     pub fn reload(&self) -> Result<(), ConfigErrors> {

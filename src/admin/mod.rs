@@ -404,7 +404,7 @@ async fn authorize(
 ) -> Result<(), AdminError> {
     let token_file = s.app.snapshot.load().config.server.admin_token_file.clone();
     let Some(path) = token_file else {
-        if s.local.ip().is_loopback() {
+        if may_mutate_without_token(s.local) {
             return Ok(());
         }
         warn!(%peer, "admin: mutating call refused, no token file configured");
@@ -437,6 +437,12 @@ async fn authorize(
         warn!(%peer, "admin: mutating call refused, missing or wrong token");
         Err(AdminError::Unauthorized)
     }
+}
+
+/// Returns true when mutating calls need no token: the listener is reachable from this host
+/// only (127.0.0.0/8 or ::1), so whoever can call it can already signal the process.
+fn may_mutate_without_token(local: SocketAddr) -> bool {
+    local.ip().is_loopback()
 }
 
 /// Compares tokens in constant time (for a given length: the length itself is not secret).
@@ -522,6 +528,24 @@ mod tests {
         assert!(!is_same_token("s3cre", "s3cret"));
         assert!(!is_same_token("s3creT", "s3cret"));
         assert!(!is_same_token("", "s3cret"));
+    }
+
+    #[test]
+    fn without_a_token_file_only_a_loopback_listener_may_mutate() {
+        for ok in ["127.0.0.1:8053", "127.1.2.3:0", "[::1]:8053"] {
+            assert!(may_mutate_without_token(ok.parse().unwrap()), "{ok}");
+        }
+        for refused in [
+            "0.0.0.0:8053",
+            "[::]:8053",
+            "10.0.0.5:8053",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(
+                !may_mutate_without_token(refused.parse().unwrap()),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -476,6 +476,13 @@ fn drain_config() -> String {
     )
 }
 
+/// The sorted A answers for `cdn` (policy `all`, one address per region).
+fn cdn_answers(s: &Server) -> Vec<IpAddr> {
+    let mut a = a_records(&s.ask("cdn.example.net.", RecordType::A));
+    a.sort();
+    a
+}
+
 fn drained(s: &Server) -> serde_json::Value {
     get(s, "/status").json()["drained_regions"].clone()
 }
@@ -504,6 +511,12 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
     );
     assert_eq!(r.status, 401);
     assert_eq!(drained(&s), serde_json::json!([]));
+    let both: Vec<IpAddr> = vec![
+        "192.0.2.10".parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    ];
+    let us_only: Vec<IpAddr> = vec!["192.0.2.10".parse().unwrap()];
+    assert_eq!(cdn_answers(&s), both);
 
     let r = post(
         &s,
@@ -516,6 +529,8 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
         r.json(),
         serde_json::json!({"region": "eu-west", "drained": true, "changed": true})
     );
+    // Withdrawn from answers at once (the 200 comes after the health view changed).
+    assert_eq!(cdn_answers(&s), us_only);
     let again = post(&s, "/regions/eu-west/drain", Some(TOKEN), "");
     assert_eq!(again.json()["changed"], false);
 
@@ -566,6 +581,7 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
     let path = dir.path().join("meridian.toml");
     let s = Server::start_in(dir, &path);
     assert_eq!(drained(&s), serde_json::json!(["eu-west"]));
+    assert_eq!(cdn_answers(&s), us_only);
     assert_eq!(
         get(&s, "/status").json()["services"][0]["regions"][1]["drained"],
         true
@@ -576,6 +592,7 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
         serde_json::json!({"region": "eu-west", "drained": false, "changed": true})
     );
     assert_eq!(drained(&s), serde_json::json!([]));
+    assert_eq!(cdn_answers(&s), both);
 }
 
 #[test]
