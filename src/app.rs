@@ -116,7 +116,18 @@ pub struct App {
 impl App {
     /// Re-reads the config file; on success swaps in the new snapshot, on failure keeps the
     /// old one and returns the errors.
+    ///
+    /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
+    /// `meridian_config_reloads_total{result}`.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
+        static RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_unlocked();
+        self.metrics.count_reload(result.is_ok());
+        result
+    }
+
+    fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
         let snapshot = load_snapshot(&self.config_path)?;
         let old = self.snapshot.load();
         if old.config.server.dns_listen != snapshot.config.server.dns_listen
@@ -188,6 +199,12 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         ));
     }
     dns_tasks.close();
+    // Admin last in the shutdown order: it has its own token and tracker.
+    let admin_token = CancellationToken::new();
+    let admin_tasks = TaskTracker::new();
+    crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
+    crate::notify::start(&app, &admin_tasks, admin_token.clone());
+    admin_tasks.close();
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&app).await?;
@@ -198,6 +215,19 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         .is_err()
     {
         warn!("dns tasks did not stop in time");
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.health.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("health probes did not stop in time");
+    }
+    admin_token.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, admin_tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("admin tasks did not stop in time");
     }
     info!("stopped");
     Ok(())

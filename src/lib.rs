@@ -12,6 +12,7 @@
 //! - [`dns`]: the only place that speaks DNS: request bytes -> response bytes; UDP/TCP transports.
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
+//! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
 //! - [`app`]: wiring, reload, signals and shutdown order.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
@@ -23,5 +24,6 @@ pub mod dns;
 pub mod geo;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod zone;

@@ -1,10 +1,24 @@
-//! Metric names and the lock-free counters of the answer path.
+//! Metric names, the lock-free counters of the answer path, and the Prometheus registry.
 //!
 //! Every metric name is a `pub const` that tests import. The DNS path counts into fixed arrays
 //! of atomics indexed by (transport, qtype, rcode): no lock and no allocation per query; the
-//! admin port turns them into Prometheus text at scrape time.
+//! admin port turns them into OpenMetrics text at scrape time ([`Metrics::registry`]).
+//! Per-answer counters ([`Metrics::answer_counter`]) are looked up once, when a snapshot is
+//! built, and then incremented with one atomic add. Everything else (transitions, probe
+//! durations, reloads) is counted off the answer path.
+//!
+//! This module does not know about snapshots or health: gauges computed from them
+//! (`meridian_target_up`) are collected by the admin port (`crate::admin`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Queries answered, by transport, qtype and rcode.
 pub const DNS_QUERIES_TOTAL: &str = "meridian_dns_queries_total";
@@ -105,9 +119,205 @@ impl DnsCounters {
     }
 }
 
+/// Upper bounds of the probe-duration histogram buckets, in seconds.
+pub const PROBE_DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A counter the answer path increments once per answer: one relaxed atomic add, no lock.
+/// Clones share the count.
+pub type AnswerCounter = Counter;
+
+/// Labels of `meridian_dns_answers_total`: service and region.
+type ServiceRegion = [(&'static str, String); 2];
+/// Labels of `meridian_health_transitions_total`: address and new state.
+type AddressTo = [(&'static str, String); 2];
+/// One label: `check` or `result`.
+type OneLabel = [(&'static str, String); 1];
+
+fn new_probe_histogram() -> Histogram {
+    Histogram::new(PROBE_DURATION_BUCKETS)
+}
+
 /// Every metric the process keeps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// `meridian_dns_queries_total`.
     pub dns: DnsCounters,
+    answers: Family<ServiceRegion, Counter>,
+    transitions: Family<AddressTo, Counter>,
+    probe_duration: Family<OneLabel, Histogram, fn() -> Histogram>,
+    reloads: Family<OneLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reloads = Family::<OneLabel, Counter>::default();
+        // Both results exist from the start, so that a rate() over them is defined.
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&[("result", result.to_string())]);
+        }
+        Self {
+            dns: DnsCounters::default(),
+            answers: Family::default(),
+            transitions: Family::default(),
+            probe_duration: Family::new_with_constructor(new_probe_histogram),
+            reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// Returns the counter of answers for `service` from `region`. Takes a lock: call it when
+    /// a snapshot is built and keep the handle, not per query. Counters of services removed by
+    /// a reload keep their last value (Prometheus counters never go back).
+    pub fn answer_counter(&self, service: &str, region: &str) -> AnswerCounter {
+        self.answers.get_or_create_owned(&[
+            ("service", service.to_string()),
+            ("region", region.to_string()),
+        ])
+    }
+
+    /// Counts a target state change of `address` to `to` (`up`, `down`, `unknown`).
+    pub fn count_transition(&self, address: &str, to: &str) {
+        self.transitions
+            .get_or_create(&[("address", address.to_string()), ("to", to.to_string())])
+            .inc();
+    }
+
+    /// Records how long one probe of `check` took, in seconds.
+    pub fn observe_probe(&self, check: &str, seconds: f64) {
+        self.probe_duration
+            .get_or_create(&[("check", check.to_string())])
+            .observe(seconds);
+    }
+
+    /// Counts one config reload (SIGHUP or `POST /reload`) that succeeded or failed.
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads
+            .get_or_create(&[("result", result.to_string())])
+            .inc();
+    }
+
+    /// Returns how many reloads ended with `ok` (true) or an error (false).
+    pub fn reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads
+            .get(&[("result", result.to_string())])
+            .map_or(0, |c| c.get())
+    }
+
+    /// Returns a registry holding every metric of this process; `extra` collectors (gauges
+    /// computed at scrape time) are added to it. Encode it with
+    /// `prometheus_client::encoding::text::encode`.
+    pub fn registry(self: &Arc<Self>, extra: Vec<Box<dyn Collector>>) -> Registry {
+        let mut registry = Registry::default();
+        // prometheus-client appends `_total` to counters itself.
+        registry.register_collector(Box::new(DnsCollector(self.clone())));
+        registry.register(
+            counter_name(DNS_ANSWERS_TOTAL),
+            "Dynamic answers, by service and region",
+            self.answers.clone(),
+        );
+        registry.register(
+            counter_name(HEALTH_TRANSITIONS_TOTAL),
+            "Target health state changes, by address and new state",
+            self.transitions.clone(),
+        );
+        registry.register(
+            PROBE_DURATION_SECONDS,
+            "Health probe duration in seconds, by check",
+            self.probe_duration.clone(),
+        );
+        registry.register(
+            counter_name(CONFIG_RELOADS_TOTAL),
+            "Config reloads (SIGHUP or POST /reload), by result",
+            self.reloads.clone(),
+        );
+        for c in extra {
+            registry.register_collector(c);
+        }
+        registry
+    }
+}
+
+/// Strips `_total`: prometheus-client registers counters by their base name.
+fn counter_name(name: &'static str) -> &'static str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+/// Reads [`DnsCounters`] at scrape time.
+#[derive(Debug)]
+struct DnsCollector(Arc<Metrics>);
+
+impl Collector for DnsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let counts = self.0.dns.snapshot();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(
+            counter_name(DNS_QUERIES_TOTAL),
+            "DNS queries answered, by transport, query type and response code.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (transport, qtype, rcode, n) in counts {
+            let labels = [("transport", transport), ("qtype", qtype), ("rcode", rcode)];
+            ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(m: &Arc<Metrics>) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry(Vec::new())).unwrap();
+        out
+    }
+
+    #[test]
+    fn exposition_uses_the_contract_names() {
+        let m = Arc::new(Metrics::default());
+        m.dns.count(0, 1, 0);
+        m.dns.count(1, 28, 3);
+        m.answer_counter("api.example.net.", "eu-west").inc();
+        m.count_transition("192.0.2.1", "down");
+        m.observe_probe("web", 0.003);
+        m.count_reload(false);
+        let text = render(&m);
+        for line in [
+            r#"meridian_dns_queries_total{transport="udp",qtype="A",rcode="NOERROR"} 1"#,
+            r#"meridian_dns_queries_total{transport="tcp",qtype="AAAA",rcode="NXDOMAIN"} 1"#,
+            r#"meridian_dns_answers_total{service="api.example.net.",region="eu-west"} 1"#,
+            r#"meridian_health_transitions_total{address="192.0.2.1",to="down"} 1"#,
+            r#"meridian_probe_duration_seconds_bucket{le="0.005",check="web"} 1"#,
+            r#"meridian_probe_duration_seconds_count{check="web"} 1"#,
+            r#"meridian_config_reloads_total{result="ok"} 0"#,
+            r#"meridian_config_reloads_total{result="error"} 1"#,
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("_total_total"), "{text}");
+    }
+
+    #[test]
+    fn answer_counters_for_one_pair_share_the_count() {
+        let m = Metrics::default();
+        let a = m.answer_counter("api.example.net.", "us-east");
+        let b = m.answer_counter("api.example.net.", "us-east");
+        a.inc();
+        b.inc();
+        assert_eq!(a.get(), 2);
+        assert_eq!(m.answer_counter("api.example.net.", "eu-west").get(), 0);
+    }
 }

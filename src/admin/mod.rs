@@ -1,3 +1,577 @@
-//! The admin HTTP port.
+//! The admin HTTP port: liveness, readiness, `/status`, `/metrics`, drains, reload and a small
+//! status page.
 //!
-//! STUB: replaced by the admin work (issue 5).
+//! Owns the HTTP surface only: state lives in [`App`] (the snapshot, the health subsystem and
+//! the metrics). Key items: [`start`] (binds `server.admin_listen`, logs
+//! `listening admin/http ADDR`, spawns the server and the metrics feed), [`router`],
+//! [`AdminError`] (every error is JSON `{"error": "..."}` with a fitting status) and
+//! [`status::StatusReport`] (the `/status` document).
+//!
+//! Endpoints (DESIGN.md, "Admin HTTP API"):
+//!
+//! | method and path                 | token | answer                                              |
+//! |---------------------------------|-------|-----------------------------------------------------|
+//! | `GET /`                         |       | the status page (HTML, self-contained)              |
+//! | `GET /live`                     |       | 200 `{"live": true}`                                |
+//! | `GET /ready`                    |       | 200 `{"ready": true}` or 503 `{"ready": false, "reason": ...}` |
+//! | `GET /status`                   |       | [`status::StatusReport`]                            |
+//! | `GET /metrics`                  |       | OpenMetrics text                                    |
+//! | `POST /regions/{region}/drain`  | yes   | `{"region", "drained": true, "changed"}`; 404 unknown region |
+//! | `POST /regions/{region}/undrain`| yes   | `{"region", "drained": false, "changed"}`           |
+//! | `POST /reload`                  | yes   | `{"reloaded": true, ...}`; 400 `{"error", "errors": ["file: key: message"]}` |
+//!
+//! Mutating calls need `Authorization: Bearer <token>`, the token being the trimmed content of
+//! `server.admin_token_file`, re-read on every call (so rotating the file needs no restart) and
+//! compared in constant time. Without a token file they are allowed only when the admin
+//! listener is bound to a loopback address, and refused with 403 otherwise. Drain and undrain
+//! take an optional JSON body `{"reason": "..."}` that is logged.
+//!
+//! Not here: `/explain` (added with the policy work).
+
+pub mod status;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::app::{App, Snapshot};
+use crate::config::ConfigErrors;
+use crate::health::{HealthError, HealthView, ProbeReport, TransitionEvent};
+use crate::metrics::{Metrics, TARGET_UP};
+use status::{StatusReport, is_usable};
+
+/// The content type of `/metrics`: OpenMetrics text, which prometheus-client writes and
+/// Prometheus scrapes (it asks for it first in its `Accept` header).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The status page, served at `/`: one HTML file with inline CSS and JS that polls `/status`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// A failed admin call. Rendered as JSON `{"error": "..."}` with the status of
+/// [`AdminError::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The bearer token is missing or wrong (401).
+    #[error(
+        "missing or wrong bearer token: send \"Authorization: Bearer <token>\" with the token from server.admin_token_file"
+    )]
+    Unauthorized,
+    /// No token file is configured and the listener is reachable from other hosts (403).
+    #[error(
+        "mutating admin calls are refused: set server.admin_token_file (the admin listener {0} is not loopback-only)"
+    )]
+    NoToken(SocketAddr),
+    /// The token file cannot be used (500): every mutating call is refused until it is fixed.
+    #[error("admin token file {path}: {message}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A drain or undrain named a region the config does not define (404).
+    #[error("unknown region {0:?}")]
+    UnknownRegion(String),
+    /// The health subsystem failed (500), e.g. the state file cannot be written.
+    #[error("{0}")]
+    Health(HealthError),
+    /// The request body is not what the endpoint takes (400).
+    #[error("request body: {0}")]
+    BadBody(String),
+    /// A reload found problems in the config (400); the old config keeps serving.
+    #[error("config rejected, the old configuration keeps serving")]
+    Reload(ConfigErrors),
+    /// No endpoint at this path (404).
+    #[error("no such endpoint: {0} (see GET / for the status page)")]
+    NotFound(String),
+    /// The path exists but not for this method (405).
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: Method,
+        /// The path asked for.
+        path: String,
+    },
+    /// Something inside failed (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// Returns the HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::NoToken(_) => StatusCode::FORBIDDEN,
+            AdminError::UnknownRegion(_) | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadBody(_) | AdminError::Reload(_) => StatusCode::BAD_REQUEST,
+            AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::TokenFile { .. } | AdminError::Health(_) | AdminError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            AdminError::Reload(errors) => json!({
+                "error": self.to_string(),
+                "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+struct AdminState {
+    app: App,
+    registry: Arc<Registry>,
+    /// The bound address: mutating calls without a token file need it to be loopback.
+    local: SocketAddr,
+}
+
+/// Binds `server.admin_listen` (when set), logs `listening admin/http ADDR` with the real
+/// port, and spawns on `tasks` the HTTP server and the task feeding health events into the
+/// metrics; both stop when `token` is cancelled. Returns the bound address.
+pub async fn start(
+    app: &App,
+    tasks: &TaskTracker,
+    token: CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    use anyhow::Context;
+    let Some(addr) = app.snapshot.load().config.server.admin_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind admin/http on {addr}"))?;
+    let local = listener.local_addr()?;
+    info!("listening admin/http {local}");
+    // Subscribe before returning, so that no transition after start is missed.
+    tasks.spawn(feed_metrics(
+        app.metrics.clone(),
+        app.health.subscribe(),
+        app.health.subscribe_probes(),
+        token.clone(),
+    ));
+    let router = router(app, local);
+    tasks.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, service)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
+            warn!(%error, "admin server failed");
+        }
+    });
+    Ok(Some(local))
+}
+
+/// Returns the admin router for `app`, bound at `local`.
+pub fn router(app: &App, local: SocketAddr) -> Router {
+    let target_up = TargetUpCollector {
+        snapshot: app.snapshot.clone(),
+        view: app.health.view_cell(),
+    };
+    let registry = app.metrics.registry(vec![Box::new(target_up)]);
+    let state = AdminState {
+        app: app.clone(),
+        registry: Arc::new(registry),
+        local,
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/regions/{region}/drain", post(drain))
+        .route("/regions/{region}/undrain", post(undrain))
+        .route("/reload", post(reload))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Html(STATUS_PAGE),
+    )
+}
+
+async fn live() -> impl IntoResponse {
+    axum::Json(json!({ "live": true }))
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    if s.app.health.first_round_done() {
+        axum::Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "ready": false,
+                "reason": "the first round of health probes is not done",
+            })),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(s): State<AdminState>) -> Response {
+    let snapshot = s.app.snapshot.load();
+    let drained: BTreeSet<String> = s.app.health.drained_regions().into_iter().collect();
+    let report = StatusReport::build(
+        &snapshot.config,
+        &s.app.config_path,
+        s.app.health.first_round_done(),
+        &s.app.health.status(),
+        &drained,
+    );
+    axum::Json(report).into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Result<Response, AdminError> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &s.registry)
+        .map_err(|e| AdminError::Internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(METRICS_CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The optional body of drain and undrain.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// Why, for the log.
+    reason: Option<String>,
+}
+
+fn parse_drain_body(body: &Bytes) -> Result<DrainBody, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DrainBody::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadBody(format!("expected JSON {{\"reason\": \"...\"}}: {e}")))
+}
+
+async fn drain(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(region): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    set_drained(s, peer, region, headers, body, true).await
+}
+
+async fn undrain(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(region): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    set_drained(s, peer, region, headers, body, false).await
+}
+
+async fn set_drained(
+    s: AdminState,
+    peer: SocketAddr,
+    region: String,
+    headers: HeaderMap,
+    body: Bytes,
+    drain: bool,
+) -> Result<Response, AdminError> {
+    authorize(&s, peer, &headers).await?;
+    let body = parse_drain_body(&body)?;
+    // Undraining a region the config no longer has is allowed while it is still drained
+    // (a leftover in the state file); otherwise an unknown name is a 404, like drain.
+    let known = s.app.snapshot.load().config.region(&region).is_some();
+    if !known && (drain || !s.app.health.drained_regions().contains(&region)) {
+        return Err(AdminError::UnknownRegion(region));
+    }
+    let result = if drain {
+        s.app.health.drain(&region).await
+    } else {
+        s.app.health.undrain(&region).await
+    };
+    let changed = result.map_err(|e| match e {
+        HealthError::UnknownRegion(r) => AdminError::UnknownRegion(r),
+        e => AdminError::Health(e),
+    })?;
+    info!(
+        region = %region,
+        drained = drain,
+        changed,
+        %peer,
+        reason = body.reason.as_deref().unwrap_or(""),
+        "admin: region override set"
+    );
+    Ok(
+        axum::Json(json!({ "region": region, "drained": drain, "changed": changed }))
+            .into_response(),
+    )
+}
+
+async fn reload(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    authorize(&s, peer, &headers).await?;
+    let app = s.app.clone();
+    // Reload reads and parses files: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || app.reload())
+        .await
+        .map_err(|e| AdminError::Internal(format!("reload task: {e}")))?;
+    match result {
+        Ok(()) => {
+            let snapshot = s.app.snapshot.load();
+            info!(%peer, "admin: configuration reloaded");
+            Ok(axum::Json(json!({
+                "reloaded": true,
+                "config_file": s.app.config_path.display().to_string(),
+                "services": snapshot.config.services.len(),
+                "regions": snapshot.config.regions.len(),
+            }))
+            .into_response())
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                warn!(error = %e, %peer, "reload failed, keeping the old configuration");
+            }
+            Err(AdminError::Reload(errors))
+        }
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> AdminError {
+    AdminError::NotFound(format!("{method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
+    AdminError::MethodNotAllowed {
+        method,
+        path: uri.path().to_string(),
+    }
+}
+
+/// Checks the bearer token of a mutating call (see the module docs for the rules).
+async fn authorize(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), AdminError> {
+    let token_file = s.app.snapshot.load().config.server.admin_token_file.clone();
+    let Some(path) = token_file else {
+        if may_mutate_without_token(s.local) {
+            return Ok(());
+        }
+        warn!(%peer, "admin: mutating call refused, no token file configured");
+        return Err(AdminError::NoToken(s.local));
+    };
+    let text = tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|e| AdminError::TokenFile {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+    let expected = text.trim();
+    if expected.is_empty() {
+        return Err(AdminError::TokenFile {
+            path: path.display().to_string(),
+            message: "empty".to_string(),
+        });
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("");
+    if is_same_token(given, expected) {
+        Ok(())
+    } else {
+        warn!(%peer, "admin: mutating call refused, missing or wrong token");
+        Err(AdminError::Unauthorized)
+    }
+}
+
+/// Returns true when mutating calls need no token: the listener is reachable from this host
+/// only (127.0.0.0/8 or ::1), so whoever can call it can already signal the process.
+fn may_mutate_without_token(local: SocketAddr) -> bool {
+    local.ip().is_loopback()
+}
+
+/// Compares tokens in constant time (for a given length: the length itself is not secret).
+fn is_same_token(given: &str, expected: &str) -> bool {
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Feeds health transitions and probe durations into the metrics until `token` is cancelled.
+async fn feed_metrics(
+    metrics: Arc<Metrics>,
+    mut events: broadcast::Receiver<TransitionEvent>,
+    mut probes: broadcast::Receiver<ProbeReport>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            e = events.recv() => match e {
+                Ok(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "metrics fell behind health transitions; some are not counted");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            p = probes.recv() => match p {
+                Ok(p) => metrics.observe_probe(&p.key.check, p.latency.as_secs_f64()),
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "metrics fell behind probe results; some are not observed");
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Computes `meridian_target_up` at scrape time from the current snapshot and health view.
+#[derive(Debug)]
+struct TargetUpCollector {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    view: Arc<ArcSwap<HealthView>>,
+}
+
+impl Collector for TargetUpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshot = self.snapshot.load();
+        let view = self.view.load();
+        let services = &snapshot.config.services;
+        if services.iter().all(|s| s.endpoints.is_empty()) {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(
+            TARGET_UP,
+            "1 when a target may be answered (not down, region not drained), by service, region and address.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in services {
+            for e in &s.endpoints {
+                let drained = view.is_drained(&e.region);
+                for a in &e.addresses {
+                    let up = is_usable(view.state(*a, e.check.as_deref()), drained);
+                    let address = a.to_string();
+                    let labels = [
+                        ("service", s.name.as_str()),
+                        ("region", e.region.as_str()),
+                        ("address", address.as_str()),
+                    ];
+                    ConstGauge::new(i64::from(up)).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(is_same_token("s3cret", "s3cret"));
+        assert!(!is_same_token("s3cre", "s3cret"));
+        assert!(!is_same_token("s3creT", "s3cret"));
+        assert!(!is_same_token("", "s3cret"));
+    }
+
+    #[test]
+    fn without_a_token_file_only_a_loopback_listener_may_mutate() {
+        for ok in ["127.0.0.1:8053", "127.1.2.3:0", "[::1]:8053"] {
+            assert!(may_mutate_without_token(ok.parse().unwrap()), "{ok}");
+        }
+        for refused in [
+            "0.0.0.0:8053",
+            "[::]:8053",
+            "10.0.0.5:8053",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(
+                !may_mutate_without_token(refused.parse().unwrap()),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_map_to_statuses_and_name_the_culprit() {
+        assert_eq!(AdminError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
+        let e = AdminError::UnknownRegion("mars".into());
+        assert_eq!(
+            (e.status(), e.to_string().as_str()),
+            (StatusCode::NOT_FOUND, "unknown region \"mars\"")
+        );
+        let e = AdminError::NoToken("0.0.0.0:8053".parse().unwrap());
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert!(e.to_string().contains("server.admin_token_file"));
+        assert_eq!(
+            parse_drain_body(&Bytes::from_static(b"{\"reason\": 1}"))
+                .unwrap_err()
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_drain_body(&Bytes::from_static(b"{\"reason\": \"maintenance\"}"))
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("maintenance")
+        );
+        assert!(parse_drain_body(&Bytes::from_static(b" \n")).is_ok());
+    }
+}

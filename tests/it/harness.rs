@@ -279,3 +279,275 @@ pub fn ecs(subnet: &str, source: u8) -> hickory_proto::rr::rdata::opt::EdnsOptio
         ),
     )
 }
+
+impl Server {
+    /// Returns the directory holding the config (and any state file under it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Returns the admin address; panics when the server logged none.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("a listening admin/http line")
+    }
+
+    /// Replaces the config file with `config_text` (placeholders replaced).
+    pub fn write_config(&self, config_text: &str) {
+        std::fs::write(self.dir().join("meridian.toml"), config(config_text))
+            .expect("write config");
+    }
+
+    /// Stops the server with SIGTERM, waits for it to exit, and returns its directory (for a
+    /// restart on the same files with [`Server::start_in`]).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.is_some(),
+            "meridian did not exit on SIGTERM:\n{}",
+            self.log_text()
+        );
+        // Drop still kills and reaps (a no-op now) and removes the placeholder directory.
+        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"))
+    }
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body (chunked encoding removed).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// Returns the value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parses the body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request over a new connection (`Connection: close`) and reads the whole
+/// response. `headers` are extra request headers.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&data[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// A tiny HTTP server on 127.0.0.1:0 standing in for a backend (probed by health checks) or a
+/// webhook receiver: answers every request with the current status, counts requests and keeps
+/// their bodies. Its thread stops when the stub is dropped.
+pub struct HttpStub {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<StubState>,
+}
+
+struct StubState {
+    status: std::sync::atomic::AtomicU16,
+    /// Requests still to be answered with 500 before `status` applies.
+    fail_next: std::sync::atomic::AtomicU32,
+    /// When set, connections are accepted but never answered.
+    hang: std::sync::atomic::AtomicBool,
+    requests: Mutex<Vec<(String, String)>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl HttpStub {
+    /// Starts a stub answering `status` with the body `ok`.
+    pub fn start(status: u16) -> HttpStub {
+        use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stub");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(StubState {
+            status: AtomicU16::new(status),
+            fail_next: AtomicU32::new(0),
+            hang: AtomicBool::new(false),
+            requests: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            while !st.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        let st = st.clone();
+                        std::thread::spawn(move || stub_serve(sock, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        HttpStub { addr, state }
+    }
+
+    /// Answers `status` from now on.
+    pub fn set_status(&self, status: u16) {
+        self.state
+            .status
+            .store(status, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers the next `n` requests with 500.
+    pub fn fail_next(&self, n: u32) {
+        self.state
+            .fail_next
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accepts connections but never answers them (a hung backend).
+    pub fn set_hang(&self, hang: bool) {
+        self.state
+            .hang
+            .store(hang, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns how many requests arrived so far.
+    pub fn hits(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    /// Returns the (request line, body) of every request so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpStub {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn stub_serve(mut sock: TcpStream, st: &StubState) {
+    use std::sync::atomic::Ordering;
+    let _ = sock.set_nonblocking(false);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+    let line = head.lines().next().unwrap_or("").to_string();
+    st.requests.lock().unwrap().push((line, body));
+    if st.hang.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let failing = st
+        .fail_next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        500
+    } else {
+        st.status.load(Ordering::Relaxed)
+    };
+    let reply = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    );
+    let _ = sock.write_all(reply.as_bytes());
+}

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 //! over real UDP and TCP (see `harness`).
 
+mod admin;
 mod backend;
 mod cli;
 mod dns;

@@ -1,0 +1,314 @@
+//! The `/status` document: services -> regions -> targets, built from the current config and
+//! the health subsystem's table, and the per-target "usable" rule shared with
+//! `meridian_target_up`.
+//!
+//! Pure: [`StatusReport::build`] takes the config, the targets' status and the drained regions
+//! and does no I/O.
+//!
+//! Shape (every key always present; `null` where noted):
+//!
+//! ```json
+//! {
+//!   "version": "0.1.0",
+//!   "ready": true,
+//!   "config_file": "zones/meridian.toml",
+//!   "drained_regions": ["eu-west"],
+//!   "services": [
+//!     {
+//!       "name": "api.example.net.",
+//!       "policy": "nearest",
+//!       "ttl": 30,
+//!       "when_all_down": "all",
+//!       "regions": [
+//!         {
+//!           "name": "eu-west",
+//!           "drained": true,
+//!           "weight": 1,
+//!           "priority": 1,
+//!           "targets": [
+//!             {
+//!               "address": "127.0.0.12",
+//!               "check": "web",
+//!               "state": "up",
+//!               "forced": true,
+//!               "usable": false,
+//!               "since": "2024-05-01T12:00:00.123Z",
+//!               "last_check": {
+//!                 "ok": true,
+//!                 "at": "2024-05-01T12:00:04.456Z",
+//!                 "latency_ms": 1.2,
+//!                 "error": null
+//!               }
+//!             }
+//!           ]
+//!         }
+//!       ]
+//!     }
+//!   ]
+//! }
+//! ```
+//!
+//! - `state`: the probed state, `up`, `down` or `unknown` (not probed yet, answered as up). A
+//!   target without a check is always `up`, with `check`, `since` and `last_check` null.
+//! - `forced`: an operator override withdraws the target (its region is drained); `state`
+//!   still shows what the probes see.
+//! - `usable`: the target can be answered: not forced and not down.
+//! - `since`: when the current state began (null while unknown); `last_check`: the last probe
+//!   result (null before the first).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::health::{Observation, State, TargetStatus};
+
+/// The whole `/status` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The server's version.
+    pub version: &'static str,
+    /// True once the first health round is done (what `/ready` answers).
+    pub ready: bool,
+    /// The config file the server runs on.
+    pub config_file: String,
+    /// Regions an operator drained, sorted.
+    pub drained_regions: Vec<String>,
+    /// Services, in config order.
+    pub services: Vec<ServiceReport>,
+}
+
+/// One service in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    /// The service's name, fully qualified.
+    pub name: String,
+    /// `nearest`, `failover`, `weighted`, `geo` or `all`.
+    pub policy: &'static str,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// `all`, `empty` or `servfail`.
+    pub when_all_down: &'static str,
+    /// The service's endpoints, in config order.
+    pub regions: Vec<RegionReport>,
+}
+
+/// One endpoint (a region's addresses) of a service in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionReport {
+    /// The region's name.
+    pub name: String,
+    /// True when an operator drained the region.
+    pub drained: bool,
+    /// The endpoint's weight (`weighted`).
+    pub weight: u32,
+    /// The endpoint's priority (`failover`, lower first).
+    pub priority: u32,
+    /// The endpoint's addresses, in config order.
+    pub targets: Vec<TargetReport>,
+}
+
+/// One target (address) of an endpoint in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    /// The target's address.
+    pub address: IpAddr,
+    /// The check probing it; `None` when it is not probed (always up).
+    pub check: Option<String>,
+    /// The probed state.
+    pub state: State,
+    /// True when an operator override withdraws it (its region is drained).
+    pub forced: bool,
+    /// True when answers may use it: not forced and not down.
+    pub usable: bool,
+    /// When the current state began.
+    #[serde(serialize_with = "crate::health::serialize_opt_time")]
+    pub since: Option<SystemTime>,
+    /// The last probe result.
+    pub last_check: Option<Observation>,
+}
+
+/// Returns true when a target in `state`, in a region that is `drained` or not, may be
+/// answered (what `meridian_target_up` reports as 1).
+pub fn is_usable(state: State, drained: bool) -> bool {
+    !drained && state != State::Down
+}
+
+impl StatusReport {
+    /// Builds the document from `config`, every probed target's `targets` status (from
+    /// `Health::status`) and the `drained` regions.
+    pub fn build(
+        config: &Config,
+        config_file: &Path,
+        ready: bool,
+        targets: &[TargetStatus],
+        drained: &BTreeSet<String>,
+    ) -> Self {
+        let by_key: HashMap<(IpAddr, &str), &TargetStatus> = targets
+            .iter()
+            .map(|t| ((t.address, t.check.as_str()), t))
+            .collect();
+        let services = config
+            .services
+            .iter()
+            .map(|s| ServiceReport {
+                name: s.name.clone(),
+                policy: s.policy.as_str(),
+                ttl: s.ttl,
+                when_all_down: s.when_all_down.as_str(),
+                regions: s
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let is_drained = drained.contains(&e.region);
+                        RegionReport {
+                            name: e.region.clone(),
+                            drained: is_drained,
+                            weight: e.weight,
+                            priority: e.priority,
+                            targets: e
+                                .addresses
+                                .iter()
+                                .map(|&address| {
+                                    target_report(address, e.check.as_deref(), is_drained, &by_key)
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION"),
+            ready,
+            config_file: config_file.display().to_string(),
+            drained_regions: drained.iter().cloned().collect(),
+            services,
+        }
+    }
+}
+
+fn target_report(
+    address: IpAddr,
+    check: Option<&str>,
+    drained: bool,
+    by_key: &HashMap<(IpAddr, &str), &TargetStatus>,
+) -> TargetReport {
+    let Some(check) = check else {
+        return TargetReport {
+            address,
+            check: None,
+            state: State::Up,
+            forced: drained,
+            usable: is_usable(State::Up, drained),
+            since: None,
+            last_check: None,
+        };
+    };
+    // A target the health table does not hold yet (a reload in between) is unknown.
+    let status = by_key.get(&(address, check));
+    let state = status.map_or(State::Unknown, |t| t.state);
+    TargetReport {
+        address,
+        check: Some(check.to_string()),
+        state,
+        forced: drained,
+        usable: is_usable(state, drained),
+        since: status.and_then(|t| t.since),
+        last_check: status.and_then(|t| t.last_check.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> Config {
+        // The repository's example zone file exists; nothing else is read.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones");
+        let text = "[server]\nadmin_listen = \"\"\n\
+            [[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n\
+            [region.us-east]\nlatitude = 38.9\nlongitude = -77.4\n\
+            [region.eu-west]\nlatitude = 53.3\nlongitude = -6.3\n\
+            [check.web]\nkind = \"tcp\"\nport = 80\n\
+            [[service]]\nname = \"api.example.net.\"\npolicy = \"failover\"\ncheck = \"web\"\n\
+            endpoints = [{ region = \"us-east\", addresses = [\"192.0.2.1\", \"192.0.2.2\"] }, \
+                         { region = \"eu-west\", addresses = [\"198.51.100.1\"], priority = 2 }]\n\
+            [[service]]\nname = \"cdn.example.net.\"\npolicy = \"all\"\n\
+            endpoints = [{ region = \"eu-west\", addresses = [\"198.51.100.9\"] }]\n";
+        crate::config::parse_str(&dir.join("meridian.toml"), text)
+            .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+
+    fn status(address: &str, state: State) -> TargetStatus {
+        TargetStatus {
+            address: address.parse().unwrap(),
+            check: "web".to_string(),
+            kind: "tcp",
+            regions: vec![],
+            state,
+            forced: false,
+            since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            last_check: None,
+        }
+    }
+
+    #[test]
+    fn services_regions_and_targets_follow_config_order_with_health_and_drains() {
+        let targets = [
+            status("192.0.2.1", State::Up),
+            status("192.0.2.2", State::Down),
+            status("198.51.100.1", State::Up),
+        ];
+        let drained = BTreeSet::from(["eu-west".to_string()]);
+        let r = StatusReport::build(
+            &config(),
+            Path::new("meridian.toml"),
+            true,
+            &targets,
+            &drained,
+        );
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["ready"], true);
+        assert_eq!(j["drained_regions"], serde_json::json!(["eu-west"]));
+        let api = &j["services"][0];
+        assert_eq!(api["name"], "api.example.net.");
+        assert_eq!(api["policy"], "failover");
+        assert_eq!(api["when_all_down"], "all");
+        let us = &api["regions"][0];
+        assert_eq!(
+            (us["name"].as_str(), us["drained"].as_bool()),
+            (Some("us-east"), Some(false))
+        );
+        assert_eq!(us["targets"][0]["state"], "up");
+        assert_eq!(us["targets"][0]["usable"], true);
+        assert_eq!(us["targets"][0]["since"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(us["targets"][1]["state"], "down");
+        assert_eq!(us["targets"][1]["usable"], false);
+        let eu = &api["regions"][1];
+        assert_eq!(
+            (eu["drained"].as_bool(), eu["priority"].as_u64()),
+            (Some(true), Some(2))
+        );
+        assert_eq!(eu["targets"][0]["state"], "up");
+        assert_eq!(eu["targets"][0]["forced"], true);
+        assert_eq!(eu["targets"][0]["usable"], false);
+        // No check: always up, nothing probed.
+        let cdn = &j["services"][1]["regions"][0]["targets"][0];
+        assert_eq!(cdn["check"], serde_json::Value::Null);
+        assert_eq!(cdn["state"], "up");
+        assert_eq!(cdn["last_check"], serde_json::Value::Null);
+        assert_eq!(cdn["forced"], true, "its region is drained");
+    }
+
+    #[test]
+    fn a_target_missing_from_the_health_table_is_unknown() {
+        let r = StatusReport::build(&config(), Path::new("m.toml"), false, &[], &BTreeSet::new());
+        let t = &r.services[0].regions[0].targets[0];
+        assert_eq!((t.state, t.usable, t.since), (State::Unknown, true, None));
+    }
+}
