@@ -128,7 +128,8 @@ impl App {
     }
 
     fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
-        let snapshot = load_snapshot(&self.config_path)?;
+        let mut snapshot = load_snapshot(&self.config_path)?;
+        snapshot.services.count_answers_in(&self.metrics);
         let old = self.snapshot.load();
         if old.config.server.dns_listen != snapshot.config.server.dns_listen
             || old.config.server.admin_listen != snapshot.config.server.admin_listen
@@ -151,8 +152,10 @@ pub enum StartError {
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
-pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<()> {
+pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Result<()> {
     let server = snapshot.config.server.clone();
+    let metrics = Arc::new(Metrics::default());
+    snapshot.services.count_answers_in(&metrics);
     let token = CancellationToken::new();
     // Probes stop on their own token, after DNS has stopped answering.
     let health_token = CancellationToken::new();
@@ -162,7 +165,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         config_path,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         health,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
     };
     let answerer = Answerer {
         snapshot: app.snapshot.clone(),

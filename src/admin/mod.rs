@@ -26,7 +26,7 @@
 //! listener is bound to a loopback address, and refused with 403 otherwise. Drain and undrain
 //! take an optional JSON body `{"reason": "..."}` that is logged.
 //!
-//! Not here: `/explain` (added with the policy work).
+//! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
 pub mod status;
 
@@ -112,6 +112,12 @@ pub enum AdminError {
         /// The path asked for.
         path: String,
     },
+    /// A query parameter is missing or invalid (400).
+    #[error("{0}")]
+    BadParameter(String),
+    /// `/explain` named something that is not a service (404).
+    #[error("{0}")]
+    NotAService(String),
     /// Something inside failed (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -123,8 +129,12 @@ impl AdminError {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::NoToken(_) => StatusCode::FORBIDDEN,
-            AdminError::UnknownRegion(_) | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::BadBody(_) | AdminError::Reload(_) => StatusCode::BAD_REQUEST,
+            AdminError::UnknownRegion(_) | AdminError::NotFound(_) | AdminError::NotAService(_) => {
+                StatusCode::NOT_FOUND
+            }
+            AdminError::BadBody(_) | AdminError::Reload(_) | AdminError::BadParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TokenFile { .. } | AdminError::Health(_) | AdminError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -220,9 +230,38 @@ pub fn router(app: &App, local: SocketAddr) -> Router {
         .route("/regions/{region}/drain", post(drain))
         .route("/regions/{region}/undrain", post(undrain))
         .route("/reload", post(reload))
+        .route("/explain", get(explain))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// `GET /explain?name=api.example.net&type=A&client=203.0.113.7`: the decision for a client at
+/// `client` (as a resolver's or an ECS subnet's address) with the live health view.
+async fn explain(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, AdminError> {
+    let param = |k: &str| {
+        q.get(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| AdminError::BadParameter(format!("query parameter {k:?} is required")))
+    };
+    let name = param("name")?;
+    let client = param("client")?;
+    let client: std::net::IpAddr = client
+        .parse()
+        .map_err(|_| AdminError::BadParameter(format!("client {client:?} is not an IP address")))?;
+    let qtype = q.get("type").map_or("A", String::as_str);
+    let snapshot = s.app.snapshot.load();
+    let view = s.app.health.view();
+    match crate::app::explain_in(&snapshot, &view, client, name, qtype) {
+        Ok(e) => Ok(axum::Json(e).into_response()),
+        Err(crate::app::ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
+            "{n} is not a service name (static names are answered from the zone file)"
+        ))),
+        Err(e) => Err(AdminError::BadParameter(e.to_string())),
+    }
 }
 
 async fn index() -> impl IntoResponse {

@@ -27,7 +27,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use crate::app::Snapshot;
 use crate::config::Config;
 use crate::health::HealthView;
-use crate::metrics::Metrics;
+use crate::metrics::{AnswerCounter, Metrics};
 use crate::policy::{Client, CompiledService, Family, Outcome};
 use crate::zone::{Found, Zone};
 use response::{Head, Opt, Rr};
@@ -69,7 +69,33 @@ impl Transport {
 /// The dynamic names of a snapshot, by lowercase name.
 #[derive(Debug, Default)]
 pub struct Services {
-    by_name: HashMap<LowerName, CompiledService>,
+    by_name: HashMap<LowerName, Dynamic>,
+}
+
+/// One dynamic name: its compiled service and its answer counters by region.
+#[derive(Debug)]
+struct Dynamic {
+    service: CompiledService,
+    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
+    /// [`Services::count_answers_in`]).
+    answers: Vec<(String, AnswerCounter)>,
+}
+
+impl Dynamic {
+    /// Counts an answer once for each region its addresses come from.
+    fn count(&self, addrs: &[IpAddr]) {
+        for (i, a) in addrs.iter().enumerate() {
+            let Some(region) = self.service.region_of(*a) else {
+                continue;
+            };
+            let seen = addrs[..i]
+                .iter()
+                .any(|b| self.service.region_of(*b) == Some(region));
+            if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
+                c.inc();
+            }
+        }
+    }
 }
 
 impl Services {
@@ -80,20 +106,40 @@ impl Services {
             .iter()
             .filter_map(|s| {
                 let name = Name::from_ascii(&s.name).ok()?;
-                Some((LowerName::new(&name), CompiledService::new(s, config)))
+                let service = CompiledService::new(s, config);
+                Some((
+                    LowerName::new(&name),
+                    Dynamic {
+                        service,
+                        answers: Vec::new(),
+                    },
+                ))
             })
             .collect();
         Self { by_name }
     }
 
+    /// Obtains the answer counters of every service and region from `metrics` (this takes a
+    /// lock: done once per snapshot, never per query).
+    pub fn count_answers_in(&mut self, metrics: &Metrics) {
+        for d in self.by_name.values_mut() {
+            let s = d.service.service();
+            d.answers = s
+                .endpoints
+                .iter()
+                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .collect();
+        }
+    }
+
     /// Returns the service answering `name`.
     pub fn get(&self, name: &LowerName) -> Option<&CompiledService> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|d| &d.service)
     }
 
     /// Returns every service.
     pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
-        self.by_name.values()
+        self.by_name.values().map(|d| &d.service)
     }
 }
 
@@ -262,7 +308,7 @@ fn answer(
     let mut s = Sections::default();
 
     // A dynamic name.
-    if let Some(service) = snap.services.get(&qname)
+    if let Some(service) = snap.services.by_name.get(&qname)
         && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
     {
         let (family, rcode_out) = dynamic(
@@ -320,7 +366,7 @@ fn answer(
                     Some(z) => {
                         zone = z;
                         name = target_lower;
-                        if let Some(service) = snap.services.get(&name)
+                        if let Some(service) = snap.services.by_name.get(&name)
                             && matches!(qtype, RecordType::A | RecordType::AAAA)
                         {
                             let rc = dynamic(
@@ -379,7 +425,7 @@ fn answer(
 fn dynamic(
     snap: &Snapshot,
     health: &HealthView,
-    service: &CompiledService,
+    dynamic: &Dynamic,
     q: &Query<'_>,
     resolver: IpAddr,
     qtype: RecordType,
@@ -397,18 +443,21 @@ fn dynamic(
         .edns
         .as_ref()
         .and_then(|e| e.ecs)
-        .filter(|e| e.source > 0 && service.service().ecs);
+        .filter(|e| e.source > 0 && dynamic.service.service().ecs);
     let located = snap.geo.locate(ecs.map_or(resolver, |e| e.addr));
     let client = Client {
         located: &located,
         ecs_source_prefix: ecs.map(|e| e.source),
     };
-    let decision = service.decide(&client, family, health, rand::random());
+    let decision = dynamic
+        .service
+        .decide(&client, family, health, rand::random());
     if ecs.is_some() {
         echo_ecs(decision.scope);
     }
     match decision.outcome {
         Outcome::Addresses(addrs) => {
+            dynamic.count(&addrs);
             for a in addrs {
                 let data = match a {
                     IpAddr::V4(v4) => RData::A(A(v4)),

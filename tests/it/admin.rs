@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use meridian::metrics::{
-    CONFIG_RELOADS_TOTAL, DNS_QUERIES_TOTAL, HEALTH_TRANSITIONS_TOTAL, PROBE_DURATION_SECONDS,
-    TARGET_UP,
+    CONFIG_RELOADS_TOTAL, DNS_ANSWERS_TOTAL, DNS_QUERIES_TOTAL, HEALTH_TRANSITIONS_TOTAL,
+    PROBE_DURATION_SECONDS, TARGET_UP,
 };
 
 use crate::harness::{HttpResponse, HttpStub, Server, ZONE, http, query};
@@ -368,6 +368,10 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
         Some(before + 3.0),
         "{m:#?}"
     );
+    // Answers by service and region: the resolver (loopback) has no location, so us-east,
+    // the first region in config order, answered all three.
+    let answers = [("service", "api.example.net."), ("region", "us-east")];
+    assert_eq!(value(&m, DNS_ANSWERS_TOTAL, &answers), Some(3.0), "{m:#?}");
 
     // Target up: computed at scrape time from the config and the health view.
     let up = |m: &[Sample], region: &str, address: &str| {
@@ -1021,4 +1025,41 @@ fn webhook_receives_each_state_change_with_services_and_retries_a_failed_post() 
                 .any(|(_, b)| b.contains("\"from\":\"down\",\"to\":\"up\""))
         },
     );
+}
+
+#[test]
+fn explain_returns_the_decision_trace_as_json_and_rejects_bad_parameters() {
+    let body = "geoip = \"{GEO}\"";
+    let services = "[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\n\
+                    endpoints = [{ region = \"us-east\", addresses = [\"192.0.2.1\"] }, \
+                                 { region = \"eu-west\", addresses = [\"192.0.2.2\"] }]\n";
+    let s = Server::start(&cfg(body, services));
+    let r = get(&s, "/explain?name=api.example.net&type=A&client=2.16.0.1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["client"]["country"], "DE", "{j}");
+    assert_eq!(j["order"][0]["region"], "eu-west", "{j}");
+    assert_eq!(j["decision"]["outcome"]["addresses"][0], "192.0.2.2", "{j}");
+    assert_eq!(j["decision"]["scope"], 15, "{j}");
+    // After a drain the live health view is used.
+    let r = post(&s, "/regions/eu-west/drain", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = get(&s, "/explain?name=api.example.net.&client=2.16.0.1").json();
+    assert_eq!(j["decision"]["outcome"]["addresses"][0], "192.0.2.1", "{j}");
+    for (path, status) in [
+        ("/explain?name=api.example.net", 400),
+        ("/explain?name=api.example.net&client=not-an-ip", 400),
+        (
+            "/explain?name=api.example.net&client=192.0.2.1&type=MX",
+            400,
+        ),
+        ("/explain?name=mail.example.net&client=192.0.2.1", 404),
+    ] {
+        let r = get(&s, path);
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}"
+        );
+    }
 }
