@@ -167,8 +167,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         tcp.push(listener);
     }
     for s in udp {
-        let socket = tokio::net::UdpSocket::from_std(s)?;
-        dns_tasks.spawn(dns::udp::serve(socket, answerer.clone(), token.clone()));
+        dns_tasks.spawn(dns::udp::serve(s, answerer.clone(), token.clone()));
     }
     for l in tcp {
         dns_tasks.spawn(dns::tcp::serve(
