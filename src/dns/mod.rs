@@ -11,6 +11,7 @@
 //! inside our zones, referrals below delegations, minimal ANY answers (RFC 8482), BADVERS for
 //! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871).
 
+pub mod cache;
 pub mod response;
 pub mod tcp;
 pub mod udp;

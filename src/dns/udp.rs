@@ -21,6 +21,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+#[cfg(target_os = "linux")]
+use super::cache::AnswerCache;
 use super::{Answerer, Transport};
 
 /// Largest datagram we read; longer queries are truncated by the kernel and then FORMERR.
@@ -81,6 +83,7 @@ pub async fn serve(socket: UdpSocket, answerer: Answerer, token: CancellationTok
 #[cfg(target_os = "linux")]
 fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
     let mut batch = mmsg::Batch::new();
+    let mut cache = AnswerCache::new();
     while !token.is_cancelled() {
         let n = match batch.recv(socket) {
             Ok(n) => n,
@@ -101,7 +104,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
             let Some((query, peer, out)) = batch.query(i) else {
                 continue;
             };
-            let send = answerer.respond(query, peer, Transport::Udp, out);
+            let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache);
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
