@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::dns::{self, Answerer, Services};
 use crate::geo::Geo;
-use crate::health::HealthView;
+use crate::health::{Health, HealthView};
 use crate::metrics::Metrics;
 use crate::zone::Zones;
 
@@ -107,8 +107,8 @@ pub struct App {
     pub config_path: PathBuf,
     /// The current snapshot.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// The current health view.
-    pub health: Arc<ArcSwap<HealthView>>,
+    /// Probes, their state and the operator's drains.
+    pub health: Health,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -124,27 +124,40 @@ impl App {
         {
             warn!("listen addresses changed: they take effect at the next restart");
         }
+        let summary = self.health.reload(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
-        info!(config = %self.config_path.display(), "configuration reloaded");
+        info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
         Ok(())
     }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The health subsystem refused its state (a corrupt state file): a config problem (exit 2).
+    #[error("{0}")]
+    Health(crate::health::HealthError),
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
 pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<()> {
     let server = snapshot.config.server.clone();
+    let token = CancellationToken::new();
+    // Probes stop on their own token, after DNS has stopped answering.
+    let health_token = CancellationToken::new();
+    let health =
+        Health::start(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
     let app = App {
         config_path,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+        health,
         metrics: Arc::new(Metrics::default()),
     };
     let answerer = Answerer {
         snapshot: app.snapshot.clone(),
-        health: app.health.clone(),
+        health: app.health.view_cell(),
         metrics: app.metrics.clone(),
     };
-    let token = CancellationToken::new();
     let dns_tasks = TaskTracker::new();
 
     // Bind every socket before serving anything, so a bad address fails the start cleanly.
@@ -154,13 +167,8 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for addr in &server.dns_listen {
-        let sockets = dns::udp::bind(*addr, workers)
-            .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
+        let (sockets, listener) = bind_dns(*addr, workers)?;
         let bound = sockets[0].local_addr()?;
-        // TCP on the same port as UDP (the UDP bind resolved port 0).
-        let tcp_addr = SocketAddr::new(addr.ip(), bound.port());
-        let listener =
-            bind_tcp(tcp_addr).with_context(|| format!("failed to bind dns/tcp on {tcp_addr}"))?;
         info!("listening dns/udp {bound}");
         info!("listening dns/tcp {}", listener.local_addr()?);
         udp.extend(sockets);
@@ -179,6 +187,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         ));
     }
     dns_tasks.close();
+    info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&app).await?;
     info!("shutting down");
@@ -191,6 +200,32 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Binds UDP and TCP on the same port. With port 0 the UDP bind picks the port, and the TCP
+/// bind may find it taken (by some other TCP socket): then both are retried on a new port.
+fn bind_dns(
+    addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, tokio::net::TcpListener)> {
+    const ATTEMPTS: usize = 20;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = dns::udp::bind(addr, workers)
+            .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
+        let tcp_addr = SocketAddr::new(addr.ip(), sockets[0].local_addr()?.port());
+        match bind_tcp(tcp_addr) {
+            Ok(listener) => return Ok((sockets, listener)),
+            Err(e)
+                if addr.port() == 0
+                    && attempt < ATTEMPTS
+                    && e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to bind dns/tcp on {tcp_addr}"));
+            }
+        }
+    }
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -244,8 +279,35 @@ pub enum ExplainError {
     BadType(String),
 }
 
-/// Explains how `name`/`qtype` would be answered for `client`, without health probes (every
-/// target counts as unknown, i.e. up).
+/// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
+/// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
+pub fn explain_in(
+    snapshot: &Snapshot,
+    health: &HealthView,
+    client: std::net::IpAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<crate::policy::Explanation, ExplainError> {
+    let family = match qtype.to_ascii_uppercase().as_str() {
+        "A" => crate::policy::Family::V4,
+        "AAAA" => crate::policy::Family::V6,
+        _ => return Err(ExplainError::BadType(qtype.to_string())),
+    };
+    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+    let service = Name::from_ascii(&fqdn)
+        .ok()
+        .and_then(|n| snapshot.services.get(&LowerName::new(&n)))
+        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
+    let located = snapshot.geo.locate(client);
+    let c = crate::policy::Client {
+        located: &located,
+        ecs_source_prefix: None,
+    };
+    Ok(service.explain(&c, family, health, rand::random()))
+}
+
+/// Explains a decision from the config file alone (no probes run: every target counts as
+/// unknown, i.e. up; drains in the state file are applied).
 pub fn explain(
     config: &Path,
     client: std::net::IpAddr,
@@ -253,24 +315,16 @@ pub fn explain(
     qtype: &str,
 ) -> Result<String, ExplainError> {
     let snapshot = load_snapshot(config).map_err(ExplainError::Config)?;
-    let family = match qtype.to_ascii_uppercase().as_str() {
-        "A" => crate::policy::Family::V4,
-        "AAAA" => crate::policy::Family::V6,
-        _ => return Err(ExplainError::BadType(qtype.to_string())),
-    };
-    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
-    let lower = Name::from_ascii(&fqdn)
-        .map(|n| LowerName::new(&n))
-        .map_err(|_| ExplainError::NotAService(name.to_string()))?;
-    let service = snapshot
-        .services
-        .get(&lower)
-        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
-    let located = snapshot.geo.locate(client);
-    let c = crate::policy::Client {
-        located: &located,
-        ecs_source_prefix: None,
-    };
-    let d = service.decide(&c, family, &HealthView::empty(), rand::random());
-    Ok(format!("client {client}: {located:?}\ndecision: {d:?}\n"))
+    let mut health = HealthView::empty();
+    if let Some(state) = &snapshot.config.server.state_file
+        && let Ok(o) = crate::health::Overrides::load(state)
+    {
+        for r in &o.drained_regions {
+            health = health.with_drained(r);
+        }
+    }
+    let e = explain_in(&snapshot, &health, client, name, qtype)?;
+    Ok(format!(
+        "{e}\n(no probes were run: every target counts as unknown, i.e. up)\n"
+    ))
 }

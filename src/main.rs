@@ -72,6 +72,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -118,6 +119,10 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(app::serve(config, snapshot)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<app::StartError>().is_some() => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::from(1)
@@ -145,10 +150,22 @@ fn main() -> ExitCode {
         },
         Command::Geodata {
             command: GeodataCommand::Build { csv, out },
-        } => {
-            let _ = (csv, out);
-            eprintln!("error: geodata build is not wired yet");
-            ExitCode::from(1)
-        }
+        } => match meridian::geo::build_database(&csv, &out) {
+            Ok(report) => {
+                println!(
+                    "{}: {} networks ({} IPv4, {} IPv6), {} bytes",
+                    out.display(),
+                    report.networks,
+                    report.ipv4_networks,
+                    report.ipv6_networks,
+                    report.bytes
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -135,7 +135,22 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
-                let rcode = answer(&snap, &health, &q, client.ip(), transport, out);
+                // Defence in depth: a bug here must cost one SERVFAIL, never a listener task.
+                let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answer(&snap, &health, &q, client.ip(), transport, out)
+                }));
+                let rcode = answered.unwrap_or_else(|_| {
+                    tracing::error!(%client, "answering a query panicked: sent SERVFAIL");
+                    let head = Head {
+                        id: q.id,
+                        opcode: q.opcode,
+                        rd: q.rd,
+                        rcode: rcode::SERVFAIL,
+                        ..Head::default()
+                    };
+                    response::write(out, head, Some(q.question), [&[], &[], &[]], None);
+                    rcode::SERVFAIL
+                });
                 (q.qtype, rcode)
             }
         };

@@ -2,62 +2,97 @@
 //!
 //! Publishes an immutable [`HealthView`] that the answer path loads without locking.
 //!
-//! STUB: replaced by the health work (issue 4).
+//! - [`state`]: the pure rise/fall state machine ([`TargetState`]); no I/O, caller passes `now`.
+//! - [`probe`]: HTTP, HTTPS and TCP probes ([`Prober`], [`ProbeError`]).
+//! - [`overrides`]: region drains persisted atomically to `server.state_file`.
+//! - [`view`]: [`HealthView`], [`State`], [`TargetKey`].
+//! - [`supervisor`]: [`Health`], the handle that runs one probe task per distinct
+//!   (address, check), feeds the state machines, publishes views, and answers `/status`.
+//!
+//! This module does not know about services or DNS beyond reading which (address, check) pairs
+//! and regions the config names.
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::sync::Arc;
+pub mod overrides;
+pub mod probe;
+pub mod state;
+pub mod supervisor;
+pub mod view;
 
-/// The health state of one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Not probed yet: treated as up.
-    Unknown,
-    /// Passing its check.
-    Up,
-    /// Failing its check.
-    Down,
+use std::time::SystemTime;
+
+pub use overrides::{Overrides, OverridesError};
+pub use probe::{ProbeError, ProbeOutcome, Prober};
+pub use state::{Observation, Reason, TargetState, Thresholds, Transition};
+pub use supervisor::{
+    Health, HealthError, ProbeReport, ReloadSummary, TargetStatus, TransitionEvent,
+};
+pub use view::{HealthView, State, TargetKey};
+
+/// Formats a wall time as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let (secs, millis) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_millis()),
+        // Before 1970: only a broken clock gets here; report the epoch rather than panic.
+        Err(_) => (0, 0),
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
-/// One probed target: an address and the check that probes it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TargetKey {
-    /// The target's address.
-    pub address: IpAddr,
-    /// The check's name.
-    pub check: Arc<str>,
+/// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// An immutable picture of every target's health and the operator's drains.
-#[derive(Debug, Clone, Default)]
-pub struct HealthView {
-    /// check name -> address -> state (two levels so that lookups by `&str` do not allocate).
-    states: HashMap<String, HashMap<IpAddr, State>>,
-    drained: HashSet<String>,
+pub(crate) fn serialize_time<S: serde::Serializer>(
+    t: &SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*t))
 }
 
-impl HealthView {
-    /// Returns a view where nothing is probed yet and nothing is drained.
-    pub fn empty() -> Self {
-        Self::default()
+pub(crate) fn serialize_opt_time<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_rfc3339(*t)),
+        None => s.serialize_none(),
     }
+}
 
-    /// Returns the state of `address` under `check`: `Up` without a check, `Unknown` before
-    /// the first probe.
-    pub fn state(&self, address: IpAddr, check: Option<&str>) -> State {
-        let Some(check) = check else {
-            return State::Up;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let at = |s: u64, ms: u64| {
+            format_rfc3339(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms),
+            )
         };
-        self.states
-            .get(check)
-            .and_then(|m| m.get(&address))
-            .copied()
-            .unwrap_or(State::Unknown)
-    }
-
-    /// Returns true when the operator drained `region`.
-    pub fn is_drained(&self, region: &str) -> bool {
-        self.drained.contains(region)
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_700_000_000, 123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
     }
 }

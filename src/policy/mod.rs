@@ -1,22 +1,121 @@
-//! Policy: which addresses a service answers with. Pure: no I/O, no clock.
+//! Policy: which addresses a service answers with. Pure: no I/O, no clock, no locks.
 //!
-//! (service, client location, health view) -> [`Decision`].
+//! (service, client location, health view) -> [`Decision`]. [`CompiledService::new`] turns a
+//! configured [`Service`] into lookup-ready data (region unit vectors, per-family target lists,
+//! the failover order, the `geo` map keyed by two-letter codes, and for every region a
+//! precomputed order used when a `[nets]` override places the client there), so that
+//! [`CompiledService::decide`] allocates nothing but the returned address list.
+//! [`CompiledService::explain`] runs the same code with a recording sink and returns an
+//! [`Explanation`] (serde-serializable, and `Display` for the CLI).
 //!
-//! STUB: replaced by the policy work (issue 3).
+//! Key types: [`CompiledService`], [`Client`], [`Family`], [`Decision`], [`Outcome`],
+//! [`Explanation`], and [`HealthSource`] (the two health questions policy asks, implemented by
+//! [`HealthView`]). Locating the client is `crate::geo`'s job; probing is `crate::health`'s; the
+//! DNS wire format is `crate::dns`'s. Nothing here fails, so there is no error type.
+//!
+//! # Order of regions
+//!
+//! - `nearest`: by great-circle distance from the client minus each region's `bias_km` (ties in
+//!   config order). A `[nets]` override region goes first, then the rest by distance from that
+//!   region's coordinates. Without a location: config order.
+//! - `failover`: by endpoint `priority`, lower first, ties in config order.
+//! - `weighted`: drawn at random by `weight` among usable endpoints, without replacement; weight
+//!   0 endpoints are drawn (uniformly) only when no endpoint of positive weight is usable.
+//! - `geo`: the list of the client's country entry, else its continent entry, else `default`
+//!   (a bare `XX` key matches as a country first, then as a continent; the first entry in file
+//!   order wins). Only the listed regions are candidates (a map may encode data residency). A
+//!   `[nets]` override region goes first.
+//! - `all`: every usable target in config order (sticky: starting at a per-subnet position).
+//!
+//! # Filling the answer
+//!
+//! Addresses are taken from the first region in that order, then from the next ones, until
+//! `max_answers` are collected: a failed region is spread over the next ones. A query for A uses
+//! only IPv4 targets and AAAA only IPv6; a region without a target of the family is no candidate.
+//! A family without any target in the service (or in the `geo` list) is NODATA, whatever the
+//! health. A target is usable when its region is not drained and its state is not `Down`
+//! (`Unknown`, before the first probe, counts as up).
+//!
+//! When nothing of the family is usable, `when_all_down` decides: `empty` is NODATA, `servfail`
+//! is SERVFAIL, and `all` (fail open) answers in passes, each only if the previous found nothing:
+//! every non-drained target as if up; then, when every candidate region is drained, the targets
+//! of drained regions that are not down; then every target. Meridian never causes the outage.
+//!
+//! # Sticky answers
+//!
+//! With `sticky`, `weighted` and `all` take their randomness from a hash of the client's subnet
+//! (/24 of an IPv4 address, /56 of an IPv6 one) and the service name instead of the caller's
+//! random number: FNV-1a 64 over the service name, 0xff, the family tag (4 or 6) and the masked
+//! address octets, finished by splitmix64. It is fixed and documented so that every instance and
+//! every version give a subnet the same answer while health stays the same. `all` starts its walk
+//! over the configured targets at a position drawn from that hash, so load spreads but each
+//! subnet sticks. Both draw over the configuration, then pass over what is unusable, so a subnet's
+//! answer moves only when one of its own targets or regions fails, not when another one does.
+//!
+//! # ECS scope (RFC 7871 §7.2.1)
+//!
+//! The scope prefix is the network on which the answer stays the same, never wider:
+//! - 0 when the answer does not depend on the client's address: `failover`, `weighted` and
+//!   `all` without `sticky`, and `nearest`, `geo` or sticky `weighted` with a single endpoint;
+//! - `nearest`, `geo`: `located.prefix_len`, the network on which the location (GeoIP network,
+//!   narrowed by any `[nets]` entry inside it) stays the same;
+//! - sticky `weighted`, `all`: the sticky subnet, 24 for IPv4 and 56 for IPv6, which may be
+//!   longer than the ECS source prefix: §7.2.1 allows that where the source subnet is split
+//!   between answers (the DNS layer may clamp it for caching).
+
+mod explain;
+mod geometry;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 
-use crate::config::{Config, Service};
-use crate::geo::Located;
+use serde::Serialize;
+
+use crate::config::{Config, Policy, Service, WhenAllDown};
+use crate::geo::{Located, Location};
 use crate::health::{HealthView, State};
 
+pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
+use geometry::{Unit, arc_km, below, chord2, splitmix64, unit_vector};
+
+/// Regions up to this count are ordered in stack buffers; more use one heap buffer per query.
+const INLINE_REGIONS: usize = 32;
+
 /// The address family a query asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Family {
     /// A records.
+    #[serde(rename = "A")]
     V4,
     /// AAAA records.
+    #[serde(rename = "AAAA")]
     V6,
+}
+
+impl Family {
+    /// Returns the record type name: `A` or `AAAA`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "A",
+            Family::V6 => "AAAA",
+        }
+    }
+
+    /// Returns the family of `ip`.
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
 }
 
 /// What the client is, as far as a decision goes.
@@ -29,7 +128,8 @@ pub struct Client<'a> {
 }
 
 /// What to answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "addresses", rename_all = "lowercase")]
 pub enum Outcome {
     /// NOERROR with these addresses (never empty).
     Addresses(Vec<IpAddr>),
@@ -40,7 +140,7 @@ pub enum Outcome {
 }
 
 /// A decision for one query.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// What to answer.
     pub outcome: Outcome,
@@ -50,17 +150,271 @@ pub struct Decision {
     pub scope: u8,
 }
 
+/// The two questions policy asks about health. [`HealthView`] answers them in production;
+/// tests and tools may supply their own.
+pub trait HealthSource {
+    /// Returns the state of `address` probed by `check` (`None`: no check, always up).
+    fn state(&self, address: IpAddr, check: Option<&str>) -> State;
+    /// Returns true when the operator drained `region`.
+    fn is_drained(&self, region: &str) -> bool;
+}
+
+impl HealthSource for HealthView {
+    fn state(&self, address: IpAddr, check: Option<&str>) -> State {
+        HealthView::state(self, address, check)
+    }
+
+    fn is_drained(&self, region: &str) -> bool {
+        HealthView::is_drained(self, region)
+    }
+}
+
+/// One answering pass; later passes run only when the earlier ones found nothing and the
+/// service fails open (`when_all_down = "all"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pass {
+    /// Targets of non-drained regions that are not down.
+    Healthy,
+    /// Fail open: every target of non-drained regions, as if up.
+    FailOpen,
+    /// Fail open, every candidate region drained: their targets that are not down.
+    FailOpenDrained,
+    /// Fail open over everything.
+    FailOpenAll,
+}
+
+impl Pass {
+    const ALL: [Pass; 4] = [
+        Pass::Healthy,
+        Pass::FailOpen,
+        Pass::FailOpenDrained,
+        Pass::FailOpenAll,
+    ];
+
+    fn skips_drained(self) -> bool {
+        matches!(self, Pass::Healthy | Pass::FailOpen)
+    }
+
+    fn skips_down(self) -> bool {
+        matches!(self, Pass::Healthy | Pass::FailOpenDrained)
+    }
+
+    /// Returns a short human description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Pass::Healthy => "usable targets (region not drained, target not down)",
+            Pass::FailOpen => "fail open: every target of non-drained regions, as if up",
+            Pass::FailOpenDrained => "fail open, all regions drained: targets not down",
+            Pass::FailOpenAll => "fail open: every target",
+        }
+    }
+}
+
+/// Why a region or target was passed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The region has no target of the queried family.
+    NoTargetOfFamily,
+    /// The operator drained the region.
+    Drained,
+    /// The target's check says down.
+    Down,
+    /// Every target of the family in the region is down.
+    AllTargetsDown,
+}
+
+impl SkipReason {
+    /// Returns a short human description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SkipReason::NoTargetOfFamily => "no target of the family",
+            SkipReason::Drained => "drained",
+            SkipReason::Down => "down",
+            SkipReason::AllTargetsDown => "every target down",
+        }
+    }
+}
+
+/// Receives what the decision does; `decide` uses the no-op [`NoTrace`], `explain` records.
+trait Sink {
+    fn pass(&mut self, _pass: Pass) {}
+    fn region_skipped(&mut self, _region: usize, _reason: SkipReason) {}
+    fn target_skipped(&mut self, _region: usize, _address: IpAddr, _reason: SkipReason) {}
+    fn picked(&mut self, _region: usize, _address: IpAddr, _state: State) {}
+    fn rotated(&mut self, _start: usize) {}
+    fn note(&mut self, _note: &'static str) {}
+}
+
+/// The sink of the hot path: records nothing, compiles away.
+struct NoTrace;
+
+impl Sink for NoTrace {}
+
+/// One endpoint of the service, compiled.
+#[derive(Debug, Clone)]
+struct CompiledRegion {
+    name: Box<str>,
+    bias_km: f64,
+    unit: Unit,
+    weight: u32,
+    priority: u32,
+    check: Option<Box<str>>,
+    /// IPv4 targets, then IPv6 targets, each in config order.
+    targets: [Box<[IpAddr]>; 2],
+}
+
+/// The order used when a `[nets]` override places a client in a region.
+#[derive(Debug, Clone)]
+struct NetsOrder {
+    region: Box<str>,
+    latitude: f64,
+    longitude: f64,
+    /// The service's endpoint in that region, if it has one.
+    endpoint: Option<usize>,
+    /// For `nearest`: that endpoint first, then the others by biased distance from the region.
+    order: Box<[usize]>,
+}
+
+/// One entry of a `geo` map, compiled.
+#[derive(Debug, Clone)]
+struct GeoEntry {
+    label: String,
+    regions: Box<[usize]>,
+}
+
+/// A `geo` map, compiled: two-letter codes (as `u16`) sorted for binary search.
+#[derive(Debug, Clone, Default)]
+struct GeoTable {
+    countries: Vec<(u16, usize)>,
+    continents: Vec<(u16, usize)>,
+    entries: Vec<GeoEntry>,
+    default: Box<[usize]>,
+}
+
+/// Which `geo` entry a client matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GeoMatch {
+    Country(usize),
+    Continent(usize),
+    Default,
+}
+
 /// A service compiled against its config: region coordinates resolved, targets listed.
 #[derive(Debug, Clone)]
 pub struct CompiledService {
     service: Service,
+    regions: Box<[CompiledRegion]>,
+    /// Number of targets per family (index: [`Family::index`]).
+    family_targets: [usize; 2],
+    /// Per family: (region index, target) in config order, for `all`.
+    flat_targets: [Box<[(usize, IpAddr)]>; 2],
+    config_order: Box<[usize]>,
+    failover_order: Box<[usize]>,
+    nets_orders: Box<[NetsOrder]>,
+    geo: GeoTable,
+    /// Some region has a non-zero bias: order by biased km instead of chord length.
+    has_bias: bool,
+    /// FNV-1a state after the service name and a 0xff separator.
+    sticky_basis: u64,
+    /// The answer never depends on the client's address (ECS scope 0).
+    location_independent: bool,
 }
 
 impl CompiledService {
     /// Compiles `service` (which belongs to `config`).
-    pub fn new(service: &Service, _config: &Config) -> Self {
+    pub fn new(service: &Service, config: &Config) -> Self {
+        let regions: Box<[CompiledRegion]> = service
+            .endpoints
+            .iter()
+            .map(|ep| {
+                // Validation guarantees the region exists; a missing one degrades to 0°N 0°E
+                // rather than failing the whole snapshot.
+                let (latitude, longitude, bias_km) = config
+                    .region(&ep.region)
+                    .map(|r| (r.latitude, r.longitude, finite_or_zero(r.bias_km)))
+                    .unwrap_or((0.0, 0.0, 0.0));
+                let family = |f: Family| -> Box<[IpAddr]> {
+                    ep.addresses
+                        .iter()
+                        .copied()
+                        .filter(|a| Family::of(*a) == f)
+                        .collect()
+                };
+                CompiledRegion {
+                    name: ep.region.as_str().into(),
+                    bias_km,
+                    unit: unit_vector(latitude, longitude),
+                    weight: ep.weight,
+                    priority: ep.priority,
+                    check: ep.check.as_deref().map(Into::into),
+                    targets: [family(Family::V4), family(Family::V6)],
+                }
+            })
+            .collect();
+        let n = regions.len();
+        let family_targets = [
+            regions.iter().map(|r| r.targets[0].len()).sum(),
+            regions.iter().map(|r| r.targets[1].len()).sum(),
+        ];
+        let flat = |f: usize| -> Box<[(usize, IpAddr)]> {
+            regions
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.targets[f].iter().map(move |&a| (i, a)))
+                .collect()
+        };
+        let flat_targets = [flat(0), flat(1)];
+        let config_order: Box<[usize]> = (0..n).collect();
+        let mut failover_order: Vec<usize> = (0..n).collect();
+        // Stable sort: ties stay in config order.
+        failover_order.sort_by_key(|&i| regions[i].priority);
+        let nets_orders = config
+            .regions
+            .iter()
+            .map(|r| {
+                let endpoint = regions.iter().position(|c| *c.name == *r.name);
+                let origin = unit_vector(r.latitude, r.longitude);
+                let mut rest: Vec<usize> = (0..n).filter(|&i| Some(i) != endpoint).collect();
+                rest.sort_by(|&a, &b| {
+                    let ka = arc_km(chord2(&origin, &regions[a].unit)) - regions[a].bias_km;
+                    let kb = arc_km(chord2(&origin, &regions[b].unit)) - regions[b].bias_km;
+                    ka.total_cmp(&kb)
+                });
+                NetsOrder {
+                    region: r.name.as_str().into(),
+                    latitude: r.latitude,
+                    longitude: r.longitude,
+                    endpoint,
+                    order: endpoint.into_iter().chain(rest).collect(),
+                }
+            })
+            .collect();
+        let geo = compile_geo(service, &regions);
+        let has_bias = regions.iter().any(|r| r.bias_km != 0.0);
+        let sticky_basis = geometry::fnv1a(
+            geometry::fnv1a(geometry::FNV_OFFSET, service.name.as_bytes()),
+            &[0xff],
+        );
+        let location_independent = match service.policy {
+            Policy::Failover => true,
+            Policy::Weighted => !service.sticky || n == 1,
+            Policy::All => !service.sticky,
+            Policy::Nearest | Policy::Geo => n == 1,
+        };
         Self {
             service: service.clone(),
+            regions,
+            family_targets,
+            flat_targets,
+            config_order,
+            failover_order: failover_order.into(),
+            nets_orders,
+            geo,
+            has_bias,
+            sticky_basis,
+            location_independent,
         }
     }
 
@@ -69,38 +423,553 @@ impl CompiledService {
         &self.service
     }
 
+    /// Returns the region whose endpoint lists `address` (for per-region answer metrics).
+    pub fn region_of(&self, address: IpAddr) -> Option<&str> {
+        let f = Family::of(address).index();
+        self.regions
+            .iter()
+            .find(|r| r.targets[f].contains(&address))
+            .map(|r| &*r.name)
+    }
+
     /// Decides the answer for `client` asking for `family`. `random` is a uniformly random
-    /// number supplied by the caller (used by `weighted`).
+    /// number supplied by the caller (used by `weighted` without `sticky`).
     pub fn decide(
         &self,
-        _client: &Client<'_>,
+        client: &Client<'_>,
         family: Family,
         health: &HealthView,
-        _random: u64,
+        random: u64,
     ) -> Decision {
-        let mut addrs = Vec::new();
-        for ep in &self.service.endpoints {
-            for a in &ep.addresses {
-                let fam_ok = matches!(
-                    (family, a),
-                    (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
-                );
-                if fam_ok
-                    && health.state(*a, ep.check.as_deref()) != State::Down
-                    && addrs.len() < self.service.max_answers
+        self.run(client, family, health, random, &mut NoTrace)
+    }
+
+    /// Like [`CompiledService::decide`], with any [`HealthSource`].
+    pub fn decide_with<H: HealthSource + ?Sized>(
+        &self,
+        client: &Client<'_>,
+        family: Family,
+        health: &H,
+        random: u64,
+    ) -> Decision {
+        self.run(client, family, health, random, &mut NoTrace)
+    }
+
+    /// Decides like [`CompiledService::decide`] and records why: the client's location, the
+    /// region order with distances, every skipped region and target, and the answer. Slower
+    /// than `decide` (it allocates); meant for `meridian explain` and `/explain`.
+    pub fn explain(
+        &self,
+        client: &Client<'_>,
+        family: Family,
+        health: &HealthView,
+        random: u64,
+    ) -> Explanation {
+        self.explain_with(client, family, health, random)
+    }
+
+    /// Like [`CompiledService::explain`], with any [`HealthSource`].
+    pub fn explain_with<H: HealthSource + ?Sized>(
+        &self,
+        client: &Client<'_>,
+        family: Family,
+        health: &H,
+        random: u64,
+    ) -> Explanation {
+        explain::explain(self, client, family, health, random)
+    }
+
+    /// The decision itself, generic over what records it.
+    fn run<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        client: &Client<'_>,
+        family: Family,
+        health: &H,
+        random: u64,
+        sink: &mut S,
+    ) -> Decision {
+        let located = client.located;
+        let decision = |outcome| Decision {
+            outcome,
+            ttl: self.service.ttl,
+            scope: self.scope(located),
+        };
+        let fam = family.index();
+        if self.family_targets[fam] == 0 {
+            sink.note("the service has no target of this family");
+            return decision(Outcome::NoData);
+        }
+        let seed = if self.service.sticky {
+            geometry::sticky_hash(self.sticky_basis, located.ip)
+        } else {
+            random
+        };
+        let max = self.service.max_answers.max(1);
+        let mut out = Vec::with_capacity(max.min(self.family_targets[fam]));
+        // `all`: where the walk over the targets starts (sticky services only).
+        let start = if self.service.policy == Policy::All && self.service.sticky {
+            below(seed, self.family_targets[fam] as u64) as usize
+        } else {
+            0
+        };
+        let mut inline = [0.0f64; INLINE_REGIONS];
+        let mut heap;
+        let keys: &mut [f64] = if self.regions.len() <= INLINE_REGIONS {
+            &mut inline[..self.regions.len()]
+        } else {
+            heap = vec![0.0f64; self.regions.len()];
+            &mut heap
+        };
+        for pass in Pass::ALL {
+            if pass != Pass::Healthy && self.service.when_all_down != WhenAllDown::All {
+                break;
+            }
+            sink.pass(pass);
+            let has_candidate = match self.service.policy {
+                Policy::Weighted => {
+                    self.fill_weighted(fam, pass, health, seed, max, &mut out, sink);
+                    true
+                }
+                Policy::All => {
+                    self.fill_all(fam, pass, health, start, max, &mut out, sink);
+                    true
+                }
+                _ => {
+                    let order = self.order(located, &mut *keys);
+                    self.fill_ordered(order, fam, pass, health, max, &mut out, sink)
+                }
+            };
+            if !has_candidate {
+                sink.note("no candidate region has a target of this family");
+                return decision(Outcome::NoData);
+            }
+            if !out.is_empty() {
+                return decision(Outcome::Addresses(out));
+            }
+        }
+        match self.service.when_all_down {
+            WhenAllDown::Servfail => decision(Outcome::ServFail),
+            // `All` reaches here only if the last pass found nothing, which cannot happen once
+            // a candidate has a target; NODATA is the safe answer either way.
+            WhenAllDown::Empty | WhenAllDown::All => decision(Outcome::NoData),
+        }
+    }
+
+    /// Returns the ECS scope prefix for a client (see the module docs).
+    fn scope(&self, located: &Located) -> u8 {
+        if self.location_independent {
+            0
+        } else if self.service.sticky {
+            geometry::sticky_prefix(located.ip)
+        } else {
+            let bits = if located.ip.is_ipv4() { 32 } else { 128 };
+            located.prefix_len.min(bits)
+        }
+    }
+
+    /// Returns the precomputed order for a client placed by a `[nets]` override.
+    fn nets_order(&self, located: &Located) -> Option<&NetsOrder> {
+        let name = nets_region(located)?;
+        self.nets_orders.iter().find(|o| *o.region == *name)
+    }
+
+    /// Returns the region order of the ordered policies (all but `weighted`) for a client.
+    /// `keys` (one slot per region) is scratch space for `nearest`.
+    fn order<'a>(&'a self, located: &Located, keys: &'a mut [f64]) -> Order<'a> {
+        match self.service.policy {
+            Policy::Nearest => {
+                if let Some(o) = self.nets_order(located) {
+                    return Order::list(None, &o.order);
+                }
+                let Some(client) = position(located).map(|(lat, lon)| unit_vector(lat, lon)) else {
+                    return Order::list(None, &self.config_order);
+                };
+                for (k, r) in keys.iter_mut().zip(self.regions.iter()) {
+                    let c2 = chord2(&client, &r.unit);
+                    // Without bias the chord length orders regions as well as the arc does,
+                    // and skips one asin per region.
+                    *k = if self.has_bias {
+                        arc_km(c2) - r.bias_km
+                    } else {
+                        c2
+                    };
+                }
+                let left = keys.len();
+                Order::Nearest { keys, left }
+            }
+            Policy::Failover => Order::list(None, &self.failover_order),
+            Policy::Geo => {
+                let first = self.nets_order(located).and_then(|o| o.endpoint);
+                let (_, list) = self.geo_match(located);
+                Order::list(first, list)
+            }
+            Policy::Weighted | Policy::All => Order::list(None, &self.config_order),
+        }
+    }
+
+    /// Returns the `geo` entry a client matches and its region list.
+    fn geo_match(&self, located: &Located) -> (GeoMatch, &[usize]) {
+        let geo = &self.geo;
+        if let Some(loc) = &located.location {
+            if let Some(i) = country_code(loc).and_then(|c| lookup(&geo.countries, c)) {
+                return (GeoMatch::Country(i), &geo.entries[i].regions);
+            }
+            if let Some(i) = continent_code(loc).and_then(|c| lookup(&geo.continents, c)) {
+                return (GeoMatch::Continent(i), &geo.entries[i].regions);
+            }
+        }
+        (GeoMatch::Default, &geo.default)
+    }
+
+    /// Fills `out` from regions in `order`; returns whether some region had a target of the
+    /// family.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_ordered<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        order: Order<'_>,
+        fam: usize,
+        pass: Pass,
+        health: &H,
+        max: usize,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) -> bool {
+        let mut seen = false;
+        for i in order {
+            let region = &self.regions[i];
+            if region.targets[fam].is_empty() {
+                sink.region_skipped(i, SkipReason::NoTargetOfFamily);
+                continue;
+            }
+            seen = true;
+            if pass.skips_drained() && health.is_drained(&region.name) {
+                sink.region_skipped(i, SkipReason::Drained);
+                continue;
+            }
+            if self.fill_region(i, fam, pass, health, max, out, sink) {
+                break;
+            }
+        }
+        seen
+    }
+
+    /// Appends the region's targets of the family that the pass allows; returns true once
+    /// `out` holds `max` addresses.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_region<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        i: usize,
+        fam: usize,
+        pass: Pass,
+        health: &H,
+        max: usize,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) -> bool {
+        let region = &self.regions[i];
+        for &address in region.targets[fam].iter() {
+            if out.len() >= max {
+                return true;
+            }
+            let state = health.state(address, region.check.as_deref());
+            if pass.skips_down() && state == State::Down {
+                sink.target_skipped(i, address, SkipReason::Down);
+                continue;
+            }
+            out.push(address);
+            sink.picked(i, address, state);
+        }
+        out.len() >= max
+    }
+
+    /// `weighted`: draws regions by weight without replacement, passing over the unusable
+    /// ones, and fills `out` from each region drawn. Weight 0 regions are drawn (uniformly)
+    /// only when no region of positive weight is usable.
+    ///
+    /// Drawing first and checking health after costs one health lookup in the healthy case,
+    /// and draws from exactly the distribution of "by weight among the usable". It also keeps
+    /// sticky clients in place when an unrelated region fails: the first draw of a subnet
+    /// depends only on the configured weights.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_weighted<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        fam: usize,
+        pass: Pass,
+        health: &H,
+        mut seed: u64,
+        max: usize,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) {
+        let n = self.regions.len();
+        let mut inline = [false; INLINE_REGIONS];
+        let mut heap;
+        // Per region: still to be drawn in the current round.
+        let open: &mut [bool] = if n <= INLINE_REGIONS {
+            &mut inline[..n]
+        } else {
+            heap = vec![false; n];
+            &mut heap
+        };
+        let mut any_usable = false;
+        for zero_round in [false, true] {
+            if zero_round && any_usable {
+                break;
+            }
+            // The weight a region has in this round (0: not drawn in it).
+            let weight = |r: &CompiledRegion| -> u64 {
+                match (zero_round, r.weight) {
+                    (_, _) if r.targets[fam].is_empty() => 0,
+                    (false, w) => u64::from(w),
+                    (true, 0) => 1,
+                    (true, _) => 0,
+                }
+            };
+            let mut total = 0u64;
+            for (o, r) in open.iter_mut().zip(self.regions.iter()) {
+                let w = weight(r);
+                *o = w > 0;
+                total += w;
+            }
+            while total > 0 && out.len() < max {
+                let mut x = below(seed, total);
+                seed = splitmix64(seed);
+                let mut chosen = None;
+                for (i, r) in self.regions.iter().enumerate() {
+                    let w = if open[i] { weight(r) } else { 0 };
+                    if x < w {
+                        chosen = Some(i);
+                        break;
+                    }
+                    x -= w;
+                }
+                // `x < total`, the sum of the open weights: some region is always chosen.
+                let Some(i) = chosen else { break };
+                open[i] = false;
+                total -= weight(&self.regions[i]);
+                let region = &self.regions[i];
+                if pass.skips_drained() && health.is_drained(&region.name) {
+                    sink.region_skipped(i, SkipReason::Drained);
+                    continue;
+                }
+                if pass.skips_down()
+                    && region.targets[fam]
+                        .iter()
+                        .all(|&a| health.state(a, region.check.as_deref()) == State::Down)
                 {
-                    addrs.push(*a);
+                    sink.region_skipped(i, SkipReason::AllTargetsDown);
+                    continue;
+                }
+                any_usable = true;
+                if self.fill_region(i, fam, pass, health, max, out, sink) {
+                    break;
                 }
             }
         }
-        Decision {
-            outcome: if addrs.is_empty() {
-                Outcome::NoData
-            } else {
-                Outcome::Addresses(addrs)
-            },
-            ttl: self.service.ttl,
-            scope: 0,
+    }
+
+    /// `all`: walks the family's targets in config order, starting at `start` and wrapping,
+    /// and takes the usable ones up to `max`.
+    ///
+    /// Sticky services start at a position drawn from the subnet hash over the configured
+    /// targets (not the usable ones), so a subnet's answer moves only when one of its own
+    /// targets fails.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_all<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        fam: usize,
+        pass: Pass,
+        health: &H,
+        start: usize,
+        max: usize,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) {
+        let flat = &self.flat_targets[fam];
+        if start > 0 {
+            sink.rotated(start);
+        }
+        // The drain state of the region last looked at: targets of a region are adjacent.
+        let mut drained: Option<(usize, bool)> = None;
+        let (tail, head) = flat.split_at(start.min(flat.len()));
+        for &(i, address) in head.iter().chain(tail) {
+            if out.len() >= max {
+                return;
+            }
+            let region = &self.regions[i];
+            if pass.skips_drained() {
+                let is_drained = match drained {
+                    Some((r, d)) if r == i => d,
+                    _ => health.is_drained(&region.name),
+                };
+                drained = Some((i, is_drained));
+                if is_drained {
+                    sink.target_skipped(i, address, SkipReason::Drained);
+                    continue;
+                }
+            }
+            let state = health.state(address, region.check.as_deref());
+            if pass.skips_down() && state == State::Down {
+                sink.target_skipped(i, address, SkipReason::Down);
+                continue;
+            }
+            out.push(address);
+            sink.picked(i, address, state);
         }
     }
+}
+
+/// Region indices in policy order.
+enum Order<'a> {
+    /// `first` (a `[nets]` region), then `rest` without `first`.
+    List {
+        first: Option<usize>,
+        skip: Option<usize>,
+        rest: std::slice::Iter<'a, usize>,
+    },
+    /// The nearest region not yet yielded, found lazily: a healthy answer usually needs one
+    /// scan, not a sort. Yielded slots are set to infinity (every real key is finite).
+    Nearest { keys: &'a mut [f64], left: usize },
+}
+
+impl<'a> Order<'a> {
+    fn list(first: Option<usize>, rest: &'a [usize]) -> Self {
+        Order::List {
+            first,
+            skip: None,
+            rest: rest.iter(),
+        }
+    }
+}
+
+impl Iterator for Order<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Order::List { first, skip, rest } => {
+                if let Some(f) = first.take() {
+                    *skip = Some(f);
+                    return Some(f);
+                }
+                rest.find(|&&i| Some(i) != *skip).copied()
+            }
+            Order::Nearest { keys, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                let mut best = None;
+                let mut best_key = f64::INFINITY;
+                for (i, &k) in keys.iter().enumerate() {
+                    if k < best_key {
+                        best_key = k;
+                        best = Some(i);
+                    }
+                }
+                let i = best?;
+                keys[i] = f64::INFINITY;
+                *left -= 1;
+                Some(i)
+            }
+        }
+    }
+}
+
+/// Compiles the `geo` map: names to endpoint indices, two-letter keys to sorted codes.
+fn compile_geo(service: &Service, regions: &[CompiledRegion]) -> GeoTable {
+    let indices = |names: &[String]| -> Box<[usize]> {
+        let mut out: Vec<usize> = Vec::with_capacity(names.len());
+        for name in names {
+            // Unknown names cannot pass validation; duplicates would only repeat a region.
+            if let Some(i) = regions.iter().position(|r| *r.name == **name)
+                && !out.contains(&i)
+            {
+                out.push(i);
+            }
+        }
+        out.into()
+    };
+    let mut table = GeoTable {
+        default: indices(&service.geo.default),
+        ..GeoTable::default()
+    };
+    for (key, names) in &service.geo.entries {
+        let entry = table.entries.len();
+        let (label, country, continent) = match key {
+            crate::config::GeoKey::Country(c) => (format!("country:{c}"), Some(c), None),
+            crate::config::GeoKey::Continent(c) => (format!("continent:{c}"), None, Some(c)),
+            crate::config::GeoKey::Either(c) => (c.clone(), Some(c), Some(c)),
+        };
+        table.entries.push(GeoEntry {
+            label,
+            regions: indices(names),
+        });
+        // The first entry for a code, in file order, wins.
+        for (code, map) in [
+            (country, &mut table.countries),
+            (continent, &mut table.continents),
+        ] {
+            if let Some(code) = code.and_then(|c| code2(c))
+                && !map.iter().any(|(c, _)| *c == code)
+            {
+                map.push((code, entry));
+            }
+        }
+    }
+    table.countries.sort_unstable();
+    table.continents.sort_unstable();
+    table
+}
+
+/// Returns a two-letter code as a number (case-insensitive), or `None` for anything else.
+fn code2(s: &str) -> Option<u16> {
+    match s.as_bytes() {
+        [a, b] => Some(u16::from_be_bytes([
+            a.to_ascii_uppercase(),
+            b.to_ascii_uppercase(),
+        ])),
+        _ => None,
+    }
+}
+
+/// Finds `code` in a sorted code table.
+fn lookup(table: &[(u16, usize)], code: u16) -> Option<usize> {
+    table
+        .binary_search_by_key(&code, |&(c, _)| c)
+        .ok()
+        .map(|i| table[i].1)
+}
+
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+// The only places that read `geo`'s types: kept together so that a change of field types
+// there (e.g. codes as `[u8; 2]`) is a change here only.
+
+/// Returns the client's `[nets]` override region.
+fn nets_region(located: &Located) -> Option<&str> {
+    located.region.as_deref()
+}
+
+/// Returns the client's coordinates in degrees, when known and finite.
+fn position(located: &Located) -> Option<(f64, f64)> {
+    let (lat, lon) = located.location.as_ref()?.coordinates()?;
+    (lat.is_finite() && lon.is_finite()).then_some((lat, lon))
+}
+
+fn country_code(loc: &Location) -> Option<u16> {
+    loc.country.as_deref().and_then(code2)
+}
+
+fn continent_code(loc: &Location) -> Option<u16> {
+    loc.continent.as_deref().and_then(code2)
+}
+
+fn country_str(loc: &Location) -> Option<&str> {
+    loc.country.as_deref()
+}
+
+fn continent_str(loc: &Location) -> Option<&str> {
+    loc.continent.as_deref()
 }

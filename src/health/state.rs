@@ -1,0 +1,407 @@
+//! The rise/fall state machine of one target: pure, no I/O, never reads the clock.
+//!
+//! A [`TargetState`] takes probe results ([`Observation`]s, each stamped with a caller-supplied
+//! wall time) and decides the target's [`State`]. It owns no timers and knows nothing about how
+//! probes are made; the scheduler feeds it.
+//!
+//! Rules (`rise` and `fall` come from the check):
+//!
+//! - **Unknown** (never probed): the *first* result decides at once: a success makes the target
+//!   `Up`, a failure makes it `Down`. Hysteresis protects a *known* state against flapping; at
+//!   start there is nothing to protect, and one observation is better than none. This way, once
+//!   the first round is done (`/ready`), every target reflects a real probe, and a restart does
+//!   not keep answering with a dead region for `fall × interval`. The cost, a blip on the very
+//!   first probe keeps a target down for `rise × interval`, errs on the safe side.
+//! - **Up**: `fall` consecutive failures make it `Down`; a success resets the failure count.
+//! - **Down**: `rise` consecutive successes make it `Up`; a failure resets the success count.
+//!
+//! Every change returns a [`Transition`] naming the old and new state and the [`Reason`].
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime};
+
+use super::State;
+use super::probe::ProbeError;
+
+/// How many consecutive results change a known state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Consecutive successes for a `Down` target to go `Up`.
+    pub rise: NonZeroU32,
+    /// Consecutive failures for an `Up` target to go `Down`.
+    pub fall: NonZeroU32,
+}
+
+/// The result of one probe, as the state machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Observation {
+    /// True when the probe passed.
+    pub ok: bool,
+    /// Wall time at which the probe finished (supplied by the caller).
+    #[serde(serialize_with = "super::serialize_time")]
+    pub at: SystemTime,
+    /// How long the probe took.
+    #[serde(serialize_with = "serialize_latency_ms", rename = "latency_ms")]
+    pub latency: Duration,
+    /// Why the probe failed (`None` when it passed).
+    #[serde(serialize_with = "serialize_error")]
+    pub error: Option<ProbeError>,
+}
+
+impl Observation {
+    /// Returns a passing observation.
+    pub fn success(at: SystemTime, latency: Duration) -> Self {
+        Self {
+            ok: true,
+            at,
+            latency,
+            error: None,
+        }
+    }
+
+    /// Returns a failing observation.
+    pub fn failure(at: SystemTime, latency: Duration, error: ProbeError) -> Self {
+        Self {
+            ok: false,
+            at,
+            latency,
+            error: Some(error),
+        }
+    }
+}
+
+fn serialize_latency_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
+}
+
+fn serialize_error<S: serde::Serializer>(e: &Option<ProbeError>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.collect_str(e),
+        None => s.serialize_none(),
+    }
+}
+
+/// Why a target changed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The first probe result of a target decided its state.
+    FirstProbe {
+        /// The failure, when the first probe failed.
+        error: Option<ProbeError>,
+    },
+    /// `rise` consecutive successes.
+    Rise {
+        /// The number of consecutive successes (equal to `rise`).
+        successes: u32,
+    },
+    /// `fall` consecutive failures.
+    Fall {
+        /// The number of consecutive failures (equal to `fall`).
+        failures: u32,
+        /// The last failure.
+        error: ProbeError,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::FirstProbe { error: None } => write!(f, "first probe passed"),
+            Reason::FirstProbe { error: Some(e) } => write!(f, "first probe failed: {e}"),
+            Reason::Rise { successes } => write!(f, "{successes} consecutive successes"),
+            Reason::Fall { failures, error } => {
+                write!(f, "{failures} consecutive failures, last: {error}")
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A change of state, returned by [`TargetState::observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The state before.
+    pub from: State,
+    /// The state after.
+    pub to: State,
+    /// Why.
+    pub reason: Reason,
+    /// When (the observation's time).
+    pub at: SystemTime,
+}
+
+/// The health of one target: its state, since when, and the counters behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetState {
+    state: State,
+    since: Option<SystemTime>,
+    last: Option<Observation>,
+    /// Consecutive results that disagree with the current state (failures while up,
+    /// successes while down).
+    streak: u32,
+    thresholds: Thresholds,
+}
+
+impl TargetState {
+    /// Returns a target that was never probed.
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            state: State::Unknown,
+            since: None,
+            last: None,
+            streak: 0,
+            thresholds,
+        }
+    }
+
+    /// Returns the current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Returns when the current state began (`None` while unknown).
+    pub fn since(&self) -> Option<SystemTime> {
+        self.since
+    }
+
+    /// Returns the last observation.
+    pub fn last(&self) -> Option<&Observation> {
+        self.last.as_ref()
+    }
+
+    /// Returns true once the target has at least one result.
+    pub fn has_result(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Returns the thresholds in force.
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
+    /// Changes `rise`/`fall` (after a reload) without touching the state. A streak already at or
+    /// beyond a lowered threshold changes the state on the next disagreeing result.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
+    }
+
+    /// Records one probe result and returns the transition it causes, if any.
+    pub fn observe(&mut self, observation: Observation) -> Option<Transition> {
+        let at = observation.at;
+        let ok = observation.ok;
+        let error = observation.error.clone();
+        self.last = Some(observation);
+        let (to, reason) = match (self.state, ok) {
+            (State::Unknown, true) => (State::Up, Reason::FirstProbe { error: None }),
+            (State::Unknown, false) => (State::Down, Reason::FirstProbe { error }),
+            (State::Up, true) | (State::Down, false) => {
+                self.streak = 0;
+                return None;
+            }
+            (State::Up, false) => {
+                self.streak += 1;
+                if self.streak < self.thresholds.fall.get() {
+                    return None;
+                }
+                let error = error.unwrap_or(ProbeError::Unspecified);
+                (
+                    State::Down,
+                    Reason::Fall {
+                        failures: self.streak,
+                        error,
+                    },
+                )
+            }
+            (State::Down, true) => {
+                self.streak += 1;
+                if self.streak < self.thresholds.rise.get() {
+                    return None;
+                }
+                (
+                    State::Up,
+                    Reason::Rise {
+                        successes: self.streak,
+                    },
+                )
+            }
+        };
+        let from = self.state;
+        self.state = to;
+        self.since = Some(at);
+        self.streak = 0;
+        Some(Transition {
+            from,
+            to,
+            reason,
+            at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn th(rise: u32, fall: u32) -> Thresholds {
+        Thresholds {
+            rise: NonZeroU32::new(rise).unwrap(),
+            fall: NonZeroU32::new(fall).unwrap(),
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn obs(ok: bool, secs: u64) -> Observation {
+        if ok {
+            Observation::success(t(secs), Duration::from_millis(5))
+        } else {
+            Observation::failure(t(secs), Duration::from_millis(5), ProbeError::Refused)
+        }
+    }
+
+    /// Feeds `seq` ('+' success, '-' failure) and returns the state after each result.
+    fn run(rise: u32, fall: u32, seq: &str) -> String {
+        let mut s = TargetState::new(th(rise, fall));
+        seq.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                s.observe(obs(c == '+', i as u64));
+                match s.state() {
+                    State::Unknown => '?',
+                    State::Up => 'U',
+                    State::Down => 'D',
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn state_follows_rise_and_fall_over_a_table_of_sequences() {
+        // (rise, fall, results, states after each result)
+        let table = [
+            (2, 3, "", ""),
+            (2, 3, "+", "U"),
+            (2, 3, "-", "D"),
+            (2, 3, "+--", "UUU"),
+            (2, 3, "+---", "UUUD"),
+            (2, 3, "+--+---", "UUUUUUD"),
+            (2, 3, "-+", "DD"),
+            (2, 3, "-++", "DDU"),
+            (2, 3, "-+-+", "DDDD"),
+            (2, 3, "-+-++", "DDDDU"),
+            (2, 3, "+---++---", "UUUDDUUUD"),
+            (1, 1, "+-+-", "UDUD"),
+            (1, 1, "--++", "DDUU"),
+            (3, 1, "+-++-+++", "UDDDDDDU"),
+            (1, 3, "---+", "DDDU"),
+            (5, 2, "+--+++++", "UUDDDDDU"),
+            (2, 2, "+-+-+-", "UUUUUU"),
+        ];
+        for (rise, fall, seq, want) in table {
+            assert_eq!(
+                run(rise, fall, seq),
+                want,
+                "rise={rise} fall={fall} seq={seq:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_probed_target_is_unknown_with_no_since() {
+        let s = TargetState::new(th(2, 3));
+        assert_eq!(s.state(), State::Unknown);
+        assert_eq!(s.since(), None);
+        assert!(!s.has_result());
+    }
+
+    #[test]
+    fn first_failure_goes_down_at_once_with_its_error() {
+        let mut s = TargetState::new(th(2, 3));
+        let tr = s.observe(obs(false, 7)).expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Unknown, State::Down));
+        assert_eq!(
+            tr.reason,
+            Reason::FirstProbe {
+                error: Some(ProbeError::Refused)
+            }
+        );
+        assert_eq!(
+            tr.reason.to_string(),
+            "first probe failed: connection refused"
+        );
+        assert_eq!(s.since(), Some(t(7)));
+    }
+
+    #[test]
+    fn fall_after_three_consecutive_failures_reports_the_last_error() {
+        let mut s = TargetState::new(th(2, 3));
+        assert!(s.observe(obs(true, 0)).is_some());
+        assert_eq!(s.observe(obs(false, 1)), None);
+        assert_eq!(s.observe(obs(false, 2)), None);
+        let tr = s
+            .observe(Observation::failure(
+                t(3),
+                Duration::from_secs(1),
+                ProbeError::TimedOut(Duration::from_secs(1)),
+            ))
+            .expect("a transition");
+        assert_eq!((tr.from, tr.to, tr.at), (State::Up, State::Down, t(3)));
+        assert_eq!(
+            tr.reason.to_string(),
+            "3 consecutive failures, last: timed out after 1s"
+        );
+        assert_eq!(s.since(), Some(t(3)));
+    }
+
+    #[test]
+    fn rise_after_two_consecutive_successes() {
+        let mut s = TargetState::new(th(2, 3));
+        s.observe(obs(false, 0));
+        assert_eq!(s.observe(obs(true, 1)), None);
+        let tr = s.observe(obs(true, 2)).expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Down, State::Up));
+        assert_eq!(tr.reason.to_string(), "2 consecutive successes");
+    }
+
+    #[test]
+    fn since_does_not_move_without_a_transition_but_last_does() {
+        let mut s = TargetState::new(th(2, 3));
+        s.observe(obs(true, 10));
+        s.observe(obs(true, 20));
+        s.observe(obs(false, 30));
+        assert_eq!(s.since(), Some(t(10)));
+        let last = s.last().unwrap();
+        assert_eq!((last.ok, last.at), (false, t(30)));
+        assert_eq!(last.error, Some(ProbeError::Refused));
+    }
+
+    #[test]
+    fn lowered_fall_takes_effect_on_the_next_failure() {
+        let mut s = TargetState::new(th(2, 3));
+        s.observe(obs(true, 0));
+        s.observe(obs(false, 1));
+        s.observe(obs(false, 2));
+        s.set_thresholds(th(2, 1));
+        assert_eq!(s.state(), State::Up);
+        let tr = s.observe(obs(false, 3)).expect("a transition");
+        assert_eq!(tr.to, State::Down);
+    }
+
+    #[test]
+    fn observation_serializes_with_latency_in_milliseconds_and_error_text() {
+        let o = Observation::failure(t(0), Duration::from_micros(1500), ProbeError::Status(503));
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["latency_ms"], 1.5);
+        assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["error"], "status 503 not in expect_status");
+    }
+}

@@ -1,0 +1,900 @@
+//! The health supervisor: [`Health`] runs the probes and publishes [`HealthView`]s.
+//!
+//! One task probes each distinct (address, check) pair, however many services or regions name
+//! it. Start times are spread with random jitter over the first interval so that a config with
+//! many targets does not probe them all at once. Each result goes to that target's
+//! [`TargetState`]; on a change a new immutable view is built and swapped into an [`ArcSwap`],
+//! the transition is logged at INFO and sent on a broadcast channel ([`Health::subscribe`]).
+//! Every probe result is also sent on a second channel ([`Health::subscribe_probes`]) for the
+//! probe-duration histogram; both channels cost nothing without subscribers.
+//!
+//! Locking: a `std::sync::Mutex` guards the table of targets. Only probe tasks (once per probe),
+//! reloads and admin calls take it, never the answer path, and nothing awaits while holding it.
+//! Drains additionally take an async mutex so that two concurrent drains write the state file
+//! in order; the file is written before the view changes, so a failed write changes nothing.
+//!
+//! Reload ([`Health::reload`]) keeps the state of targets that remain, restarts the task of a
+//! target whose check changed (other than `rise`/`fall`, which apply in place), starts new
+//! targets and stops removed ones. A result from a stopped task is ignored (each task carries
+//! a generation number).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::overrides::{Overrides, OverridesError};
+use super::probe::{ProbeOutcome, Prober};
+use super::state::{Observation, Reason, TargetState, Thresholds};
+use super::view::{HealthView, State, TargetKey};
+use crate::config::{Check, Config};
+
+/// Capacity of the transition and probe-report broadcast channels; a subscriber that falls
+/// further behind loses the oldest messages (and is told so by `RecvError::Lagged`).
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// An error of the health subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The overrides state file is unreadable or corrupt (at start), or cannot be written.
+    #[error(transparent)]
+    StateFile(#[from] OverridesError),
+    /// A drain named a region the config does not define.
+    #[error("unknown region {0:?}")]
+    UnknownRegion(String),
+}
+
+/// A target state change, as sent to subscribers (metrics, webhook).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TransitionEvent {
+    /// The target's address.
+    pub address: IpAddr,
+    /// The check's name.
+    pub check: String,
+    /// The regions whose endpoints list this target (with this check), in config order.
+    pub regions: Vec<String>,
+    /// The state before.
+    pub from: State,
+    /// The state after.
+    pub to: State,
+    /// Why the state changed.
+    pub reason: Reason,
+    /// When (wall time of the deciding probe).
+    #[serde(serialize_with = "super::serialize_time")]
+    pub at: SystemTime,
+}
+
+/// One probe result, as sent to probe subscribers (for `meridian_probe_duration_seconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// The probed target.
+    pub key: TargetKey,
+    /// True when the probe passed.
+    pub ok: bool,
+    /// How long the probe took.
+    pub latency: Duration,
+}
+
+/// The state of one target, for `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetStatus {
+    /// The target's address.
+    pub address: IpAddr,
+    /// The check's name.
+    pub check: String,
+    /// The check's kind (`http`, `https`, `tcp`).
+    pub kind: &'static str,
+    /// The regions whose endpoints list this target (with this check), in config order.
+    pub regions: Vec<String>,
+    /// The probed state (drains do not change it; see `forced`).
+    pub state: State,
+    /// True when an operator override withdraws the target (one of its regions is drained).
+    pub forced: bool,
+    /// When the current state began (`None` while unknown).
+    #[serde(serialize_with = "super::serialize_opt_time")]
+    pub since: Option<SystemTime>,
+    /// The last probe result (`None` before the first).
+    pub last_check: Option<Observation>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Targets that were new and got a probe task.
+    pub added: usize,
+    /// Targets that are gone; their tasks were stopped.
+    pub removed: usize,
+    /// Targets whose check changed; their tasks were restarted, their state kept.
+    pub restarted: usize,
+    /// Targets left as they were (their `rise`/`fall` may have changed in place).
+    pub kept: usize,
+}
+
+/// The running health subsystem. Cheap to clone; all clones share one set of probe tasks.
+#[derive(Debug, Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    view: Arc<ArcSwap<HealthView>>,
+    table: Mutex<Table>,
+    /// Serializes state-file writes (drain/undrain).
+    write_lock: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<TransitionEvent>,
+    probes: broadcast::Sender<ProbeReport>,
+    ready: watch::Sender<bool>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+#[derive(Debug)]
+struct Table {
+    targets: HashMap<TargetKey, Target>,
+    known_regions: HashSet<String>,
+    drained: BTreeSet<String>,
+    state_file: Option<PathBuf>,
+    next_generation: u64,
+}
+
+#[derive(Debug)]
+struct Target {
+    check: Arc<Check>,
+    regions: Vec<String>,
+    state: TargetState,
+    generation: u64,
+    stop: CancellationToken,
+}
+
+/// The targets a config asks for: (address, check) -> (check, regions in config order).
+fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<String>)> {
+    let checks: HashMap<&str, Arc<Check>> = config
+        .checks
+        .iter()
+        .map(|c| (c.name.as_str(), Arc::new(c.clone())))
+        .collect();
+    let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+    let mut out: HashMap<TargetKey, (Arc<Check>, Vec<String>)> = HashMap::new();
+    for service in &config.services {
+        for endpoint in &service.endpoints {
+            let Some(name) = endpoint.check.as_deref() else {
+                continue;
+            };
+            let Some(check) = checks.get(name) else {
+                // Validation resolves check names; a dangling one probes nothing.
+                warn!(service = %service.name, check = %name, "endpoint names an unknown check");
+                continue;
+            };
+            let name = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
+            for &address in &endpoint.addresses {
+                let key = TargetKey {
+                    address,
+                    check: name.clone(),
+                };
+                let entry = out
+                    .entry(key)
+                    .or_insert_with(|| (check.clone(), Vec::new()));
+                if !entry.1.contains(&endpoint.region) {
+                    entry.1.push(endpoint.region.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn thresholds(check: &Check) -> Thresholds {
+    Thresholds {
+        rise: check.rise,
+        fall: check.fall,
+    }
+}
+
+/// Returns true when two check definitions probe differently (not just decide differently).
+fn probes_differ(a: &Check, b: &Check) -> bool {
+    let mut b = b.clone();
+    b.rise = a.rise;
+    b.fall = a.fall;
+    *a != b
+}
+
+impl Health {
+    /// Loads the overrides from `config.server.state_file` and starts one probe task per
+    /// distinct (address, check) on the current tokio runtime. The tasks stop when `token` is
+    /// cancelled (or on [`Health::shutdown`]). Fails when the state file is unreadable or
+    /// corrupt; a missing file means nothing is drained. Must be called within a tokio
+    /// runtime; the tasks hold the subsystem alive until `token` is cancelled.
+    pub fn start(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
+        let overrides = match &config.server.state_file {
+            Some(path) => Overrides::load(path)?,
+            None => Overrides::empty(),
+        };
+        if !overrides.drained_regions.is_empty() {
+            info!(regions = ?overrides.drained_regions, "drained regions loaded from state file");
+        }
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let (probes, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let inner = Arc::new(Inner {
+            view: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+            table: Mutex::new(Table {
+                targets: HashMap::new(),
+                known_regions: HashSet::new(),
+                drained: overrides.drained_regions,
+                state_file: config.server.state_file.clone(),
+                next_generation: 0,
+            }),
+            write_lock: tokio::sync::Mutex::new(()),
+            events,
+            probes,
+            ready: watch::Sender::new(false),
+            token,
+            tracker: TaskTracker::new(),
+        });
+        let health = Health { inner };
+        let summary = health.apply(config, false);
+        info!(targets = summary.added, "health probes started");
+        Ok(health)
+    }
+
+    /// Returns the current view (one atomic load and a reference count increment).
+    pub fn view(&self) -> Arc<HealthView> {
+        self.inner.view.load_full()
+    }
+
+    /// Returns the shared cell holding the current view, for readers that load it per query
+    /// (`cell.load()` does not even touch the reference count).
+    pub fn view_cell(&self) -> Arc<ArcSwap<HealthView>> {
+        self.inner.view.clone()
+    }
+
+    /// Applies a new config: keeps the state of targets that remain, restarts those whose
+    /// check changed, starts new ones and stops removed ones. Drains are kept; a changed
+    /// `state_file` gets the current drains written to it.
+    pub fn reload(&self, config: &Config) -> ReloadSummary {
+        let summary = self.apply(config, true);
+        info!(
+            added = summary.added,
+            removed = summary.removed,
+            restarted = summary.restarted,
+            kept = summary.kept,
+            "health targets reloaded"
+        );
+        summary
+    }
+
+    /// Withdraws `region` from every answer and persists it. Returns whether anything changed.
+    pub async fn drain(&self, region: &str) -> Result<bool, HealthError> {
+        self.set_drained(region, true).await
+    }
+
+    /// Puts `region` back into answers and persists it. Returns whether anything changed.
+    pub async fn undrain(&self, region: &str) -> Result<bool, HealthError> {
+        self.set_drained(region, false).await
+    }
+
+    /// Returns the drained regions, sorted.
+    pub fn drained_regions(&self) -> Vec<String> {
+        self.inner.lock().drained.iter().cloned().collect()
+    }
+
+    /// Returns every target's state, sorted by check name, then address.
+    pub fn status(&self) -> Vec<TargetStatus> {
+        let table = self.inner.lock();
+        let mut out: Vec<TargetStatus> = table
+            .targets
+            .iter()
+            .map(|(key, t)| TargetStatus {
+                address: key.address,
+                check: key.check.to_string(),
+                kind: t.check.kind.as_str(),
+                regions: t.regions.clone(),
+                state: t.state.state(),
+                forced: t.regions.iter().any(|r| table.drained.contains(r)),
+                since: t.state.since(),
+                last_check: t.state.last().cloned(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.check, a.address).cmp(&(&b.check, b.address)));
+        out
+    }
+
+    /// Returns a receiver of target state changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<TransitionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Returns a receiver of every probe result.
+    pub fn subscribe_probes(&self) -> broadcast::Receiver<ProbeReport> {
+        self.inner.probes.subscribe()
+    }
+
+    /// Returns true once every target present at start has at least one probe result. Stays
+    /// true afterwards (targets added by a reload do not make the process unready).
+    pub fn first_round_done(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    /// Waits until [`Health::first_round_done`] is true.
+    pub async fn wait_first_round(&self) {
+        let mut rx = self.inner.ready.subscribe();
+        // The sender lives in `inner`, which `self` keeps alive: the wait cannot fail.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Stops every probe task and waits for them to finish.
+    pub async fn shutdown(&self) {
+        self.inner.token.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    async fn set_drained(&self, region: &str, drained: bool) -> Result<bool, HealthError> {
+        let _write = self.inner.write_lock.lock().await;
+        let (next, path) = {
+            let table = self.inner.lock();
+            if drained && !table.known_regions.contains(region) {
+                return Err(HealthError::UnknownRegion(region.to_string()));
+            }
+            if table.drained.contains(region) == drained {
+                return Ok(false);
+            }
+            let mut next = table.drained.clone();
+            if drained {
+                next.insert(region.to_string());
+            } else {
+                next.remove(region);
+            }
+            (next, table.state_file.clone())
+        };
+        if let Some(path) = path {
+            let overrides = Overrides {
+                drained_regions: next.clone(),
+                ..Overrides::empty()
+            };
+            tokio::task::spawn_blocking(move || overrides.save(&path))
+                .await
+                .map_err(|e| OverridesError::Write {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        let mut table = self.inner.lock();
+        table.drained = next;
+        self.inner.publish(&table);
+        drop(table);
+        if drained {
+            info!(region = %region, "region drained");
+        } else {
+            info!(region = %region, "region undrained");
+        }
+        Ok(true)
+    }
+
+    fn apply(&self, config: &Config, is_reload: bool) -> ReloadSummary {
+        let desired = desired_targets(config);
+        let mut summary = ReloadSummary::default();
+        let mut guard = self.inner.lock();
+        let table: &mut Table = &mut guard;
+        table.known_regions = config.regions.iter().map(|r| r.name.clone()).collect();
+
+        let removed: Vec<TargetKey> = table
+            .targets
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in removed {
+            if let Some(t) = table.targets.remove(&key) {
+                t.stop.cancel();
+                summary.removed += 1;
+            }
+        }
+        for (key, (check, regions)) in desired {
+            let generation = table.next_generation;
+            match table.targets.get_mut(&key) {
+                Some(t) => {
+                    t.regions = regions;
+                    t.state.set_thresholds(thresholds(&check));
+                    if probes_differ(&t.check, &check) {
+                        t.stop.cancel();
+                        t.stop = self.inner.token.child_token();
+                        t.generation = generation;
+                        t.check = check;
+                        self.spawn_probe(key, t);
+                        table.next_generation += 1;
+                        summary.restarted += 1;
+                    } else {
+                        t.check = check;
+                        summary.kept += 1;
+                    }
+                }
+                None => {
+                    let mut t = Target {
+                        state: TargetState::new(thresholds(&check)),
+                        check,
+                        regions,
+                        generation,
+                        stop: self.inner.token.child_token(),
+                    };
+                    self.spawn_probe(key.clone(), &mut t);
+                    table.targets.insert(key, t);
+                    table.next_generation += 1;
+                    summary.added += 1;
+                }
+            }
+        }
+        if is_reload && table.state_file != config.server.state_file {
+            table.state_file = config.server.state_file.clone();
+            if let Some(path) = &table.state_file {
+                let overrides = Overrides {
+                    drained_regions: table.drained.clone(),
+                    ..Overrides::empty()
+                };
+                // Reload is rare; a short blocking write keeps the new file in step at once.
+                if let Err(error) = overrides.save(path) {
+                    warn!(%error, "cannot write drains to the new state file");
+                }
+            }
+        }
+        self.inner.publish(table);
+        self.inner.check_ready(table);
+        summary
+    }
+
+    fn spawn_probe(&self, key: TargetKey, target: &mut Target) {
+        let inner = self.inner.clone();
+        let check = target.check.clone();
+        let generation = target.generation;
+        let stop = target.stop.clone();
+        self.inner
+            .tracker
+            .spawn(run_probe(inner, key, check, generation, stop));
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves consistent data (each update is one call
+        // into the state machine), so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds a view from the table and swaps it in.
+    fn publish(&self, table: &Table) {
+        let mut view = HealthView::empty();
+        for (key, t) in &table.targets {
+            view.set_state(key.address, &key.check, t.state.state());
+        }
+        view.set_drained(table.drained.iter().cloned());
+        self.view.store(Arc::new(view));
+    }
+
+    fn check_ready(&self, table: &Table) {
+        if !*self.ready.borrow() && table.targets.values().all(|t| t.state.has_result()) {
+            self.ready.send_replace(true);
+            info!(targets = table.targets.len(), "first health round complete");
+        }
+    }
+
+    /// Records one probe result of `key` from the task of `generation`.
+    fn report(&self, key: &TargetKey, generation: u64, outcome: ProbeOutcome, now: SystemTime) {
+        if self.probes.receiver_count() > 0 {
+            let _ = self.probes.send(ProbeReport {
+                key: key.clone(),
+                ok: outcome.result.is_ok(),
+                latency: outcome.latency,
+            });
+        }
+        let observation = match outcome.result {
+            Ok(()) => Observation::success(now, outcome.latency),
+            Err(error) => {
+                debug!(address = %key.address, check = %key.check, %error, "probe failed");
+                Observation::failure(now, outcome.latency, error)
+            }
+        };
+        let mut table = self.lock();
+        let Some(target) = table.targets.get_mut(key) else {
+            return;
+        };
+        if target.generation != generation {
+            return;
+        }
+        let first = !target.state.has_result();
+        let Some(tr) = target.state.observe(observation) else {
+            if first {
+                self.check_ready(&table);
+            }
+            return;
+        };
+        let event = TransitionEvent {
+            address: key.address,
+            check: key.check.to_string(),
+            regions: target.regions.clone(),
+            from: tr.from,
+            to: tr.to,
+            reason: tr.reason,
+            at: tr.at,
+        };
+        self.publish(&table);
+        if first {
+            self.check_ready(&table);
+        }
+        drop(table);
+        info!(
+            address = %event.address,
+            check = %event.check,
+            from = ?event.from,
+            to = ?event.to,
+            reason = %event.reason,
+            "target state changed"
+        );
+        let _ = self.events.send(event);
+    }
+}
+
+/// Probes one target every `check.interval` until `stop` is cancelled.
+async fn run_probe(
+    inner: Arc<Inner>,
+    key: TargetKey,
+    check: Arc<Check>,
+    generation: u64,
+    stop: CancellationToken,
+) {
+    let prober = Prober::new(key.address, &check);
+    let interval = check.interval.max(Duration::from_millis(1));
+    let jitter = interval.mul_f64(rand::random::<f64>());
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(jitter) => {}
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = prober.probe() => outcome,
+        };
+        inner.report(&key, generation, outcome, SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::probe::tests::{Backend, Reply};
+    use std::path::Path;
+    use std::time::Instant;
+
+    /// A scratch directory with an (empty) zone file, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "meridian-health-{name}-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("example.net.zone"), "").unwrap();
+            Self(dir)
+        }
+
+        /// Parses a config whose `[[zone]]` and `[region.*]` are supplied here.
+        fn config(&self, rest: &str) -> Config {
+            let text = format!(
+                "[[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n\
+                 [region.us-east]\nlatitude = 38.9\nlongitude = -77.4\n\
+                 [region.eu-west]\nlatitude = 53.3\nlongitude = -6.3\n{rest}"
+            );
+            crate::config::parse_str(&self.0.join("meridian.toml"), &text)
+                .unwrap_or_else(|e| panic!("test config: {e}"))
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn check_toml(name: &str, port: u16, extra: &str) -> String {
+        format!(
+            "[check.{name}]\nkind = \"http\"\nport = {port}\npath = \"/healthz\"\n\
+             interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 3\n{extra}\n"
+        )
+    }
+
+    fn service_toml(name: &str, check: &str, endpoints: &[(&str, &str)]) -> String {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|(r, a)| format!("{{ region = \"{r}\", addresses = [\"{a}\"] }}"))
+            .collect();
+        format!(
+            "[[service]]\nname = \"{name}\"\npolicy = \"nearest\"\ncheck = \"{check}\"\n\
+             endpoints = [{}]\n",
+            eps.join(", ")
+        )
+    }
+
+    /// Polls `f` every 20 ms for up to 10 s.
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn lo(last_octet: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last_octet])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_services_sharing_a_target_get_one_probe_stream() {
+        let b = Backend::start(Reply::ok()).await;
+        let s = Scratch::new("shared");
+        let config = s.config(&format!(
+            "{}{}{}",
+            check_toml("web", b.addr.port(), ""),
+            service_toml("api.example.net.", "web", &[("us-east", "127.0.0.1")]),
+            service_toml("www.example.net.", "web", &[("eu-west", "127.0.0.1")]),
+        ));
+        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        let status = health.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].regions, ["us-east", "eu-west"]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let hits = b.hits();
+        health.shutdown().await;
+        // One stream at 200 ms makes at most 6 probes in 1.1 s; two streams would make ~11.
+        assert!((3..=7).contains(&hits), "{hits} probes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn target_goes_down_after_fall_failures_and_up_after_rise_successes() {
+        let b = Backend::start(Reply::ok()).await;
+        let s = Scratch::new("fall");
+        let config = s.config(&format!(
+            "{}{}",
+            check_toml("web", b.addr.port(), ""),
+            service_toml("api.example.net.", "web", &[("us-east", "127.0.0.1")]),
+        ));
+        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        let mut events = health.subscribe();
+        let state = || health.view().state(lo(1), Some("web"));
+        eventually("up", || state() == State::Up).await;
+        // The first transition (unknown -> up) may precede `subscribe`; later ones cannot.
+        let mut next_to = async |to: State| loop {
+            let e = events.recv().await.unwrap();
+            if e.to == to {
+                return e;
+            }
+        };
+
+        b.set(Reply {
+            status: 503,
+            ..Reply::ok()
+        });
+        let hits_before = b.hits();
+        eventually("down", || state() == State::Down).await;
+        // fall = 3: at least three failed probes happened before the view changed.
+        assert!(b.hits() - hits_before >= 3);
+        let down = next_to(State::Down).await;
+        assert_eq!((down.from, down.to), (State::Up, State::Down));
+        assert_eq!(
+            down.reason.to_string(),
+            "3 consecutive failures, last: status 503 not in expect_status"
+        );
+        assert_eq!(down.regions, ["us-east"]);
+        let st = &health.status()[0];
+        assert_eq!(st.state, State::Down);
+        let last = st.last_check.as_ref().unwrap();
+        assert!(!last.ok);
+        assert_eq!(st.since, Some(down.at));
+
+        b.set(Reply::ok());
+        eventually("up again", || state() == State::Up).await;
+        let up = next_to(State::Up).await;
+        assert_eq!(up.reason.to_string(), "2 consecutive successes");
+        health.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_round_completes_when_every_target_has_a_result() {
+        let b = Backend::start(Reply::ok()).await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let s = Scratch::new("ready");
+        let config = s.config(&format!(
+            "{}{}{}{}",
+            check_toml("web", b.addr.port(), ""),
+            check_toml("dead", closed, ""),
+            service_toml("api.example.net.", "web", &[("us-east", "127.0.0.1")]),
+            service_toml("www.example.net.", "dead", &[("eu-west", "127.0.0.2")]),
+        ));
+        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        assert!(!health.first_round_done());
+        assert_eq!(health.view().state(lo(1), Some("web")), State::Unknown);
+        tokio::time::timeout(Duration::from_secs(10), health.wait_first_round())
+            .await
+            .expect("first round within 10 s");
+        assert!(health.first_round_done());
+        let view = health.view();
+        assert_eq!(view.state(lo(1), Some("web")), State::Up);
+        // The first result decides: a refused target is down at once.
+        assert_eq!(view.state(lo(2), Some("dead")), State::Down);
+        let dead = health
+            .status()
+            .into_iter()
+            .find(|t| t.check == "dead")
+            .unwrap();
+        let json = serde_json::to_value(&dead).unwrap();
+        assert_eq!(json["state"], "down");
+        assert_eq!(json["last_check"]["error"], "connection refused");
+        assert_eq!(json["forced"], false);
+        health.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn no_targets_means_the_first_round_is_done_at_once() {
+        let s = Scratch::new("none");
+        let health = Health::start(&s.config(""), CancellationToken::new()).unwrap();
+        assert!(health.first_round_done());
+        assert!(health.status().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reload_keeps_state_of_remaining_targets_and_stops_removed_ones() {
+        let a = Backend::start(Reply::ok()).await;
+        let b = Backend::start(Reply::ok()).await;
+        let s = Scratch::new("reload");
+        let both = s.config(&format!(
+            "{}{}{}{}",
+            check_toml("a", a.addr.port(), ""),
+            check_toml("b", b.addr.port(), ""),
+            service_toml("api.example.net.", "a", &[("us-east", "127.0.0.1")]),
+            service_toml("www.example.net.", "b", &[("eu-west", "127.0.0.1")]),
+        ));
+        let health = Health::start(&both, CancellationToken::new()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), health.wait_first_round())
+            .await
+            .unwrap();
+        let since_a = health.status()[0].since;
+        assert!(since_a.is_some());
+
+        let only_a = s.config(&format!(
+            "{}{}",
+            check_toml("a", a.addr.port(), ""),
+            service_toml("api.example.net.", "a", &[("us-east", "127.0.0.1")]),
+        ));
+        let summary = health.reload(&only_a);
+        assert_eq!(
+            summary,
+            ReloadSummary {
+                added: 0,
+                removed: 1,
+                restarted: 0,
+                kept: 1
+            }
+        );
+        let status = health.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].check.as_str(), status[0].since), ("a", since_a));
+        assert_eq!(health.view().state(lo(1), Some("b")), State::Unknown);
+        // A probe of b may be in flight at the reload; after it, b sees no more requests.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b_hits = b.hits();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(b.hits(), b_hits, "removed target still probed");
+
+        // A changed check restarts the probe but keeps the state.
+        let a_slower = s.config(&format!(
+            "{}{}",
+            check_toml("a", a.addr.port(), "headers = { \"X-Reload\" = \"1\" }"),
+            service_toml("api.example.net.", "a", &[("us-east", "127.0.0.1")]),
+        ));
+        let summary = health.reload(&a_slower);
+        assert_eq!((summary.restarted, summary.kept), (1, 0));
+        assert_eq!(health.status()[0].state, State::Up);
+        assert_eq!(health.status()[0].since, since_a);
+        eventually("a probed with the new header", || {
+            a.last_head
+                .lock()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("x-reload: 1")
+        })
+        .await;
+        health.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn drains_persist_in_the_state_file_and_survive_a_restart() {
+        let s = Scratch::new("drain");
+        let config = s.config(&format!(
+            "[server]\nstate_file = \"state/overrides.json\"\n{}{}",
+            check_toml("web", 9, ""),
+            service_toml("api.example.net.", "web", &[("eu-west", "127.0.0.1")]),
+        ));
+        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        assert!(!health.view().is_drained("eu-west"));
+        assert!(health.drain("eu-west").await.unwrap());
+        assert!(
+            !health.drain("eu-west").await.unwrap(),
+            "second drain changes nothing"
+        );
+        assert!(health.view().is_drained("eu-west"));
+        assert!(health.status()[0].forced);
+        let err = health.drain("mars").await.unwrap_err();
+        assert_eq!(err.to_string(), "unknown region \"mars\"");
+        health.shutdown().await;
+
+        let state_dir = s.path().join("state");
+        let names: Vec<_> = std::fs::read_dir(&state_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["overrides.json"], "no temporary files left");
+
+        let restarted = Health::start(&config, CancellationToken::new()).unwrap();
+        assert!(restarted.view().is_drained("eu-west"));
+        assert_eq!(restarted.drained_regions(), ["eu-west"]);
+        assert!(restarted.undrain("eu-west").await.unwrap());
+        assert!(!restarted.view().is_drained("eu-west"));
+        restarted.shutdown().await;
+        let again = Health::start(&config, CancellationToken::new()).unwrap();
+        assert!(!again.view().is_drained("eu-west"));
+        again.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn corrupt_state_file_refuses_to_start_and_names_the_file() {
+        let s = Scratch::new("corrupt");
+        std::fs::write(s.path().join("overrides.json"), "not json").unwrap();
+        let config = s.config("[server]\nstate_file = \"overrides.json\"\n");
+        let err = Health::start(&config, CancellationToken::new()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("overrides.json") && msg.contains("corrupt"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_token_stops_every_probe_task() {
+        let s = Scratch::new("cancel");
+        let config = s.config(&format!(
+            "{}{}",
+            check_toml("web", 9, ""),
+            service_toml("api.example.net.", "web", &[("us-east", "127.0.0.1")]),
+        ));
+        let token = CancellationToken::new();
+        let health = Health::start(&config, token.clone()).unwrap();
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(2), health.shutdown())
+            .await
+            .expect("tasks stop promptly");
+    }
+}

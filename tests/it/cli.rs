@@ -1,0 +1,212 @@
+//! `meridian check`: every problem at once, each naming the file, the key (and the line for
+//! zone files); exit 2 on error, 0 when valid. Also clean shutdown on signals.
+
+use std::time::Duration;
+
+use crate::harness::{Server, ZONE, config, repo, run};
+
+/// Writes `files` (name, contents) into a new temp dir and runs `meridian check` on the first.
+fn check(files: &[(&str, &str)]) -> (i32, String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), config(text)).unwrap();
+    }
+    let path = dir.path().join(files[0].0);
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    (code, out, err, dir)
+}
+
+const ZONE_OK: &str = "$ORIGIN t.example.\n$TTL 60\n@ IN SOA ns hostmaster 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n";
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = repo().join("zones/meridian.toml");
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(": ok ("), "{out}");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_table() {
+    let (code, _, err, _d) = check(&[(
+        "m.toml",
+        &format!("[server]\ndns_listen = [\"127.0.0.1:0\"]\nlisten_dns = 1\n{ZONE}"),
+    )]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("m.toml: server: unknown field `listen_dns`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_address_and_missing_zone_file_are_reported_together() {
+    let text = "[server]\ndns_listen = [\"127.0.0.1:99999\", \"nonsense\"]\n[[zone]]\norigin = \"example.net.\"\nfile = \"missing.zone\"\n";
+    let (code, _, err, _d) = check(&[("m.toml", text)]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.dns_listen[0]: invalid socket address \"127.0.0.1:99999\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.dns_listen[1]: invalid socket address \"nonsense\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("zone[0].file: zone file") && err.contains("missing.zone does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("3 problem(s) found"), "{err}");
+}
+
+#[test]
+fn zone_syntax_errors_carry_file_and_line_all_at_once() {
+    let zone = format!("{ZONE_OK}www IN A not-an-address\nok IN A 192.0.2.2\nmx IN MX ten mail\n");
+    let text = "[server]\ndns_listen = [\"127.0.0.1:0\"]\n[[zone]]\norigin = \"t.example.\"\nfile = \"t.zone\"\n";
+    let (code, _, err, _d) = check(&[("m.toml", text), ("t.zone", &zone)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("t.zone:6: zone t.example.: syntax error"),
+        "{err}"
+    );
+    assert!(
+        err.contains("t.zone:8: zone t.example.: syntax error"),
+        "{err}"
+    );
+    assert!(!err.contains("t.zone:7"), "{err}");
+}
+
+#[test]
+fn record_outside_the_origin_is_rejected_with_its_line() {
+    let zone = format!("{ZONE_OK}www.other.example. IN A 192.0.2.7\n");
+    let text = "[server]\ndns_listen = [\"127.0.0.1:0\"]\n[[zone]]\norigin = \"t.example.\"\nfile = \"t.zone\"\n";
+    let (code, _, err, _d) = check(&[("m.toml", text), ("t.zone", &zone)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("t.zone:6: zone t.example.: record www.other.example. is outside the zone's origin t.example."), "{err}");
+}
+
+#[test]
+fn zone_without_soa_or_ns_is_rejected() {
+    let zone = "$ORIGIN t.example.\n$TTL 60\nwww IN A 192.0.2.1\n";
+    let text = "[server]\ndns_listen = [\"127.0.0.1:0\"]\n[[zone]]\norigin = \"t.example.\"\nfile = \"t.zone\"\n";
+    let (code, _, err, _d) = check(&[("m.toml", text), ("t.zone", zone)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exactly one SOA"), "{err}");
+    assert!(err.contains("no NS records"), "{err}");
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_bad_config_with_exit_2() {
+    let (code, _, err, _d) = check(&[("m.toml", "[server]\ndns_listen = []\n")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.dns_listen: must list at least one address"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, "[server]\nbogus = 1\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown field `bogus`"), "{err}");
+}
+
+fn started() -> Server {
+    Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n{ZONE}"
+    ))
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_with_exit_0() {
+    let mut s = started();
+    s.signal(libc::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    assert!(s.log_text().contains("stopped"));
+    // The port is closed: a new TCP connection is refused.
+    assert!(std::net::TcpStream::connect_timeout(&s.dns, Duration::from_secs(2)).is_err());
+}
+
+#[test]
+fn sigint_shuts_down_cleanly_with_exit_0() {
+    let mut s = started();
+    s.signal(libc::SIGINT);
+    let status = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited after SIGINT");
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+}
+
+/// Every table of the example config, with an unknown key injected, is rejected by name.
+#[test]
+fn an_unknown_key_in_any_table_of_the_example_config_is_rejected() {
+    let example = std::fs::read_to_string(repo().join("zones/meridian.toml")).unwrap();
+    let table: toml::Table = example.parse().unwrap();
+    // (path to the table, the key as errors name it)
+    let mut targets: Vec<(Vec<String>, String)> = Vec::new();
+    for (k, v) in &table {
+        match v {
+            toml::Value::Table(t) if k == "region" || k == "check" => {
+                for name in t.keys() {
+                    targets.push((vec![k.clone(), name.clone()], format!("{k}.{name}")));
+                }
+            }
+            toml::Value::Table(_) if k != "nets" => targets.push((vec![k.clone()], k.clone())),
+            toml::Value::Array(a) => {
+                for i in 0..a.len() {
+                    targets.push((vec![k.clone(), i.to_string()], format!("{k}[{i}]")));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(targets.len() >= 10, "{targets:?}");
+    for (path, key) in targets {
+        let mut t = table.clone();
+        let cur = table_at(&mut t, &path);
+        cur.insert("bogus_key".into(), toml::Value::Integer(1));
+        let dir = tempfile::tempdir().unwrap();
+        // Relative paths in the example resolve against its directory: keep them working.
+        let text = toml::to_string(&t)
+            .unwrap()
+            .replace(
+                "\"example.net.zone\"",
+                &format!("{:?}", repo().join("zones/example.net.zone")),
+            )
+            .replace(
+                "\"admin.token\"",
+                &format!("{:?}", repo().join("zones/admin.token")),
+            )
+            .replace(
+                "\"../geodata/sample.mmdb\"",
+                &format!("{:?}", repo().join("geodata/sample.mmdb")),
+            );
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, text).unwrap();
+        let (code, _, err) = run(&["check", "--config", p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(
+            err.contains(&format!("{key}: unknown field `bogus_key`")),
+            "{key}: {err}"
+        );
+    }
+}
+
+/// Returns the table at `path`: a top-level table, a named sub-table, or an array element.
+fn table_at<'a>(t: &'a mut toml::Table, path: &[String]) -> &'a mut toml::Table {
+    let top = t.get_mut(&path[0]).expect("top-level key");
+    match (top, path.get(1)) {
+        (toml::Value::Table(x), None) => x,
+        (toml::Value::Table(x), Some(name)) => x
+            .get_mut(name)
+            .and_then(toml::Value::as_table_mut)
+            .expect("sub-table"),
+        (toml::Value::Array(a), Some(i)) => a[i.parse::<usize>().unwrap()]
+            .as_table_mut()
+            .expect("array of tables"),
+        _ => panic!("unexpected shape at {path:?}"),
+    }
+}

@@ -1,0 +1,369 @@
+//! DNS behaviour of an authoritative server, as an operator checks it with dig. Each test asks
+//! over UDP and TCP; RFC sections are cited in the names.
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+
+use crate::harness::{Server, ZONE, add_option, ecs, query, query_no_edns};
+
+fn server() -> Server {
+    Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\nnsid = \"test-ns-1\"\n{ZONE}\n{API}"
+    ))
+}
+
+/// One dynamic name, so that CNAME chains can end in a service.
+const API: &str = r#"
+[region.us-east]
+latitude = 39.0
+longitude = -77.5
+[[service]]
+name = "api.example.net."
+policy = "failover"
+endpoints = [{ region = "us-east", addresses = ["192.0.2.10"] }]
+"#;
+
+fn types(section: &[hickory_proto::rr::Record]) -> Vec<RecordType> {
+    section.iter().map(|r| r.record_type()).collect()
+}
+
+#[test]
+fn serves_udp_and_tcp_on_the_logged_port() {
+    let s = server();
+    assert_ne!(s.dns.port(), 0);
+    assert!(
+        s.log_text()
+            .contains(&format!("listening dns/tcp {}", s.dns)),
+        "{}",
+        s.log_text()
+    );
+    for r in s.both(&query("example.net.", RecordType::SOA)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(types(&r.answers), vec![RecordType::SOA]);
+    }
+}
+
+#[test]
+fn rfc1035_aa_is_set_and_question_case_is_kept() {
+    let s = server();
+    for r in s.both(&query("MaIl.ExAmPlE.nEt.", RecordType::A)) {
+        assert!(r.metadata.authoritative);
+        assert_eq!(r.metadata.message_type, MessageType::Response);
+        assert_eq!(r.queries[0].name().to_ascii(), "MaIl.ExAmPlE.nEt.");
+        assert_eq!(r.answers.len(), 1);
+        assert_eq!(r.answers[0].data, RData::A("192.0.2.25".parse().unwrap()));
+    }
+}
+
+#[test]
+fn apex_ns_has_glue_in_additional() {
+    let s = server();
+    for r in s.both(&query("example.net.", RecordType::NS)) {
+        assert!(r.metadata.authoritative);
+        assert_eq!(r.answers.len(), 2);
+        let glue: Vec<String> = r.additionals.iter().map(|a| a.name.to_ascii()).collect();
+        assert!(glue.contains(&"ns1.example.net.".to_string()), "{glue:?}");
+        assert!(glue.contains(&"ns2.example.net.".to_string()), "{glue:?}");
+        assert!(
+            r.additionals
+                .iter()
+                .any(|a| a.record_type() == RecordType::AAAA)
+        );
+    }
+}
+
+#[test]
+fn rfc2308_nxdomain_carries_the_soa() {
+    let s = server();
+    for r in s.both(&query("nope.example.net.", RecordType::A)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(r.metadata.authoritative);
+        assert!(r.answers.is_empty());
+        assert_eq!(types(&r.authorities), vec![RecordType::SOA]);
+        // negative TTL: min(SOA TTL, MINIMUM) = 300
+        assert_eq!(r.authorities[0].ttl, 300);
+    }
+}
+
+#[test]
+fn rfc2308_nodata_for_an_existing_name_of_another_type() {
+    let s = server();
+    for r in s.both(&query("mail.example.net.", RecordType::AAAA)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        assert_eq!(types(&r.authorities), vec![RecordType::SOA]);
+    }
+}
+
+#[test]
+fn empty_non_terminal_is_nodata_not_nxdomain() {
+    let s = server();
+    for r in s.both(&query("b.example.net.", RecordType::TXT)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        assert_eq!(types(&r.authorities), vec![RecordType::SOA]);
+    }
+    // and the name below it exists
+    let r = s.ask("a.b.example.net.", RecordType::TXT);
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[test]
+fn cname_is_chased_inside_the_zone() {
+    let s = server();
+    for r in s.both(&query("docs.example.net.", RecordType::A)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let t = types(&r.answers);
+        assert_eq!(
+            t,
+            vec![RecordType::CNAME, RecordType::CNAME, RecordType::A],
+            "{r:?}"
+        );
+        assert_eq!(r.answers[2].name.to_ascii(), "api.example.net.");
+        assert_eq!(r.answers[2].data, RData::A("192.0.2.10".parse().unwrap()));
+    }
+    // asking for the CNAME itself does not chase
+    let r = s.ask("www.example.net.", RecordType::CNAME);
+    assert_eq!(types(&r.answers), vec![RecordType::CNAME]);
+}
+
+#[test]
+fn mx_srv_txt_caa_aaaa_are_served() {
+    let s = server();
+    let r = s.ask("example.net.", RecordType::MX);
+    assert_eq!(types(&r.answers), vec![RecordType::MX]);
+    assert!(
+        r.additionals
+            .iter()
+            .any(|a| a.name.to_ascii() == "mail.example.net.")
+    );
+    let r = s.ask("_sip._udp.example.net.", RecordType::SRV);
+    assert_eq!(types(&r.answers), vec![RecordType::SRV]);
+    assert!(
+        r.additionals
+            .iter()
+            .any(|a| a.name.to_ascii() == "sip.example.net.")
+    );
+    for (t, name) in [
+        (RecordType::TXT, "example.net."),
+        (RecordType::CAA, "example.net."),
+        (RecordType::AAAA, "ns1.example.net."),
+    ] {
+        let r = s.ask(name, t);
+        assert_eq!(types(&r.answers), vec![t], "{name} {t}");
+    }
+}
+
+#[test]
+fn names_outside_every_zone_are_refused() {
+    let s = server();
+    for r in s.both(&query("example.com.", RecordType::A)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        assert!(!r.metadata.authoritative);
+        assert!(r.answers.is_empty());
+    }
+}
+
+#[test]
+fn class_other_than_in_is_refused_never_answered_as_in() {
+    let s = server();
+    for class in [DNSClass::CH, DNSClass::HS, DNSClass::ANY] {
+        let mut m = query("example.net.", RecordType::SOA);
+        let mut q = Query::query(Name::from_ascii("example.net.").unwrap(), RecordType::SOA);
+        q.set_query_class(class);
+        m.queries = vec![q];
+        for r in s.both(&m) {
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{class:?}");
+            assert!(r.answers.is_empty());
+        }
+    }
+}
+
+#[test]
+fn opcode_other_than_query_is_notimp() {
+    let s = server();
+    let mut m = query("example.net.", RecordType::SOA);
+    m.metadata.op_code = OpCode::Status;
+    for r in s.both(&m) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+    }
+}
+
+#[test]
+fn more_than_one_question_is_formerr() {
+    let s = server();
+    let mut m = query("example.net.", RecordType::SOA);
+    m.add_query(Query::query(
+        Name::from_ascii("mail.example.net.").unwrap(),
+        RecordType::A,
+    ));
+    for r in s.both(&m) {
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(r.metadata.id, m.metadata.id);
+    }
+}
+
+#[test]
+fn rfc6891_opt_in_every_answer_with_payload_1232() {
+    let s = server();
+    for name in ["example.net.", "nope.example.net.", "example.com."] {
+        for r in s.both(&query(name, RecordType::SOA)) {
+            let e = r.edns.as_ref().expect("OPT in response");
+            assert_eq!(e.max_payload(), 1232, "{name}");
+            assert_eq!(e.version(), 0);
+        }
+    }
+    // and none when the query had none
+    for r in s.both(&query_no_edns("example.net.", RecordType::SOA)) {
+        assert!(r.edns.is_none());
+    }
+}
+
+#[test]
+fn rfc6891_edns_version_above_zero_is_badvers_with_opt() {
+    let s = server();
+    let mut m = query("example.net.", RecordType::SOA);
+    m.edns.as_mut().unwrap().set_version(1);
+    for r in s.both(&m) {
+        // RFC 6891 §9: BADVERS is 16 (hickory decodes 16 as BADSIG, which shares the value).
+        assert_eq!(u16::from(r.metadata.response_code), 16);
+        let e = r.edns.as_ref().expect("OPT with BADVERS");
+        assert_eq!(e.version(), 0);
+        assert!(r.answers.is_empty());
+    }
+}
+
+#[test]
+fn rfc6891_unknown_edns_options_are_ignored_not_echoed() {
+    let s = server();
+    let mut m = query("example.net.", RecordType::SOA);
+    add_option(&mut m, EdnsOption::Unknown(65001, vec![1, 2, 3]));
+    for r in s.both(&m) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let e = r.edns.as_ref().unwrap();
+        assert!(e.options().options.is_empty(), "{:?}", e.options());
+    }
+}
+
+#[test]
+fn rfc5001_nsid_is_returned_when_asked() {
+    let s = server();
+    let mut m = query("example.net.", RecordType::SOA);
+    add_option(&mut m, EdnsOption::Unknown(3, vec![]));
+    for r in s.both(&m) {
+        let e = r.edns.as_ref().unwrap();
+        match e.option(EdnsCode::NSID) {
+            Some(EdnsOption::NSID(p)) => assert_eq!(p.as_ref(), b"test-ns-1"),
+            other => panic!("no NSID: {other:?}"),
+        }
+    }
+    // not asked: not sent
+    let r = s.ask("example.net.", RecordType::SOA);
+    assert!(r.edns.unwrap().option(EdnsCode::NSID).is_none());
+}
+
+#[test]
+fn rfc6891_too_large_for_udp_sets_tc_keeps_opt_and_tcp_has_it_all() {
+    let s = server();
+    // Without EDNS the limit is 512 bytes; the TXT RRset is ~700.
+    let m = query_no_edns("big.example.net.", RecordType::TXT);
+    let u = Message::from_vec(&s.udp_raw(&m.to_vec().unwrap()).unwrap()).unwrap();
+    assert!(u.metadata.truncation);
+    assert!(u.answers.is_empty());
+    // With EDNS at 512 the OPT must survive truncation.
+    let mut m = query("big.example.net.", RecordType::TXT);
+    m.edns.as_mut().unwrap().set_max_payload(512);
+    let raw = s.udp_raw(&m.to_vec().unwrap()).unwrap();
+    assert!(raw.len() <= 512);
+    let u = Message::from_vec(&raw).unwrap();
+    assert!(u.metadata.truncation);
+    assert!(u.edns.is_some(), "OPT dropped from a truncated response");
+    let t = Message::from_vec(&s.tcp_raw(&m.to_vec().unwrap()).unwrap()).unwrap();
+    assert!(!t.metadata.truncation);
+    assert_eq!(t.answers.len(), 5);
+}
+
+#[test]
+fn rfc8482_any_gets_a_minimal_answer() {
+    let s = server();
+    for r in s.both(&query("example.net.", RecordType::ANY)) {
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(!r.answers.is_empty());
+        let first = r.answers[0].record_type();
+        assert!(
+            r.answers.iter().all(|a| a.record_type() == first),
+            "more than one RRset: {:?}",
+            r.answers
+        );
+    }
+}
+
+#[test]
+fn delegation_below_the_apex_is_a_referral_with_glue() {
+    let s = server();
+    for r in s.both(&query("host.lab.example.net.", RecordType::A)) {
+        assert!(!r.metadata.authoritative);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        assert_eq!(types(&r.authorities), vec![RecordType::NS]);
+        assert_eq!(r.additionals[0].name.to_ascii(), "ns.lab.example.net.");
+    }
+}
+
+#[test]
+fn rfc4592_wildcard_answers_with_the_query_name() {
+    let s = server();
+    let r = s.ask("anyone.user.example.net.", RecordType::TXT);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.answers[0].name.to_ascii(), "anyone.user.example.net.");
+    // A name that exists under the wildcard's parent is not replaced by it.
+    let r = s.ask("anyone.user.example.net.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+}
+
+#[test]
+fn rfc7871_ecs_on_a_static_name_is_echoed_with_scope_zero() {
+    let s = server();
+    let mut m = query("mail.example.net.", RecordType::A);
+    add_option(&mut m, ecs("198.51.100.0", 24));
+    for r in s.both(&m) {
+        match r.edns.as_ref().unwrap().option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(c)) => {
+                assert_eq!(c.source_prefix(), 24);
+                assert_eq!(c.scope_prefix(), 0);
+                assert_eq!(
+                    c.addr(),
+                    "198.51.100.0".parse::<std::net::IpAddr>().unwrap()
+                );
+            }
+            other => panic!("ECS not echoed: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ipv6_listener_answers_too() {
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin_listen = \"\"\n{ZONE}\n"
+    ));
+    let log = s.log_text();
+    let v6 = log
+        .lines()
+        .find_map(|l| {
+            l.split("listening dns/udp ")
+                .nth(1)
+                .filter(|a| a.starts_with('['))
+        })
+        .expect("an IPv6 listening line")
+        .trim()
+        .parse()
+        .unwrap();
+    let raw = crate::harness::udp_raw(
+        v6,
+        &query("example.net.", RecordType::SOA).to_vec().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(Message::from_vec(&raw).unwrap().answers.len(), 1);
+}

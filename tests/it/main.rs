@@ -1,0 +1,11 @@
+//! Integration tests: each starts the real `meridian` binary on loopback ports and queries it
+#![allow(unreachable_pub)]
+//! over real UDP and TCP (see `harness`).
+
+mod backend;
+mod cli;
+mod dns;
+mod fuzz;
+mod geo;
+mod harness;
+mod health;
