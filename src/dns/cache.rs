@@ -96,9 +96,9 @@ impl Answerer {
             return true;
         }
         let known = entry.is_some();
-        // What `respond` does with a parsed query, without parsing it again.
+        // What `respond` does with a parsed query (panics become SERVFAIL), without parsing again.
         let health = self.health.load();
-        let rc = super::answer(&snap, &health, &q, client.ip(), transport, out);
+        let rc = super::answer_guarded(&snap, &health, &q, client, transport, out);
         self.metrics.dns.count(transport.index(), q.qtype, rc);
         if !known {
             // Build the entry from the plain form of the query: header, lowercased question.
@@ -110,7 +110,8 @@ impl Answerer {
             plain.extend_from_slice(&q.qclass.to_be_bytes());
             if let Ok(pq) = wire::parse(plain) {
                 let mut body = Vec::with_capacity(512);
-                let rc = super::answer(&snap, &health, &pq, client.ip(), Transport::Tcp, &mut body);
+                let rc =
+                    super::answer_guarded(&snap, &health, &pq, client, Transport::Tcp, &mut body);
                 // Answers that may change without a new snapshot are remembered as such
                 // (None), so that the next query for the name skips this step.
                 let value = is_cacheable_answer(&snap, &q, rc, &body).then_some(body);
