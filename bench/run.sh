@@ -48,7 +48,7 @@ fi
 cargo build --release --locked --quiet
 
 # --- processes we start, stopped by pid on exit ---------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/meridian-bench.XXXXXX")
+TMP=$(mktemp -d -t meridian-bench.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do
