@@ -189,8 +189,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         tcp.push(listener);
     }
     for s in udp {
-        let socket = tokio::net::UdpSocket::from_std(s)?;
-        dns_tasks.spawn(dns::udp::serve(socket, answerer.clone(), token.clone()));
+        dns_tasks.spawn(dns::udp::serve(s, answerer.clone(), token.clone()));
     }
     for l in tcp {
         dns_tasks.spawn(dns::tcp::serve(

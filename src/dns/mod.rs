@@ -11,6 +11,7 @@
 //! inside our zones, referrals below delegations, minimal ANY answers (RFC 8482), BADVERS for
 //! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871).
 
+pub mod cache;
 pub mod response;
 pub mod tcp;
 pub mod udp;
@@ -180,28 +181,40 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
-                // Defence in depth: a bug here must cost one SERVFAIL, never a listener task.
-                let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    answer(&snap, &health, &q, client.ip(), transport, out)
-                }));
-                let rcode = answered.unwrap_or_else(|_| {
-                    tracing::error!(%client, "answering a query panicked: sent SERVFAIL");
-                    let head = Head {
-                        id: q.id,
-                        opcode: q.opcode,
-                        rd: q.rd,
-                        rcode: rcode::SERVFAIL,
-                        ..Head::default()
-                    };
-                    response::write(out, head, Some(q.question), [&[], &[], &[]], None);
-                    rcode::SERVFAIL
-                });
+                let rcode = answer_guarded(&snap, &health, &q, client, transport, out);
                 (q.qtype, rcode)
             }
         };
         self.metrics.dns.count(transport.index(), qtype, rcode);
         true
     }
+}
+
+/// Answers a parsed query like [`answer`], but turns a panic into SERVFAIL.
+fn answer_guarded(
+    snap: &Snapshot,
+    health: &HealthView,
+    q: &Query<'_>,
+    client: SocketAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> u16 {
+    // Defence in depth: a bug here must cost one SERVFAIL, never a listener task.
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        answer(snap, health, q, client.ip(), transport, out)
+    }));
+    answered.unwrap_or_else(|_| {
+        tracing::error!(%client, "answering a query panicked: sent SERVFAIL");
+        let head = Head {
+            id: q.id,
+            opcode: q.opcode,
+            rd: q.rd,
+            rcode: rcode::SERVFAIL,
+            ..Head::default()
+        };
+        response::write(out, head, Some(q.question), [&[], &[], &[]], None);
+        rcode::SERVFAIL
+    })
 }
 
 /// What the answer sections hold before writing.

@@ -113,7 +113,8 @@ fn emit_record(
     place.replace(enc, len as u16)
 }
 
-fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
+/// Appends the OPT record of a response with RCODE `rcode` (the caller counts it in ARCOUNT).
+pub(super) fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
     out.push(0); // root
     out.extend(TYPE_OPT.to_be_bytes());
     out.extend(MAX_UDP_PAYLOAD.to_be_bytes());

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Meridian vs gdnsd over UDP on loopback, with dnsperf, in interleaved rounds.
+#
+#   bench/run.sh                      # 5 rounds x 10 s per server, then latency runs
+#   ROUNDS=3 DURATION=5 bench/run.sh  # shorter
+#   VERIFY=warn bench/run.sh          # print answer mismatches but time anyway
+#
+# Knobs (environment): ROUNDS (5), DURATION seconds per throughput run (10), CLIENTS (dnsperf -c,
+# 8), THREADS (dnsperf -T, 1), OUTSTANDING (dnsperf -q, 200), LAT_QPS (rate of the latency run,
+# 20000), LAT_DURATION (3), QUERIES (size of the query file, 20000), VERIFY (strict|warn).
+#
+# What it does: installs dnsperf, gdnsd and dig if missing; builds Meridian (release, --locked);
+# writes the gdnsd config (bench/gdnsd/config.in) and zone (zones/example.net.zone plus DYNA
+# records) into a temp dir; starts Meridian (bench/meridian.toml) and gdnsd on free loopback
+# ports; writes one query file (bench/queries.py); checks that both servers give the same
+# answers (bench/compare.py); then, per round, drives each server in turn (the order alternates
+# per round) at full speed for DURATION seconds and reports queries/s, lost queries, average
+# latency and the server's CPU seconds (utime+stime from /proc/PID/stat); then a fixed-rate run
+# per server with dnsperf -v for p50/p99 latency. It stops what it started, by pid.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-1}
+OUTSTANDING=${OUTSTANDING:-200}
+LAT_QPS=${LAT_QPS:-20000}
+LAT_DURATION=${LAT_DURATION:-3}
+QUERIES=${QUERIES:-20000}
+VERIFY=${VERIFY:-strict}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+# --- tools -------------------------------------------------------------------------------------
+missing=()
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+command -v gdnsd >/dev/null || missing+=(gdnsd)
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+cargo build --release --locked --quiet
+
+# --- processes we start, stopped by pid on exit ---------------------------------------------------
+TMP=$(mktemp -d -t meridian-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    # A port free for both UDP and TCP on 127.0.0.1.
+    python3 - <<'EOF'
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        t.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+EOF
+}
+
+wait_for() { # file pattern what
+    for _ in $(seq 100); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$3 did not start:" >&2
+    cat "$1" >&2
+    exit 1
+}
+
+# --- gdnsd -------------------------------------------------------------------------------------
+G_PORT=$(free_port)
+mkdir -p "$TMP/gdnsd/zones"
+sed -e "s|@PORT@|$G_PORT|" -e "s|@GEOIP@|$ROOT/geodata/sample.mmdb|" \
+    bench/gdnsd/config.in >"$TMP/gdnsd/config"
+{
+    cat zones/example.net.zone
+    echo "api 30 DYNA geoip!api"
+    echo "geo 60 DYNA geoip!geo"
+} >"$TMP/gdnsd/zones/example.net"
+gdnsd -c "$TMP/gdnsd" start >"$TMP/gdnsd.log" 2>&1 &
+G_PID=$!
+PIDS+=("$G_PID")
+wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd
+
+# --- Meridian ----------------------------------------------------------------------------------
+MERIDIAN_LOG=warn,meridian::app=info ./target/release/meridian serve --config bench/meridian.toml \
+    >"$TMP/meridian.log" 2>&1 &
+M_PID=$!
+PIDS+=("$M_PID")
+wait_for "$TMP/meridian.log" "listening dns/udp" meridian
+M_PORT=$(sed -n 's/.*listening dns\/udp 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meridian.log" | head -1)
+
+echo "meridian pid $M_PID on 127.0.0.1:$M_PORT; gdnsd $(gdnsd -V 2>&1 | sed -n 's/.*version \([^ ]*\).*/\1/p') pid $G_PID on 127.0.0.1:$G_PORT"
+
+# --- queries and the answer check ---------------------------------------------------------------
+python3 bench/queries.py "$TMP/queries.blob" "$TMP/queries.list" "$QUERIES"
+if ! python3 bench/compare.py "$TMP/queries.list" "$M_PORT" meridian "$G_PORT" gdnsd; then
+    if [ "$VERIFY" != warn ]; then
+        echo "answers differ: not timing (VERIFY=warn to time anyway)" >&2
+        exit 1
+    fi
+    echo "answers differ; VERIFY=warn: timing anyway"
+fi
+
+# --- timing --------------------------------------------------------------------------------------
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run NAME PID PORT ROUND -> appends "name round qps lost avg_ms cpu_s" to $TMP/results
+run() {
+    local name=$1 pid=$2 port=$3 round=$4 before after out
+    before=$(cpu_ticks "$pid")
+    out=$(dnsperf -B -d "$TMP/queries.blob" -s 127.0.0.1 -p "$port" -l "$DURATION" \
+        -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" 2>&1)
+    after=$(cpu_ticks "$pid")
+    echo "$out" | awk -v n="$name" -v r="$round" -v t=$((after - before)) -v hz="$HZ" '
+        /Queries sent:/ {sent = $3}
+        /Queries lost:/ {lost = $3}
+        /Queries per second:/ {qps = $4}
+        /Average Latency/ {avg = $4 * 1000}
+        END {printf "%s %d %.0f %d %.3f %.2f %d\n", n, r, qps, lost, avg, t / hz, sent}' \
+        >>"$TMP/results"
+}
+
+# latency NAME PORT -> "name p50_ms p99_ms lost" from a fixed-rate run (dnsperf -v: one line per query)
+latency() {
+    local name=$1 port=$2
+    dnsperf -B -d "$TMP/queries.blob" -s 127.0.0.1 -p "$port" -l "$LAT_DURATION" \
+        -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -Q "$LAT_QPS" -v 2>&1 |
+        awk '$1 == ">" && $2 != "T" {print $NF * 1000}' | sort -n >"$TMP/lat.$name"
+    awk -v n="$name" '{v[NR] = $1} END {
+        if (NR == 0) {print n, "-", "-", 0; exit}
+        p50 = v[int(NR * 0.50) + 1]; i = int(NR * 0.99) + 1; if (i > NR) i = NR
+        printf "%s %.3f %.3f %d\n", n, p50, v[i], NR}' "$TMP/lat.$name"
+}
+
+echo
+echo "throughput: $ROUNDS rounds x ${DURATION}s per server; dnsperf -B -c $CLIENTS -T $THREADS -q $OUTSTANDING; $(nproc) cores shared by both servers and dnsperf"
+: >"$TMP/results"
+for r in $(seq "$ROUNDS"); do
+    if ((r % 2)); then
+        run meridian "$M_PID" "$M_PORT" "$r"
+        run gdnsd "$G_PID" "$G_PORT" "$r"
+    else
+        run gdnsd "$G_PID" "$G_PORT" "$r"
+        run meridian "$M_PID" "$M_PORT" "$r"
+    fi
+done
+
+awk '
+    {qps[$1, $2] = $3; lost[$1, $2] = $4; avg[$1, $2] = $5; cpu[$1, $2] = $6; n = ($2 > n ? $2 : n)}
+    function median(a, k,   i, j, t) {
+        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) {t = a[i]; a[i] = a[j]; a[j] = t}
+        return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+    }
+    END {
+        printf "%-5s | %-44s | %-44s | %-7s %-9s\n", "round", "meridian: qps lost avg_ms cpu_s q/cpu_s", "gdnsd: qps lost avg_ms cpu_s q/cpu_s", "qps M/G", "q/cpu M/G"
+        for (r = 1; r <= n; r++) {
+            mq = qps["meridian", r]; gq = qps["gdnsd", r]
+            me = cpu["meridian", r] > 0 ? mq * '"$DURATION"' / cpu["meridian", r] : 0
+            ge = cpu["gdnsd", r] > 0 ? gq * '"$DURATION"' / cpu["gdnsd", r] : 0
+            ratio[r] = gq > 0 ? mq / gq : 0; eff[r] = ge > 0 ? me / ge : 0
+            mqs[r] = mq; gqs[r] = gq; mes[r] = me; ges[r] = ge
+            printf "%-5d | %8.0f %6d %7.3f %6.2f %10.0f    | %8.0f %6d %7.3f %6.2f %10.0f    | %7.3f %9.3f\n", r,
+                mq, lost["meridian", r], avg["meridian", r], cpu["meridian", r], me,
+                gq, lost["gdnsd", r], avg["gdnsd", r], cpu["gdnsd", r], ge, ratio[r], eff[r]
+        }
+        printf "median| %8.0f %25.0f    | %8.0f %25.0f    | %7.3f %9.3f\n",
+            median(mqs, n), median(mes, n), median(gqs, n), median(ges, n), median(ratio, n), median(eff, n)
+    }' "$TMP/results"
+
+echo
+echo "latency at a fixed $LAT_QPS queries/s for ${LAT_DURATION}s (dnsperf -v), ms:"
+echo "server   p50    p99    answered"
+latency meridian "$M_PORT"
+latency gdnsd "$G_PORT"
+
+for p in "$M_PID" "$G_PID"; do
+    kill -0 "$p" 2>/dev/null || { echo "server pid $p died during the bench" >&2; exit 1; }
+done
