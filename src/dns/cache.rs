@@ -100,7 +100,16 @@ impl Answerer {
         let health = self.health.load();
         let rc = super::answer_guarded(&snap, &health, &q, client, transport, out);
         self.metrics.dns.count(transport.index(), q.qtype, rc);
-        if !known {
+        if !known && out.get(2).is_some_and(|f| f & 0x02 == 0) {
+            if cache.entries.len() >= MAX_ENTRIES {
+                cache.entries.clear();
+            }
+            // Judge from the answer just sent; only a static one is answered again in its plain
+            // form (a dynamic answer twice would count twice and draw another random number).
+            if !is_cacheable_answer(&snap, &q, rc, out) {
+                cache.entries.insert(key.to_vec(), None);
+                return true;
+            }
             // Build the entry from the plain form of the query: header, lowercased question.
             let plain = &mut cache.plain;
             plain.clear();
@@ -115,9 +124,6 @@ impl Answerer {
                 // Answers that may change without a new snapshot are remembered as such
                 // (None), so that the next query for the name skips this step.
                 let value = is_cacheable_answer(&snap, &q, rc, &body).then_some(body);
-                if cache.entries.len() >= MAX_ENTRIES {
-                    cache.entries.clear();
-                }
                 cache.entries.insert(key.to_vec(), value);
             }
         }
