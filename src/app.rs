@@ -326,10 +326,9 @@ pub fn explain_in(
         "AAAA" => crate::policy::Family::V6,
         _ => return Err(ExplainError::BadType(qtype.to_string())),
     };
-    let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
-    let service = Name::from_ascii(&fqdn)
-        .ok()
-        .and_then(|n| snapshot.services.get(&LowerName::new(&n)))
+    let service = snapshot
+        .services
+        .get(name)
         .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
     let located = snapshot.geo.locate(client);
     let c = crate::policy::Client {

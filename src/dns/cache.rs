@@ -162,8 +162,7 @@ fn is_cacheable_answer(snap: &Snapshot, q: &Query<'_>, rc: u16, body: &[u8]) -> 
     if !matches!(RecordType::from(q.qtype), RecordType::A | RecordType::AAAA) {
         return true;
     }
-    let is_service =
-        super::wire_to_name(&q.qname_lower).is_none_or(|name| snap.services.get(&name).is_some());
+    let is_service = snap.services.by_wire.contains_key(&q.qname_lower[..]);
     !is_service
         && answer_types(body, HEADER_LEN + q.question.len()).is_some_and(|t| !t.contains(&5))
 }

@@ -31,7 +31,7 @@ use crate::health::HealthView;
 use crate::metrics::{AnswerCounter, Metrics};
 use crate::policy::{Client, CompiledService, Family, Outcome};
 use crate::zone::{Found, Zone};
-use response::{Head, Opt, Rr};
+use response::{Answer, Head, Opt, Sections};
 use wire::{Query, Reject};
 
 /// How many CNAMEs are followed inside our zones before giving up (BIND follows 16; answers
@@ -67,10 +67,11 @@ impl Transport {
     }
 }
 
-/// The dynamic names of a snapshot, by lowercase name.
+/// The dynamic names of a snapshot, keyed by their lowercase wire form (so that the answer
+/// path looks them up straight from the query's bytes, without building a name).
 #[derive(Debug, Default)]
 pub struct Services {
-    by_name: HashMap<LowerName, Dynamic>,
+    by_wire: HashMap<Vec<u8>, Dynamic>,
 }
 
 /// One dynamic name: its compiled service and its answer counters by region.
@@ -102,14 +103,13 @@ impl Dynamic {
 impl Services {
     /// Compiles every service of `config`.
     pub fn new(config: &Config) -> Self {
-        let by_name = config
+        let by_wire = config
             .services
             .iter()
             .filter_map(|s| {
-                let name = Name::from_ascii(&s.name).ok()?;
                 let service = CompiledService::new(s, config);
                 Some((
-                    LowerName::new(&name),
+                    name_to_wire(&s.name)?,
                     Dynamic {
                         service,
                         answers: Vec::new(),
@@ -117,13 +117,13 @@ impl Services {
                 ))
             })
             .collect();
-        Self { by_name }
+        Self { by_wire }
     }
 
     /// Obtains the answer counters of every service and region from `metrics` (this takes a
     /// lock: done once per snapshot, never per query).
     pub fn count_answers_in(&mut self, metrics: &Metrics) {
-        for d in self.by_name.values_mut() {
+        for d in self.by_wire.values_mut() {
             let s = d.service.service();
             d.answers = s
                 .endpoints
@@ -133,14 +133,14 @@ impl Services {
         }
     }
 
-    /// Returns the service answering `name`.
-    pub fn get(&self, name: &LowerName) -> Option<&CompiledService> {
-        self.by_name.get(name).map(|d| &d.service)
+    /// Returns the service answering `name` (any case, with or without the final dot).
+    pub fn get(&self, name: &str) -> Option<&CompiledService> {
+        self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
     }
 
     /// Returns every service.
     pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
-        self.by_name.values().map(|d| &d.service)
+        self.by_wire.values().map(|d| &d.service)
     }
 }
 
@@ -177,7 +177,7 @@ impl Answerer {
                     rcode: rcode::FORMERR,
                     ..Head::default()
                 };
-                response::write(out, head, None, [&[], &[], &[]], None);
+                response::write(out, head, None, &Sections::default(), None);
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
@@ -212,17 +212,9 @@ fn answer_guarded(
             rcode: rcode::SERVFAIL,
             ..Head::default()
         };
-        response::write(out, head, Some(q.question), [&[], &[], &[]], None);
+        response::write(out, head, Some(q.question), &Sections::default(), None);
         rcode::SERVFAIL
     })
-}
-
-/// What the answer sections hold before writing.
-#[derive(Default)]
-struct Sections {
-    answer: Vec<(Record, bool)>,
-    authority: Vec<Record>,
-    additional: Vec<Record>,
 }
 
 /// Answers a parsed query; returns the RCODE written.
@@ -263,26 +255,18 @@ fn answer(
     echo_ecs(&mut opt, 0);
 
     let reply = |out: &mut Vec<u8>, head: Head, s: &Sections, opt: &Option<Opt<'_>>| -> u16 {
-        let answer: Vec<Rr<'_>> = s.answer.iter().map(|(r, p)| (r, *p)).collect();
-        let authority: Vec<Rr<'_>> = s.authority.iter().map(|r| (r, false)).collect();
-        let additional: Vec<Rr<'_>> = s.additional.iter().map(|r| (r, false)).collect();
         let mut head = head;
-        if !response::write(
-            out,
-            head,
-            Some(q.question),
-            [&answer, &authority, &additional],
-            opt.as_ref(),
-        ) {
+        let empty = Sections::default();
+        if !response::write(out, head, Some(q.question), s, opt.as_ref()) {
             head.rcode = rcode::SERVFAIL;
             head.aa = false;
-            response::write(out, head, Some(q.question), [&[], &[], &[]], opt.as_ref());
+            response::write(out, head, Some(q.question), &empty, opt.as_ref());
         }
         if transport == Transport::Udp && out.len() > response::udp_limit(q) {
             // RFC 2181 §9 / RFC 6891 §7: too large for UDP: send TC with the question and the
             // OPT, so the client retries over TCP.
             head.tc = true;
-            response::write(out, head, Some(q.question), [&[], &[], &[]], opt.as_ref());
+            response::write(out, head, Some(q.question), &empty, opt.as_ref());
         }
         head.rcode
     };
@@ -310,41 +294,44 @@ fn answer(
         // Only class IN is served; CH/HS/ANY get REFUSED, never an IN answer.
         return error(out, head, rcode::REFUSED, &opt);
     }
-    let Some(qname) = wire_to_name(&q.qname_lower) else {
-        return error(out, head, rcode::FORMERR, &opt);
-    };
-    let Some(zone) = snap.zones.zone_for(&qname) else {
-        return error(out, head, rcode::REFUSED, &opt);
-    };
     let qtype = RecordType::from(q.qtype);
-    head.aa = true;
     let mut s = Sections::default();
 
-    // A dynamic name.
-    if let Some(service) = snap.services.by_name.get(&qname)
+    // A dynamic name: looked up from the query's bytes, answered without building a name
+    // unless the answer is negative (which needs the zone's SOA). Every service name is inside
+    // a zone (checked when the snapshot is built), so AA holds.
+    if let Some(service) = snap.services.by_wire.get(&q.qname_lower[..])
         && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
     {
-        let (family, rcode_out) = dynamic(
+        head.aa = true;
+        head.rcode = dynamic(
             snap,
             health,
             service,
             q,
             client,
             qtype,
-            &Name::from(qname.clone()),
-            true,
+            None,
             &mut s,
             &mut |scope| echo_ecs(&mut opt, scope),
         );
-        let _ = family;
-        head.rcode = rcode_out;
-        if rcode_out == rcode::SERVFAIL {
+        if head.rcode == rcode::SERVFAIL {
             head.aa = false;
-        } else if s.answer.is_empty() {
+        } else if s.answer.is_empty()
+            && let Some(zone) = wire_to_name(&q.qname_lower).and_then(|n| snap.zones.zone_for(&n))
+        {
             negative(zone, &mut s);
         }
         return reply(out, head, &s, &opt);
     }
+
+    let Some(qname) = wire_to_name(&q.qname_lower) else {
+        return error(out, head, rcode::FORMERR, &opt);
+    };
+    let Some(zone) = snap.zones.zone_for(&qname) else {
+        return error(out, head, rcode::REFUSED, &opt);
+    };
+    head.aa = true;
 
     // Static records, following CNAMEs inside our zones.
     let mut name = qname.clone();
@@ -354,7 +341,8 @@ fn answer(
         if qtype == RecordType::ANY {
             match zone.find_any(&name) {
                 Some(records) => {
-                    s.answer.extend(records.iter().map(|r| (r.clone(), first)));
+                    s.answer
+                        .extend(records.iter().map(|r| Answer::Record(r.clone(), first)));
                 }
                 None if zone.contains(&name) => negative(zone, &mut s),
                 None => {
@@ -367,11 +355,12 @@ fn answer(
         match zone.find(&name, qtype) {
             Found::Records(records) => {
                 additional_for(zone, &records, &mut s);
-                s.answer.extend(records.into_iter().map(|r| (r, first)));
+                s.answer
+                    .extend(records.into_iter().map(|r| Answer::Record(r, first)));
                 break;
             }
             Found::Cname(c) => {
-                s.answer.push((c.clone(), first));
+                s.answer.push(Answer::Record(c.clone(), first));
                 first = false;
                 let RData::CNAME(target) = &c.data else { break };
                 let target_lower = LowerName::new(&target.0);
@@ -379,8 +368,9 @@ fn answer(
                     Some(z) => {
                         zone = z;
                         name = target_lower;
-                        if let Some(service) = snap.services.by_name.get(&name)
-                            && matches!(qtype, RecordType::A | RecordType::AAAA)
+                        if matches!(qtype, RecordType::A | RecordType::AAAA)
+                            && let Some(service) = name_to_wire(&target.0.to_ascii())
+                                .and_then(|w| snap.services.by_wire.get(&w))
                         {
                             let rc = dynamic(
                                 snap,
@@ -389,17 +379,15 @@ fn answer(
                                 q,
                                 client,
                                 qtype,
-                                &target.0,
-                                false,
+                                Some(&target.0),
                                 &mut s,
                                 &mut |scope| echo_ecs(&mut opt, scope),
-                            )
-                            .1;
+                            );
                             head.rcode = rc;
                             if rc == rcode::NOERROR
-                                && s.answer
-                                    .iter()
-                                    .all(|(r, _)| r.record_type() == RecordType::CNAME)
+                                && s.answer.iter().all(|a| {
+                                    matches!(a, Answer::Record(r, _) if r.record_type() == RecordType::CNAME)
+                                })
                             {
                                 negative(zone, &mut s);
                             }
@@ -433,7 +421,8 @@ fn answer(
     reply(out, head, &s, &opt)
 }
 
-/// Answers a service name; returns the family asked and the RCODE.
+/// Answers a service name into `s`; returns the RCODE. `owner` is the name the addresses are
+/// for when it is not the query name (the end of a CNAME chain).
 #[allow(clippy::too_many_arguments)]
 fn dynamic(
     snap: &Snapshot,
@@ -442,11 +431,10 @@ fn dynamic(
     q: &Query<'_>,
     resolver: IpAddr,
     qtype: RecordType,
-    owner: &Name,
-    at_qname: bool,
+    owner: Option<&Name>,
     s: &mut Sections,
     echo_ecs: &mut dyn FnMut(u8),
-) -> (Family, u16) {
+) -> u16 {
     let family = if qtype == RecordType::AAAA {
         Family::V6
     } else {
@@ -471,20 +459,21 @@ fn dynamic(
     match decision.outcome {
         Outcome::Addresses(addrs) => {
             dynamic.count(&addrs);
-            for a in addrs {
-                let data = match a {
-                    IpAddr::V4(v4) => RData::A(A(v4)),
-                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                };
-                s.answer.push((
-                    Record::from_rdata(owner.clone(), decision.ttl, data),
-                    at_qname,
-                ));
-            }
-            (family, rcode::NOERROR)
+            let ttl = decision.ttl;
+            s.answer.extend(addrs.into_iter().map(|addr| match owner {
+                None => Answer::Address { ttl, addr },
+                Some(owner) => {
+                    let data = match addr {
+                        IpAddr::V4(v4) => RData::A(A(v4)),
+                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                    };
+                    Answer::Record(Record::from_rdata(owner.clone(), ttl, data), false)
+                }
+            }));
+            rcode::NOERROR
         }
-        Outcome::NoData => (family, rcode::NOERROR),
-        Outcome::ServFail => (family, rcode::SERVFAIL),
+        Outcome::NoData => rcode::NOERROR,
+        Outcome::ServFail => rcode::SERVFAIL,
     }
 }
 
@@ -529,4 +518,22 @@ fn wire_to_name(wire: &[u8]) -> Option<LowerName> {
     let mut name = Name::from_labels(labels).ok()?;
     name.set_fqdn(true);
     Some(LowerName::new(&name))
+}
+
+/// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
+/// `None` when it is not a valid name.
+fn name_to_wire(name: &str) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut wire = Vec::with_capacity(name.len() + 2);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return None;
+            }
+            wire.push(label.len() as u8);
+            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    wire.push(0);
+    (wire.len() <= 255).then_some(wire)
 }

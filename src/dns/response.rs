@@ -5,7 +5,9 @@
 //! (0xC00C), as BIND and NSD do. The OPT record is written last, by hand, so that it is never
 //! lost from a truncated response (RFC 6891 §7, hickory issue #3633).
 
-use hickory_proto::rr::Record;
+use std::net::IpAddr;
+
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use super::wire::{HEADER_LEN, OPT_ECS, OPT_NSID, Query, TYPE_OPT};
@@ -41,15 +43,41 @@ pub struct Opt<'a> {
     pub ecs: Option<(u16, u8, u8, [u8; 16])>,
 }
 
-/// A record to write, and whether its owner is the query name (written as a pointer).
-pub type Rr<'a> = (&'a Record, bool);
+/// One record of the answer section.
+// Boxing the large variant would cost an allocation per static record; an answer holds a
+// handful of these, so the size difference is of no consequence.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A record, and whether its owner is the query name (then written as a pointer to it).
+    Record(Record, bool),
+    /// A service's address, owned by the query name: written straight to the wire, without
+    /// building a hickory `Record` (the hot path of dynamic answers).
+    Address {
+        /// TTL in seconds.
+        ttl: u32,
+        /// The address (A for IPv4, AAAA for IPv6).
+        addr: IpAddr,
+    },
+}
+
+/// The three record sections of a response (the OPT is separate).
+#[derive(Debug, Clone, Default)]
+pub struct Sections {
+    /// Answer section.
+    pub answer: Vec<Answer>,
+    /// Authority section.
+    pub authority: Vec<Record>,
+    /// Additional section.
+    pub additional: Vec<Record>,
+}
 
 /// Writes a full response into `out`. Returns false if a record could not be encoded.
 pub fn write(
     out: &mut Vec<u8>,
     head: Head,
     question: Option<&[u8]>,
-    sections: [&[Rr<'_>]; 3],
+    sections: &Sections,
     opt: Option<&Opt<'_>>,
 ) -> bool {
     out.clear();
@@ -69,10 +97,9 @@ pub fn write(
     out.extend(head.id.to_be_bytes());
     out.extend(flags.to_be_bytes());
     out.extend(u16::from(question.is_some()).to_be_bytes());
-    for s in &sections[..2] {
-        out.extend((s.len() as u16).to_be_bytes());
-    }
-    out.extend(((sections[2].len() + usize::from(opt.is_some())) as u16).to_be_bytes());
+    out.extend((sections.answer.len() as u16).to_be_bytes());
+    out.extend((sections.authority.len() as u16).to_be_bytes());
+    out.extend(((sections.additional.len() + usize::from(opt.is_some())) as u16).to_be_bytes());
     if let Some(q) = question {
         out.extend_from_slice(q);
     }
@@ -81,17 +108,55 @@ pub fn write(
         // start it at the end of what is already written.
         let start = out.len() as u32;
         let mut enc = BinEncoder::with_offset(out, start);
-        sections
+        let pointer_ok = question.is_some();
+        sections.answer.iter().all(|a| match a {
+            Answer::Record(rr, at_qname) => {
+                emit_record(&mut enc, rr, *at_qname && pointer_ok).is_ok()
+            }
+            Answer::Address { ttl, addr } => {
+                emit_address(&mut enc, *ttl, *addr, pointer_ok).is_ok()
+            }
+        }) && sections
+            .authority
             .iter()
-            .flat_map(|s| s.iter())
-            .all(|(rr, at_qname)| {
-                emit_record(&mut enc, rr, *at_qname && question.is_some()).is_ok()
-            })
+            .chain(&sections.additional)
+            .all(|rr| emit_record(&mut enc, rr, false).is_ok())
     };
     if let Some(opt) = opt {
         write_opt(out, head.rcode, opt);
     }
     ok
+}
+
+/// Writes an A or AAAA record owned by the query name.
+fn emit_address(
+    enc: &mut BinEncoder<'_>,
+    ttl: u32,
+    addr: IpAddr,
+    pointer_ok: bool,
+) -> Result<(), hickory_proto::ProtoError> {
+    if !pointer_ok {
+        return Err(hickory_proto::ProtoError::from(
+            "an address answer needs the question",
+        ));
+    }
+    enc.emit_u16(0xC000 | HEADER_LEN as u16)?;
+    match addr {
+        IpAddr::V4(a) => {
+            enc.emit_u16(u16::from(RecordType::A))?;
+            enc.emit_u16(u16::from(DNSClass::IN))?;
+            enc.emit_u32(ttl)?;
+            enc.emit_u16(4)?;
+            enc.emit_vec(&a.octets())
+        }
+        IpAddr::V6(a) => {
+            enc.emit_u16(u16::from(RecordType::AAAA))?;
+            enc.emit_u16(u16::from(DNSClass::IN))?;
+            enc.emit_u32(ttl)?;
+            enc.emit_u16(16)?;
+            enc.emit_vec(&a.octets())
+        }
+    }
 }
 
 fn emit_record(
