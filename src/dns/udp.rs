@@ -85,7 +85,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
     let mut batch = mmsg::Batch::new();
     let mut cache = AnswerCache::new();
     while !token.is_cancelled() {
-        let n = match batch.recv(socket) {
+        let n = match receive(&mut batch, socket) {
             Ok(n) => n,
             Err(e) => {
                 if !matches!(
@@ -110,6 +110,25 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
         if let Err(e) = batch.send(socket, n) {
             debug!(error = %e, "udp send failed");
         }
+    }
+}
+
+/// Takes the next batch of datagrams. Polls without blocking first, and once more after
+/// yielding the CPU, before blocking: under load the next datagram is usually a moment away,
+/// and going to sleep and being woken again costs more than two extra calls. Measured on the
+/// bench (bench/README.md), against blocking at once: the median ratio to gdnsd went from 0.97
+/// to 1.14 in queries/s and from 0.92 to 1.10 in queries per CPU-second. When idle, the thread
+/// blocks after two empty polls.
+#[cfg(target_os = "linux")]
+fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
+    match batch.recv(socket, libc::MSG_DONTWAIT) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => return other,
+    }
+    std::thread::yield_now();
+    match batch.recv(socket, libc::MSG_DONTWAIT) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => batch.recv(socket, 0),
+        other => other,
     }
 }
 
@@ -178,9 +197,10 @@ mod mmsg {
             }
         }
 
-        /// Blocks until at least one datagram arrives (or the socket's timeout passes), then
-        /// takes every queued datagram up to [`BATCH`]; returns how many.
-        pub(super) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        /// Takes every queued datagram up to [`BATCH`]; returns how many. With `flags` 0 it
+        /// blocks until one arrives (or the socket's timeout passes); with `MSG_DONTWAIT` it
+        /// fails with `WouldBlock` when none is queued.
+        pub(super) fn recv(&mut self, socket: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
             // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below points into
             // `self`, which outlives the call, and the lengths are those of the buffers.
             let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
@@ -200,7 +220,7 @@ mod mmsg {
                     socket.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     BATCH as libc::c_uint,
-                    libc::MSG_WAITFORONE,
+                    libc::MSG_WAITFORONE | flags,
                     std::ptr::null_mut(),
                 )
             };
@@ -334,7 +354,7 @@ mod tests {
         let mut batch = mmsg::Batch::new();
         let mut got = 0;
         while got < 3 {
-            let n = batch.recv(&server).unwrap();
+            let n = batch.recv(&server, 0).unwrap();
             for i in 0..n {
                 let (q, peer, out) = batch.query(i).unwrap();
                 assert_eq!(q.len(), 20);
