@@ -88,15 +88,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
         let n = match receive(&mut batch, socket) {
             Ok(n) => n,
             Err(e) => {
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
-                    // ICMP errors from earlier sends surface here on some systems: not fatal.
-                    debug!(error = %e, "udp receive failed");
-                }
+                log_receive_error(&e);
                 continue;
             }
         };
@@ -132,6 +124,18 @@ fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
     }
 }
 
+/// Logs a failed receive at debug level, unless it is the timeout that lets the thread check
+/// for shutdown (or an interrupted call). ICMP errors from earlier sends surface here on some
+/// systems: never fatal.
+fn log_receive_error(e: &io::Error) {
+    if !matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    ) {
+        debug!(error = %e, "udp receive failed");
+    }
+}
+
 /// The receive-answer-send loop of one socket.
 #[cfg(not(target_os = "linux"))]
 fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
@@ -141,14 +145,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e) => {
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
-                    debug!(error = %e, "udp receive failed");
-                }
+                log_receive_error(&e);
                 continue;
             }
         };
