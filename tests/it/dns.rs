@@ -367,3 +367,80 @@ fn ipv6_listener_answers_too() {
     .unwrap();
     assert_eq!(Message::from_vec(&raw).unwrap().answers.len(), 1);
 }
+
+#[test]
+fn rfc7766_pipelined_tcp_queries_are_answered_in_order_on_one_connection() {
+    use std::io::{Read, Write};
+    let s = server();
+    let names = [
+        "example.net.",
+        "mail.example.net.",
+        "nope.example.net.",
+        "api.example.net.",
+    ];
+    let mut c = std::net::TcpStream::connect(s.dns).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut batch = Vec::new();
+    for n in names {
+        let m = query(n, RecordType::A);
+        ids.push(m.metadata.id);
+        let b = m.to_vec().unwrap();
+        batch.extend((b.len() as u16).to_be_bytes());
+        batch.extend(b);
+    }
+    c.write_all(&batch).unwrap();
+    for (id, n) in ids.iter().zip(names) {
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut buf).unwrap();
+        let r = Message::from_vec(&buf).unwrap();
+        assert_eq!(r.metadata.id, *id, "{n}");
+        assert_eq!(r.queries[0].name().to_ascii(), n);
+    }
+}
+
+#[test]
+fn tcp_connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\ntcp_max_connections = 2\n\
+         tcp_idle_timeout = \"1s\"\n{ZONE}"
+    ));
+    let a = std::net::TcpStream::connect(s.dns).unwrap();
+    let b = std::net::TcpStream::connect(s.dns).unwrap();
+    // Accepts are in order: the first two take the two slots, the third finds none.
+    let mut third = std::net::TcpStream::connect(s.dns).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        third.read(&mut buf).unwrap_or(0),
+        0,
+        "third connection closed by the server"
+    );
+    // An idle connection is closed after tcp_idle_timeout (bound: generous for loaded machines).
+    let mut a = a;
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    assert_eq!(a.read(&mut buf).unwrap_or(0), 0);
+    println!("idle TCP connection closed after {:?}", start.elapsed());
+    drop(b);
+    // Capacity is back: a query over a new connection is answered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = crate::harness::tcp_raw(
+            s.dns,
+            &query("example.net.", RecordType::SOA).to_vec().unwrap(),
+        ) {
+            assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no capacity came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
