@@ -1,7 +1,7 @@
 //! Configuration: the TOML file an operator writes, turned into typed values.
 //!
 //! Loading has two stages (ripgrep's low/high args): [`raw`] holds serde structs that deny unknown
-//! keys, and [`validate`] turns them into a [`Config`] whose values cannot express an invalid
+//! keys, and `validate` turns them into a [`Config`] whose values cannot express an invalid
 //! state (`Duration`, `SocketAddr`, `IpNet`, resolved region and check names). Every problem is
 //! collected and reported at once as a list of [`ConfigError`]s, each naming the file, the key and
 //! what is wrong. This module does no network I/O; it reads only the config file itself. Zone

@@ -1,7 +1,7 @@
 //! Raw serde structs: the shape of the TOML file, nothing more.
 //!
 //! Every struct denies unknown fields so that a typo is an error, not a silently ignored key.
-//! Values are checked and converted into typed ones by [`super::validate`].
+//! Values are checked and converted into typed ones by `validate` ([`super::load`]).
 
 use std::collections::BTreeMap;
 
