@@ -32,6 +32,8 @@ pub const HEALTH_TRANSITIONS_TOTAL: &str = "meridian_health_transitions_total";
 pub const PROBE_DURATION_SECONDS: &str = "meridian_probe_duration_seconds";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
+/// UDP responses held back by `[rate_limit]`, by action (`drop` or `slip`).
+pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
 
 /// Transport labels, in index order.
 pub const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
@@ -148,6 +150,11 @@ pub struct Metrics {
     transitions: Family<AddressTo, Counter>,
     probe_duration: Family<OneLabel, Histogram, fn() -> Histogram>,
     reloads: Family<OneLabel, Counter>,
+    rate_limited: Family<OneLabel, Counter>,
+    /// `meridian_dns_rate_limited_total{action="drop"}`: one atomic add, no lock.
+    pub rate_limited_drop: Counter,
+    /// `meridian_dns_rate_limited_total{action="slip"}`: one atomic add, no lock.
+    pub rate_limited_slip: Counter,
 }
 
 impl Default for Metrics {
@@ -157,12 +164,18 @@ impl Default for Metrics {
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&[("result", result.to_string())]);
         }
+        let rate_limited = Family::<OneLabel, Counter>::default();
+        let action = |a: &str| rate_limited.get_or_create_owned(&[("action", a.to_string())]);
+        let (rate_limited_drop, rate_limited_slip) = (action("drop"), action("slip"));
         Self {
             dns: DnsCounters::default(),
             answers: Family::default(),
             transitions: Family::default(),
             probe_duration: Family::new_with_constructor(new_probe_histogram),
             reloads,
+            rate_limited,
+            rate_limited_drop,
+            rate_limited_slip,
         }
     }
 }
@@ -234,6 +247,11 @@ impl Metrics {
             counter_name(CONFIG_RELOADS_TOTAL),
             "Config reloads (SIGHUP or POST /reload), by result",
             self.reloads.clone(),
+        );
+        registry.register(
+            counter_name(DNS_RATE_LIMITED_TOTAL),
+            "UDP responses held back by [rate_limit], by action (drop, slip)",
+            self.rate_limited.clone(),
         );
         for c in extra {
             registry.register_collector(c);

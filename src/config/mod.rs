@@ -117,6 +117,8 @@ pub struct Config {
     pub server: Server,
     /// `[notify]`, if present.
     pub notify: Option<Notify>,
+    /// `[rate_limit]`, if present: response rate limiting on UDP.
+    pub rate_limit: Option<RateLimit>,
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
@@ -174,6 +176,29 @@ pub struct Notify {
     /// Retries after a failed POST (with backoff).
     pub retries: u32,
 }
+
+/// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's
+/// RRL). Spoofed floods cannot turn the server into an amplifier, while a real client whose
+/// answers are dropped still gets every `slip`-th one as a truncated answer and retries over
+/// TCP, which is never limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses per second to one client network (also the burst), at least 1.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited response is sent truncated (TC) instead of dropped; 0 never.
+    pub slip: u32,
+    /// Prefix length grouping IPv4 clients into one network.
+    pub ipv4_prefix: u8,
+    /// Prefix length grouping IPv6 clients into one network.
+    pub ipv6_prefix: u8,
+}
+
+/// Default `rate_limit.slip`: every second limited response is sent truncated (BIND's default).
+pub const DEFAULT_RRL_SLIP: u32 = 2;
+/// Default `rate_limit.ipv4_prefix`.
+pub const DEFAULT_RRL_IPV4_PREFIX: u8 = 24;
+/// Default `rate_limit.ipv6_prefix`.
+pub const DEFAULT_RRL_IPV6_PREFIX: u8 = 56;
 
 /// One `[[zone]]`.
 #[derive(Debug, Clone)]

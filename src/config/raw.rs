@@ -31,6 +31,16 @@ pub struct RawNotify {
     pub retries: Option<u32>,
 }
 
+/// `[rate_limit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub responses_per_second: u32,
+    pub slip: Option<u32>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
+}
+
 /// One `[[zone]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,12 +9,21 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use super::raw::{RawCheck, RawEndpoint, RawNotify, RawRegion, RawServer, RawService, RawZone};
+use super::raw::{
+    RawCheck, RawEndpoint, RawNotify, RawRateLimit, RawRegion, RawServer, RawService, RawZone,
+};
 use super::*;
 
 /// Top-level keys the file may have.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "server", "notify", "zone", "region", "nets", "check", "service",
+    "server",
+    "notify",
+    "rate_limit",
+    "zone",
+    "region",
+    "nets",
+    "check",
+    "service",
 ];
 
 /// Reads and validates the config file at `path`.
@@ -152,6 +161,7 @@ impl Validator {
         }
         let server = self.server(table.remove("server"));
         let notify = table.remove("notify").and_then(|v| self.notify(v));
+        let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
         let zones = self.zones(table.remove("zone"));
         let regions = self.regions(table.remove("region"));
         let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
@@ -163,6 +173,7 @@ impl Validator {
             source: self.file.clone(),
             server,
             notify,
+            rate_limit,
             zones,
             regions,
             nets,
@@ -294,6 +305,36 @@ impl Validator {
             webhook_url: raw.webhook_url,
             timeout,
             retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+        })
+    }
+
+    fn rate_limit(&mut self, value: toml::Value) -> Option<RateLimit> {
+        let raw: RawRateLimit = self.section("rate_limit", value)?;
+        if raw.responses_per_second == 0 {
+            self.err(
+                "rate_limit.responses_per_second",
+                "must be at least 1 (remove [rate_limit] to turn limiting off)",
+            );
+        }
+        let ipv4_prefix = raw.ipv4_prefix.unwrap_or(DEFAULT_RRL_IPV4_PREFIX);
+        if ipv4_prefix > 32 {
+            self.err(
+                "rate_limit.ipv4_prefix",
+                format!("{ipv4_prefix} is not within 0..=32"),
+            );
+        }
+        let ipv6_prefix = raw.ipv6_prefix.unwrap_or(DEFAULT_RRL_IPV6_PREFIX);
+        if ipv6_prefix > 128 {
+            self.err(
+                "rate_limit.ipv6_prefix",
+                format!("{ipv6_prefix} is not within 0..=128"),
+            );
+        }
+        Some(RateLimit {
+            responses_per_second: raw.responses_per_second.max(1),
+            slip: raw.slip.unwrap_or(DEFAULT_RRL_SLIP),
+            ipv4_prefix: ipv4_prefix.min(32),
+            ipv6_prefix: ipv6_prefix.min(128),
         })
     }
 

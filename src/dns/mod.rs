@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod response;
+pub mod rrl;
 pub mod tcp;
 pub mod udp;
 pub mod wire;

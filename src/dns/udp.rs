@@ -15,7 +15,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 #[cfg(target_os = "linux")]
 use super::cache::AnswerCache;
+use super::rrl::{self, Limiter, Verdict};
 use super::{Answerer, Transport};
 
 /// Largest datagram we read; longer queries are truncated by the kernel and then FORMERR.
@@ -84,6 +85,7 @@ pub async fn serve(socket: UdpSocket, answerer: Answerer, token: CancellationTok
 fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
     let mut batch = mmsg::Batch::new();
     let mut cache = AnswerCache::new();
+    let mut limiter = None;
     while !token.is_cancelled() {
         let n = match receive(&mut batch, socket) {
             Ok(n) => n,
@@ -92,11 +94,14 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
                 continue;
             }
         };
+        sync_limiter(&mut limiter, answerer);
+        let now = Instant::now();
         for i in 0..n {
             let Some((query, peer, out)) = batch.query(i) else {
                 continue;
             };
-            let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache);
+            let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
+                && admit(&mut limiter, answerer, peer, out, now);
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
@@ -124,6 +129,42 @@ fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
     }
 }
 
+/// Keeps `limiter` in step with the current snapshot's `[rate_limit]` (a reload may add,
+/// change or remove it).
+fn sync_limiter(limiter: &mut Option<Limiter>, answerer: &Answerer) {
+    let wanted = answerer.snapshot.load().config.rate_limit;
+    match (wanted, limiter.as_ref()) {
+        (None, _) => *limiter = None,
+        (Some(c), Some(l)) if l.config() == c => {}
+        (Some(c), _) => *limiter = Some(Limiter::new(c)),
+    }
+}
+
+/// Applies the rate limit to the response in `out` for `peer`: returns whether to send it
+/// (truncated, when it slips).
+fn admit(
+    limiter: &mut Option<Limiter>,
+    answerer: &Answerer,
+    peer: SocketAddr,
+    out: &mut Vec<u8>,
+    now: Instant,
+) -> bool {
+    let Some(l) = limiter.as_mut() else {
+        return true;
+    };
+    match l.check(peer.ip(), now) {
+        Verdict::Send => true,
+        Verdict::Slip => {
+            answerer.metrics.rate_limited_slip.inc();
+            rrl::truncate(out)
+        }
+        Verdict::Drop => {
+            answerer.metrics.rate_limited_drop.inc();
+            false
+        }
+    }
+}
+
 /// Logs a failed receive at debug level, unless it is the timeout that lets the thread check
 /// for shutdown (or an interrupted call). ICMP errors from earlier sends surface here on some
 /// systems: never fatal.
@@ -141,6 +182,7 @@ fn log_receive_error(e: &io::Error) {
 fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
     let mut buf = vec![0u8; MAX_QUERY];
     let mut out = Vec::with_capacity(super::response::MAX_UDP_PAYLOAD as usize);
+    let mut limiter = None;
     while !token.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
@@ -149,7 +191,9 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
                 continue;
             }
         };
+        sync_limiter(&mut limiter, answerer);
         if answerer.respond(&buf[..len], peer, Transport::Udp, &mut out)
+            && admit(&mut limiter, answerer, peer, &mut out, Instant::now())
             && let Err(e) = socket.send_to(&out, peer)
         {
             debug!(%peer, error = %e, "udp send failed");

@@ -444,3 +444,73 @@ fn tcp_connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn rate_limit_drops_and_slips_a_flood_from_one_network_but_not_others_or_tcp() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+         [rate_limit]\nresponses_per_second = 5\nslip = 2\n{ZONE}"
+    ));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let q = query("example.net.", RecordType::SOA).to_vec().unwrap();
+    for _ in 0..40 {
+        sock.send_to(&q, s.dns).unwrap();
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(r.queries.len(), 1, "the question is kept");
+        if r.metadata.truncation {
+            assert!(r.answers.is_empty());
+            truncated += 1;
+        } else {
+            assert_eq!(r.answers.len(), 1);
+            full += 1;
+        }
+    }
+    println!(
+        "40 queries: {full} answered, {truncated} truncated (slip), {} dropped",
+        40 - full - truncated
+    );
+    // The burst is the rate (5); a few more tokens may come back while the test sends.
+    assert!((5..=8).contains(&full), "{full}");
+    // Every second limited response slips: about half of the remaining 32-35.
+    assert!((14..=18).contains(&truncated), "{truncated}");
+
+    // Another client network is not affected (127.0.1.0/24 is another /24 on loopback).
+    let other = UdpSocket::bind("127.0.1.1:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    other.send_to(&q, s.dns).unwrap();
+    let (n, _) = other
+        .recv_from(&mut buf)
+        .expect("another network is answered");
+    assert!(!Message::from_vec(&buf[..n]).unwrap().metadata.truncation);
+    // TCP is never limited.
+    let t = crate::harness::tcp_raw(s.dns, &q).expect("tcp answer");
+    assert_eq!(Message::from_vec(&t).unwrap().answers.len(), 1);
+    // Both actions are counted.
+    let metrics = crate::harness::http(s.admin.unwrap(), "GET", "/metrics", &[], "").body;
+    let count = |action: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("meridian_dns_rate_limited_total")
+                    && l.contains(&format!("action=\"{action}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(count("slip"), Some(truncated as f64), "{metrics}");
+    assert_eq!(
+        count("drop"),
+        Some((40 - full - truncated) as f64),
+        "{metrics}"
+    );
+}
