@@ -2,8 +2,8 @@
 //!
 //! Run with `cargo bench --bench policy`. Most benchmarks use a fresh `HealthView` (every target
 //! "unknown", counted as up: the cheapest lookup), so they measure the policy's own cost. The
-//! `probed_*` ones use `Probed`, a stand-in with every target probed, hashed like `HealthView`
-//! (SipHash, check name then address), to show the cost with realistic lookups.
+//! `probed_*` ones use a `HealthView` with every target probed, to show the cost with real
+//! lookups.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -11,10 +11,9 @@ use std::path::Path;
 use divan::{Bencher, black_box};
 use meridian::config::Config;
 use meridian::geo::{Located, Location, LocationSource};
-use std::collections::{HashMap, HashSet};
 
 use meridian::health::{HealthView, State};
-use meridian::policy::{Client, CompiledService, Family, HealthSource};
+use meridian::policy::{Client, CompiledService, Family};
 
 fn main() {
     divan::main();
@@ -210,52 +209,25 @@ fn explain_nearest_20_regions(bencher: Bencher<'_, '_>) {
     bencher.bench_local(|| black_box(svc.explain(black_box(&client), Family::V4, &health, 0)));
 }
 
-/// Health with every target probed: check name -> address -> state, std `HashMap`s (SipHash),
-/// the shape of `HealthView`.
-struct Probed {
-    states: HashMap<String, HashMap<IpAddr, State>>,
-    drained: HashSet<String>,
-}
-
-impl Probed {
-    fn new(svc: &CompiledService, down: &[&str]) -> Self {
-        let mut m = HashMap::new();
-        for ep in &svc.service().endpoints {
-            for a in &ep.addresses {
-                let s = if down.contains(&ep.region.as_str()) {
-                    State::Down
-                } else {
-                    State::Up
-                };
-                m.insert(*a, s);
-            }
-        }
-        Probed {
-            states: HashMap::from([("web".to_string(), m)]),
-            drained: HashSet::from(["r-none".to_string()]),
-        }
-    }
-}
-
-impl HealthSource for Probed {
-    fn state(&self, address: IpAddr, check: Option<&str>) -> State {
-        let Some(check) = check else {
-            return State::Up;
+/// A health view with every target of `svc` probed (check "web"): up, or down in the regions
+/// listed in `down`; one region drained that no service uses, so the drain lookup is real too.
+fn probed(svc: &CompiledService, down: &[&str]) -> HealthView {
+    let mut view = HealthView::empty().with_drained("r-none");
+    for ep in &svc.service().endpoints {
+        let state = if down.contains(&ep.region.as_str()) {
+            State::Down
+        } else {
+            State::Up
         };
-        self.states
-            .get(check)
-            .and_then(|m| m.get(&address))
-            .copied()
-            .unwrap_or(State::Unknown)
+        for a in &ep.addresses {
+            view = view.with_state(*a, "web", state);
+        }
     }
-
-    fn is_drained(&self, region: &str) -> bool {
-        self.drained.contains(region)
-    }
+    view
 }
 
 fn run_probed(bencher: Bencher<'_, '_>, svc: &CompiledService, down: &[&str]) {
-    let health = Probed::new(svc, down);
+    let health = probed(svc, down);
     let located = berlin();
     let client = Client {
         located: &located,
@@ -281,7 +253,7 @@ fn probed_nearest_20_regions_two_nearest_down(bencher: Bencher<'_, '_>) {
         located: &berlin(),
         ecs_source_prefix: None,
     };
-    let e = svc.explain_with(&client, Family::V4, &Probed::new(&svc, &[]), 0);
+    let e = svc.explain_with(&client, Family::V4, &probed(&svc, &[]), 0);
     let down: Vec<&str> = e.order[..2].iter().map(|r| r.region.as_str()).collect();
     run_probed(bencher, &svc, &down);
 }
