@@ -207,11 +207,8 @@ fn answer_guarded(
     answered.unwrap_or_else(|_| {
         tracing::error!(%client, "answering a query panicked: sent SERVFAIL");
         let head = Head {
-            id: q.id,
-            opcode: q.opcode,
-            rd: q.rd,
             rcode: rcode::SERVFAIL,
-            ..Head::default()
+            ..Head::answering(q)
         };
         response::write(out, head, Some(q.question), &Sections::default(), None);
         rcode::SERVFAIL
@@ -227,13 +224,7 @@ fn answer(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> u16 {
-    let mut head = Head {
-        id: q.id,
-        opcode: q.opcode,
-        rd: q.rd,
-        cd: q.cd,
-        ..Head::default()
-    };
+    let mut head = Head::answering(q);
     let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
     let mut opt = q.edns.as_ref().map(|e| Opt {
         nsid: if e.nsid { nsid } else { None },

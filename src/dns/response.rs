@@ -34,6 +34,20 @@ pub struct Head {
     pub rcode: u16,
 }
 
+impl Head {
+    /// Returns the header of a response to `q` with RCODE NOERROR: ID, opcode, RD and CD
+    /// copied, AA and TC clear.
+    pub fn answering(q: &Query<'_>) -> Head {
+        Head {
+            id: q.id,
+            opcode: q.opcode,
+            rd: q.rd,
+            cd: q.cd,
+            ..Head::default()
+        }
+    }
+}
+
 /// The OPT of a response.
 #[derive(Debug, Clone, Default)]
 pub struct Opt<'a> {
