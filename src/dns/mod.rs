@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 use crate::app::Snapshot;
 use crate::config::Config;
@@ -282,8 +282,35 @@ fn answer(
         253 | 254 => return error(out, head, rcode::NOTIMP, &opt),
         _ => {}
     }
+    if q.qclass == 3
+        && q.qtype == 16
+        && matches!(
+            &q.qname_lower[..],
+            b"\x02id\x06server\x00" | b"\x08hostname\x04bind\x00"
+        )
+        && let Some(id) = &snap.config.server.nsid
+    {
+        // RFC 4892: CH TXT id.server (and the older hostname.bind) name the instance that
+        // answered, as NSID does: how operators tell anycast instances apart with dig.
+        // version.bind is not answered: the version is nobody's business.
+        let name = Name::from_ascii(if q.qname_lower[1] == b'i' {
+            "id.server."
+        } else {
+            "hostname.bind."
+        });
+        if let Ok(name) = name {
+            let mut txt = Record::from_rdata(name, 0, RData::TXT(TXT::new(vec![id.clone()])));
+            txt.dns_class = DNSClass::CH;
+            head.aa = true;
+            let s = Sections {
+                answer: vec![Answer::Record(txt, true)],
+                ..Sections::default()
+            };
+            return reply(out, head, &s, &opt);
+        }
+    }
     if q.qclass != 1 {
-        // Only class IN is served; CH/HS/ANY get REFUSED, never an IN answer.
+        // Only class IN is served; other CH names, HS and ANY get REFUSED, never an IN answer.
         return error(out, head, rcode::REFUSED, &opt);
     }
     let qtype = RecordType::from(q.qtype);

@@ -514,3 +514,36 @@ fn rate_limit_drops_and_slips_a_flood_from_one_network_but_not_others_or_tcp() {
         "{metrics}"
     );
 }
+
+fn ch_txt(name: &str) -> Message {
+    let mut m = query(name, RecordType::TXT);
+    let mut q = Query::query(Name::from_ascii(name).unwrap(), RecordType::TXT);
+    q.set_query_class(DNSClass::CH);
+    m.queries = vec![q];
+    m
+}
+
+#[test]
+fn rfc4892_ch_txt_id_server_names_the_instance_and_version_bind_is_refused() {
+    let s = server();
+    for name in ["id.server.", "ID.SERVER.", "hostname.bind."] {
+        for r in s.both(&ch_txt(name)) {
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(r.answers.len(), 1, "{name}");
+            assert_eq!(r.answers[0].dns_class, DNSClass::CH);
+            assert_eq!(r.answers[0].data.to_string(), "test-ns-1", "{name}");
+            assert_eq!(r.queries[0].name().to_ascii(), name, "question case kept");
+        }
+    }
+    for r in s.both(&ch_txt("version.bind.")) {
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        assert!(r.answers.is_empty());
+    }
+    // Without an NSID there is no identity to give.
+    let plain = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n{ZONE}"
+    ));
+    for r in plain.both(&ch_txt("id.server.")) {
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    }
+}
