@@ -130,6 +130,9 @@ impl App {
     fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
         let mut snapshot = load_snapshot(&self.config_path)?;
         snapshot.services.count_answers_in(&self.metrics);
+        for w in snapshot.config.warnings() {
+            warn!("{w}");
+        }
         let old = self.snapshot.load();
         if old.config.server.dns_listen != snapshot.config.server.dns_listen
             || old.config.server.admin_listen != snapshot.config.server.admin_listen
@@ -156,6 +159,9 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     let server = snapshot.config.server.clone();
     let metrics = Arc::new(Metrics::default());
     snapshot.services.count_answers_in(&metrics);
+    for w in snapshot.config.warnings() {
+        warn!("{w}");
+    }
     let token = CancellationToken::new();
     // Probes stop on their own token, after DNS has stopped answering.
     let health_token = CancellationToken::new();

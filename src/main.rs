@@ -82,6 +82,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match app::load_snapshot(&config) {
             Ok(s) => {
+                for w in s.config.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} zones, {} services, {} regions, {} checks)",
                     config.display(),

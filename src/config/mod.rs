@@ -141,6 +141,56 @@ impl Config {
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
     }
+
+    /// Returns what is valid but probably not meant, one line each (`meridian check` prints
+    /// them, `serve` logs them at WARN): geo keys that are both a country and a continent code,
+    /// and TTLs so long that they, not the health checks, decide how long a failover takes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let file = self.source.display();
+        for (i, s) in self.services.iter().enumerate() {
+            for (key, _) in &s.geo.entries {
+                if let GeoKey::Either(code) = key
+                    && let Some((country, continent)) = ambiguous_code(code)
+                {
+                    out.push(format!(
+                        "{file}: service[{i}].geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
+                         it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
+                    ));
+                }
+            }
+            let slowest = s
+                .endpoints
+                .iter()
+                .filter_map(|e| self.check(e.check.as_deref()?))
+                .map(|c| c.interval * c.fall.get() + c.timeout)
+                .max();
+            if let Some(detect) = slowest
+                && u64::from(s.ttl) > 10 * detect.as_secs().max(1)
+            {
+                out.push(format!(
+                    "{file}: service[{i}].ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
+                     (interval × fall + timeout): resolvers may keep a dead address for up to {}s",
+                    s.ttl,
+                    detect.as_secs(),
+                    u64::from(s.ttl) + detect.as_secs()
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Returns (country, continent) when `code` is both an ISO 3166 country code and a continent
+/// code.
+fn ambiguous_code(code: &str) -> Option<(&'static str, &'static str)> {
+    match code {
+        "AF" => Some(("Afghanistan", "Africa")),
+        "AS" => Some(("American Samoa", "Asia")),
+        "NA" => Some(("Namibia", "North America")),
+        "SA" => Some(("Saudi Arabia", "South America")),
+        _ => None,
+    }
 }
 
 /// `[server]`: sockets, files and identity.

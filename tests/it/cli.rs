@@ -210,3 +210,35 @@ fn table_at<'a>(t: &'a mut toml::Table, path: &[String]) -> &'a mut toml::Table 
         _ => panic!("unexpected shape at {path:?}"),
     }
 }
+
+#[test]
+fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits_0() {
+    let text = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\n{ZONE}\n\
+         [region.a]\nlatitude = 1.0\nlongitude = 2.0\n\
+         [check.web]\nkind = \"tcp\"\nport = 80\ninterval = \"2s\"\ntimeout = \"1s\"\nfall = 3\n\
+         [[service]]\nname = \"api.example.net.\"\npolicy = \"geo\"\nttl = 3600\ncheck = \"web\"\n\
+         geo = {{ \"SA\" = [\"a\"], \"continent:AS\" = [\"a\"], default = [\"a\"] }}\n\
+         endpoints = [{{ region = \"a\", addresses = [\"192.0.2.1\"] }}]\n"
+    );
+    let (code, out, err, _d) = check(&[("m.toml", &text)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok ("), "{out}");
+    assert!(
+        err.contains("warning: ") && err.contains("service[0].geo.SA: \"SA\" is the country code of Saudi Arabia and the continent code of South America"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("geo.continent:AS"),
+        "an explicit key is not ambiguous: {err}"
+    );
+    assert!(
+        err.contains("service[0].ttl: 3600s is more than ten times the 7s"),
+        "{err}"
+    );
+    // The example config has neither problem.
+    let path = repo().join("zones/meridian.toml");
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("warning"), "{err}");
+}
