@@ -46,6 +46,24 @@ pub fn load_snapshot(path: &Path) -> Result<Snapshot, ConfigErrors> {
     build_snapshot(config)
 }
 
+/// Checks everything `meridian check` checks: the config, zone files and GeoIP database (as
+/// [`load_snapshot`]), and the state file of operator drains, which `serve` refuses to start
+/// with when it is corrupt.
+pub fn check(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let snapshot = load_snapshot(path)?;
+    if let Some(state) = &snapshot.config.server.state_file
+        && let Err(e) = crate::health::Overrides::load(state)
+    {
+        let key = "server.state_file";
+        return Err(ConfigErrors(vec![ConfigError::new(
+            &snapshot.config.source,
+            key,
+            e.to_string(),
+        )]));
+    }
+    Ok(snapshot)
+}
+
 /// Builds a snapshot from a validated config.
 pub fn build_snapshot(config: Config) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();

@@ -80,7 +80,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match app::load_snapshot(&config) {
+        Command::Check { config } => match app::check(&config) {
             Ok(s) => {
                 for w in s.config.warnings() {
                     eprintln!("warning: {w}");

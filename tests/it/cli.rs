@@ -242,3 +242,20 @@ fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits
     assert_eq!(code, 0);
     assert!(!err.contains("warning"), "{err}");
 }
+
+#[test]
+fn a_corrupt_state_file_is_reported_by_check_and_refused_by_serve() {
+    let text = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\nstate_file = \"state.json\"\n{ZONE}"
+    );
+    let (code, _, err, dir) = check(&[("m.toml", &text), ("state.json", "{ not json")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("m.toml: server.state_file: state file") && err.contains("corrupt"),
+        "{err}"
+    );
+    let path = dir.path().join("m.toml");
+    let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+}
