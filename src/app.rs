@@ -183,8 +183,9 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     let token = CancellationToken::new();
     // Probes stop on their own token, after DNS has stopped answering.
     let health_token = CancellationToken::new();
-    let health =
-        Health::start(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
+    // Probes begin once the metrics and the webhook listen (below), so that no transition,
+    // not even the first, goes uncounted.
+    let health = Health::new(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
     let app = App {
         config_path,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -231,6 +232,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
     crate::notify::start(&app, &admin_tasks, admin_token.clone());
     admin_tasks.close();
+    app.health.begin(&app.snapshot.load().config);
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&app).await?;

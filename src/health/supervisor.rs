@@ -213,6 +213,14 @@ impl Health {
     /// corrupt; a missing file means nothing is drained. Must be called within a tokio
     /// runtime; the tasks hold the subsystem alive until `token` is cancelled.
     pub fn start(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
+        let health = Self::new(config, token)?;
+        health.begin(config);
+        Ok(health)
+    }
+
+    /// Like [`Health::start`], but starts no probe until [`Health::begin`]: subscribers
+    /// ([`Health::subscribe`]) attached in between see every transition, the first ones too.
+    pub fn new(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
         let overrides = match &config.server.state_file {
             Some(path) => Overrides::load(path)?,
             None => Overrides::empty(),
@@ -238,10 +246,13 @@ impl Health {
             token,
             tracker: TaskTracker::new(),
         });
-        let health = Health { inner };
-        let summary = health.apply(config, false);
+        Ok(Health { inner })
+    }
+
+    /// Starts the probes of `config` (the config given to [`Health::new`]).
+    pub fn begin(&self, config: &Config) {
+        let summary = self.apply(config, false);
         info!(targets = summary.added, "health probes started");
-        Ok(health)
     }
 
     /// Returns the current view (one atomic load and a reference count increment).
