@@ -380,6 +380,9 @@ pub fn explain(
         for r in &o.drained_regions {
             health = health.with_drained(r);
         }
+        for a in &o.drained_targets {
+            health = health.with_drained_target(*a);
+        }
     }
     let e = explain_in(&snapshot, &health, client, name, qtype)?;
     Ok(format!(

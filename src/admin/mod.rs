@@ -18,6 +18,8 @@
 //! | `GET /metrics`                  |       | OpenMetrics text                                    |
 //! | `POST /regions/{region}/drain`  | yes   | `{"region", "drained": true, "changed"}`; 404 unknown region |
 //! | `POST /regions/{region}/undrain`| yes   | `{"region", "drained": false, "changed"}`           |
+//! | `POST /targets/{address}/drain` | yes   | `{"target", "drained": true, "changed"}`; 404 no endpoint has it, 400 not an IP |
+//! | `POST /targets/{address}/undrain`| yes  | `{"target", "drained": false, "changed"}`           |
 //! | `POST /reload`                  | yes   | `{"reloaded": true, ...}`; 400 `{"error", "errors": ["file: key: message"]}` |
 //!
 //! Mutating calls need `Authorization: Bearer <token>`, the token being the trimmed content of
@@ -92,6 +94,9 @@ pub enum AdminError {
     /// A drain or undrain named a region the config does not define (404).
     #[error("unknown region {0:?}")]
     UnknownRegion(String),
+    /// A target drain named an address no endpoint has (404).
+    #[error("unknown target {0}: no endpoint has this address")]
+    UnknownTarget(String),
     /// The health subsystem failed (500), e.g. the state file cannot be written.
     #[error("{0}")]
     Health(HealthError),
@@ -129,9 +134,10 @@ impl AdminError {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::NoToken(_) => StatusCode::FORBIDDEN,
-            AdminError::UnknownRegion(_) | AdminError::NotFound(_) | AdminError::NotAService(_) => {
-                StatusCode::NOT_FOUND
-            }
+            AdminError::UnknownRegion(_)
+            | AdminError::UnknownTarget(_)
+            | AdminError::NotFound(_)
+            | AdminError::NotAService(_) => StatusCode::NOT_FOUND,
             AdminError::BadBody(_) | AdminError::Reload(_) | AdminError::BadParameter(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -229,6 +235,8 @@ pub fn router(app: &App, local: SocketAddr) -> Router {
         .route("/metrics", get(metrics))
         .route("/regions/{region}/drain", post(drain))
         .route("/regions/{region}/undrain", post(undrain))
+        .route("/targets/{address}/drain", post(drain_target))
+        .route("/targets/{address}/undrain", post(undrain_target))
         .route("/reload", post(reload))
         .route("/explain", get(explain))
         .fallback(not_found)
@@ -299,6 +307,7 @@ async fn status(State(s): State<AdminState>) -> Response {
         s.app.health.first_round_done(),
         &s.app.health.status(),
         &drained,
+        &s.app.health.drained_targets().into_iter().collect(),
     );
     axum::Json(report).into_response()
 }
@@ -351,6 +360,60 @@ async fn undrain(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     set_drained(s, peer, region, headers, body, false).await
+}
+
+async fn drain_target(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(address): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    set_target_drained(s, peer, address, headers, body, true).await
+}
+
+async fn undrain_target(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(address): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    set_target_drained(s, peer, address, headers, body, false).await
+}
+
+/// `POST /targets/{address}/drain|undrain`: one address withdrawn from every service.
+async fn set_target_drained(
+    s: AdminState,
+    peer: SocketAddr,
+    address: String,
+    headers: HeaderMap,
+    body: Bytes,
+    drain: bool,
+) -> Result<Response, AdminError> {
+    authorize(&s, peer, &headers).await?;
+    let body = parse_drain_body(&body)?;
+    let ip: std::net::IpAddr = address.parse().map_err(|_| {
+        AdminError::BadParameter(format!("target {address:?} is not an IP address"))
+    })?;
+    let result = if drain {
+        s.app.health.drain_target(ip).await
+    } else {
+        s.app.health.undrain_target(ip).await
+    };
+    let changed = result.map_err(|e| match e {
+        HealthError::UnknownTarget(a) => AdminError::UnknownTarget(a.to_string()),
+        e => AdminError::Health(e),
+    })?;
+    info!(
+        target = %ip,
+        drained = drain,
+        changed,
+        %peer,
+        reason = body.reason.as_deref().unwrap_or(""),
+        "admin: target override set"
+    );
+    Ok(axum::Json(json!({ "target": ip, "drained": drain, "changed": changed })).into_response())
 }
 
 async fn set_drained(
@@ -534,7 +597,7 @@ impl Collector for TargetUpCollector {
         }
         let mut metric = encoder.encode_descriptor(
             TARGET_UP,
-            "1 when a target may be answered (not down, region not drained), by service, region and address.",
+            "1 when a target may be answered (not down, not drained), by service, region and address.",
             None,
             MetricType::Gauge,
         )?;
@@ -542,7 +605,8 @@ impl Collector for TargetUpCollector {
             for e in &s.endpoints {
                 let drained = view.is_drained(&e.region);
                 for a in &e.addresses {
-                    let up = is_usable(view.state(*a, e.check.as_deref()), drained);
+                    let forced = drained || view.is_target_drained(*a);
+                    let up = is_usable(view.state(*a, e.check.as_deref()), forced);
                     let address = a.to_string();
                     let labels = [
                         ("service", s.name.as_str()),

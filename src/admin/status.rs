@@ -77,6 +77,8 @@ pub struct StatusReport {
     pub config_file: String,
     /// Regions an operator drained, sorted.
     pub drained_regions: Vec<String>,
+    /// Target addresses an operator drained, sorted.
+    pub drained_targets: Vec<IpAddr>,
     /// Services, in config order.
     pub services: Vec<ServiceReport>,
 }
@@ -146,6 +148,7 @@ impl StatusReport {
         ready: bool,
         targets: &[TargetStatus],
         drained: &BTreeSet<String>,
+        drained_targets: &BTreeSet<IpAddr>,
     ) -> Self {
         let by_key: HashMap<(IpAddr, &str), &TargetStatus> = targets
             .iter()
@@ -173,7 +176,8 @@ impl StatusReport {
                                 .addresses
                                 .iter()
                                 .map(|&address| {
-                                    target_report(address, e.check.as_deref(), is_drained, &by_key)
+                                    let forced = is_drained || drained_targets.contains(&address);
+                                    target_report(address, e.check.as_deref(), forced, &by_key)
                                 })
                                 .collect(),
                         }
@@ -186,6 +190,7 @@ impl StatusReport {
             ready,
             config_file: config_file.display().to_string(),
             drained_regions: drained.iter().cloned().collect(),
+            drained_targets: drained_targets.iter().copied().collect(),
             services,
         }
     }
@@ -271,6 +276,7 @@ mod tests {
             true,
             &targets,
             &drained,
+            &BTreeSet::new(),
         );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["ready"], true);
@@ -307,7 +313,14 @@ mod tests {
 
     #[test]
     fn a_target_missing_from_the_health_table_is_unknown() {
-        let r = StatusReport::build(&config(), Path::new("m.toml"), false, &[], &BTreeSet::new());
+        let r = StatusReport::build(
+            &config(),
+            Path::new("m.toml"),
+            false,
+            &[],
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
         let t = &r.services[0].regions[0].targets[0];
         assert_eq!((t.state, t.usable, t.since), (State::Unknown, true, None));
     }

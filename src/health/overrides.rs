@@ -1,6 +1,7 @@
 //! Operator overrides (region drains), persisted to `server.state_file`.
 //!
-//! The file is JSON (`{"version": 1, "drained_regions": ["eu-west"]}`), written atomically: a
+//! The file is JSON (`{"version": 1, "drained_regions": ["eu-west"], "drained_targets":
+//! ["192.0.2.10"]}`), written atomically: a
 //! temporary file in the same directory is written and fsynced, renamed over the old file, and
 //! the directory is fsynced, so a crash leaves either the old or the new file, never half of one.
 //! A missing file means "nothing drained"; a file that cannot be read or parsed is an error, so
@@ -10,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// The format version written to the state file.
@@ -62,6 +64,10 @@ pub struct Overrides {
     /// Regions withdrawn from every answer, sorted.
     #[serde(default)]
     pub drained_regions: BTreeSet<String>,
+    /// Target addresses withdrawn from every answer, sorted (absent in files written before
+    /// per-target drains: none).
+    #[serde(default)]
+    pub drained_targets: BTreeSet<IpAddr>,
 }
 
 fn current_version() -> u32 {
@@ -74,6 +80,7 @@ impl Overrides {
         Self {
             version: STATE_FILE_VERSION,
             drained_regions: BTreeSet::new(),
+            drained_targets: BTreeSet::new(),
         }
     }
 
@@ -209,5 +216,22 @@ mod tests {
         let err = Overrides::load(&path).unwrap_err();
         assert!(err.to_string().ends_with("unsupported version 9"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_without_target_drains_still_load_and_target_drains_round_trip() {
+        let dir = scratch("targets");
+        let path = dir.join("state.json");
+        std::fs::write(&path, r#"{"version": 1, "drained_regions": ["eu-west"]}"#).unwrap();
+        let o = Overrides::load(&path).unwrap();
+        assert!(o.drained_targets.is_empty());
+        let mut o = o;
+        o.drained_targets.insert("192.0.2.10".parse().unwrap());
+        o.drained_targets.insert("2001:db8::1".parse().unwrap());
+        o.save(&path).unwrap();
+        let back = Overrides::load(&path).unwrap();
+        assert_eq!(back.drained_targets, o.drained_targets);
+        assert_eq!(back.drained_regions, o.drained_regions);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

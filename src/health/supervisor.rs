@@ -49,6 +49,9 @@ pub enum HealthError {
     /// A drain named a region the config does not define.
     #[error("unknown region {0:?}")]
     UnknownRegion(String),
+    /// A drain named an address that no endpoint of the config has.
+    #[error("unknown target {0}: no endpoint has this address")]
+    UnknownTarget(IpAddr),
 }
 
 /// A target state change, as sent to subscribers (metrics, webhook).
@@ -140,7 +143,10 @@ struct Inner {
 struct Table {
     targets: HashMap<TargetKey, Target>,
     known_regions: HashSet<String>,
+    /// Every endpoint address of the config, probed or not (drainable targets).
+    known_addresses: HashSet<IpAddr>,
     drained: BTreeSet<String>,
+    drained_targets: BTreeSet<IpAddr>,
     state_file: Option<PathBuf>,
     next_generation: u64,
 }
@@ -235,7 +241,9 @@ impl Health {
             table: Mutex::new(Table {
                 targets: HashMap::new(),
                 known_regions: HashSet::new(),
+                known_addresses: HashSet::new(),
                 drained: overrides.drained_regions,
+                drained_targets: overrides.drained_targets,
                 state_file: config.server.state_file.clone(),
                 next_generation: 0,
             }),
@@ -291,6 +299,22 @@ impl Health {
         self.set_drained(region, false).await
     }
 
+    /// Withdraws the target `address` from every answer of every service, and persists it.
+    /// Returns true when this changed anything; an address no endpoint has is an error.
+    pub async fn drain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
+        self.set_target_drained(address, true).await
+    }
+
+    /// Undoes [`Health::drain_target`].
+    pub async fn undrain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
+        self.set_target_drained(address, false).await
+    }
+
+    /// Returns the drained target addresses, sorted.
+    pub fn drained_targets(&self) -> Vec<IpAddr> {
+        self.inner.lock().drained_targets.iter().copied().collect()
+    }
+
     /// Returns the drained regions, sorted.
     pub fn drained_regions(&self) -> Vec<String> {
         self.inner.lock().drained.iter().cloned().collect()
@@ -308,7 +332,8 @@ impl Health {
                 kind: t.check.kind.as_str(),
                 regions: t.regions.clone(),
                 state: t.state.state(),
-                forced: t.regions.iter().any(|r| table.drained.contains(r)),
+                forced: table.drained_targets.contains(&key.address)
+                    || t.regions.iter().any(|r| table.drained.contains(r)),
                 since: t.state.since(),
                 last_check: t.state.last().cloned(),
             })
@@ -348,26 +373,72 @@ impl Health {
     }
 
     async fn set_drained(&self, region: &str, drained: bool) -> Result<bool, HealthError> {
+        let changed = self
+            .update_overrides(|table| {
+                if drained && !table.known_regions.contains(region) {
+                    return Err(HealthError::UnknownRegion(region.to_string()));
+                }
+                let mut next = table.drained.clone();
+                let changed = if drained {
+                    next.insert(region.to_string())
+                } else {
+                    next.remove(region)
+                };
+                Ok(changed.then(|| (next, table.drained_targets.clone())))
+            })
+            .await?;
+        if changed {
+            let what = if drained { "drained" } else { "undrained" };
+            info!(region = %region, "region {what}");
+        }
+        Ok(changed)
+    }
+
+    async fn set_target_drained(
+        &self,
+        address: IpAddr,
+        drained: bool,
+    ) -> Result<bool, HealthError> {
+        let changed = self
+            .update_overrides(|table| {
+                if drained && !table.known_addresses.contains(&address) {
+                    return Err(HealthError::UnknownTarget(address));
+                }
+                let mut next = table.drained_targets.clone();
+                let changed = if drained {
+                    next.insert(address)
+                } else {
+                    next.remove(&address)
+                };
+                Ok(changed.then(|| (table.drained.clone(), next)))
+            })
+            .await?;
+        if changed {
+            let what = if drained { "drained" } else { "undrained" };
+            info!(target = %address, "target {what}");
+        }
+        Ok(changed)
+    }
+
+    /// Computes new drains with `change` (None: nothing changes), writes them to the state
+    /// file first (so a failed write changes nothing), then publishes them. Returns whether
+    /// anything changed.
+    async fn update_overrides(
+        &self,
+        change: impl FnOnce(&Table) -> Result<Option<(BTreeSet<String>, BTreeSet<IpAddr>)>, HealthError>,
+    ) -> Result<bool, HealthError> {
         let _write = self.inner.write_lock.lock().await;
-        let (next, path) = {
+        let (regions, targets, path) = {
             let table = self.inner.lock();
-            if drained && !table.known_regions.contains(region) {
-                return Err(HealthError::UnknownRegion(region.to_string()));
+            match change(&table)? {
+                None => return Ok(false),
+                Some((regions, targets)) => (regions, targets, table.state_file.clone()),
             }
-            if table.drained.contains(region) == drained {
-                return Ok(false);
-            }
-            let mut next = table.drained.clone();
-            if drained {
-                next.insert(region.to_string());
-            } else {
-                next.remove(region);
-            }
-            (next, table.state_file.clone())
         };
         if let Some(path) = path {
             let overrides = Overrides {
-                drained_regions: next.clone(),
+                drained_regions: regions.clone(),
+                drained_targets: targets.clone(),
                 ..Overrides::empty()
             };
             tokio::task::spawn_blocking(move || overrides.save(&path))
@@ -378,14 +449,9 @@ impl Health {
                 })??;
         }
         let mut table = self.inner.lock();
-        table.drained = next;
+        table.drained = regions;
+        table.drained_targets = targets;
         self.inner.publish(&table);
-        drop(table);
-        if drained {
-            info!(region = %region, "region drained");
-        } else {
-            info!(region = %region, "region undrained");
-        }
         Ok(true)
     }
 
@@ -395,6 +461,12 @@ impl Health {
         let mut guard = self.inner.lock();
         let table: &mut Table = &mut guard;
         table.known_regions = config.regions.iter().map(|r| r.name.clone()).collect();
+        table.known_addresses = config
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .flat_map(|e| e.addresses.iter().copied())
+            .collect();
 
         let removed: Vec<TargetKey> = table
             .targets
@@ -447,6 +519,7 @@ impl Health {
             if let Some(path) = &table.state_file {
                 let overrides = Overrides {
                     drained_regions: table.drained.clone(),
+                    drained_targets: table.drained_targets.clone(),
                     ..Overrides::empty()
                 };
                 // Reload is rare; a short blocking write keeps the new file in step at once.
@@ -485,6 +558,7 @@ impl Inner {
             view.set_state(key.address, &key.check, t.state.state());
         }
         view.set_drained(table.drained.iter().cloned());
+        view.set_drained_targets(table.drained_targets.iter().copied());
         self.view.store(Arc::new(view));
     }
 

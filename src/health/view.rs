@@ -45,6 +45,7 @@ pub struct HealthView {
     /// check name -> address -> state (two levels so that lookups by `&str` do not allocate).
     states: HashMap<String, HashMap<IpAddr, State>>,
     drained: HashSet<String>,
+    drained_targets: HashSet<IpAddr>,
 }
 
 impl HealthView {
@@ -78,6 +79,16 @@ impl HealthView {
         }
     }
 
+    /// Returns this view with the target `address` drained.
+    pub fn with_drained_target(mut self, address: IpAddr) -> Self {
+        self.drained_targets.insert(address);
+        self
+    }
+
+    pub(super) fn set_drained_targets(&mut self, drained: impl IntoIterator<Item = IpAddr>) {
+        self.drained_targets = drained.into_iter().collect();
+    }
+
     pub(super) fn set_drained(&mut self, drained: impl IntoIterator<Item = String>) {
         self.drained = drained.into_iter().collect();
     }
@@ -98,6 +109,12 @@ impl HealthView {
     /// Returns true when the operator drained `region`.
     pub fn is_drained(&self, region: &str) -> bool {
         self.drained.contains(region)
+    }
+
+    /// Returns true when the operator drained the target `address` (in every service).
+    pub fn is_target_drained(&self, address: IpAddr) -> bool {
+        // Most views drain no target: skip hashing then (this runs per target per query).
+        !self.drained_targets.is_empty() && self.drained_targets.contains(&address)
     }
 }
 

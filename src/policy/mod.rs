@@ -157,6 +157,11 @@ pub trait HealthSource {
     fn state(&self, address: IpAddr, check: Option<&str>) -> State;
     /// Returns true when the operator drained `region`.
     fn is_drained(&self, region: &str) -> bool;
+    /// Returns true when the operator drained the target `address` (default: never). A
+    /// drained target counts as a one-target drained region: skipped by the same passes.
+    fn is_target_drained(&self, _address: IpAddr) -> bool {
+        false
+    }
 }
 
 impl HealthSource for HealthView {
@@ -166,6 +171,10 @@ impl HealthSource for HealthView {
 
     fn is_drained(&self, region: &str) -> bool {
         HealthView::is_drained(self, region)
+    }
+
+    fn is_target_drained(&self, address: IpAddr) -> bool {
+        HealthView::is_target_drained(self, address)
     }
 }
 
@@ -671,6 +680,10 @@ impl CompiledService {
             if out.len() >= max {
                 return true;
             }
+            if pass.skips_drained() && health.is_target_drained(address) {
+                sink.target_skipped(i, address, SkipReason::Drained);
+                continue;
+            }
             let state = health.state(address, region.check.as_deref());
             if pass.skips_down() && state == State::Down {
                 sink.target_skipped(i, address, SkipReason::Down);
@@ -752,11 +765,11 @@ impl CompiledService {
                     sink.region_skipped(i, SkipReason::Drained);
                     continue;
                 }
-                if pass.skips_down()
-                    && region.targets[fam]
-                        .iter()
-                        .all(|&a| health.state(a, region.check.as_deref()) == State::Down)
-                {
+                if region.targets[fam].iter().all(|&a| {
+                    (pass.skips_drained() && health.is_target_drained(a))
+                        || (pass.skips_down()
+                            && health.state(a, region.check.as_deref()) == State::Down)
+                }) {
                     sink.region_skipped(i, SkipReason::AllTargetsDown);
                     continue;
                 }
@@ -803,7 +816,7 @@ impl CompiledService {
                     _ => health.is_drained(&region.name),
                 };
                 drained = Some((i, is_drained));
-                if is_drained {
+                if is_drained || health.is_target_drained(address) {
                     sink.target_skipped(i, address, SkipReason::Drained);
                     continue;
                 }

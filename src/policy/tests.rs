@@ -1077,3 +1077,62 @@ fn explain_of_weighted_shows_the_regions_drawn_and_passed_over() {
     assert!(e.to_string().contains("regions (drawn by weight):"));
     assert!(e.to_string().contains("us-east weight 3"));
 }
+
+/// Decides with a real `HealthView` (target drains live there).
+fn decide_view(
+    svc: &CompiledService,
+    located: &Located,
+    family: Family,
+    view: &HealthView,
+) -> Decision {
+    let client = Client {
+        located,
+        ecs_source_prefix: None,
+    };
+    let d = svc.decide(&client, family, view, 0);
+    assert_eq!(svc.explain(&client, family, view, 0).decision, d);
+    d
+}
+
+#[test]
+fn a_drained_target_is_passed_over_like_a_drained_region_in_every_policy() {
+    let view = HealthView::empty().with_drained_target(ip(US_EAST));
+    // nearest: New York stays in us-east, on its other target.
+    let d = decide_view(&nearest(""), &new_york(), Family::V4, &view);
+    assert_eq!(addrs(&d), ips(&[US_EAST_2]));
+    // both us-east targets drained: the next region.
+    let both = view.clone().with_drained_target(ip(US_EAST_2));
+    let d = decide_view(&nearest(""), &new_york(), Family::V4, &both);
+    assert_ne!(addrs(&d), ips(&[US_EAST]));
+    assert_ne!(addrs(&d), ips(&[US_EAST_2]));
+    // all: skipped in the walk.
+    let svc = compile(&format!("policy = \"all\"\nmax_answers = 3\n{FOUR}"));
+    let d = decide_view(&svc, &paris(), Family::V4, &view);
+    assert_eq!(addrs(&d), ips(&[US_EAST_2, EU_WEST, AP_SOUTH]));
+    // weighted: a region whose only targets are drained is never drawn.
+    let svc = weighted("");
+    for random in 0..200u64 {
+        let client = Client {
+            located: &paris(),
+            ecs_source_prefix: None,
+        };
+        let d = svc.decide(
+            &client,
+            Family::V4,
+            &both,
+            random.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let a = addrs(&d);
+        assert!(
+            !a.contains(&ip(US_EAST)) && !a.contains(&ip(US_EAST_2)),
+            "{a:?}"
+        );
+    }
+    // Everything drained: fail open over the drained targets (never an outage).
+    let mut all = HealthView::empty();
+    for a in [US_EAST, US_EAST_2, EU_WEST, AP_SOUTH, US_WEST] {
+        all = all.with_drained_target(ip(a));
+    }
+    let d = decide_view(&nearest(""), &new_york(), Family::V4, &all);
+    assert_eq!(addrs(&d).len(), 1);
+}

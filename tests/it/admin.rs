@@ -1063,3 +1063,66 @@ fn explain_returns_the_decision_trace_as_json_and_rejects_bad_parameters() {
         );
     }
 }
+
+#[test]
+fn a_target_drain_withdraws_one_address_everywhere_shows_as_forced_and_survives_a_restart() {
+    let s = start_with(&drain_config(), &[("admin.token", TOKEN)]);
+    let both: Vec<IpAddr> = vec![
+        "192.0.2.10".parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    ];
+    let eu_only: Vec<IpAddr> = vec!["198.51.100.10".parse().unwrap()];
+    assert_eq!(cdn_answers(&s), both);
+    // Without the token: 401 and nothing changes.
+    assert_eq!(post(&s, "/targets/192.0.2.10/drain", None, "").status, 401);
+    assert_eq!(cdn_answers(&s), both);
+    // Not an IP: 400; an address no endpoint has: 404; nothing changes.
+    let r = post(&s, "/targets/not-an-ip/drain", Some(TOKEN), "");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(&s, "/targets/192.0.2.99/drain", Some(TOKEN), "");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("192.0.2.99"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(&s, "/status").json()["drained_targets"],
+        serde_json::json!([])
+    );
+
+    let r = post(
+        &s,
+        "/targets/192.0.2.10/drain",
+        Some(TOKEN),
+        r#"{"reason": "bad disk"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"target": "192.0.2.10", "drained": true, "changed": true})
+    );
+    assert_eq!(cdn_answers(&s), eu_only, "withdrawn at once");
+    let j = get(&s, "/status").json();
+    assert_eq!(j["drained_targets"], serde_json::json!(["192.0.2.10"]));
+    let us = &j["services"][0]["regions"][0];
+    assert_eq!(us["drained"], false, "the region itself is not drained");
+    assert_eq!(us["targets"][0]["forced"], true);
+    assert_eq!(us["targets"][0]["usable"], false);
+    let m = scrape(&s);
+    let up = [
+        ("service", "cdn.example.net."),
+        ("region", "us-east"),
+        ("address", "192.0.2.10"),
+    ];
+    assert_eq!(value(&m, TARGET_UP, &up), Some(0.0));
+
+    // A restart on the same directory keeps it (the state file), and undrain restores it.
+    let dir = s.stop();
+    let path = dir.path().join("meridian.toml");
+    let s = Server::start_in(dir, &path);
+    assert_eq!(cdn_answers(&s), eu_only);
+    let r = post(&s, "/targets/192.0.2.10/undrain", Some(TOKEN), "");
+    assert_eq!(r.json()["changed"], true, "{}", r.body);
+    assert_eq!(cdn_answers(&s), both);
+}
