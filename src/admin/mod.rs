@@ -233,10 +233,8 @@ pub fn router(app: &App, local: SocketAddr) -> Router {
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/regions/{region}/drain", post(drain))
-        .route("/regions/{region}/undrain", post(undrain))
-        .route("/targets/{address}/drain", post(drain_target))
-        .route("/targets/{address}/undrain", post(undrain_target))
+        .route("/regions/{region}/{action}", post(region_override))
+        .route("/targets/{address}/{action}", post(target_override))
         .route("/reload", post(reload))
         .route("/explain", get(explain))
         .fallback(not_found)
@@ -342,117 +340,106 @@ fn parse_drain_body(body: &Bytes) -> Result<DrainBody, AdminError> {
         .map_err(|e| AdminError::BadBody(format!("expected JSON {{\"reason\": \"...\"}}: {e}")))
 }
 
-async fn drain(
+/// What an operator override names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    /// `/regions/{name}/...`: a region of the config.
+    Region,
+    /// `/targets/{address}/...`: one endpoint address, in every service.
+    Target,
+}
+
+/// `POST /regions/{region}/drain|undrain`.
+async fn region_override(
     State(s): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(region): Path<String>,
+    Path((region, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AdminError> {
-    set_drained(s, peer, region, headers, body, true).await
+    set_override(s, peer, Subject::Region, region, &action, headers, body).await
 }
 
-async fn undrain(
+/// `POST /targets/{address}/drain|undrain`.
+async fn target_override(
     State(s): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(region): Path<String>,
+    Path((address, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AdminError> {
-    set_drained(s, peer, region, headers, body, false).await
+    set_override(s, peer, Subject::Target, address, &action, headers, body).await
 }
 
-async fn drain_target(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(address): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    set_target_drained(s, peer, address, headers, body, true).await
-}
-
-async fn undrain_target(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(address): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AdminError> {
-    set_target_drained(s, peer, address, headers, body, false).await
-}
-
-/// `POST /targets/{address}/drain|undrain`: one address withdrawn from every service.
-async fn set_target_drained(
+/// Drains or undrains `name` (a region or a target address): authorizes first, then checks
+/// the action, the body and the name; answers `{"region"|"target", "drained", "changed"}`.
+async fn set_override(
     s: AdminState,
     peer: SocketAddr,
-    address: String,
+    subject: Subject,
+    name: String,
+    action: &str,
     headers: HeaderMap,
     body: Bytes,
-    drain: bool,
 ) -> Result<Response, AdminError> {
+    let kind = match subject {
+        Subject::Region => "regions",
+        Subject::Target => "targets",
+    };
+    let drain = match action {
+        "drain" => true,
+        "undrain" => false,
+        _ => {
+            return Err(AdminError::NotFound(format!(
+                "POST /{kind}/{name}/{action}"
+            )));
+        }
+    };
     authorize(&s, peer, &headers).await?;
     let body = parse_drain_body(&body)?;
-    let ip: std::net::IpAddr = address.parse().map_err(|_| {
-        AdminError::BadParameter(format!("target {address:?} is not an IP address"))
-    })?;
-    let result = if drain {
-        s.app.health.drain_target(ip).await
-    } else {
-        s.app.health.undrain_target(ip).await
+    let health = &s.app.health;
+    let (key, changed) = match subject {
+        Subject::Region => {
+            // Undraining a region the config no longer has is allowed while it is still
+            // drained (a leftover in the state file); otherwise an unknown name is a 404.
+            let known = s.app.snapshot.load().config.region(&name).is_some();
+            if !known && (drain || !health.drained_regions().contains(&name)) {
+                return Err(AdminError::UnknownRegion(name));
+            }
+            let result = if drain {
+                health.drain(&name).await
+            } else {
+                health.undrain(&name).await
+            };
+            ("region", result)
+        }
+        Subject::Target => {
+            let ip: std::net::IpAddr = name.parse().map_err(|_| {
+                AdminError::BadParameter(format!("target {name:?} is not an IP address"))
+            })?;
+            let result = if drain {
+                health.drain_target(ip).await
+            } else {
+                health.undrain_target(ip).await
+            };
+            ("target", result)
+        }
     };
-    let changed = result.map_err(|e| match e {
+    let changed = changed.map_err(|e| match e {
+        HealthError::UnknownRegion(r) => AdminError::UnknownRegion(r),
         HealthError::UnknownTarget(a) => AdminError::UnknownTarget(a.to_string()),
         e => AdminError::Health(e),
     })?;
     info!(
-        target = %ip,
+        subject = key,
+        name = %name,
         drained = drain,
         changed,
         %peer,
         reason = body.reason.as_deref().unwrap_or(""),
-        "admin: target override set"
+        "admin: {key} override set"
     );
-    Ok(axum::Json(json!({ "target": ip, "drained": drain, "changed": changed })).into_response())
-}
-
-async fn set_drained(
-    s: AdminState,
-    peer: SocketAddr,
-    region: String,
-    headers: HeaderMap,
-    body: Bytes,
-    drain: bool,
-) -> Result<Response, AdminError> {
-    authorize(&s, peer, &headers).await?;
-    let body = parse_drain_body(&body)?;
-    // Undraining a region the config no longer has is allowed while it is still drained
-    // (a leftover in the state file); otherwise an unknown name is a 404, like drain.
-    let known = s.app.snapshot.load().config.region(&region).is_some();
-    if !known && (drain || !s.app.health.drained_regions().contains(&region)) {
-        return Err(AdminError::UnknownRegion(region));
-    }
-    let result = if drain {
-        s.app.health.drain(&region).await
-    } else {
-        s.app.health.undrain(&region).await
-    };
-    let changed = result.map_err(|e| match e {
-        HealthError::UnknownRegion(r) => AdminError::UnknownRegion(r),
-        e => AdminError::Health(e),
-    })?;
-    info!(
-        region = %region,
-        drained = drain,
-        changed,
-        %peer,
-        reason = body.reason.as_deref().unwrap_or(""),
-        "admin: region override set"
-    );
-    Ok(
-        axum::Json(json!({ "region": region, "drained": drain, "changed": changed }))
-            .into_response(),
-    )
+    Ok(axum::Json(json!({ key: name, "drained": drain, "changed": changed })).into_response())
 }
 
 async fn reload(
