@@ -1086,6 +1086,9 @@ fn a_target_drain_withdraws_one_address_everywhere_shows_as_forced_and_survives_
         "{}",
         r.body
     );
+    let r = post(&s, "/targets/192.0.2.10/bogus", Some(TOKEN), "");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(get(&s, "/targets/192.0.2.10/drain").status, 405);
     assert_eq!(
         get(&s, "/status").json()["drained_targets"],
         serde_json::json!([])
