@@ -680,19 +680,36 @@ impl CompiledService {
             if out.len() >= max {
                 return true;
             }
-            if pass.skips_drained() && health.is_target_drained(address) {
-                sink.target_skipped(i, address, SkipReason::Drained);
-                continue;
-            }
-            let state = health.state(address, region.check.as_deref());
-            if pass.skips_down() && state == State::Down {
-                sink.target_skipped(i, address, SkipReason::Down);
-                continue;
-            }
-            out.push(address);
-            sink.picked(i, address, state);
+            // The caller has passed over a drained region already.
+            self.offer_target(i, address, pass, false, health, out, sink);
         }
         out.len() >= max
+    }
+
+    /// Takes `address` of region `i` into `out` unless `pass` passes it over (its region or
+    /// itself drained, or it is down); reports either to `sink`.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_target<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        i: usize,
+        address: IpAddr,
+        pass: Pass,
+        region_drained: bool,
+        health: &H,
+        out: &mut Vec<IpAddr>,
+        sink: &mut S,
+    ) {
+        if pass.skips_drained() && (region_drained || health.is_target_drained(address)) {
+            sink.target_skipped(i, address, SkipReason::Drained);
+            return;
+        }
+        let state = health.state(address, self.regions[i].check.as_deref());
+        if pass.skips_down() && state == State::Down {
+            sink.target_skipped(i, address, SkipReason::Down);
+            return;
+        }
+        out.push(address);
+        sink.picked(i, address, state);
     }
 
     /// `weighted`: draws regions by weight without replacement, passing over the unusable
@@ -809,25 +826,15 @@ impl CompiledService {
             if out.len() >= max {
                 return;
             }
-            let region = &self.regions[i];
-            if pass.skips_drained() {
-                let is_drained = match drained {
+            let region_drained = pass.skips_drained() && {
+                let d = match drained {
                     Some((r, d)) if r == i => d,
-                    _ => health.is_drained(&region.name),
+                    _ => health.is_drained(&self.regions[i].name),
                 };
-                drained = Some((i, is_drained));
-                if is_drained || health.is_target_drained(address) {
-                    sink.target_skipped(i, address, SkipReason::Drained);
-                    continue;
-                }
-            }
-            let state = health.state(address, region.check.as_deref());
-            if pass.skips_down() && state == State::Down {
-                sink.target_skipped(i, address, SkipReason::Down);
-                continue;
-            }
-            out.push(address);
-            sink.picked(i, address, state);
+                drained = Some((i, d));
+                d
+            };
+            self.offer_target(i, address, pass, region_drained, health, out, sink);
         }
     }
 }
