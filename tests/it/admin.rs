@@ -16,7 +16,7 @@ use meridian::metrics::{
     PROBE_DURATION_SECONDS, TARGET_UP,
 };
 
-use crate::harness::{HttpResponse, HttpStub, Server, ZONE, http, query};
+use crate::harness::{HttpResponse, HttpStub, Server, ZONE, http, query, tool};
 
 const REGIONS: &str = "[region.us-east]\nlatitude = 38.9\nlongitude = -77.4\n\
                        [region.eu-west]\nlatitude = 53.3\nlongitude = -6.3\n";
@@ -804,32 +804,10 @@ fn reloads_under_query_load_lose_no_answer_keep_probe_state_and_stop_removed_pro
     );
 }
 
-/// Finds a headless-capable Chromium: `MERIDIAN_CHROMIUM`, else `chromium` or
-/// `chromium-browser` on PATH.
-fn chromium() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("MERIDIAN_CHROMIUM") {
-        return p.into();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser"] {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "chromium not found on PATH (or MERIDIAN_CHROMIUM): the status page test needs it; \
-         install the Debian package `chromium` (apt-get install chromium)"
-    );
-}
-
 /// Loads `url` in headless Chromium, lets its scripts run for up to 5 s of virtual time, and
 /// returns the serialized DOM.
-fn rendered_dom(url: &str, profile: &Path) -> String {
-    let browser = chromium();
-    let child = std::process::Command::new(&browser)
+fn rendered_dom(browser: &Path, url: &str, profile: &Path) -> String {
+    let child = std::process::Command::new(browser)
         .args([
             "--headless",
             "--no-sandbox",
@@ -895,6 +873,13 @@ fn tag_with<'a>(dom: &'a str, attr: &str) -> &'a str {
 
 #[test]
 fn status_page_renders_health_colours_and_shows_a_drained_region_in_headless_chromium() {
+    let Some(browser) = tool(
+        "status page test",
+        &["chromium", "chromium-browser"],
+        "chromium",
+    ) else {
+        return;
+    };
     let backend = HttpStub::start(200);
     let s = Server::start(&cfg(
         "",
@@ -923,7 +908,7 @@ fn status_page_renders_health_colours_and_shows_a_drained_region_in_headless_chr
 
     let profile = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let dom = rendered_dom(&format!("http://{}/", s.admin()), profile.path());
+    let dom = rendered_dom(&browser, &format!("http://{}/", s.admin()), profile.path());
     eprintln!(
         "chromium rendered the status page in {:?}",
         started.elapsed()

@@ -551,3 +551,36 @@ fn stub_serve(mut sock: TcpStream, st: &StubState) {
     );
     let _ = sock.write_all(reply.as_bytes());
 }
+
+/// Finds an outside tool that a test needs (`etcd`, `promtool`, `kdig`, `chromium`, ...): the
+/// path in `MERIDIAN_<NAME>` (upper case, `-` as `_`), else the first of `names` on PATH.
+///
+/// When the tool is absent the test is skipped with a visible `SKIPPED` line on stderr, unless
+/// `MERIDIAN_REQUIRE_TOOLS=1` (set by `.ci/run` after installing every tool) or the tool's own
+/// `MERIDIAN_REQUIRE_<NAME>=1` is set: then its absence fails the test. Use it as
+/// `let Some(etcd) = tool("etcd test", &["etcd"], "etcd-server") else { return };`.
+pub fn tool(test: &str, names: &[&str], package: &str) -> Option<PathBuf> {
+    let key = names[0].to_ascii_uppercase().replace('-', "_");
+    if let Some(p) = std::env::var_os(format!("MERIDIAN_{key}")) {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        for name in names {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let required = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    let message = format!(
+        "{test}: `{}` not found on PATH (or MERIDIAN_{key}); install the Debian package `{package}`",
+        names[0]
+    );
+    if required("MERIDIAN_REQUIRE_TOOLS") || required(&format!("MERIDIAN_REQUIRE_{key}")) {
+        panic!("{message} (required: MERIDIAN_REQUIRE_TOOLS or MERIDIAN_REQUIRE_{key} is set)");
+    }
+    eprintln!("SKIPPED {message}");
+    None
+}
