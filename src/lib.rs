@@ -14,6 +14,7 @@
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
 //! - [`app`]: wiring, reload, signals and shutdown order.
+//! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -26,4 +27,5 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod rlimit;
 pub mod zone;

@@ -249,14 +249,26 @@ fn answer(
     let reply = |out: &mut Vec<u8>, head: Head, s: &Sections, opt: &Option<Opt<'_>>| -> u16 {
         let mut head = head;
         let empty = Sections::default();
-        if !response::write(out, head, Some(q.question), s, opt.as_ref()) {
-            head.rcode = rcode::SERVFAIL;
-            head.aa = false;
-            response::write(out, head, Some(q.question), &empty, opt.as_ref());
+        let mut too_long = false;
+        match response::try_write(out, head, Some(q.question), s, opt.as_ref()) {
+            Ok(()) => {}
+            Err(response::Unwritten::TooLong) => too_long = true,
+            Err(response::Unwritten::BadRecord) => {
+                head.rcode = rcode::SERVFAIL;
+                head.aa = false;
+                response::write(out, head, Some(q.question), &empty, opt.as_ref());
+            }
         }
-        if transport == Transport::Udp && out.len() > response::udp_limit(q) {
-            // RFC 2181 §9 / RFC 6891 §7: too large for UDP: send TC with the question and the
-            // OPT, so the client retries over TCP.
+        let limit = match transport {
+            Transport::Udp => response::udp_limit(q),
+            // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
+            // as "truncated due to length greater than that permitted on the transmission
+            // channel", which this is; measured with the OPT appended.
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        if too_long || out.len() > limit {
+            // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT
+            // (over UDP the client retries over TCP).
             head.tc = true;
             response::write(out, head, Some(q.question), &empty, opt.as_ref());
         }
