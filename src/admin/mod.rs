@@ -3,7 +3,7 @@
 //!
 //! Owns the HTTP surface only: state lives in the [`Handles`] it is given (the snapshot cell,
 //! the health subsystem, the metrics and the reloader). Key items: [`start`] (binds `server.admin_listen`, logs
-//! `listening admin/http ADDR`, spawns the server and the metrics feed), [`router`],
+//! `listening admin/http ADDR`, spawns the server and the metrics feed), the router,
 //! [`AdminError`] (every error is JSON `{"error": "..."}` with a fitting status) and
 //! [`status::StatusReport`] (the `/status` document).
 //!
