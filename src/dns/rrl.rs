@@ -127,34 +127,11 @@ pub(crate) fn network(client: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> (bool
     }
 }
 
-/// Rewrites the response in `out` as a truncated one: the header with TC set and no records,
-/// and the question. Returns false if `out` is not a response it can walk.
+/// Rewrites the response in `out` as a truncated one: the header with TC set, the question
+/// and the OPT (if any), no other records. Returns false if `out` is not a response it can
+/// walk.
 pub fn truncate(out: &mut Vec<u8>) -> bool {
-    if out.len() < 12 || u16::from_be_bytes([out[4], out[5]]) != 1 {
-        return false;
-    }
-    let mut pos = 12;
-    loop {
-        let Some(&len) = out.get(pos) else {
-            return false;
-        };
-        match len {
-            0 => {
-                pos += 1;
-                break;
-            }
-            1..=63 => pos += 1 + len as usize,
-            _ => return false,
-        }
-    }
-    let end = pos + 4;
-    if end > out.len() {
-        return false;
-    }
-    out.truncate(end);
-    out[2] |= 0x02; // TC
-    out[6..12].fill(0); // no answer, authority or additional records
-    true
+    super::response::truncate(out)
 }
 
 #[cfg(test)]

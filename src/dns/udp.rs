@@ -110,7 +110,15 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                 continue;
             };
             let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
-                && admit(limiter, rate_limit.as_ref(), answerer, peer, out, now);
+                && admit(
+                    limiter,
+                    rate_limit.as_ref(),
+                    answerer,
+                    peer,
+                    query,
+                    out,
+                    now,
+                );
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
@@ -138,21 +146,25 @@ fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
     }
 }
 
-/// Applies the rate limit to the response in `out` for `peer`: returns whether to send it
-/// (truncated, when it slips).
+/// Applies the rate limit to the response in `out` to `query` from `peer`: returns whether to
+/// send it (truncated, when it slips). A valid DNS cookie in the query exempts it.
 fn admit(
     limiter: &Limiter,
     config: Option<&RateLimit>,
     answerer: &Answerer,
     peer: SocketAddr,
+    query: &[u8],
     out: &mut Vec<u8>,
     now: Instant,
 ) -> bool {
     let Some(config) = config else {
         return true;
     };
-    // A client that proved its address (a valid DNS cookie, RFC 7873 §5.3) is exempt.
-    let exempt = false;
+    // A client that proved its address with a valid DNS server cookie (RFC 7873 §5.3) is
+    // exempt. Only checked with `[rate_limit]` on.
+    let snap = answerer.snapshot.load();
+    let secrets = super::cookie::secrets(&snap.config);
+    let exempt = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
     match limiter.check(config, peer.ip(), now, exempt) {
         Verdict::Send => true,
         Verdict::Slip => {
@@ -198,6 +210,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                 rate_limit.as_ref(),
                 answerer,
                 peer,
+                &buf[..len],
                 &mut out,
                 Instant::now(),
             )
