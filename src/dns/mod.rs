@@ -104,7 +104,7 @@ impl Dynamic {
 impl Services {
     /// Compiles every service of `config`.
     pub fn new(config: &Config) -> Self {
-        let by_wire = config
+        let mut by_wire: HashMap<Vec<u8>, Dynamic> = config
             .services
             .iter()
             .filter_map(|s| {
@@ -118,6 +118,7 @@ impl Services {
                 ))
             })
             .collect();
+        crate::policy::share_scope_maps(by_wire.values_mut().map(|d| &mut d.service));
         Self { by_wire }
     }
 
