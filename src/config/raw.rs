@@ -19,6 +19,7 @@ pub struct RawServer {
     pub ipv6_transition: Option<bool>,
     pub nat64_prefixes: Option<Vec<String>>,
     pub nsid: Option<String>,
+    pub cookie_secret_file: Option<String>,
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
