@@ -7,6 +7,7 @@ mod backend;
 mod cli;
 mod clients;
 mod dns;
+mod edges;
 mod fuzz;
 mod geo;
 mod harness;
