@@ -11,4 +11,5 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod reload;
 mod wire;
