@@ -575,6 +575,30 @@ impl Validator {
                 format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
             );
         }
+        let fast_interval = self.duration(
+            &format!("{key}.fast_interval"),
+            raw.fast_interval.as_deref(),
+            interval / DEFAULT_FAST_INTERVAL_DIVISOR,
+        );
+        if fast_interval > interval {
+            self.err(
+                format!("{key}.fast_interval"),
+                format!(
+                    "fast_interval ({fast_interval:?}) must not be more than interval ({interval:?})"
+                ),
+            );
+        }
+        let initial_state = match raw.initial_state.as_deref() {
+            None | Some("unknown") => InitialState::Unknown,
+            Some("down") => InitialState::Down,
+            Some(other) => {
+                self.err(
+                    format!("{key}.initial_state"),
+                    format!("unknown initial state {other:?}, expected one of: unknown, down"),
+                );
+                InitialState::Unknown
+            }
+        };
         let mut count =
             |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
             {
@@ -637,6 +661,7 @@ impl Validator {
             path,
             host: raw.host,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
@@ -644,6 +669,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            initial_state,
         })
     }
 
