@@ -978,6 +978,52 @@ timeout = "1s"
 "#;
 
     #[test]
+    fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let c = parse_str(
+            &file,
+            &format!("{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"2s\"\n"),
+        )
+        .unwrap();
+        let web = &c.checks[1];
+        assert_eq!(web.fast_interval, Duration::from_millis(500));
+        assert_eq!(web.initial_state, InitialState::Unknown);
+        let c = parse_str(
+            &file,
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\nfast_interval = \"100ms\"\n\
+                 initial_state = \"down\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.checks[1].fast_interval, Duration::from_millis(100));
+        assert_eq!(c.checks[1].initial_state, InitialState::Down);
+    }
+
+    #[test]
+    fn fast_interval_above_interval_and_unknown_initial_state_are_rejected() {
+        let err = parse_str(
+            Path::new("/nonexistent/m.toml"),
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\n\
+                 fast_interval = \"2s\"\ninitial_state = \"up\"\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("check.probe.fast_interval: fast_interval"),
+            "{err}"
+        );
+        assert!(
+            err.contains("check.probe.initial_state: unknown initial state \"up\", expected one of: unknown, down"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));

@@ -119,8 +119,13 @@ pub enum OwnError {
 
 impl OwnError {
     /// Every value of [`OwnError::reason`], for metrics.
-    pub const REASONS: [&'static str; 5] =
-        ["file_descriptors", "resources", "tls_setup", "setup", "late_timer"];
+    pub const REASONS: [&'static str; 5] = [
+        "file_descriptors",
+        "resources",
+        "tls_setup",
+        "setup",
+        "late_timer",
+    ];
 
     /// Returns the cause as a metrics label (`reason` of `meridian_probe_errors_total`).
     pub fn reason(&self) -> &'static str {
@@ -193,7 +198,11 @@ impl TlsConfigs {
 
     /// Returns the configuration for `verify`, building it on first use.
     pub fn get(&self, verify: bool) -> Result<Arc<rustls::ClientConfig>, OwnError> {
-        let slot = if verify { &self.verify } else { &self.no_verify };
+        let slot = if verify {
+            &self.verify
+        } else {
+            &self.no_verify
+        };
         // A panic cannot leave the slot half-written (it is one assignment).
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(config) = &*slot {
@@ -434,7 +443,12 @@ impl HttpProbe {
                 check.path
             ),
         };
-        let has = |name: &str| check.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let has = |name: &str| {
+            check
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
         let mut request = format!("GET {} HTTP/1.1\r\n", check.path);
         if !has("host") {
             request.push_str(&format!("Host: {host_header}\r\n"));
@@ -525,7 +539,9 @@ impl HttpProbe {
                 Err(e) if buf.is_empty() && is_stale(&e) => return Err(Stale),
                 Ok(0) => {
                     return Ok((
-                        Err(ProbeError::Http("connection closed in the response head".into())),
+                        Err(ProbeError::Http(
+                            "connection closed in the response head".into(),
+                        )),
                         false,
                     ));
                 }
@@ -558,13 +574,16 @@ impl HttpProbe {
             Some(needle) => {
                 let (found, complete) = search_body(stream, &head, buf, needle.as_bytes()).await;
                 let keep = head.keep_alive && complete;
-                Ok((found.and_then(|found| {
-                    if found {
-                        Ok(())
-                    } else {
-                        Err(ProbeError::BodyMismatch(needle.clone()))
-                    }
-                }), keep))
+                Ok((
+                    found.and_then(|found| {
+                        if found {
+                            Ok(())
+                        } else {
+                            Err(ProbeError::BodyMismatch(needle.clone()))
+                        }
+                    }),
+                    keep,
+                ))
             }
         }
     }
@@ -916,7 +935,10 @@ fn tls_error(e: &io::Error) -> ProbeError {
     if let Some(own) = own_io_error(e) {
         return ProbeError::Ours(own);
     }
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => ProbeError::Tls(tls.to_string()),
         None if e.kind() == io::ErrorKind::UnexpectedEof => {
             ProbeError::Tls("connection closed during the handshake".into())
@@ -1304,6 +1326,143 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, ProbeError::Tls(_)), "{err:?}");
         assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1: answers every request on a connection with
+    /// `response`, closing the connection after `per_connection` responses. Counts accepted
+    /// connections and requests.
+    async fn keep_alive_backend(
+        response: &'static str,
+        per_connection: usize,
+    ) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (accepts.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 1024];
+                    for _ in 0..per_connection {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut tmp).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if sock.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepts, requests)
+    }
+
+    #[tokio::test]
+    async fn issue_17_probes_reuse_a_kept_alive_connection() {
+        let (addr, accepts, requests) =
+            keep_alive_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1000).await;
+        let mut c = http_check(addr.port());
+        c.body_contains = Some("ok".into());
+        let mut p = Prober::new(localhost(), &c);
+        for _ in 0..5 {
+            assert_eq!(p.probe().await.result, Ok(()));
+            assert!(p.has_kept_connection());
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            1,
+            "one connection for five probes"
+        );
+    }
+
+    #[tokio::test]
+    async fn issue_17_a_closed_kept_connection_costs_one_reconnect_not_a_failure() {
+        // The server answers one request per connection, then closes it without saying so.
+        let (addr, accepts, requests) =
+            keep_alive_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1).await;
+        let mut p = Prober::new(localhost(), &http_check(addr.port()));
+        for _ in 0..4 {
+            assert_eq!(p.probe().await.result, Ok(()));
+            // Let the server's close arrive before the next probe.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 4);
+        assert_eq!(accepts.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_is_searched_and_the_connection_kept() {
+        let (addr, accepts, _) = keep_alive_backend(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nsta\r\n6;ext=1\r\ntus=ok\r\n0\r\nx-trailer: 1\r\n\r\n",
+            1000,
+        )
+        .await;
+        let mut c = http_check(addr.port());
+        c.body_contains = Some("status=ok".into());
+        let mut p = Prober::new(localhost(), &c);
+        assert_eq!(p.probe().await.result, Ok(()));
+        assert_eq!(p.probe().await.result, Ok(()));
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+        c.body_contains = Some("down".into());
+        let err = Prober::new(localhost(), &c).probe().await.result;
+        assert_eq!(err, Err(ProbeError::BodyMismatch("down".into())));
+    }
+
+    #[tokio::test]
+    async fn a_failing_status_keeps_the_connection_too() {
+        let (addr, accepts, _) = keep_alive_backend(
+            "HTTP/1.1 503 Unavailable\r\ncontent-length: 4\r\n\r\ndown",
+            1000,
+        )
+        .await;
+        let mut p = Prober::new(localhost(), &http_check(addr.port()));
+        assert_eq!(p.probe().await.result, Err(ProbeError::Status(503)));
+        assert_eq!(p.probe().await.result, Err(ProbeError::Status(503)));
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_ports_is_our_error_not_the_targets() {
+        for (errno, reason) in [
+            (libc::EMFILE, "file_descriptors"),
+            (libc::ENFILE, "file_descriptors"),
+            (libc::ENOBUFS, "resources"),
+            (libc::EADDRNOTAVAIL, "resources"),
+        ] {
+            let e = connect_error(&io::Error::from_raw_os_error(errno));
+            assert_eq!(e.own().map(OwnError::reason), Some(reason), "{e}");
+        }
+        let refused = connect_error(&io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert_eq!(refused, ProbeError::Refused);
+        let unreachable = connect_error(&io::Error::from_raw_os_error(libc::EHOSTUNREACH));
+        assert!(unreachable.own().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_check_that_cannot_be_set_up_is_our_error_and_retried() {
+        let b = Backend::start(Reply::ok()).await;
+        let mut c = http_check(b.addr.port());
+        c.headers = vec![("Bad Name".into(), "1".into())];
+        let mut p = Prober::new(localhost(), &c);
+        let err = p.probe().await.result.unwrap_err();
+        assert_eq!(err.own().map(OwnError::reason), Some("setup"), "{err}");
+        assert!(
+            err.to_string().starts_with("check cannot be set up: "),
+            "{err}"
+        );
+        assert_eq!(b.hits(), 0);
     }
 
     #[test]

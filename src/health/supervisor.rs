@@ -338,11 +338,7 @@ impl Health {
     /// Like [`Health::begin`], but runs the probe tasks (those of later reloads too) on
     /// `runtime`.
     pub fn begin_on(&self, config: &Config, runtime: Handle) {
-        *self
-            .inner
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+        *self.inner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
         self.begin(config);
     }
 
@@ -801,7 +797,9 @@ async fn run_probe(
 ) {
     let mut prober = Prober::new(key.address, &check);
     let interval = check.interval.max(Duration::from_millis(1));
-    let fast = check.fast_interval.clamp(Duration::from_millis(1), interval);
+    let fast = check
+        .fast_interval
+        .clamp(Duration::from_millis(1), interval);
     // The first probes of all targets spread evenly over the first interval.
     let mut next = Instant::now() + interval.mul_f64(rand::random::<f64>());
     loop {

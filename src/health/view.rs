@@ -113,7 +113,9 @@ impl HealthView {
     /// Sets one target's state, copying only its shard when other views share it.
     pub(super) fn set_state(&mut self, address: IpAddr, check: &Arc<str>, state: State) {
         let i = shard_of(address, self.shards.len());
-        let checks = Arc::make_mut(&mut self.shards[i]).entry(address).or_default();
+        let checks = Arc::make_mut(&mut self.shards[i])
+            .entry(address)
+            .or_default();
         match checks.iter_mut().find(|(c, _)| **c == **check) {
             Some((_, s)) => *s = state,
             None => checks.push((check.clone(), state)),
