@@ -13,7 +13,9 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
-//! - [`app`]: wiring, reload, signals and shutdown order.
+//! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
+//!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -26,4 +28,5 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod snapshot;
 pub mod zone;
