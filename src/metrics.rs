@@ -30,6 +30,8 @@ pub const TARGET_UP: &str = "meridian_target_up";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "meridian_health_transitions_total";
 /// Probe duration histogram, by check.
 pub const PROBE_DURATION_SECONDS: &str = "meridian_probe_duration_seconds";
+/// Probes that failed because of our own trouble (not the target's), by reason.
+pub const PROBE_ERRORS_TOTAL: &str = "meridian_probe_errors_total";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
 /// UDP responses held back by `[rate_limit]`, by action (`drop` or `slip`).

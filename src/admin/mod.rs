@@ -52,15 +52,14 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::ConfigErrors;
 use crate::health::{Health, HealthError, HealthView, ProbeReport, TransitionEvent, withdrawal};
-use crate::metrics::{Metrics, TARGET_UP};
+use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL, TARGET_UP};
 use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
 
@@ -228,7 +227,12 @@ fn router(app: Handles, local: SocketAddr) -> Router {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
     };
-    let registry = app.metrics.registry(vec![Box::new(target_up)]);
+    let probe_errors = ProbeErrorsCollector {
+        health: app.health.clone(),
+    };
+    let registry = app
+        .metrics
+        .registry(vec![Box::new(target_up), Box::new(probe_errors)]);
     let state = AdminState {
         app,
         registry: Arc::new(registry),
@@ -547,28 +551,45 @@ fn is_same_token(given: &str, expected: &str) -> bool {
 /// Feeds health transitions and probe durations into the metrics until `token` is cancelled.
 async fn feed_metrics(
     metrics: Arc<Metrics>,
-    mut events: broadcast::Receiver<TransitionEvent>,
-    mut probes: broadcast::Receiver<ProbeReport>,
+    mut events: mpsc::UnboundedReceiver<TransitionEvent>,
+    mut probes: mpsc::UnboundedReceiver<ProbeReport>,
     token: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             e = events.recv() => match e {
-                Ok(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind health transitions; some are not counted");
-                }
-                Err(RecvError::Closed) => return,
+                Some(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
+                None => return,
             },
             p = probes.recv() => match p {
-                Ok(p) => metrics.observe_probe(&p.key.check, p.latency.as_secs_f64()),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind probe results; some are not observed");
-                }
-                Err(RecvError::Closed) => return,
+                Some(p) => metrics.observe_probe(&p.key.check, p.latency.as_secs_f64()),
+                None => return,
             },
         }
+    }
+}
+
+/// Reads `meridian_probe_errors_total{reason}` at scrape time from the health subsystem's
+/// counters (exact: nothing goes through a channel).
+#[derive(Debug)]
+struct ProbeErrorsCollector {
+    health: crate::health::Health,
+}
+
+impl Collector for ProbeErrorsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            PROBE_ERRORS_TOTAL.strip_suffix("_total").unwrap_or(PROBE_ERRORS_TOTAL),
+            "Probes that failed because of our own trouble, not the target's (no state changes on them), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in self.health.probe_errors() {
+            let counter = prometheus_client::metrics::counter::ConstCounter::new(count);
+            counter.encode(metric.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
     }
 }
 

@@ -12,4 +12,5 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod reload;
 mod wire;
