@@ -230,7 +230,8 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
     crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
-    crate::notify::start(&app, &admin_tasks, admin_token.clone());
+    let outages = crate::outage::start(&app, &admin_tasks, admin_token.clone());
+    crate::notify::start(&app, &admin_tasks, admin_token.clone(), &outages);
     admin_tasks.close();
     app.health.begin(&app.snapshot.load().config);
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");

@@ -13,6 +13,8 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
+//! - [`outage`]: services with no usable target (failing open), WARN logs when that begins
+//!   and ends.
 //! - [`app`]: wiring, reload, signals and shutdown order.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
@@ -25,5 +27,6 @@ pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod outage;
 pub mod policy;
 pub mod zone;

@@ -90,7 +90,12 @@ impl Notification {
 
 /// Subscribes to health transitions now and spawns the collector and sender on `tasks`; both
 /// stop when `token` is cancelled (queued notifications are then dropped).
-pub fn start(app: &App, tasks: &TaskTracker, token: CancellationToken) {
+pub fn start(
+    app: &App,
+    tasks: &TaskTracker,
+    token: CancellationToken,
+    _outages: &broadcast::Sender<crate::outage::OutageEvent>,
+) {
     let events = app.health.subscribe();
     let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE_CAPACITY);
     tasks.spawn(collect(events, app.snapshot.clone(), tx, token.clone()));

@@ -79,9 +79,9 @@ pub struct Services {
 #[derive(Debug)]
 struct Dynamic {
     service: CompiledService,
-    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
-    /// [`Services::count_answers_in`]).
-    answers: Vec<(String, AnswerCounter)>,
+    /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
+    /// and AAAA (empty until [`Services::count_answers_in`]).
+    answers: Vec<(String, [AnswerCounter; 2])>,
 }
 
 impl Dynamic {
@@ -95,7 +95,7 @@ impl Dynamic {
                 .iter()
                 .any(|b| self.service.region_of(*b) == Some(region));
             if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
-                c.inc();
+                c[usize::from(a.is_ipv6())].inc();
             }
         }
     }
@@ -129,7 +129,10 @@ impl Services {
             d.answers = s
                 .endpoints
                 .iter()
-                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .map(|e| {
+                    let counter = |family| metrics.answer_counter(&s.name, &e.region, family);
+                    (e.region.clone(), [counter("A"), counter("AAAA")])
+                })
                 .collect();
         }
     }
@@ -182,6 +185,8 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
+                self.metrics
+                    .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
                 let rcode = answer_guarded(&snap, &health, &q, client, transport, out);
                 (q.qtype, rcode)
             }

@@ -10,3 +10,4 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
