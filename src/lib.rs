@@ -15,7 +15,9 @@
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
 //! - [`outage`]: services with no usable target (failing open), WARN logs when that begins
 //!   and ends.
-//! - [`app`]: wiring, reload, signals and shutdown order.
+//! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
+//!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -29,4 +31,5 @@ pub mod metrics;
 pub mod notify;
 pub mod outage;
 pub mod policy;
+pub mod snapshot;
 pub mod zone;

@@ -2,17 +2,16 @@
 //! fails open because of it; and the watcher that logs a WARN when such an outage begins and
 //! ends and hands it to the webhook (`crate::notify`).
 //!
-//! A target is usable when it is not drained (its region or its address) and its probes do
-//! not say down ([`is_withdrawn`]). A (service, family) with at least one target of the family
+//! A target is usable when [`crate::health::withdrawal`] (the one rule the answers follow) does
+//! not withdraw it: not drained (its region or its address), not down. A (service, family) with at least one target of the family
 //! and none usable is *all down*: `when_all_down` then decides the answer, and with `all` the
 //! service *fails open* (answers with targets that are down or drained). [`assess`] is pure
 //! (config and health view in, states out); `meridian_service_all_down` and
 //! `meridian_service_failing_open` are computed from it at scrape time, and [`watch`] polls it.
 //!
-//! Key types: [`ServiceOutage`], [`Withdrawal`], [`OutageEvent`].
+//! Key types: [`ServiceOutage`], [`OutageEvent`].
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,57 +20,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::app::Snapshot;
 use crate::config::{Config, WhenAllDown};
-use crate::health::{HealthView, State};
+use crate::health::{HealthView, State, withdrawal};
 use crate::policy::Family;
+use crate::snapshot::SnapshotCell;
 
 /// How often [`watch`] re-assesses the services (drains, reloads and transitions all show
 /// within this time).
 pub const OUTAGE_POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Why a target is left out of answers (when it is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Withdrawal {
-    /// An operator drained its region.
-    RegionDrained,
-    /// An operator drained its address.
-    TargetDrained,
-    /// Its probes say down.
-    Down,
-}
-
-impl Withdrawal {
-    /// Returns the snake_case name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Withdrawal::RegionDrained => "region_drained",
-            Withdrawal::TargetDrained => "target_drained",
-            Withdrawal::Down => "down",
-        }
-    }
-}
-
-/// Returns why the target `address` of a `region` endpoint probed by `check` is left out of
-/// answers, or `None` when it is usable. Drains come first: a drained target that is also
-/// down is reported as drained (planned), as the policy's passes treat it.
-pub fn is_withdrawn(
-    view: &HealthView,
-    region: &str,
-    address: IpAddr,
-    check: Option<&str>,
-) -> Option<Withdrawal> {
-    if view.is_drained(region) {
-        Some(Withdrawal::RegionDrained)
-    } else if view.is_target_drained(address) {
-        Some(Withdrawal::TargetDrained)
-    } else if view.state(address, check) == State::Down {
-        Some(Withdrawal::Down)
-    } else {
-        None
-    }
-}
 
 /// The outage state of one service for one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,10 +78,13 @@ pub fn assess(config: &Config, view: &HealthView) -> Vec<ServiceOutage> {
             for e in &s.endpoints {
                 for a in e.addresses.iter().filter(|a| Family::of(**a) == family) {
                     o.targets += 1;
-                    match is_withdrawn(view, &e.region, *a, e.check.as_deref()) {
-                        None => o.usable += 1,
-                        Some(Withdrawal::Down) => o.down += 1,
-                        Some(_) => o.drained += 1,
+                    let w = withdrawal(view, &e.region, *a, e.check.as_deref());
+                    if w.drain.is_some() {
+                        o.drained += 1;
+                    } else if w.state == State::Down {
+                        o.down += 1;
+                    } else {
+                        o.usable += 1;
                     }
                 }
             }
@@ -162,20 +121,16 @@ pub struct OutageEvent {
 /// Capacity of the outage event channel (outages change rarely).
 const OUTAGE_CHANNEL_CAPACITY: usize = 64;
 
-/// Spawns [`watch`] over `app`'s snapshot and health view on `tasks` until `token` is
+/// Spawns [`watch`] over the live snapshot and health view on `tasks` until `token` is
 /// cancelled; returns the sender of its events, to subscribe to.
 pub fn start(
-    app: &crate::app::App,
+    snapshot: SnapshotCell,
+    view: Arc<ArcSwap<HealthView>>,
     tasks: &tokio_util::task::TaskTracker,
     token: CancellationToken,
 ) -> broadcast::Sender<OutageEvent> {
     let (events, _) = broadcast::channel(OUTAGE_CHANNEL_CAPACITY);
-    tasks.spawn(watch(
-        app.snapshot.clone(),
-        app.health.view_cell(),
-        events.clone(),
-        token,
-    ));
+    tasks.spawn(watch(snapshot, view, events.clone(), token));
     events
 }
 
@@ -183,7 +138,7 @@ pub fn start(
 /// when a (service, family) becomes all down (failing open or not) and when it recovers, and
 /// sends each change on `events`.
 pub async fn watch(
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     events: broadcast::Sender<OutageEvent>,
     token: CancellationToken,
@@ -245,6 +200,7 @@ fn event(o: &ServiceOutage, active: bool) -> OutageEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::path::Path;
 
     fn config(when_all_down: &str) -> Config {
@@ -266,31 +222,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn drains_outrank_down_and_unknown_counts_as_usable() {
-        let v = HealthView::empty()
-            .with_state(ip("192.0.2.1"), "web", State::Down)
-            .with_drained("eu-west");
-        assert_eq!(
-            is_withdrawn(&v, "us-east", ip("192.0.2.1"), Some("web")),
-            Some(Withdrawal::Down)
-        );
-        assert_eq!(
-            is_withdrawn(&v, "eu-west", ip("198.51.100.1"), Some("web")),
-            Some(Withdrawal::RegionDrained)
-        );
-        let v = v.with_drained_target(ip("192.0.2.1"));
-        assert_eq!(
-            is_withdrawn(&v, "us-east", ip("192.0.2.1"), Some("web")),
-            Some(Withdrawal::TargetDrained)
-        );
-        assert_eq!(
-            is_withdrawn(&v, "us-east", ip("2001:db8::1"), Some("web")),
-            None
-        );
-        assert_eq!(is_withdrawn(&v, "us-east", ip("192.0.2.9"), None), None);
     }
 
     #[test]

@@ -17,18 +17,18 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::app::Snapshot;
-use crate::health::{HealthView, State};
+use crate::health::{HealthView, State, withdrawal};
 use crate::metrics::{
     CHECK_TARGETS, GEOIP_BUILD_TIMESTAMP_SECONDS, SERVICE_ALL_DOWN, SERVICE_FAILING_OPEN,
     TARGET_DRAINED, TARGET_UP,
 };
-use crate::outage::{Withdrawal, assess, is_withdrawn};
+use crate::outage::assess;
+use crate::snapshot::SnapshotCell;
 
 /// Writes the health gauges from the snapshot and view in force at scrape time.
 #[derive(Debug)]
 pub(super) struct HealthCollector {
-    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) snapshot: SnapshotCell,
     pub(super) view: Arc<ArcSwap<HealthView>>,
 }
 
@@ -63,13 +63,11 @@ impl Collector for HealthCollector {
             ] {
                 let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 for (service, region, address, check) in &targets {
+                    let w = withdrawal(&**view, region, *address, *check);
                     let value = if drained {
-                        matches!(
-                            is_withdrawn(&view, region, *address, *check),
-                            Some(Withdrawal::RegionDrained | Withdrawal::TargetDrained)
-                        )
+                        w.drain.is_some()
                     } else {
-                        view.state(*address, *check) != State::Down
+                        w.state != State::Down
                     };
                     let address = address.to_string();
                     let labels = [

@@ -1,9 +1,9 @@
 //! The admin HTTP port: liveness, readiness, `/status`, `/metrics`, drains, reload and a small
 //! status page.
 //!
-//! Owns the HTTP surface only: state lives in [`App`] (the snapshot, the health subsystem and
-//! the metrics). Key items: [`start`] (binds `server.admin_listen`, logs
-//! `listening admin/http ADDR`, spawns the server and the metrics feed), [`router`],
+//! Owns the HTTP surface only: state lives in the [`Handles`] it is given (the snapshot cell,
+//! the health subsystem, the metrics and the reloader). Key items: [`start`] (binds `server.admin_listen`, logs
+//! `listening admin/http ADDR`, spawns the server and the metrics feed), the router,
 //! [`AdminError`] (every error is JSON `{"error": "..."}` with a fitting status) and
 //! [`status::StatusReport`] (the `/status` document).
 //!
@@ -33,11 +33,9 @@
 mod gauges;
 pub mod status;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -53,11 +51,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::app::{App, Snapshot};
 use crate::config::ConfigErrors;
-use crate::health::{HealthError, ProbeReport, TransitionEvent};
+use crate::health::{Health, HealthError, ProbeReport, TransitionEvent};
 use crate::metrics::Metrics;
 use crate::metrics::text::{Format, negotiate, to_prometheus_text};
+use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
 
 /// The status page, served at `/`: one HTML file with inline CSS and JS that polls `/status`.
@@ -163,10 +161,23 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// What the admin port needs of the running server.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The live snapshot (config, services).
+    pub snapshot: SnapshotCell,
+    /// Probes, their state and the operator's drains.
+    pub health: Health,
+    /// Counters, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Runs `POST /reload`.
+    pub reloader: Reloader,
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 struct AdminState {
-    app: App,
+    app: Handles,
     registry: Arc<Registry>,
     /// The bound address: mutating calls without a token file need it to be loopback.
     local: SocketAddr,
@@ -176,7 +187,7 @@ struct AdminState {
 /// port, and spawns on `tasks` the HTTP server and the task feeding health events into the
 /// metrics; both stop when `token` is cancelled. Returns the bound address.
 pub async fn start(
-    app: &App,
+    app: Handles,
     tasks: &TaskTracker,
     token: CancellationToken,
 ) -> anyhow::Result<Option<SocketAddr>> {
@@ -210,15 +221,15 @@ pub async fn start(
     Ok(Some(local))
 }
 
-/// Returns the admin router for `app`, bound at `local`.
-pub fn router(app: &App, local: SocketAddr) -> Router {
+/// Returns the admin router over `app`, bound at `local`.
+fn router(app: Handles, local: SocketAddr) -> Router {
     let gauges = gauges::HealthCollector {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
     };
     let registry = app.metrics.registry(vec![Box::new(gauges)]);
     let state = AdminState {
-        app: app.clone(),
+        app,
         registry: Arc::new(registry),
         local,
     };
@@ -256,9 +267,9 @@ async fn explain(
     let qtype = q.get("type").map_or("A", String::as_str);
     let snapshot = s.app.snapshot.load();
     let view = s.app.health.view();
-    match crate::app::explain_in(&snapshot, &view, client, name, qtype) {
+    match crate::snapshot::explain_in(&snapshot, &view, client, name, qtype) {
         Ok(e) => Ok(axum::Json(e).into_response()),
-        Err(crate::app::ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
+        Err(ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
             "{n} is not a service name (static names are answered from the zone file)"
         ))),
         Err(e) => Err(AdminError::BadParameter(e.to_string())),
@@ -293,14 +304,12 @@ async fn ready(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Response {
     let snapshot = s.app.snapshot.load();
-    let drained: BTreeSet<String> = s.app.health.drained_regions().into_iter().collect();
     let report = StatusReport::build(
         &snapshot.config,
-        &s.app.config_path,
+        s.app.reloader.config_path(),
         s.app.health.first_round_done(),
+        &s.app.health.view(),
         &s.app.health.status(),
-        &drained,
-        &s.app.health.drained_targets().into_iter().collect(),
     );
     axum::Json(report).into_response()
 }
@@ -453,9 +462,9 @@ async fn reload(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     authorize(&s, peer, &headers).await?;
-    let app = s.app.clone();
+    let reloader = s.app.reloader.clone();
     // Reload reads and parses files: keep it off the async workers.
-    let result = tokio::task::spawn_blocking(move || app.reload())
+    let result = tokio::task::spawn_blocking(move || reloader.reload())
         .await
         .map_err(|e| AdminError::Internal(format!("reload task: {e}")))?;
     match result {
@@ -464,7 +473,7 @@ async fn reload(
             info!(%peer, "admin: configuration reloaded");
             Ok(axum::Json(json!({
                 "reloaded": true,
-                "config_file": s.app.config_path.display().to_string(),
+                "config_file": s.app.reloader.config_path().display().to_string(),
                 "services": snapshot.config.services.len(),
                 "regions": snapshot.config.regions.len(),
             }))
@@ -547,7 +556,7 @@ fn is_same_token(given: &str, expected: &str) -> bool {
 /// Feeds health transitions and probe durations into the metrics until `token` is cancelled.
 async fn feed_metrics(
     metrics: Arc<Metrics>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: SnapshotCell,
     mut events: broadcast::Receiver<TransitionEvent>,
     mut probes: broadcast::Receiver<ProbeReport>,
     token: CancellationToken,

@@ -23,7 +23,7 @@ use hickory_proto::rr::RecordType;
 use super::response::{self, Opt};
 use super::wire::{self, HEADER_LEN, Query};
 use super::{Answerer, Transport, rcode};
-use crate::app::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Entries kept per cache; when full, the cache is emptied (a flood of random names cannot
 /// grow it without bound, and the hot names come back on their next query).
@@ -166,7 +166,7 @@ fn is_cacheable_answer(snap: &Snapshot, q: &Query<'_>, rc: u16, body: &[u8]) -> 
     if !matches!(RecordType::from(q.qtype), RecordType::A | RecordType::AAAA) {
         return true;
     }
-    let is_service = snap.services.by_wire.contains_key(&q.qname_lower[..]);
+    let is_service = snap.services.by_wire(&q.qname_lower).is_some();
     !is_service
         && answer_types(body, HEADER_LEN + q.question.len()).is_some_and(|t| !t.contains(&5))
 }
@@ -247,7 +247,7 @@ mod tests {
 
     fn answerer() -> Answerer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
-        let snap = crate::app::load_snapshot(&path).expect("bench config loads");
+        let snap = crate::snapshot::load(&path).expect("bench config loads");
         Answerer {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(cache.len(), 1);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
         a.snapshot
-            .store(Arc::new(crate::app::load_snapshot(&path).unwrap()));
+            .store(Arc::new(crate::snapshot::load(&path).unwrap()));
         let q = query("example.net", 2, 0, None);
         a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
         assert_eq!(cache.len(), 1);

@@ -18,7 +18,6 @@ pub mod tcp;
 pub mod udp;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -26,11 +25,10 @@ use arc_swap::ArcSwap;
 use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
-use crate::app::Snapshot;
-use crate::config::Config;
 use crate::health::HealthView;
-use crate::metrics::{AnswerCounter, Metrics};
-use crate::policy::{Client, CompiledService, Family, Outcome};
+use crate::metrics::Metrics;
+use crate::policy::{Client, Family, Outcome};
+use crate::snapshot::{Dynamic, Snapshot, name_to_wire};
 use crate::zone::{Found, Zone};
 use response::{Answer, Head, Opt, Sections};
 use wire::{Query, Reject};
@@ -65,86 +63,6 @@ impl Transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
         }
-    }
-}
-
-/// The dynamic names of a snapshot, keyed by their lowercase wire form (so that the answer
-/// path looks them up straight from the query's bytes, without building a name).
-#[derive(Debug, Default)]
-pub struct Services {
-    by_wire: HashMap<Vec<u8>, Dynamic>,
-}
-
-/// One dynamic name: its compiled service and its answer counters by region.
-#[derive(Debug)]
-struct Dynamic {
-    service: CompiledService,
-    /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
-    /// and AAAA (empty until [`Services::count_answers_in`]).
-    answers: Vec<(String, [AnswerCounter; 2])>,
-}
-
-impl Dynamic {
-    /// Counts an answer once for each region its addresses come from.
-    fn count(&self, addrs: &[IpAddr]) {
-        for (i, a) in addrs.iter().enumerate() {
-            let Some(region) = self.service.region_of(*a) else {
-                continue;
-            };
-            let seen = addrs[..i]
-                .iter()
-                .any(|b| self.service.region_of(*b) == Some(region));
-            if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
-                c[usize::from(a.is_ipv6())].inc();
-            }
-        }
-    }
-}
-
-impl Services {
-    /// Compiles every service of `config`.
-    pub fn new(config: &Config) -> Self {
-        let by_wire = config
-            .services
-            .iter()
-            .filter_map(|s| {
-                let service = CompiledService::new(s, config);
-                Some((
-                    name_to_wire(&s.name)?,
-                    Dynamic {
-                        service,
-                        answers: Vec::new(),
-                    },
-                ))
-            })
-            .collect();
-        Self { by_wire }
-    }
-
-    /// Obtains the answer counters of every service and region from `metrics` (this takes a
-    /// lock: done once per snapshot, never per query).
-    pub fn count_answers_in(&mut self, metrics: &Metrics) {
-        for d in self.by_wire.values_mut() {
-            let s = d.service.service();
-            d.answers = s
-                .endpoints
-                .iter()
-                .map(|e| {
-                    let counter = |family| metrics.answer_counter(&s.name, &e.region, family);
-                    (e.region.clone(), [counter("A"), counter("AAAA")])
-                })
-                .collect();
-        }
-    }
-
-    /// Returns the service answering `name` (any case, with or without the final dot).
-    pub fn get(&self, name: &str) -> Option<&CompiledService> {
-        self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
-    }
-
-    /// Returns every service.
-    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
-        self.by_wire.values().map(|d| &d.service)
     }
 }
 
@@ -324,7 +242,7 @@ fn answer(
     // A dynamic name: looked up from the query's bytes, answered without building a name
     // unless the answer is negative (which needs the zone's SOA). Every service name is inside
     // a zone (checked when the snapshot is built), so AA holds.
-    if let Some(service) = snap.services.by_wire.get(&q.qname_lower[..])
+    if let Some(service) = snap.services.by_wire(&q.qname_lower)
         && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
     {
         head.aa = true;
@@ -394,7 +312,7 @@ fn answer(
                         name = target_lower;
                         if matches!(qtype, RecordType::A | RecordType::AAAA)
                             && let Some(service) = name_to_wire(&target.0.to_ascii())
-                                .and_then(|w| snap.services.by_wire.get(&w))
+                                .and_then(|w| snap.services.by_wire(&w))
                         {
                             let rc = dynamic(
                                 snap,
@@ -468,14 +386,14 @@ fn dynamic(
         .edns
         .as_ref()
         .and_then(|e| e.ecs)
-        .filter(|e| e.source > 0 && dynamic.service.service().ecs);
+        .filter(|e| e.source > 0 && dynamic.service().service().ecs);
     let located = snap.geo.locate(ecs.map_or(resolver, |e| e.addr));
     let client = Client {
         located: &located,
         ecs_source_prefix: ecs.map(|e| e.source),
     };
     let decision = dynamic
-        .service
+        .service()
         .decide(&client, family, health, rand::random());
     if ecs.is_some() {
         echo_ecs(decision.scope);
@@ -542,22 +460,4 @@ fn wire_to_name(wire: &[u8]) -> Option<LowerName> {
     let mut name = Name::from_labels(labels).ok()?;
     name.set_fqdn(true);
     Some(LowerName::new(&name))
-}
-
-/// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
-/// `None` when it is not a valid name.
-fn name_to_wire(name: &str) -> Option<Vec<u8>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut wire = Vec::with_capacity(name.len() + 2);
-    if !name.is_empty() {
-        for label in name.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return None;
-            }
-            wire.push(label.len() as u8);
-            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
-    }
-    wire.push(0);
-    (wire.len() <= 255).then_some(wire)
 }

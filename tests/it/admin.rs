@@ -412,10 +412,15 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
     });
 
     // Probe durations: a histogram by check and region.
-    let m = scrape(&s);
     let web_us = [("check", "web"), ("region", "us-east")];
-    let count = value(&m, &format!("{PROBE_DURATION_SECONDS}_count"), &web_us).unwrap();
-    assert!(count >= 2.0, "{count}");
+    let probes = |m: &[Sample]| value(m, &format!("{PROBE_DURATION_SECONDS}_count"), &web_us);
+    eventually(
+        "two probes of us-east observed",
+        Duration::from_secs(10),
+        || probes(&scrape(&s)).is_some_and(|n| n >= 2.0),
+    );
+    let m = scrape(&s);
+    let count = probes(&m).unwrap();
     assert_eq!(
         value(
             &m,
