@@ -9,9 +9,13 @@
 //! Behaviour follows BIND, Knot and NSD for an authoritative-only server: REFUSED outside our
 //! zones, AA on authoritative answers, NXDOMAIN/NODATA with the SOA (RFC 2308), CNAMEs chased
 //! inside our zones, referrals below delegations, minimal ANY answers (RFC 8482), BADVERS for
-//! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871).
+//! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871). Before any
+//! answer: NOTIMP for opcodes other than QUERY (RFC 8906 §3.1.3), FORMERR with an OPT when the
+//! query had one (RFC 6891 §7), NOTAUTH/BADKEY for TSIG-signed queries since no key is
+//! configured (RFC 8945 §5.2), and DNS cookies on every answer (RFC 7873, RFC 9018, [`cookie`]).
 
 pub mod cache;
+pub mod cookie;
 pub mod response;
 pub mod rrl;
 pub mod tcp;
@@ -45,7 +49,10 @@ mod rcode {
     pub(super) const NXDOMAIN: u16 = 3;
     pub(super) const NOTIMP: u16 = 4;
     pub(super) const REFUSED: u16 = 5;
+    pub(super) const NOTAUTH: u16 = 9;
     pub(super) const BADVERS: u16 = 16;
+    /// TSIG error (in the TSIG record, not the header): key not recognised (RFC 8945).
+    pub(super) const BADKEY: u16 = 17;
 }
 
 /// The transport a query came over.
@@ -91,7 +98,26 @@ impl Answerer {
         let health = self.health.load();
         let (qtype, rcode) = match wire::parse(query) {
             Err(Reject::Drop) => return false,
-            Err(Reject::FormErr { id, opcode, rd }) => {
+            Err(Reject::NotImp { id, opcode, opt }) => {
+                // RFC 8906 §3.1.3: the opcode copied, QR set, every other flag clear, no
+                // records (ISC genreport's `opcode` and `opcodeflg`); an OPT only if the
+                // request had one (RFC 6891 §7).
+                let head = Head {
+                    id,
+                    opcode,
+                    rcode: rcode::NOTIMP,
+                    ..Head::default()
+                };
+                let opt = opt.then(Opt::default);
+                response::write(out, head, None, &Sections::default(), opt.as_ref());
+                (0, rcode::NOTIMP)
+            }
+            Err(Reject::FormErr {
+                id,
+                opcode,
+                rd,
+                opt,
+            }) => {
                 let head = Head {
                     id,
                     opcode,
@@ -99,7 +125,10 @@ impl Answerer {
                     rcode: rcode::FORMERR,
                     ..Head::default()
                 };
-                response::write(out, head, None, &Sections::default(), None);
+                // RFC 6891 §7: a query with a readable OPT gets one back, so that the client
+                // does not take the FORMERR for a server without EDNS.
+                let opt = opt.then(Opt::default);
+                response::write(out, head, None, &Sections::default(), opt.as_ref());
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
@@ -149,10 +178,7 @@ fn answer(
 ) -> u16 {
     let mut head = Head::answering(q);
     let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
-    let mut opt = q.edns.as_ref().map(|e| Opt {
-        nsid: if e.nsid { nsid } else { None },
-        ecs: None,
-    });
+    let mut opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
     // RFC 7871 §7.2.1: echo the option; scope 0 unless the answer depended on the subnet.
     let echo_ecs = |opt: &mut Option<Opt<'_>>, scope: u8| {
         if let (Some(o), Some(ecs)) = (opt.as_mut(), q.edns.as_ref().and_then(|e| e.ecs)) {
@@ -190,8 +216,28 @@ fn answer(
         reply(out, head, &Sections::default(), opt)
     };
 
-    if q.opcode != 0 {
-        return error(out, head, rcode::NOTIMP, &opt);
+    // Other opcodes never get here (wire::Reject::NotImp).
+    if let Some(tsig) = &q.tsig {
+        // RFC 8945 §5.2.1: no key is configured, so every key is unknown: NOTAUTH, and the
+        // TSIG back, unsigned, with BADKEY (§5.3.2).
+        head.rcode = error(out, head, rcode::NOTAUTH, &opt);
+        if out.get(2).is_some_and(|f| f & 0x02 == 0) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            response::append_tsig_error(out, tsig, rcode::BADKEY, now);
+            if transport == Transport::Udp && out.len() > response::udp_limit(q) {
+                head.tc = true;
+                response::write(
+                    out,
+                    head,
+                    Some(q.question),
+                    &Sections::default(),
+                    opt.as_ref(),
+                );
+            }
+        }
+        return head.rcode;
     }
     if q.edns.as_ref().is_some_and(|e| e.version > 0) {
         // RFC 6891 §6.1.3: BADVERS, with an OPT of our version.

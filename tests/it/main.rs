@@ -11,3 +11,4 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod wire;
