@@ -116,6 +116,7 @@ impl Answerer {
                 id,
                 opcode,
                 rd,
+                question_end,
                 opt,
             }) => {
                 let head = Head {
@@ -128,7 +129,9 @@ impl Answerer {
                 // RFC 6891 §7: a query with a readable OPT gets one back, so that the client
                 // does not take the FORMERR for a server without EDNS.
                 let opt = opt.then(Opt::default);
-                response::write(out, head, None, &Sections::default(), opt.as_ref());
+                // The question, when it could be read, so that clients match the response.
+                let question = question_end.and_then(|end| query.get(wire::HEADER_LEN..end));
+                response::write(out, head, question, &Sections::default(), opt.as_ref());
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
