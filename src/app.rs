@@ -47,7 +47,9 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     // Probes begin once the metrics and the webhook listen (below), so that no transition,
     // not even the first, goes uncounted.
     let health = Health::new(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let snapshot = Arc::new(snapshot);
+    crate::snapshot::start_scope_maps(&snapshot);
+    let snapshot = Arc::new(ArcSwap::new(snapshot));
     let reloader = Reloader::new(
         config_path,
         snapshot.clone(),

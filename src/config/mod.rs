@@ -206,6 +206,10 @@ pub struct Server {
     pub state_file: Option<PathBuf>,
     /// MaxMind-format GeoIP database.
     pub geoip: Option<PathBuf>,
+    /// Locate NAT64, 6to4 and Teredo clients by the IPv4 address they embed (default true).
+    pub ipv6_transition: bool,
+    /// NAT64 prefixes besides `64:ff9b::/96` (RFC 6052 lengths: 32, 40, 48, 56, 64, 96).
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
     /// RFC 5001 name server identifier, returned when a query asks for it.
     pub nsid: Option<String>,
     /// DNS cookie secrets (RFC 9018 §4.4) from `cookie_secret_file`: the first makes server

@@ -16,6 +16,8 @@ pub struct RawServer {
     pub admin_token_file: Option<String>,
     pub state_file: Option<String>,
     pub geoip: Option<String>,
+    pub ipv6_transition: Option<bool>,
+    pub nat64_prefixes: Option<Vec<String>>,
     pub nsid: Option<String>,
     pub cookie_secret_file: Option<String>,
     pub udp_workers: Option<usize>,

@@ -190,6 +190,8 @@ impl Validator {
             admin_token_file: None,
             state_file: None,
             geoip: None,
+            ipv6_transition: None,
+            nat64_prefixes: None,
             nsid: None,
             cookie_secret_file: None,
             udp_workers: None,
@@ -258,6 +260,25 @@ impl Validator {
                 format!("GeoIP database {} does not exist", p.display()),
             );
         }
+        let mut nat64_prefixes: Vec<ipnet::Ipv6Net> = Vec::new();
+        for (i, p) in raw.nat64_prefixes.iter().flatten().enumerate() {
+            let key = format!("server.nat64_prefixes[{i}]");
+            match p.parse::<ipnet::Ipv6Net>() {
+                Ok(n) if n.trunc() != n => self.err(
+                    key,
+                    format!("{p} has host bits set (did you mean {}?)", n.trunc()),
+                ),
+                Ok(n) if ![32, 40, 48, 56, 64, 96].contains(&n.prefix_len()) => self.err(
+                    key,
+                    format!("{p}: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long (RFC 6052)"),
+                ),
+                Ok(n) if nat64_prefixes.contains(&n) => {
+                    self.err(key, format!("duplicate prefix {p}"))
+                }
+                Ok(n) => nat64_prefixes.push(n),
+                Err(_) => self.err(key, format!("{p:?} is not an IPv6 network")),
+            }
+        }
         if let Some(n) = &raw.nsid
             && (n.is_empty() || n.len() > 255)
         {
@@ -287,6 +308,8 @@ impl Validator {
             admin_token_file,
             state_file,
             geoip,
+            ipv6_transition: raw.ipv6_transition.unwrap_or(true),
+            nat64_prefixes,
             nsid: raw.nsid,
             cookie_secrets,
             udp_workers: raw.udp_workers,
@@ -1056,6 +1079,32 @@ timeout = "1s"
         assert!(
             errs.iter().all(|e| e.starts_with("/nonexistent/m.toml: ")),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn issue_13_nat64_prefixes_must_be_rfc6052_networks() {
+        let text = MIN.replace(
+            "dns_listen = [\"127.0.0.1:0\"]",
+            "dns_listen = [\"127.0.0.1:0\"]\nnat64_prefixes = [\"2001:db8:64::/96\", \"2001:db8::/44\", \"2001:db8::1/96\", \"10.0.0.0/8\", \"2001:db8:64::/96\"]",
+        );
+        let errs = errors(&text).join("\n");
+        assert!(!errs.contains("nat64_prefixes[0]"), "{errs}");
+        assert!(
+            errs.contains("server.nat64_prefixes[1]: 2001:db8::/44: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[2]: 2001:db8::1/96 has host bits set (did you mean 2001:db8::/96?)"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[3]: \"10.0.0.0/8\" is not an IPv6 network"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[4]: duplicate prefix"),
+            "{errs}"
         );
     }
 

@@ -52,7 +52,7 @@ impl Dynamic {
 impl Services {
     /// Compiles every service of `config`.
     pub fn new(config: &Config) -> Self {
-        let by_wire = config
+        let mut by_wire: HashMap<Vec<u8>, Dynamic> = config
             .services
             .iter()
             .filter_map(|s| {
@@ -66,6 +66,7 @@ impl Services {
                 ))
             })
             .collect();
+        crate::policy::share_scope_maps(by_wire.values_mut().map(|d| &mut d.service));
         Self { by_wire }
     }
 
@@ -93,6 +94,10 @@ impl Services {
     /// Returns the service answering `name` (any case, with or without the final dot).
     pub fn get(&self, name: &str) -> Option<&CompiledService> {
         self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
+    }
+    /// Returns every service.
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
+        self.by_wire.values().map(|d| &d.service)
     }
 }
 

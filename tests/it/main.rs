@@ -6,6 +6,7 @@ mod admin;
 mod backend;
 mod cli;
 mod dns;
+mod edges;
 mod fuzz;
 mod geo;
 mod harness;
