@@ -51,12 +51,14 @@ pub const CHECK_TARGETS: &str = "meridian_check_targets";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "meridian_health_transitions_total";
 /// Probe duration histogram, by check and region (of the target, the first in config order).
 pub const PROBE_DURATION_SECONDS: &str = "meridian_probe_duration_seconds";
-/// Probe results, by check and result (`ok`, `error`).
+/// Probe results, by check and result (`pass`, `fail`, `error`: our own trouble).
 pub const PROBES_TOTAL: &str = "meridian_probes_total";
 /// Build time of the GeoIP database in use (its metadata's `build_epoch`), Unix seconds.
 pub const GEOIP_BUILD_TIMESTAMP_SECONDS: &str = "meridian_geoip_build_timestamp_seconds";
 /// Always 1, labelled with the server's `version` and the git `commit` it was built from.
 pub const BUILD_INFO: &str = "meridian_build_info";
+/// Probes that failed because of our own trouble (not the target's), by reason.
+pub const PROBE_ERRORS_TOTAL: &str = "meridian_probe_errors_total";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
 /// When the config in force was loaded (start or successful reload), Unix seconds.
@@ -268,12 +270,11 @@ impl Metrics {
     }
 
     /// Records how long one probe of `check` on a target of `region` took, in seconds, and
-    /// whether it passed.
-    pub fn observe_probe(&self, check: &str, region: &str, seconds: f64, ok: bool) {
+    /// its `result`: `pass`, `fail` (the target's fault) or `error` (our own).
+    pub fn observe_probe(&self, check: &str, region: &str, seconds: f64, result: &str) {
         self.probe_duration
             .get_or_create(&[("check", check.to_string()), ("region", region.to_string())])
             .observe(seconds);
-        let result = if ok { "ok" } else { "error" };
         self.probes
             .get_or_create(&[("check", check.to_string()), ("result", result.to_string())])
             .inc();
@@ -327,7 +328,7 @@ impl Metrics {
         );
         registry.register(
             counter_name(PROBES_TOTAL),
-            "Health probes run, by check and result (ok, error)",
+            "Health probes run, by check and result (pass, fail, error)",
             self.probes.clone(),
         );
         registry.register(
@@ -429,7 +430,7 @@ mod tests {
         m.dns.count(1, 28, 3);
         m.answer_counter("api.example.net.", "eu-west", "A").inc();
         m.count_transition("192.0.2.1", "down");
-        m.observe_probe("web", "eu-west", 0.003, true);
+        m.observe_probe("web", "eu-west", 0.003, "pass");
         m.count_reload(false);
         let text = render(&m);
         let text = text
@@ -442,7 +443,7 @@ mod tests {
             r#"meridian_health_transitions_total{address="192.0.2.1",to="down"} 1"#,
             r#"meridian_probe_duration_seconds_bucket{le="0.005",check="web",region="eu-west"} 1"#,
             r#"meridian_probe_duration_seconds_count{check="web",region="eu-west"} 1"#,
-            r#"meridian_probes_total{check="web",result="ok"} 1"#,
+            r#"meridian_probes_total{check="web",result="pass"} 1"#,
             r#"meridian_dns_ecs_queries_total{ecs="no"} 0"#,
             r#"meridian_build_info{version="VERSION",commit="COMMIT"} 1"#,
             r#"meridian_config_reloads_total{result="ok"} 0"#,

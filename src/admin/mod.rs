@@ -42,19 +42,21 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::ConfigErrors;
 use crate::health::{Health, HealthError, ProbeReport, TransitionEvent};
-use crate::metrics::Metrics;
 use crate::metrics::text::{Format, negotiate, to_prometheus_text};
+use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL};
 use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
 
@@ -227,7 +229,12 @@ fn router(app: Handles, local: SocketAddr) -> Router {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
     };
-    let registry = app.metrics.registry(vec![Box::new(gauges)]);
+    let probe_errors = ProbeErrorsCollector {
+        health: app.health.clone(),
+    };
+    let registry = app
+        .metrics
+        .registry(vec![Box::new(gauges), Box::new(probe_errors)]);
     let state = AdminState {
         app,
         registry: Arc::new(registry),
@@ -557,30 +564,29 @@ fn is_same_token(given: &str, expected: &str) -> bool {
 async fn feed_metrics(
     metrics: Arc<Metrics>,
     snapshot: SnapshotCell,
-    mut events: broadcast::Receiver<TransitionEvent>,
-    mut probes: broadcast::Receiver<ProbeReport>,
+    mut events: mpsc::UnboundedReceiver<TransitionEvent>,
+    mut probes: mpsc::UnboundedReceiver<ProbeReport>,
     token: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             e = events.recv() => match e {
-                Ok(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind health transitions; some are not counted");
-                }
-                Err(RecvError::Closed) => return,
+                Some(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
+                None => return,
             },
             p = probes.recv() => match p {
-                Ok(p) => {
+                Some(p) => {
                     let snap = snapshot.load();
                     let region = probe_region(&snap.config, &p);
-                    metrics.observe_probe(&p.key.check, region, p.latency.as_secs_f64(), p.ok);
+                    let result = match (p.ok, p.own_error) {
+                        (true, _) => "pass",
+                        (false, None) => "fail",
+                        (false, Some(_)) => "error",
+                    };
+                    metrics.observe_probe(&p.key.check, region, p.latency.as_secs_f64(), result);
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind probe results; some are not observed");
-                }
-                Err(RecvError::Closed) => return,
+                None => return,
             },
         }
     }
@@ -596,6 +602,29 @@ fn probe_region<'a>(config: &'a crate::config::Config, p: &ProbeReport) -> &'a s
         .flat_map(|s| &s.endpoints)
         .find(|e| e.check.as_deref() == Some(&*p.key.check) && e.addresses.contains(&p.key.address))
         .map_or("unknown", |e| e.region.as_str())
+}
+
+/// Reads `meridian_probe_errors_total{reason}` at scrape time from the health subsystem's
+/// counters (exact: nothing goes through a channel).
+#[derive(Debug)]
+struct ProbeErrorsCollector {
+    health: crate::health::Health,
+}
+
+impl Collector for ProbeErrorsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            PROBE_ERRORS_TOTAL.strip_suffix("_total").unwrap_or(PROBE_ERRORS_TOTAL),
+            "Probes that failed because of our own trouble, not the target's (no state changes on them), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in self.health.probe_errors() {
+            let counter = prometheus_client::metrics::counter::ConstCounter::new(count);
+            counter.encode(metric.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub const DEFAULT_SERVICE_TTL: u32 = 30;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a probe may take before it counts as failed.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `fast_interval` of a check, as a divisor of its `interval` (HAProxy's `fastinter`).
+pub const DEFAULT_FAST_INTERVAL_DIVISOR: u32 = 4;
 /// Default consecutive successes for a target to go up.
 pub const DEFAULT_RISE: u32 = 2;
 /// Default consecutive failures for a target to go down.
@@ -345,6 +347,10 @@ pub struct Check {
     pub host: Option<String>,
     /// Time between two probes of one target.
     pub interval: Duration,
+    /// Time between two probes of one target while its results disagree with its state (after
+    /// a first failure of an up target, a first success of a down one); default
+    /// `interval / 4`, at most `interval`.
+    pub fast_interval: Duration,
     /// Time a probe may take; always less than `interval`.
     pub timeout: Duration,
     /// Consecutive successes to go up.
@@ -359,6 +365,29 @@ pub struct Check {
     pub headers: Vec<(String, String)>,
     /// Verify the server certificate (https); default true.
     pub tls_verify: bool,
+    /// The state of a target before its first result; default `unknown`.
+    pub initial_state: InitialState,
+}
+
+/// The state of a target before its first probe result (`initial_state` of a check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum InitialState {
+    /// Answered as up; a first success makes it up, only `fall` consecutive failures make it
+    /// down (no target is withdrawn on its first result alone).
+    #[default]
+    Unknown,
+    /// Withdrawn until its first success, which makes it up at once.
+    Down,
+}
+
+impl InitialState {
+    /// Returns the config spelling (`unknown`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Unknown => "unknown",
+            InitialState::Down => "down",
+        }
+    }
 }
 
 /// How a service orders its regions.

@@ -70,6 +70,7 @@ pub struct RawCheck {
     pub path: Option<String>,
     pub host: Option<String>,
     pub interval: Option<String>,
+    pub fast_interval: Option<String>,
     pub timeout: Option<String>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
@@ -77,6 +78,7 @@ pub struct RawCheck {
     pub body_contains: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub tls_verify: Option<bool>,
+    pub initial_state: Option<String>,
 }
 
 /// One `[[service]]`.

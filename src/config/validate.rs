@@ -650,6 +650,30 @@ impl Validator {
                 format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
             );
         }
+        let fast_interval = self.duration(
+            &format!("{key}.fast_interval"),
+            raw.fast_interval.as_deref(),
+            interval / DEFAULT_FAST_INTERVAL_DIVISOR,
+        );
+        if fast_interval > interval {
+            self.err(
+                format!("{key}.fast_interval"),
+                format!(
+                    "fast_interval ({fast_interval:?}) must not be more than interval ({interval:?})"
+                ),
+            );
+        }
+        let initial_state = match raw.initial_state.as_deref() {
+            None | Some("unknown") => InitialState::Unknown,
+            Some("down") => InitialState::Down,
+            Some(other) => {
+                self.err(
+                    format!("{key}.initial_state"),
+                    format!("unknown initial state {other:?}, expected one of: unknown, down"),
+                );
+                InitialState::Unknown
+            }
+        };
         let mut count =
             |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
             {
@@ -712,6 +736,7 @@ impl Validator {
             path,
             host: raw.host,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
@@ -719,6 +744,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            initial_state,
         })
     }
 
@@ -1038,6 +1064,52 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let c = parse_str(
+            &file,
+            &format!("{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"2s\"\n"),
+        )
+        .unwrap();
+        let web = &c.checks[1];
+        assert_eq!(web.fast_interval, Duration::from_millis(500));
+        assert_eq!(web.initial_state, InitialState::Unknown);
+        let c = parse_str(
+            &file,
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\nfast_interval = \"100ms\"\n\
+                 initial_state = \"down\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.checks[1].fast_interval, Duration::from_millis(100));
+        assert_eq!(c.checks[1].initial_state, InitialState::Down);
+    }
+
+    #[test]
+    fn fast_interval_above_interval_and_unknown_initial_state_are_rejected() {
+        let err = parse_str(
+            Path::new("/nonexistent/m.toml"),
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\n\
+                 fast_interval = \"2s\"\ninitial_state = \"up\"\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("check.probe.fast_interval: fast_interval"),
+            "{err}"
+        );
+        assert!(
+            err.contains("check.probe.initial_state: unknown initial state \"up\", expected one of: unknown, down"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -233,11 +233,11 @@ fn ready_is_503_until_the_first_probe_round_completes_and_live_is_always_200() {
     assert_eq!(get(&s, "/ready").json()["ready"], true);
     let status = get(&s, "/status").json();
     assert_eq!(status["ready"], true);
-    assert_eq!(
-        target(&status, 0, 0, 0)["state"],
-        "down",
-        "timed out: {status}"
-    );
+    // Issue #17: one timeout does not withdraw a target (fall = 3 does).
+    let t = target(&status, 0, 0, 0);
+    assert_eq!(t["state"], "unknown", "{status}");
+    assert_eq!(t["last_check"]["result"], "fail", "{status}");
+    assert_eq!(t["last_check"]["error"], "timed out after 3s", "{status}");
 }
 
 #[test]

@@ -60,6 +60,18 @@ fn exercised_server(backend: &HttpStub) -> Server {
         ),
     ));
     crate::admin::wait_ready(&s);
+    // The targets without a backend go down after `fall` failed probes.
+    eventually(
+        "the targets without a backend down",
+        Duration::from_secs(15),
+        || {
+            let m = crate::admin::scrape(&s);
+            ["127.0.0.2", "127.0.0.3", "::1"].iter().all(|a| {
+                m.iter()
+                    .any(|x| x.name == TARGET_UP && x.labels["address"] == *a && x.value == 0.0)
+            })
+        },
+    );
     s
 }
 
