@@ -12,4 +12,5 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod reload;
 mod wire;
