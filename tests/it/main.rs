@@ -12,5 +12,6 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
 mod reload;
 mod wire;
