@@ -622,12 +622,13 @@ impl Collector for TargetUpCollector {
         for s in services {
             for e in &s.endpoints {
                 for a in &e.addresses {
-                    let w = withdrawal(&**view, &e.region, *a, e.check.as_deref());
+                    let check = e.check_name();
+                    let w = withdrawal(&**view, &e.region.name, *a, check);
                     let up = !w.is_withdrawn();
                     let address = a.to_string();
                     let labels = [
                         ("service", s.name.as_str()),
-                        ("region", e.region.as_str()),
+                        ("region", e.region.name.as_str()),
                         ("address", address.as_str()),
                     ];
                     ConstGauge::new(i64::from(up)).encode(metric.encode_family(&labels)?)?;

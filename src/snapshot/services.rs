@@ -78,7 +78,10 @@ impl Services {
             d.answers = s
                 .endpoints
                 .iter()
-                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .map(|e| {
+                    let region = &e.region.name;
+                    (region.clone(), metrics.answer_counter(&s.name, region))
+                })
                 .collect();
         }
     }
