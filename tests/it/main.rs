@@ -11,5 +11,6 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
 mod reload;
 mod wire;
