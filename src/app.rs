@@ -140,6 +140,13 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         side.handle()
             .spawn(async move {
                 crate::admin::start(admin, &tasks, token.clone()).await?;
+                // Its events go to the webhook once notify takes them (issue 12, item 4).
+                let _outages = crate::outage::start(
+                    snapshot.clone(),
+                    health.view_cell(),
+                    &tasks,
+                    token.clone(),
+                );
                 crate::notify::start(
                     health.subscribe(),
                     snapshot,

@@ -132,6 +132,8 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
+                self.metrics
+                    .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
                 let rcode = answer_guarded(&snap, &health, &q, client, transport, out);
                 (q.qtype, rcode)
             }

@@ -12,5 +12,7 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
+mod reload;
 mod scale;
 mod wire;
