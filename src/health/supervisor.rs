@@ -6,7 +6,7 @@
 //! targets that started together drift apart instead of probing in bursts. After a result that disagrees with the
 //! target's state (a failure of an up target, a success of a down one) extra probes run every
 //! `fast_interval` until the state is decided (HAProxy's `fastinter`), between the regular
-//! probes, which keep their grid (see [`run_probe`]).
+//! probes, which keep their grid (see `run_probe`).
 //!
 //! Each result goes to that target's [`TargetState`]. A result that is our own error
 //! ([`ProbeError::Ours`](super::probe::ProbeError::Ours)) changes no state; it is counted by
