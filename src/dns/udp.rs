@@ -155,7 +155,7 @@ fn admit(
     };
     let snap = answerer.snapshot.load();
     let secrets = super::cookie::secrets(&snap.config);
-    let has_cookie = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
+    let has_cookie = super::cookie::has_valid(query, peer.ip(), secrets);
     match l.check_client(peer.ip(), now, has_cookie) {
         Verdict::Send => true,
         Verdict::Slip => {
