@@ -105,6 +105,12 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         &admin_tasks,
         admin_token.clone(),
     );
+    // The file watcher reloads like SIGHUP; it stops with the admin port, last.
+    admin_tasks.spawn(crate::watch::run(
+        reloader.clone(),
+        snapshot.clone(),
+        admin_token.clone(),
+    ));
     admin_tasks.close();
     health.begin(&snapshot.load().config);
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");

@@ -15,6 +15,7 @@
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - `watch`: reloads by itself when the config, a zone file or the GeoIP database changes.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
@@ -29,4 +30,5 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod snapshot;
+mod watch;
 pub mod zone;

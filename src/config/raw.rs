@@ -21,6 +21,7 @@ pub struct RawServer {
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
+    pub watch_interval: Option<String>,
 }
 
 /// `[notify]`.

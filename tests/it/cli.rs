@@ -125,7 +125,12 @@ fn sigterm_shuts_down_cleanly_with_exit_0() {
         .wait_exit(Duration::from_secs(20))
         .expect("exited after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", s.log_text());
-    assert!(s.log_text().contains("stopped"));
+    // The log reader thread may still be behind the exit: wait for the line.
+    assert!(
+        s.wait_log("stopped", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
     // The port is closed: a new TCP connection is refused.
     assert!(std::net::TcpStream::connect_timeout(&s.dns, Duration::from_secs(2)).is_err());
 }
@@ -156,8 +161,13 @@ fn an_unknown_key_in_any_table_of_the_example_config_is_rejected() {
             }
             toml::Value::Table(_) if k != "nets" => targets.push((vec![k.clone()], k.clone())),
             toml::Value::Array(a) => {
-                for i in 0..a.len() {
-                    targets.push((vec![k.clone(), i.to_string()], format!("{k}[{i}]")));
+                for (i, item) in a.iter().enumerate() {
+                    // Services are named by name, other arrays ([[zone]]) by position.
+                    let key = match item.get("name").and_then(toml::Value::as_str) {
+                        Some(name) if k == "service" => format!("{k}[{name:?}]"),
+                        _ => format!("{k}[{i}]"),
+                    };
+                    targets.push((vec![k.clone(), i.to_string()], key));
                 }
             }
             _ => {}
@@ -225,7 +235,7 @@ fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": ok ("), "{out}");
     assert!(
-        err.contains("warning: ") && err.contains("service[0].geo.SA: \"SA\" is the country code of Saudi Arabia and the continent code of South America"),
+        err.contains("warning: ") && err.contains(r#"service["api.example.net."].geo.SA: "SA" is the country code of Saudi Arabia and the continent code of South America"#),
         "{err}"
     );
     assert!(
@@ -233,7 +243,7 @@ fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits
         "an explicit key is not ambiguous: {err}"
     );
     assert!(
-        err.contains("service[0].ttl: 3600s is more than ten times the 7s"),
+        err.contains(r#"service["api.example.net."].ttl: 3600s is more than ten times the 7s"#),
         "{err}"
     );
     // The example config has neither problem.
@@ -258,4 +268,34 @@ fn a_corrupt_state_file_is_reported_by_check_and_refused_by_serve() {
     let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("corrupt"), "{err}");
+}
+
+/// Issue 11: a type error names the service by name, the key, and the type expected (it used
+/// to say only `service[0]: invalid type`); a service without a name is named by position.
+#[test]
+fn issue_11_check_names_services_by_name_and_type_errors_by_key_and_expected_type() {
+    let text = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\n{ZONE}\n\
+         [region.a]\nlatitude = 1.0\nlongitude = 2.0\n\
+         [check.web]\nkind = \"tcp\"\nport = 80\nrise = true\n\
+         [[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\nttl = \"30\"\n\
+         endpoints = [{{ region = \"a\", addresses = [\"192.0.2.1\"] }}]\n\
+         [[service]]\nname = \"pay.example.net.\"\npolicy = \"nearest\"\n\
+         endpoints = [{{ region = \"a\", addresses = [\"192.0.2.2\"], weight = 1.5 }}]\n\
+         [[service]]\nname = \"cdn.example.net.\"\npolicy = \"nearest\"\n\
+         endpoints = [{{ region = \"mars\", addresses = [\"192.0.2.3\"] }}]\n\
+         [[service]]\npolicy = \"nearest\"\nendpoints = []\n"
+    );
+    let (code, _, err, _d) = check(&[("m.toml", &text)]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        r#"m.toml: service["api.example.net."].ttl: expected an integer, found string "30""#,
+        r#"m.toml: service["pay.example.net."].endpoints[0].weight: expected an integer, found number `1.5`"#,
+        r#"m.toml: service["cdn.example.net."].endpoints[0].region: unknown region "mars""#,
+        "m.toml: check.web.rise: expected an integer, found boolean `true`",
+        "m.toml: service[3]: missing field `name`",
+        "5 problem(s) found",
+    ] {
+        assert!(err.contains(want), "wanted {want:?} in:\n{err}");
+    }
 }

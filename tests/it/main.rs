@@ -10,4 +10,5 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod watch;
 mod wire;
