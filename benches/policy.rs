@@ -65,6 +65,7 @@ fn berlin() -> Located {
         region: None,
         source: LocationSource::Database,
         prefix_len: 16,
+        via: meridian::geo::Via::direct("85.1.2.3".parse::<IpAddr>().unwrap()),
     }
 }
 

@@ -30,6 +30,8 @@ pub const DEFAULT_SERVICE_TTL: u32 = 30;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a probe may take before it counts as failed.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `fast_interval` of a check, as a divisor of its `interval` (HAProxy's `fastinter`).
+pub const DEFAULT_FAST_INTERVAL_DIVISOR: u32 = 4;
 /// Default consecutive successes for a target to go up.
 pub const DEFAULT_RISE: u32 = 2;
 /// Default consecutive failures for a target to go down.
@@ -38,6 +40,9 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// The default cap per client network is `tcp_max_connections` divided by this: one network
+/// can take a sixteenth of the connections (64 of the default 1024).
+pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
 /// Default interval between two looks at the watched files (`server.watch_interval`).
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a webhook POST may take.
@@ -219,6 +224,10 @@ pub struct Server {
     pub state_file: Option<PathBuf>,
     /// MaxMind-format GeoIP database.
     pub geoip: Option<PathBuf>,
+    /// Locate NAT64, 6to4 and Teredo clients by the IPv4 address they embed (default true).
+    pub ipv6_transition: bool,
+    /// NAT64 prefixes besides `64:ff9b::/96` (RFC 6052 lengths: 32, 40, 48, 56, 64, 96).
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
     /// RFC 5001 name server identifier, returned when a query asks for it.
     pub nsid: Option<String>,
     /// DNS cookie secrets (RFC 9018 §4.4) from `cookie_secret_file`: the first makes server
@@ -231,6 +240,9 @@ pub struct Server {
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
+    /// `tcp_max_connections / 16` (at least 1).
+    pub tcp_max_connections_per_network: usize,
     /// How often the config file, the zone files and the GeoIP database are checked for
     /// changes, which reload them (`crate::watch`); `None` (`watch_interval = "0s"`) turns the
     /// watcher off. Default [`DEFAULT_WATCH_INTERVAL`].
@@ -358,6 +370,10 @@ pub struct Check {
     pub host: Option<String>,
     /// Time between two probes of one target.
     pub interval: Duration,
+    /// Time between two probes of one target while its results disagree with its state (after
+    /// a first failure of an up target, a first success of a down one); default
+    /// `interval / 4`, at most `interval`.
+    pub fast_interval: Duration,
     /// Time a probe may take; always less than `interval`.
     pub timeout: Duration,
     /// Consecutive successes to go up.
@@ -372,6 +388,29 @@ pub struct Check {
     pub headers: Vec<(String, String)>,
     /// Verify the server certificate (https); default true.
     pub tls_verify: bool,
+    /// The state of a target before its first result; default `unknown`.
+    pub initial_state: InitialState,
+}
+
+/// The state of a target before its first probe result (`initial_state` of a check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum InitialState {
+    /// Answered as up; a first success makes it up, only `fall` consecutive failures make it
+    /// down (no target is withdrawn on its first result alone).
+    #[default]
+    Unknown,
+    /// Withdrawn until its first success, which makes it up at once.
+    Down,
+}
+
+impl InitialState {
+    /// Returns the config spelling (`unknown`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Unknown => "unknown",
+            InitialState::Down => "down",
+        }
+    }
 }
 
 /// How a service orders its regions.

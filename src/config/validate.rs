@@ -307,11 +307,14 @@ impl Validator {
             admin_token_file: None,
             state_file: None,
             geoip: None,
+            ipv6_transition: None,
+            nat64_prefixes: None,
             nsid: None,
             cookie_secret_file: None,
             udp_workers: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
+            tcp_max_connections_per_network: None,
             watch_interval: None,
         });
         let listen = raw
@@ -376,6 +379,25 @@ impl Validator {
                 format!("GeoIP database {} does not exist", p.display()),
             );
         }
+        let mut nat64_prefixes: Vec<ipnet::Ipv6Net> = Vec::new();
+        for (i, p) in raw.nat64_prefixes.iter().flatten().enumerate() {
+            let key = format!("server.nat64_prefixes[{i}]");
+            match p.parse::<ipnet::Ipv6Net>() {
+                Ok(n) if n.trunc() != n => self.err(
+                    key,
+                    format!("{p} has host bits set (did you mean {}?)", n.trunc()),
+                ),
+                Ok(n) if ![32, 40, 48, 56, 64, 96].contains(&n.prefix_len()) => self.err(
+                    key,
+                    format!("{p}: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long (RFC 6052)"),
+                ),
+                Ok(n) if nat64_prefixes.contains(&n) => {
+                    self.err(key, format!("duplicate prefix {p}"))
+                }
+                Ok(n) => nat64_prefixes.push(n),
+                Err(_) => self.err(key, format!("{p:?} is not an IPv6 network")),
+            }
+        }
         if let Some(n) = &raw.nsid
             && (n.is_empty() || n.len() > 255)
         {
@@ -393,6 +415,15 @@ impl Validator {
         }
         if raw.tcp_max_connections == Some(0) {
             self.err("server.tcp_max_connections", "must be at least 1");
+        }
+        let tcp_max_connections = raw
+            .tcp_max_connections
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS);
+        if raw.tcp_max_connections_per_network == Some(0) {
+            self.err(
+                "server.tcp_max_connections_per_network",
+                "must be at least 1",
+            );
         }
         let tcp_idle_timeout = self.duration(
             "server.tcp_idle_timeout",
@@ -415,13 +446,16 @@ impl Validator {
             admin_token_file,
             state_file,
             geoip,
+            ipv6_transition: raw.ipv6_transition.unwrap_or(true),
+            nat64_prefixes,
             nsid: raw.nsid,
             cookie_secrets,
             udp_workers: raw.udp_workers,
             tcp_idle_timeout,
-            tcp_max_connections: raw
-                .tcp_max_connections
-                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+            tcp_max_connections,
+            tcp_max_connections_per_network: raw
+                .tcp_max_connections_per_network
+                .unwrap_or((tcp_max_connections / DEFAULT_TCP_NETWORK_SHARE).max(1)),
             watch_interval,
         }
     }
@@ -756,6 +790,30 @@ impl Validator {
                 format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
             );
         }
+        let fast_interval = self.duration(
+            &format!("{key}.fast_interval"),
+            raw.fast_interval.as_deref(),
+            interval / DEFAULT_FAST_INTERVAL_DIVISOR,
+        );
+        if fast_interval > interval {
+            self.err(
+                format!("{key}.fast_interval"),
+                format!(
+                    "fast_interval ({fast_interval:?}) must not be more than interval ({interval:?})"
+                ),
+            );
+        }
+        let initial_state = match raw.initial_state.as_deref() {
+            None | Some("unknown") => InitialState::Unknown,
+            Some("down") => InitialState::Down,
+            Some(other) => {
+                self.err(
+                    format!("{key}.initial_state"),
+                    format!("unknown initial state {other:?}, expected one of: unknown, down"),
+                );
+                InitialState::Unknown
+            }
+        };
         let mut count =
             |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
             {
@@ -818,6 +876,7 @@ impl Validator {
             path,
             host: raw.host,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
@@ -825,6 +884,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            initial_state,
         })
     }
 
@@ -1146,6 +1206,52 @@ timeout = "1s"
 "#;
 
     #[test]
+    fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let c = parse_str(
+            &file,
+            &format!("{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"2s\"\n"),
+        )
+        .unwrap();
+        let web = &c.checks[1];
+        assert_eq!(web.fast_interval, Duration::from_millis(500));
+        assert_eq!(web.initial_state, InitialState::Unknown);
+        let c = parse_str(
+            &file,
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\nfast_interval = \"100ms\"\n\
+                 initial_state = \"down\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.checks[1].fast_interval, Duration::from_millis(100));
+        assert_eq!(c.checks[1].initial_state, InitialState::Down);
+    }
+
+    #[test]
+    fn fast_interval_above_interval_and_unknown_initial_state_are_rejected() {
+        let err = parse_str(
+            Path::new("/nonexistent/m.toml"),
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\n\
+                 fast_interval = \"2s\"\ninitial_state = \"up\"\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("check.probe.fast_interval: fast_interval"),
+            "{err}"
+        );
+        assert!(
+            err.contains("check.probe.initial_state: unknown initial state \"up\", expected one of: unknown, down"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
@@ -1185,6 +1291,32 @@ timeout = "1s"
         assert!(
             errs.iter().all(|e| e.starts_with("/nonexistent/m.toml: ")),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn issue_13_nat64_prefixes_must_be_rfc6052_networks() {
+        let text = MIN.replace(
+            "dns_listen = [\"127.0.0.1:0\"]",
+            "dns_listen = [\"127.0.0.1:0\"]\nnat64_prefixes = [\"2001:db8:64::/96\", \"2001:db8::/44\", \"2001:db8::1/96\", \"10.0.0.0/8\", \"2001:db8:64::/96\"]",
+        );
+        let errs = errors(&text).join("\n");
+        assert!(!errs.contains("nat64_prefixes[0]"), "{errs}");
+        assert!(
+            errs.contains("server.nat64_prefixes[1]: 2001:db8::/44: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[2]: 2001:db8::1/96 has host bits set (did you mean 2001:db8::/96?)"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[3]: \"10.0.0.0/8\" is not an IPv6 network"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[4]: duplicate prefix"),
+            "{errs}"
         );
     }
 

@@ -41,7 +41,7 @@ pub enum Reject {
         /// response carries one too).
         opt: bool,
     },
-    /// Malformed: answer FORMERR with this header information (and no question).
+    /// Malformed: answer FORMERR with this header information.
     FormErr {
         /// Message ID.
         id: u16,
@@ -49,6 +49,9 @@ pub enum Reject {
         opcode: u8,
         /// RD flag.
         rd: bool,
+        /// Where the question ends, when the message had exactly one and it could be read
+        /// (the fault lies after it): the response echoes it, so clients match it to the query.
+        question_end: Option<usize>,
         /// The message carried an OPT record that could be read (RFC 6891 §7).
         opt: bool,
     },
@@ -266,16 +269,25 @@ pub fn parse(b: &[u8]) -> Result<Query<'_>, Reject> {
     }
     let rd = flags & 0x0100 != 0;
     let cd = flags & 0x0010 != 0;
-    parse_query(b, id, rd, cd).ok_or_else(|| Reject::FormErr {
+    let mut question_end = None;
+    parse_query(b, id, rd, cd, &mut question_end).ok_or_else(|| Reject::FormErr {
         id,
         opcode,
         rd,
+        question_end,
         opt: opt_rdata(b).is_some(),
     })
 }
 
-/// Parses the sections of a standard query; `None` when it is malformed.
-fn parse_query(b: &[u8], id: u16, rd: bool, cd: bool) -> Option<Query<'_>> {
+/// Parses the sections of a standard query; `None` when it is malformed. Sets `question_end`
+/// once the question has been read.
+fn parse_query<'a>(
+    b: &'a [u8],
+    id: u16,
+    rd: bool,
+    cd: bool,
+    question_end: &mut Option<usize>,
+) -> Option<Query<'a>> {
     let qdcount = u16_at(b, 4)?;
     let ancount = u16_at(b, 6)?;
     let nscount = u16_at(b, 8)?;
@@ -289,6 +301,7 @@ fn parse_query(b: &[u8], id: u16, rd: bool, cd: bool) -> Option<Query<'_>> {
     let qclass = u16_at(b, pos + 2)?;
     let question = b.get(HEADER_LEN..pos + 4)?;
     let mut pos = pos + 4;
+    *question_end = Some(pos);
 
     // Answer and authority sections are unusual in a query but legal: skip them. A TSIG there
     // is out of place (RFC 8945 §5.2).
@@ -664,7 +677,26 @@ mod tests {
         assert!(matches!(parse(&q), Err(Reject::FormErr { opt: true, .. })));
         let mut q = query(NAME, 1, &[], 0);
         q[5] = 2;
-        assert!(matches!(parse(&q), Err(Reject::FormErr { opt: false, .. })));
+        assert!(matches!(
+            parse(&q),
+            Err(Reject::FormErr {
+                opt: false,
+                question_end: None,
+                ..
+            })
+        ));
+        // a fault after the question: the question is there to echo
+        let q = query(NAME, 1, &opt(&[0, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9]), 1);
+        assert_eq!(
+            parse(&q),
+            Err(Reject::FormErr {
+                id: 0x1234,
+                opcode: 0,
+                rd: true,
+                question_end: Some(12 + NAME.len() + 4),
+                opt: true
+            })
+        );
     }
 
     #[test]

@@ -5,10 +5,14 @@
 mod admin;
 mod backend;
 mod cli;
+mod clients;
 mod dns;
+mod edges;
 mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
+mod reload;
 mod watch;
 mod wire;

@@ -408,6 +408,15 @@ fn rfc7871_s6_ecs_with_bits_beyond_the_prefix_or_the_wrong_length_is_formerr_wit
         for (t, b) in both(&s, &q) {
             let r = Reply::parse(&b);
             assert_eq!(r.rcode(), RCODE_FORMERR, "{t} {q:02x?}");
+            assert_eq!(
+                r.counts[0], 1,
+                "{t}: the question, read before the fault, is echoed"
+            );
+            assert_eq!(
+                b[12..b.len() - 11],
+                q[12..12 + b.len() - 23],
+                "{t}: verbatim"
+            );
             // RFC 6891 §7: the OPT back, so the client does not take us for EDNS-less.
             let o = r.opt().expect("OPT in the FORMERR");
             assert_eq!((o.class, (o.ttl >> 16) & 0xFF), (1232, 0));
