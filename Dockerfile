@@ -1,6 +1,6 @@
 # Meridian container image.
 #
-#   docker build -t meridian .
+#   docker build --build-arg MERIDIAN_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) -t meridian .
 #   docker run --rm -p 5353:5353/udp -p 5353:5353/tcp meridian
 #   dig @127.0.0.1 -p 5353 api.example.net +subnet=198.51.100.0/24   # 127.0.0.12 (eu-west)
 #
@@ -26,8 +26,12 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/policy.rs \
  && cargo build --release --locked --bin meridian \
  && rm -rf src benches
+COPY build.rs build.rs
 COPY src src
 COPY benches benches
+# The context has no .git: build.rs takes the commit for meridian_build_info from here
+# (`--build-arg MERIDIAN_BUILD_COMMIT=$(git rev-parse --short=12 HEAD)`).
+ARG MERIDIAN_BUILD_COMMIT=unknown
 # touch: the stubs above are newer than the copied sources' modification times.
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin meridian \

@@ -299,3 +299,128 @@ fn issue_11_check_names_services_by_name_and_type_errors_by_key_and_expected_typ
         assert!(err.contains(want), "wanted {want:?} in:\n{err}");
     }
 }
+
+/// Issue 11: `--help` of the command and of every subcommand carries an example, the
+/// environment variables and the signals.
+#[test]
+fn issue_11_every_help_has_an_example_the_environment_and_the_signals() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["explain", "--help"],
+        vec!["geodata", "--help"],
+        vec!["geodata", "build", "--help"],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for want in [
+            "Example",
+            "meridian ",
+            "MERIDIAN_CONFIG",
+            "MERIDIAN_LOG ",
+            "MERIDIAN_LOG_FORMAT",
+            "SIGHUP",
+            "SIGTERM",
+            "Exit status",
+        ] {
+            assert!(out.contains(want), "{args:?} --help lacks {want:?}:\n{out}");
+        }
+    }
+}
+
+/// Issue 11: `--log-format json` (or MERIDIAN_LOG_FORMAT=json) writes one JSON object per line
+/// with stable field names; a config error at start is a JSON line too.
+#[test]
+fn issue_11_json_logs_are_one_object_per_line_with_stable_field_names() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n{ZONE}"
+        )),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::harness::binary())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("MERIDIAN_LOG_FORMAT", "json")
+        .env("MERIDIAN_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    // Bounded: the server logs "meridian started" after a handful of lines.
+    for line in std::io::BufReader::new(stderr).lines().take(100) {
+        let line = line.unwrap();
+        let done = line.contains("meridian started");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("meridian started")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&v["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+    }
+    let listening: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("listening dns/udp 127.0.0.1:"))
+        .map(|_| "udp")
+        .collect();
+    assert_eq!(listening, ["udp"], "{lines:?}");
+    let started: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(
+        started["version"],
+        env!("CARGO_PKG_VERSION"),
+        "event fields are top-level"
+    );
+
+    // A bad config: exit 2, and the error is a JSON line naming the key.
+    std::fs::write(&path, "[server]\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("bogus"))
+        .expect("an error line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `bogus`"),
+        "{line}"
+    );
+}
