@@ -110,17 +110,23 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         udp.extend(sockets);
         tcp.push(listener);
     }
+    // One rate limiter for every UDP socket: `[rate_limit]` holds per client network.
+    let limiter = Arc::new(dns::rrl::Limiter::new());
     for s in udp {
-        dns_tasks.spawn(dns::udp::serve(s, answerer.clone(), token.clone()));
+        dns_tasks.spawn(dns::udp::serve(
+            s,
+            answerer.clone(),
+            limiter.clone(),
+            token.clone(),
+        ));
     }
     for l in tcp {
-        dns_tasks.spawn(dns::tcp::serve(
-            l,
-            answerer.clone(),
-            token.clone(),
-            server.tcp_idle_timeout,
-            server.tcp_max_connections,
-        ));
+        let limits = dns::tcp::Limits {
+            idle_timeout: server.tcp_idle_timeout,
+            max_connections: server.tcp_max_connections,
+            max_per_network: server.tcp_max_connections_per_network,
+        };
+        dns_tasks.spawn(dns::tcp::serve(l, answerer.clone(), token.clone(), limits));
     }
     dns_tasks.close();
     // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook

@@ -18,6 +18,7 @@
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
+//! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -31,5 +32,6 @@ pub mod metrics;
 pub mod notify;
 pub mod outage;
 pub mod policy;
+pub mod rlimit;
 pub mod snapshot;
 pub mod zone;

@@ -31,7 +31,10 @@
 //! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
 mod gauges;
+mod server;
 pub mod status;
+
+pub(crate) use server::MAX_OPEN_CONNECTIONS;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,16 +213,8 @@ pub async fn start(
         app.health.subscribe_probes(),
         token.clone(),
     ));
-    let router = router(app, local);
-    tasks.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, service)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-        {
-            warn!(%error, "admin server failed");
-        }
-    });
+    // Connection cap, timeouts and JSON errors: server.rs.
+    tasks.spawn(server::serve(listener, router(app, local), token));
     Ok(Some(local))
 }
 

@@ -40,6 +40,9 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// The default cap per client network is `tcp_max_connections` divided by this: one network
+/// can take a sixteenth of the connections (64 of the default 1024).
+pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
 /// Default time a webhook POST may take.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
@@ -224,6 +227,9 @@ pub struct Server {
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
+    /// `tcp_max_connections / 16` (at least 1).
+    pub tcp_max_connections_per_network: usize,
 }
 
 /// `[notify]`: where state changes are posted.

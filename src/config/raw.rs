@@ -23,6 +23,7 @@ pub struct RawServer {
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
+    pub tcp_max_connections_per_network: Option<usize>,
 }
 
 /// `[notify]`.

@@ -197,6 +197,7 @@ impl Validator {
             udp_workers: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
+            tcp_max_connections_per_network: None,
         });
         let listen = raw
             .dns_listen
@@ -297,6 +298,15 @@ impl Validator {
         if raw.tcp_max_connections == Some(0) {
             self.err("server.tcp_max_connections", "must be at least 1");
         }
+        let tcp_max_connections = raw
+            .tcp_max_connections
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS);
+        if raw.tcp_max_connections_per_network == Some(0) {
+            self.err(
+                "server.tcp_max_connections_per_network",
+                "must be at least 1",
+            );
+        }
         let tcp_idle_timeout = self.duration(
             "server.tcp_idle_timeout",
             raw.tcp_idle_timeout.as_deref(),
@@ -314,9 +324,10 @@ impl Validator {
             cookie_secrets,
             udp_workers: raw.udp_workers,
             tcp_idle_timeout,
-            tcp_max_connections: raw
-                .tcp_max_connections
-                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+            tcp_max_connections,
+            tcp_max_connections_per_network: raw
+                .tcp_max_connections_per_network
+                .unwrap_or((tcp_max_connections / DEFAULT_TCP_NETWORK_SHARE).max(1)),
         }
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod backend;
 mod cli;
+mod clients;
 mod dns;
 mod edges;
 mod fuzz;
