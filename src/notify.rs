@@ -215,11 +215,7 @@ impl Event {
     /// any change that neither opens nor closes an incident).
     pub fn render(&self, notify: &Notify) -> Option<Value> {
         match notify.format {
-            NotifyFormat::Json => Some(match self {
-                Event::Target(n) => serde_json::to_value(n).ok()?,
-                Event::Outage(n) => serde_json::to_value(n).ok()?,
-                Event::Drain(n) => serde_json::to_value(n).ok()?,
-            }),
+            NotifyFormat::Json => Some(self.document()),
             // A first probe result of up is not news to a person.
             NotifyFormat::Slack => match self {
                 Event::Target(n)
@@ -231,6 +227,36 @@ impl Event {
             },
             NotifyFormat::PagerDuty => self.pagerduty(notify.routing_key.as_deref().unwrap_or("")),
         }
+    }
+
+    /// Returns the bytes to POST for `notify`'s format (the document of [`Event::render`],
+    /// with the JSON format's keys in their documented order); `None` when there is nothing to
+    /// send.
+    pub fn body(&self, notify: &Notify) -> Option<Vec<u8>> {
+        let bytes = match (notify.format, self) {
+            (NotifyFormat::Json, Event::Target(n)) => serde_json::to_vec(n),
+            (NotifyFormat::Json, Event::Outage(n)) => serde_json::to_vec(n),
+            (NotifyFormat::Json, Event::Drain(n)) => serde_json::to_vec(n),
+            _ => serde_json::to_vec(&self.render(notify)?),
+        };
+        match bytes {
+            Ok(b) => Some(b),
+            Err(error) => {
+                warn!(%error, "cannot encode a webhook notification");
+                None
+            }
+        }
+    }
+
+    /// Meridian's own JSON document of the event.
+    fn document(&self) -> Value {
+        let doc = match self {
+            Event::Target(n) => serde_json::to_value(n),
+            Event::Outage(n) => serde_json::to_value(n),
+            Event::Drain(n) => serde_json::to_value(n),
+        };
+        // Invariant: these structs serialize to JSON objects (no maps with non-string keys).
+        doc.unwrap_or(Value::Null)
     }
 
     fn instance(&self) -> Option<&str> {
@@ -404,11 +430,7 @@ impl Event {
                 "dedup_key": dedup_key,
             }));
         }
-        let details = match self {
-            Event::Target(n) => serde_json::to_value(n).ok()?,
-            Event::Outage(n) => serde_json::to_value(n).ok()?,
-            Event::Drain(n) => serde_json::to_value(n).ok()?,
-        };
+        let details = self.document();
         let mut summary = self.text(false);
         // The API's limit on the summary.
         if summary.len() > 1024 {
@@ -606,15 +628,8 @@ async fn send(mut queue: mpsc::Receiver<Event>, snapshot: SnapshotCell, token: C
         let Some(notify) = snapshot.load().config.notify.clone() else {
             continue;
         };
-        let Some(doc) = n.render(&notify) else {
+        let Some(body) = n.body(&notify) else {
             continue;
-        };
-        let body = match serde_json::to_vec(&doc) {
-            Ok(b) => b,
-            Err(error) => {
-                warn!(%error, "cannot encode a webhook notification");
-                continue;
-            }
         };
         let mut attempt = 0;
         loop {
