@@ -123,11 +123,12 @@ impl Notification {
         for s in &config.services {
             let mut listed = false;
             for e in &s.endpoints {
-                if e.check.as_deref() == Some(transition.check.as_str())
+                if e.check_name() == Some(transition.check.as_str())
                     && e.addresses.contains(&transition.address)
                 {
                     listed = true;
-                    let w = withdrawal(view, &e.region, transition.address, e.check.as_deref());
+                    let check = e.check_name();
+                    let w = withdrawal(view, &e.region.name, transition.address, check);
                     usable |= !w.is_withdrawn();
                     withdrawn = withdrawn.or(w.reason());
                 }

@@ -48,6 +48,11 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// own trouble (a starved process) rather than the target's slowness.
 pub const LATE_TIMER_TOLERANCE: Duration = Duration::from_millis(200);
 
+/// Descriptors left for everything but probe sockets (DNS over TCP, the admin port, files),
+/// at least: the probe socket budget is the open-file limit minus the larger of this and an
+/// eighth of the limit.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
 /// The `User-Agent` sent by HTTP(S) probes unless the check sets its own.
 pub const DEFAULT_USER_AGENT: &str =
     concat!("meridian/", env!("CARGO_PKG_VERSION"), " (health check)");
@@ -285,6 +290,67 @@ impl rustls::client::danger::ServerCertVerifier for NoVerifier {
     }
 }
 
+/// The budget of probe sockets: so many descriptors below the open-file limit that probes can
+/// never starve DNS over TCP or the admin port of descriptors. A socket (kept connection
+/// included) holds one permit. Sized once, at the first probe (after any limit raise at start).
+#[derive(Debug)]
+struct SocketBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+}
+
+impl SocketBudget {
+    fn shared() -> &'static SocketBudget {
+        static BUDGET: std::sync::OnceLock<SocketBudget> = std::sync::OnceLock::new();
+        BUDGET.get_or_init(|| {
+            let limit = open_file_limit();
+            let size = limit
+                .saturating_sub(RESERVED_DESCRIPTORS.max(limit / 8))
+                .max(8)
+                .min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize;
+            SocketBudget {
+                permits: Arc::new(tokio::sync::Semaphore::new(size)),
+                size,
+            }
+        })
+    }
+
+    /// Waits up to `wait` for a socket permit; running out is our trouble, not the target's.
+    async fn acquire(&self, wait: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, OwnError> {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a timeout means every permit stayed in use.
+            _ => Err(OwnError::FileDescriptors(format!(
+                "all {} probe sockets in use (open-file limit minus a reserve)",
+                self.size
+            ))),
+        }
+    }
+
+    /// True while enough permits are free to keep a connection for the next probe; when the
+    /// budget runs low, connections are closed after each probe so that every target gets
+    /// its turn.
+    fn may_keep(&self) -> bool {
+        self.permits.available_permits() >= self.size / 8
+    }
+}
+
+/// Returns the soft open-file limit of the process.
+fn open_file_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    l.rlim_cur
+}
+
+/// A socket permit (see [`SocketBudget`]).
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
 /// Probes one target address with one check.
 #[derive(Debug)]
 pub struct Prober {
@@ -313,8 +379,8 @@ struct HttpProbe {
     url: String,
     expect_status: Vec<StatusMatch>,
     body_contains: Option<String>,
-    /// The connection kept from the last probe, if the server kept it open.
-    conn: Option<Stream>,
+    /// The connection kept from the last probe, if the server kept it open, and its permit.
+    conn: Option<(Stream, Permit)>,
 }
 
 impl Prober {
@@ -363,7 +429,22 @@ impl Prober {
         }
         let start = Instant::now();
         let timeout = self.timeout;
-        let result = match tokio::time::timeout(timeout, self.probe_inner()).await {
+        // A new socket needs a permit; waiting for one does not count against the target.
+        let permit = if self.has_kept_connection() {
+            None
+        } else {
+            match SocketBudget::shared().acquire(timeout).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    return ProbeOutcome {
+                        latency: start.elapsed(),
+                        result: Err(ProbeError::Ours(e)),
+                    };
+                }
+            }
+        };
+        let start = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.probe_inner(permit)).await {
             Ok(r) => r,
             Err(_) => {
                 // A connection cut mid-exchange cannot be reused.
@@ -384,10 +465,10 @@ impl Prober {
         }
     }
 
-    async fn probe_inner(&mut self) -> Result<(), ProbeError> {
+    async fn probe_inner(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
         match &mut self.kind {
             ProberKind::Tcp => connect(self.target).await.map(drop),
-            ProberKind::Http(h) => h.probe().await,
+            ProberKind::Http(h) => h.probe(permit).await,
             ProberKind::Broken(e) => Err(ProbeError::Ours(e.clone())),
         }
     }
@@ -500,22 +581,33 @@ impl HttpProbe {
         Ok(Stream::Tls(Box::new(tls)))
     }
 
-    async fn probe(&mut self) -> Result<(), ProbeError> {
-        if let Some(mut stream) = self.conn.take() {
-            // Err(Stale): the server closed the kept connection (idle timeout, restart), so
-            // reconnect below.
-            if let Ok((result, keep)) = self.exchange(&mut stream).await {
-                if keep {
-                    self.conn = Some(stream);
+    /// Probes over the kept connection, or a new one using `permit` (given exactly when no
+    /// connection is kept).
+    async fn probe(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
+        let permit = match (self.conn.take(), permit) {
+            (Some((mut stream, permit)), _) => {
+                // Err(Stale): the server closed the kept connection (idle timeout, restart),
+                // so reconnect below with the same permit.
+                if let Ok((result, keep)) = self.exchange(&mut stream).await {
+                    if keep && SocketBudget::shared().may_keep() {
+                        self.conn = Some((stream, permit));
+                    }
+                    return result;
                 }
-                return result;
+                permit
             }
-        }
+            (None, Some(permit)) => permit,
+            (None, None) => {
+                return Err(ProbeError::Ours(OwnError::FileDescriptors(
+                    "no socket permit".into(),
+                )));
+            }
+        };
         let mut stream = self.open().await?;
         match self.exchange(&mut stream).await {
             Ok((result, keep)) => {
-                if keep {
-                    self.conn = Some(stream);
+                if keep && SocketBudget::shared().may_keep() {
+                    self.conn = Some((stream, permit));
                 }
                 result
             }

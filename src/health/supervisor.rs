@@ -2,10 +2,11 @@
 //!
 //! One task probes each distinct (address, check) pair, however many services or regions name
 //! it. First probes are spread at random over the first interval, and every later start is
-//! re-jittered by up to ±[`RESCHEDULE_JITTER`] of the period, so that targets that started
-//! together drift apart instead of probing in bursts. After a result that disagrees with the
-//! target's state (a failure of an up target, a success of a down one) the next probe comes
-//! after `fast_interval` instead of `interval` (HAProxy's `fastinter`).
+//! re-jittered by up to [`RESCHEDULE_JITTER`] of the period (earlier, never later), so that
+//! targets that started together drift apart instead of probing in bursts. After a result that disagrees with the
+//! target's state (a failure of an up target, a success of a down one) extra probes run every
+//! `fast_interval` until the state is decided (HAProxy's `fastinter`), between the regular
+//! probes, which keep their grid (see `run_probe`).
 //!
 //! Each result goes to that target's [`TargetState`]. A result that is our own error
 //! ([`ProbeError::Ours`](super::probe::ProbeError::Ours)) changes no state; it is counted by
@@ -58,7 +59,8 @@ use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
 use crate::config::{Check, Config};
 
-/// How much each probe start is moved at random, as a share of the period (±).
+/// How much earlier than its period each probe may start, at random, as a share of the period
+/// (never later, so that the withdrawal bound `interval + timeout + …` holds).
 pub const RESCHEDULE_JITTER: f64 = 0.05;
 
 /// An error of the health subsystem.
@@ -229,23 +231,14 @@ struct Target {
 
 /// The targets a config asks for: (address, check) -> (check, regions in config order).
 fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<String>)> {
-    let checks: HashMap<&str, Arc<Check>> = config
-        .checks
-        .iter()
-        .map(|c| (c.name.as_str(), Arc::new(c.clone())))
-        .collect();
     let mut names: HashMap<&str, Arc<str>> = HashMap::new();
     let mut out: HashMap<TargetKey, (Arc<Check>, Vec<String>)> = HashMap::new();
     for service in &config.services {
         for endpoint in &service.endpoints {
-            let Some(name) = endpoint.check.as_deref() else {
+            let Some(check) = &endpoint.check else {
                 continue;
             };
-            let Some(check) = checks.get(name) else {
-                // Validation resolves check names; a dangling one probes nothing.
-                warn!(service = %service.name, check = %name, "endpoint names an unknown check");
-                continue;
-            };
+            let name = check.name.as_str();
             let name = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
             for &address in &endpoint.addresses {
                 let key = TargetKey {
@@ -255,8 +248,8 @@ fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<Strin
                 let entry = out
                     .entry(key)
                     .or_insert_with(|| (check.clone(), Vec::new()));
-                if !entry.1.contains(&endpoint.region) {
-                    entry.1.push(endpoint.region.clone());
+                if !entry.1.contains(&endpoint.region.name) {
+                    entry.1.push(endpoint.region.name.clone());
                 }
             }
         }
@@ -786,8 +779,14 @@ impl Inner {
     }
 }
 
-/// Probes one target every `check.interval` (`check.fast_interval` while deciding) until
-/// `stop` is cancelled.
+/// Probes one target every `check.interval` until `stop` is cancelled; while the target is
+/// deciding, extra probes run every `check.fast_interval` in between.
+///
+/// The regular probes keep their own grid (one per interval, each re-jittered): fast probes
+/// are added between grid points, never shift it. So at random probe loss a target sees the
+/// same regular probes as without `fast_interval` plus one quick second opinion after a
+/// failure, and flaps no more often than it did; a real failure is confirmed `fast_interval`
+/// after the first failed probe (or when that probe times out) instead of an interval later.
 async fn run_probe(
     inner: Arc<Inner>,
     key: TargetKey,
@@ -800,23 +799,32 @@ async fn run_probe(
     let fast = check
         .fast_interval
         .clamp(Duration::from_millis(1), interval);
+    let jittered = |d: Duration| d.mul_f64(1.0 - RESCHEDULE_JITTER * rand::random::<f64>());
     // The first probes of all targets spread evenly over the first interval.
-    let mut next = Instant::now() + interval.mul_f64(rand::random::<f64>());
+    let mut grid = Instant::now() + interval.mul_f64(rand::random::<f64>());
+    let mut next = grid;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
         let started = Instant::now();
+        // A probe at or after the grid point is the regular one: move the grid past it.
+        while grid <= started {
+            grid += jittered(interval);
+        }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             outcome = prober.probe() => outcome,
         };
         let deciding = inner.report(&key, generation, outcome, SystemTime::now());
-        let period = if deciding { fast } else { interval };
-        let jitter = 1.0 + RESCHEDULE_JITTER * (2.0 * rand::random::<f64>() - 1.0);
-        // From this probe's start; a probe longer than the period is followed at once.
-        next = (started + period.mul_f64(jitter)).max(Instant::now());
+        next = if deciding {
+            grid.min(started + jittered(fast))
+        } else {
+            grid
+        };
+        // A probe longer than the period is followed at once.
+        next = next.max(Instant::now());
     }
 }
 

@@ -322,12 +322,9 @@ impl CompiledService {
             .endpoints
             .iter()
             .map(|ep| {
-                // Validation guarantees the region exists; a missing one degrades to 0°N 0°E
-                // rather than failing the whole snapshot.
-                let (latitude, longitude, bias_km) = config
-                    .region(&ep.region)
-                    .map(|r| (r.latitude, r.longitude, finite_or_zero(r.bias_km)))
-                    .unwrap_or((0.0, 0.0, 0.0));
+                let r = &ep.region;
+                let (latitude, longitude, bias_km) =
+                    (r.latitude, r.longitude, finite_or_zero(r.bias_km));
                 let family = |f: Family| -> Box<[IpAddr]> {
                     ep.addresses
                         .iter()
@@ -336,12 +333,12 @@ impl CompiledService {
                         .collect()
                 };
                 CompiledRegion {
-                    name: ep.region.as_str().into(),
+                    name: ep.region.name.as_str().into(),
                     bias_km,
                     unit: unit_vector(latitude, longitude),
                     weight: ep.weight,
                     priority: ep.priority,
-                    check: ep.check.as_deref().map(Into::into),
+                    check: ep.check_name().map(Into::into),
                     targets: [family(Family::V4), family(Family::V6)],
                 }
             })
@@ -384,7 +381,7 @@ impl CompiledService {
                 }
             })
             .collect();
-        let geo = compile_geo(service, &regions);
+        let geo = compile_geo(service);
         let has_bias = regions.iter().any(|r| r.bias_km != 0.0);
         let sticky_basis = geometry::fnv1a(
             geometry::fnv1a(geometry::FNV_OFFSET, service.name.as_bytes()),
@@ -931,24 +928,14 @@ impl Iterator for Order<'_> {
 }
 
 /// Compiles the `geo` map: names to endpoint indices, two-letter keys to sorted codes.
-fn compile_geo(service: &Service, regions: &[CompiledRegion]) -> GeoTable {
-    let indices = |names: &[String]| -> Box<[usize]> {
-        let mut out: Vec<usize> = Vec::with_capacity(names.len());
-        for name in names {
-            // Unknown names cannot pass validation; duplicates would only repeat a region.
-            if let Some(i) = regions.iter().position(|r| *r.name == **name)
-                && !out.contains(&i)
-            {
-                out.push(i);
-            }
-        }
-        out.into()
-    };
+fn compile_geo(service: &Service) -> GeoTable {
+    // Validation resolved the names to endpoint indices, without repeats.
+    let indices = |list: &[usize]| -> Box<[usize]> { list.into() };
     let mut table = GeoTable {
         default: indices(&service.geo.default),
         ..GeoTable::default()
     };
-    for (key, names) in &service.geo.entries {
+    for (key, list) in &service.geo.entries {
         let entry = table.entries.len();
         let (label, country, continent) = match key {
             crate::config::GeoKey::Country(c) => (format!("country:{c}"), Some(c), None),
@@ -957,7 +944,7 @@ fn compile_geo(service: &Service, regions: &[CompiledRegion]) -> GeoTable {
         };
         table.entries.push(GeoEntry {
             label,
-            regions: indices(names),
+            regions: indices(list),
         });
         // The first entry for a code, in file order, wins.
         for (code, map) in [
