@@ -89,10 +89,14 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         health.clone(),
         metrics.clone(),
     );
+    let query_log =
+        crate::query_log::QueryLog::start(snapshot.clone(), health.view_cell(), metrics.clone())
+            .context("cannot start the query log thread")?;
     let answerer = Answerer {
         snapshot: snapshot.clone(),
         health: health.view_cell(),
         metrics: metrics.clone(),
+        query_log,
     };
     let dns_tasks = TaskTracker::new();
 

@@ -13,6 +13,7 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
+//! - [`query_log`]: `[query_log]`, one JSON line per sampled answer, written by its own thread.
 //! - [`outage`]: services with no usable target (failing open), WARN logs when that begins
 //!   and ends.
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outage;
 pub mod policy;
+pub mod query_log;
 pub mod rlimit;
 pub mod snapshot;
 mod watch;

@@ -137,6 +137,8 @@ pub struct Config {
     pub notify: Option<Notify>,
     /// `[rate_limit]`, if present: response rate limiting on UDP.
     pub rate_limit: Option<RateLimit>,
+    /// `[query_log]`, if present: one JSON line per (sampled) answer.
+    pub query_log: Option<QueryLog>,
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
@@ -282,6 +284,29 @@ impl NotifyFormat {
         }
     }
 }
+
+/// `[query_log]`: one JSON line per answer (sampled and rate-capped) for log aggregation,
+/// written by its own thread (`crate::query_log`), never by the threads that answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLog {
+    /// Where the lines go: a file (rotated by size), or standard output when `None` (`"-"`).
+    pub file: Option<PathBuf>,
+    /// The fraction of answers logged, in (0, 1].
+    pub sample: f64,
+    /// At most this many lines per second; more are dropped and counted.
+    pub max_per_second: u32,
+    /// A file is rotated when it would grow beyond this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`file.1` the newest ... `file.N`).
+    pub keep: u32,
+}
+
+/// Default `query_log.max_per_second`.
+pub const DEFAULT_QUERY_LOG_MAX_PER_SECOND: u32 = 10_000;
+/// Default `query_log.max_size_mb`.
+pub const DEFAULT_QUERY_LOG_MAX_SIZE_MB: u64 = 100;
+/// Default `query_log.keep`.
+pub const DEFAULT_QUERY_LOG_KEEP: u32 = 5;
 
 /// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's
 /// RRL). Spoofed floods cannot turn the server into an amplifier, while a real client whose

@@ -38,6 +38,17 @@ pub struct RawNotify {
     pub routing_key_file: Option<String>,
 }
 
+/// `[query_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryLog {
+    pub file: Option<String>,
+    pub sample: Option<f64>,
+    pub max_per_second: Option<u32>,
+    pub max_size_mb: Option<u64>,
+    pub keep: Option<u32>,
+}
+
 /// `[rate_limit]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

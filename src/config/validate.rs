@@ -11,7 +11,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    RawCheck, RawEndpoint, RawNotify, RawRateLimit, RawRegion, RawServer, RawService, RawZone,
+    RawCheck, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer, RawService,
+    RawZone,
 };
 use super::*;
 
@@ -20,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "notify",
     "rate_limit",
+    "query_log",
     "zone",
     "region",
     "nets",
@@ -280,6 +282,7 @@ impl Validator {
         let server = self.server(table.remove("server"));
         let notify = table.remove("notify").and_then(|v| self.notify(v));
         let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
+        let query_log = table.remove("query_log").and_then(|v| self.query_log(v));
         let zones = self.zones(table.remove("zone"));
         let regions: Vec<Arc<Region>> = (self.regions(table.remove("region")).into_iter())
             .map(Arc::new)
@@ -295,6 +298,7 @@ impl Validator {
             server,
             notify,
             rate_limit,
+            query_log,
             zones,
             regions,
             nets,
@@ -576,6 +580,52 @@ impl Validator {
             retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
             format,
             routing_key,
+        })
+    }
+
+    fn query_log(&mut self, value: toml::Value) -> Option<QueryLog> {
+        let raw: RawQueryLog = self.section("query_log", value)?;
+        let file = match raw.file.as_deref() {
+            None | Some("-") => None,
+            Some("") => {
+                self.err(
+                    "query_log.file",
+                    "must be a path, or \"-\" for standard output",
+                );
+                None
+            }
+            Some(p) => Some(self.resolve(p)),
+        };
+        let sample = raw.sample.unwrap_or(1.0);
+        if !(sample > 0.0 && sample <= 1.0) {
+            self.err(
+                "query_log.sample",
+                format!("{sample} is not within (0, 1]: the fraction of answers logged"),
+            );
+        }
+        let max_per_second = raw
+            .max_per_second
+            .unwrap_or(DEFAULT_QUERY_LOG_MAX_PER_SECOND);
+        if max_per_second == 0 {
+            self.err(
+                "query_log.max_per_second",
+                "must be at least 1 (remove [query_log] to turn the log off)",
+            );
+        }
+        let max_size_mb = raw.max_size_mb.unwrap_or(DEFAULT_QUERY_LOG_MAX_SIZE_MB);
+        if max_size_mb == 0 {
+            self.err("query_log.max_size_mb", "must be at least 1");
+        }
+        let keep = raw.keep.unwrap_or(DEFAULT_QUERY_LOG_KEEP);
+        if keep == 0 {
+            self.err("query_log.keep", "must be at least 1");
+        }
+        Some(QueryLog {
+            file,
+            sample,
+            max_per_second,
+            max_size: max_size_mb.saturating_mul(1 << 20),
+            keep,
         })
     }
 
