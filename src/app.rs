@@ -25,6 +25,39 @@ use crate::snapshot::{Reloader, Snapshot};
 /// How long shutdown waits for tasks before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Worker threads of the runtime that runs probes and the admin port.
+const PROBE_RUNTIME_THREADS: usize = 1;
+
+/// The runtime of probes and the admin port, apart from the one answering DNS over TCP, so that
+/// a probe storm (10,000 targets starting) does not delay DNS (issue #17). Shut down without
+/// blocking when dropped (dropping a runtime inside another one would panic).
+struct SideRuntime(Option<tokio::runtime::Runtime>);
+
+impl SideRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(PROBE_RUNTIME_THREADS)
+            .thread_name("meridian-probe")
+            .enable_all()
+            .build()
+            .context("cannot start the probe runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        // Invariant: the runtime is only taken out in `drop`.
+        self.0.as_ref().expect("runtime present").handle().clone()
+    }
+}
+
+impl Drop for SideRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,10 +89,14 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         health.clone(),
         metrics.clone(),
     );
+    let query_log =
+        crate::query_log::QueryLog::start(snapshot.clone(), health.view_cell(), metrics.clone())
+            .context("cannot start the query log thread")?;
     let answerer = Answerer {
         snapshot: snapshot.clone(),
         health: health.view_cell(),
         metrics: metrics.clone(),
+        query_log,
     };
     let dns_tasks = TaskTracker::new();
 
@@ -77,20 +114,28 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         udp.extend(sockets);
         tcp.push(listener);
     }
+    // One rate limiter for every UDP socket: `[rate_limit]` holds per client network.
+    let limiter = Arc::new(dns::rrl::Limiter::new());
     for s in udp {
-        dns_tasks.spawn(dns::udp::serve(s, answerer.clone(), token.clone()));
-    }
-    for l in tcp {
-        dns_tasks.spawn(dns::tcp::serve(
-            l,
+        dns_tasks.spawn(dns::udp::serve(
+            s,
             answerer.clone(),
+            limiter.clone(),
             token.clone(),
-            server.tcp_idle_timeout,
-            server.tcp_max_connections,
         ));
     }
+    for l in tcp {
+        let limits = dns::tcp::Limits {
+            idle_timeout: server.tcp_idle_timeout,
+            max_connections: server.tcp_max_connections,
+            max_per_network: server.tcp_max_connections_per_network,
+        };
+        dns_tasks.spawn(dns::tcp::serve(l, answerer.clone(), token.clone(), limits));
+    }
     dns_tasks.close();
-    // Admin last in the shutdown order: it has its own token and tracker.
+    // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook
+    // and probes run on a runtime of their own.
+    let side = SideRuntime::new()?;
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
     let admin = crate::admin::Handles {
@@ -99,16 +144,40 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         metrics: metrics.clone(),
         reloader: reloader.clone(),
     };
-    crate::admin::start(admin, &admin_tasks, admin_token.clone()).await?;
-    crate::notify::start(
-        health.subscribe(),
+    {
+        let (health, snapshot) = (health.clone(), snapshot.clone());
+        let (tasks, token) = (admin_tasks.clone(), admin_token.clone());
+        side.handle()
+            .spawn(async move {
+                crate::admin::start(admin, &tasks, token.clone()).await?;
+                let outages = crate::outage::start(
+                    snapshot.clone(),
+                    health.view_cell(),
+                    &tasks,
+                    token.clone(),
+                );
+                crate::notify::start(
+                    health.subscribe(),
+                    outages.subscribe(),
+                    health.clone(),
+                    snapshot,
+                    health.view_cell(),
+                    &tasks,
+                    token,
+                );
+                anyhow::Ok(())
+            })
+            .await
+            .context("admin start-up task failed")??;
+    }
+    // The file watcher reloads like SIGHUP; it stops with the admin port, last.
+    admin_tasks.spawn(crate::watch::run(
+        reloader.clone(),
         snapshot.clone(),
-        health.view_cell(),
-        &admin_tasks,
         admin_token.clone(),
-    );
+    ));
     admin_tasks.close();
-    health.begin(&snapshot.load().config);
+    health.begin_on(&snapshot.load().config, side.handle());
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&reloader).await?;

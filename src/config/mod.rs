@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -30,6 +31,8 @@ pub const DEFAULT_SERVICE_TTL: u32 = 30;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a probe may take before it counts as failed.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `fast_interval` of a check, as a divisor of its `interval` (HAProxy's `fastinter`).
+pub const DEFAULT_FAST_INTERVAL_DIVISOR: u32 = 4;
 /// Default consecutive successes for a target to go up.
 pub const DEFAULT_RISE: u32 = 2;
 /// Default consecutive failures for a target to go down.
@@ -38,10 +41,24 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// The default cap per client network is `tcp_max_connections` divided by this: one network
+/// can take a sixteenth of the connections (64 of the default 1024).
+pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
+/// Default interval between two looks at the watched files (`server.watch_interval`).
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a webhook POST may take.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
 pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+
+/// Returns the key of the `index`-th `[[service]]`: by its name (`service["api.example.net."]`)
+/// when it has one, else by position (`service[0]`).
+pub fn service_key(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("service[{n:?}]"),
+        None => format!("service[{index}]"),
+    }
+}
 
 /// One problem found in the configuration (or in a file it names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +67,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// The line in that file, where known (zone files).
     pub line: Option<usize>,
-    /// The key, as a dotted path (`service[0].endpoints[1].region`); empty for whole-file errors.
+    /// The key, as a dotted path (`service["api.example.net."].endpoints[1].region`); empty for
+    /// whole-file errors.
     pub key: String,
     /// What is wrong, lowercase, no trailing period.
     pub message: String,
@@ -119,14 +137,16 @@ pub struct Config {
     pub notify: Option<Notify>,
     /// `[rate_limit]`, if present: response rate limiting on UDP.
     pub rate_limit: Option<RateLimit>,
+    /// `[query_log]`, if present: one JSON line per (sampled) answer.
+    pub query_log: Option<QueryLog>,
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
-    pub regions: Vec<Region>,
+    pub regions: Vec<Arc<Region>>,
     /// `[nets]`: client network -> region name, in file order (lookups use longest prefix).
     pub nets: Vec<NetOverride>,
     /// `[check.*]`, in file order.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Arc<Check>>,
     /// `[[service]]`, in file order.
     pub services: Vec<Service>,
 }
@@ -134,12 +154,7 @@ pub struct Config {
 impl Config {
     /// Returns the region called `name`.
     pub fn region(&self, name: &str) -> Option<&Region> {
-        self.regions.iter().find(|r| r.name == name)
-    }
-
-    /// Returns the check called `name`.
-    pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
+        self.regions.iter().find(|r| r.name == name).map(|r| &**r)
     }
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
@@ -148,13 +163,14 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
-        for (i, s) in self.services.iter().enumerate() {
+        for s in &self.services {
+            let service = service_key(0, Some(&s.name));
             for (key, _) in &s.geo.entries {
                 if let GeoKey::Either(code) = key
                     && let Some((country, continent)) = ambiguous_code(code)
                 {
                     out.push(format!(
-                        "{file}: service[{i}].geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
+                        "{file}: {service}.geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
                          it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
                     ));
                 }
@@ -162,14 +178,14 @@ impl Config {
             let slowest = s
                 .endpoints
                 .iter()
-                .filter_map(|e| self.check(e.check.as_deref()?))
+                .filter_map(|e| e.check.as_deref())
                 .map(|c| c.interval * c.fall.get() + c.timeout)
                 .max();
             if let Some(detect) = slowest
                 && u64::from(s.ttl) > 10 * detect.as_secs().max(1)
             {
                 out.push(format!(
-                    "{file}: service[{i}].ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
+                    "{file}: {service}.ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
                      (interval × fall + timeout): resolvers may keep a dead address for up to {}s",
                     s.ttl,
                     detect.as_secs(),
@@ -222,6 +238,13 @@ pub struct Server {
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
+    /// `tcp_max_connections / 16` (at least 1).
+    pub tcp_max_connections_per_network: usize,
+    /// How often the config file, the zone files and the GeoIP database are checked for
+    /// changes, which reload them (`crate::watch`); `None` (`watch_interval = "0s"`) turns the
+    /// watcher off. Default [`DEFAULT_WATCH_INTERVAL`].
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[notify]`: where state changes are posted.
@@ -233,7 +256,57 @@ pub struct Notify {
     pub timeout: Duration,
     /// Retries after a failed POST (with backoff).
     pub retries: u32,
+    /// The shape of the POSTed body (default `json`).
+    pub format: NotifyFormat,
+    /// `pagerduty`: the Events API v2 routing (integration) key, read from
+    /// `notify.routing_key_file` when the config is loaded.
+    pub routing_key: Option<String>,
 }
+
+/// `notify.format`: who receives the notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// Meridian's own JSON documents (`crate::notify`).
+    Json,
+    /// A Slack incoming webhook: `text` plus `blocks`.
+    Slack,
+    /// PagerDuty Events API v2: trigger and resolve, one `dedup_key` per target or service.
+    PagerDuty,
+}
+
+impl NotifyFormat {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyFormat::Json => "json",
+            NotifyFormat::Slack => "slack",
+            NotifyFormat::PagerDuty => "pagerduty",
+        }
+    }
+}
+
+/// `[query_log]`: one JSON line per answer (sampled and rate-capped) for log aggregation,
+/// written by its own thread (`crate::query_log`), never by the threads that answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLog {
+    /// Where the lines go: a file (rotated by size), or standard output when `None` (`"-"`).
+    pub file: Option<PathBuf>,
+    /// The fraction of answers logged, in (0, 1].
+    pub sample: f64,
+    /// At most this many lines per second; more are dropped and counted.
+    pub max_per_second: u32,
+    /// A file is rotated when it would grow beyond this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`file.1` the newest ... `file.N`).
+    pub keep: u32,
+}
+
+/// Default `query_log.max_per_second`.
+pub const DEFAULT_QUERY_LOG_MAX_PER_SECOND: u32 = 10_000;
+/// Default `query_log.max_size_mb`.
+pub const DEFAULT_QUERY_LOG_MAX_SIZE_MB: u64 = 100;
+/// Default `query_log.keep`.
+pub const DEFAULT_QUERY_LOG_KEEP: u32 = 5;
 
 /// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's
 /// RRL). Spoofed floods cannot turn the server into an amplifier, while a real client whose
@@ -345,6 +418,10 @@ pub struct Check {
     pub host: Option<String>,
     /// Time between two probes of one target.
     pub interval: Duration,
+    /// Time between two probes of one target while its results disagree with its state (after
+    /// a first failure of an up target, a first success of a down one); default
+    /// `interval / 4`, at most `interval`.
+    pub fast_interval: Duration,
     /// Time a probe may take; always less than `interval`.
     pub timeout: Duration,
     /// Consecutive successes to go up.
@@ -359,6 +436,29 @@ pub struct Check {
     pub headers: Vec<(String, String)>,
     /// Verify the server certificate (https); default true.
     pub tls_verify: bool,
+    /// The state of a target before its first result; default `unknown`.
+    pub initial_state: InitialState,
+}
+
+/// The state of a target before its first probe result (`initial_state` of a check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum InitialState {
+    /// Answered as up; a first success makes it up, only `fall` consecutive failures make it
+    /// down (no target is withdrawn on its first result alone).
+    #[default]
+    Unknown,
+    /// Withdrawn until its first success, which makes it up at once.
+    Down,
+}
+
+impl InitialState {
+    /// Returns the config spelling (`unknown`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Unknown => "unknown",
+            InitialState::Down => "down",
+        }
+    }
 }
 
 /// How a service orders its regions.
@@ -425,10 +525,12 @@ pub enum GeoKey {
 /// A `geo` policy map: location keys -> ordered region lists, with a default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GeoMap {
-    /// Entries in file order.
-    pub entries: Vec<(GeoKey, Vec<String>)>,
-    /// Regions for clients no entry matches (and clients with no location).
-    pub default: Vec<String>,
+    /// Entries in file order, each with its regions as indices into the service's
+    /// `endpoints` (validation resolved the names; no index repeats).
+    pub entries: Vec<(GeoKey, Vec<usize>)>,
+    /// Regions for clients no entry matches (and clients with no location), as indices
+    /// into the service's `endpoints`.
+    pub default: Vec<usize>,
 }
 
 /// One `[[service]]`: a dynamic name and how it is answered.
@@ -444,8 +546,8 @@ pub struct Service {
     pub max_answers: usize,
     /// What to answer when no target is usable.
     pub when_all_down: WhenAllDown,
-    /// Default check of the endpoints (exists in `checks`); `None`: targets are always up.
-    pub check: Option<String>,
+    /// Default check of the endpoints (one of `checks`); `None`: targets are always up.
+    pub check: Option<Arc<Check>>,
     /// Use the EDNS Client Subnet option when present (default true).
     pub ecs: bool,
     /// `weighted`/`all`: the same client subnet (/24, /56) gets the same choice.
@@ -457,16 +559,24 @@ pub struct Service {
 }
 
 /// One endpoint of a service: a region's addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    /// Region name (exists in `regions`).
-    pub region: String,
+    /// The region (one of `regions`, resolved by validation).
+    pub region: Arc<Region>,
     /// Target addresses (IPv4 answer A queries, IPv6 answer AAAA).
     pub addresses: Vec<IpAddr>,
     /// `weighted`: relative weight (default 1; 0 = only when nothing else is up).
     pub weight: u32,
     /// `failover`: lower is preferred (default 1).
     pub priority: u32,
-    /// The check probing this endpoint's targets: its own `check`, else the service's.
-    pub check: Option<String>,
+    /// The check probing this endpoint's targets: its own `check`, else the service's (one
+    /// of `checks`, resolved by validation); `None`: the targets are always up.
+    pub check: Option<Arc<Check>>,
+}
+
+impl Endpoint {
+    /// Returns the name of the check probing this endpoint's targets, if any.
+    pub fn check_name(&self) -> Option<&str> {
+        self.check.as_ref().map(|c| c.name.as_str())
+    }
 }

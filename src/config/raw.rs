@@ -23,6 +23,8 @@ pub struct RawServer {
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
+    pub tcp_max_connections_per_network: Option<usize>,
+    pub watch_interval: Option<String>,
 }
 
 /// `[notify]`.
@@ -32,6 +34,19 @@ pub struct RawNotify {
     pub webhook_url: String,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
+    pub format: Option<String>,
+    pub routing_key_file: Option<String>,
+}
+
+/// `[query_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryLog {
+    pub file: Option<String>,
+    pub sample: Option<f64>,
+    pub max_per_second: Option<u32>,
+    pub max_size_mb: Option<u64>,
+    pub keep: Option<u32>,
 }
 
 /// `[rate_limit]`.
@@ -70,6 +85,7 @@ pub struct RawCheck {
     pub path: Option<String>,
     pub host: Option<String>,
     pub interval: Option<String>,
+    pub fast_interval: Option<String>,
     pub timeout: Option<String>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
@@ -77,6 +93,7 @@ pub struct RawCheck {
     pub body_contains: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub tls_verify: Option<bool>,
+    pub initial_state: Option<String>,
 }
 
 /// One `[[service]]`.

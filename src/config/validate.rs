@@ -4,13 +4,15 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    RawCheck, RawEndpoint, RawNotify, RawRateLimit, RawRegion, RawServer, RawService, RawZone,
+    RawCheck, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer, RawService,
+    RawZone,
 };
 use super::*;
 
@@ -19,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "notify",
     "rate_limit",
+    "query_log",
     "zone",
     "region",
     "nets",
@@ -99,6 +102,116 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Returns the path inside `value` (`.ttl`, `.endpoints[1].weight`) whose value keeps `value`
+/// from deserializing as `T`: the deepest one whose removal makes the error go away or
+/// change. serde's error from a `toml::Value` does not say
+/// where it is; this runs only on the error path.
+fn culprit<T: DeserializeOwned>(value: &toml::Value) -> Option<String> {
+    fn paths(value: &toml::Value, prefix: &mut Vec<PathPart>, out: &mut Vec<Vec<PathPart>>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    prefix.push(PathPart::Key(k.clone()));
+                    paths(v, prefix, out);
+                    out.push(prefix.clone());
+                    prefix.pop();
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    prefix.push(PathPart::Index(i));
+                    paths(v, prefix, out);
+                    out.push(prefix.clone());
+                    prefix.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    fn remove(value: &mut toml::Value, path: &[PathPart]) {
+        let Some((last, parents)) = path.split_last() else {
+            return;
+        };
+        let mut v = value;
+        for p in parents {
+            let next = match (p, v) {
+                (PathPart::Key(k), toml::Value::Table(t)) => t.get_mut(k),
+                (PathPart::Index(i), toml::Value::Array(a)) => a.get_mut(*i),
+                _ => None,
+            };
+            let Some(n) = next else { return };
+            v = n;
+        }
+        match (last, v) {
+            (PathPart::Key(k), toml::Value::Table(t)) => {
+                t.remove(k);
+            }
+            (PathPart::Index(i), toml::Value::Array(a)) if *i < a.len() => {
+                a.remove(*i);
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(value, &mut Vec::new(), &mut all);
+    // Deepest first: `endpoints[1].weight` before `endpoints[1]` before `endpoints`.
+    all.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let original = T::deserialize(value.clone()).err()?.message().to_string();
+    all.into_iter().find_map(|path| {
+        let mut v = value.clone();
+        remove(&mut v, &path);
+        // serde stops at the first error: if it is gone, or another one comes first now, the
+        // removed value was the one it stopped at.
+        let fixed = match T::deserialize(v) {
+            Ok(_) => true,
+            Err(e) => e.message() != original,
+        };
+        fixed.then(|| {
+            path.iter()
+                .map(|p| match p {
+                    PathPart::Key(k) => format!(".{k}"),
+                    PathPart::Index(i) => format!("[{i}]"),
+                })
+                .collect()
+        })
+    })
+}
+
+#[derive(Debug, Clone)]
+enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
+/// Rewrites serde's type errors in the words of a TOML file: `invalid type: string "30",
+/// expected u32` becomes `expected an integer, found string "30"`.
+fn plain_serde_message(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    else {
+        return msg.to_string();
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return msg.to_string();
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "an integer".to_string()
+        }
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a sequence" => "an array".to_string(),
+        "a map" => "a table".to_string(),
+        e if e.starts_with("struct ") => "a table".to_string(),
+        e => e.to_string(),
+    };
+    let found = found
+        .replace("floating point", "number")
+        .replace("map", "table");
+    format!("expected {expected}, found {found}")
+}
+
 struct Validator {
     file: PathBuf,
     dir: PathBuf,
@@ -119,13 +232,20 @@ impl Validator {
         }
     }
 
-    /// Deserializes one table, recording an error under `key` on failure.
+    /// Deserializes one table, recording an error on failure under `key` and the key inside
+    /// the table that is wrong (`service["api.example.net."].ttl`), with the expected type.
     fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
-        match T::deserialize(value) {
+        match T::deserialize(value.clone()) {
             Ok(v) => Some(v),
             Err(e) => {
-                let msg = e.message().trim().to_string();
-                self.err(key, msg);
+                let msg = plain_serde_message(e.message().trim());
+                let mut path = culprit::<T>(&value).unwrap_or_default();
+                // An unknown key is named by the message: the key is its table.
+                if msg.starts_with("unknown field") {
+                    let end = path.rfind(['.', '[']).unwrap_or(0);
+                    path.truncate(end);
+                }
+                self.err(format!("{key}{path}"), msg);
                 None
             }
         }
@@ -162,18 +282,23 @@ impl Validator {
         let server = self.server(table.remove("server"));
         let notify = table.remove("notify").and_then(|v| self.notify(v));
         let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
+        let query_log = table.remove("query_log").and_then(|v| self.query_log(v));
         let zones = self.zones(table.remove("zone"));
-        let regions = self.regions(table.remove("region"));
+        let regions: Vec<Arc<Region>> = (self.regions(table.remove("region")).into_iter())
+            .map(Arc::new)
+            .collect();
         let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
         let nets = self.nets(table.remove("nets"), &region_names);
-        let checks = self.checks(table.remove("check"));
-        let check_names: HashSet<String> = checks.iter().map(|c| c.name.clone()).collect();
-        let services = self.services(table.remove("service"), &zones, &region_names, &check_names);
+        let checks: Vec<Arc<Check>> = (self.checks(table.remove("check")).into_iter())
+            .map(Arc::new)
+            .collect();
+        let services = self.services(table.remove("service"), &zones, &regions, &checks);
         Config {
             source: self.file.clone(),
             server,
             notify,
             rate_limit,
+            query_log,
             zones,
             regions,
             nets,
@@ -197,6 +322,8 @@ impl Validator {
             udp_workers: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
+            tcp_max_connections_per_network: None,
+            watch_interval: None,
         });
         let listen = raw
             .dns_listen
@@ -297,11 +424,30 @@ impl Validator {
         if raw.tcp_max_connections == Some(0) {
             self.err("server.tcp_max_connections", "must be at least 1");
         }
+        let tcp_max_connections = raw
+            .tcp_max_connections
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS);
+        if raw.tcp_max_connections_per_network == Some(0) {
+            self.err(
+                "server.tcp_max_connections_per_network",
+                "must be at least 1",
+            );
+        }
         let tcp_idle_timeout = self.duration(
             "server.tcp_idle_timeout",
             raw.tcp_idle_timeout.as_deref(),
             DEFAULT_TCP_IDLE_TIMEOUT,
         );
+        // "0s" turns the watcher off.
+        let watch_interval = match raw.watch_interval.as_deref().map(parse_duration) {
+            None => Some(DEFAULT_WATCH_INTERVAL),
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                self.err("server.watch_interval", e);
+                None
+            }
+        };
         Server {
             dns_listen,
             admin_listen,
@@ -314,9 +460,11 @@ impl Validator {
             cookie_secrets,
             udp_workers: raw.udp_workers,
             tcp_idle_timeout,
-            tcp_max_connections: raw
-                .tcp_max_connections
-                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+            tcp_max_connections,
+            tcp_max_connections_per_network: raw
+                .tcp_max_connections_per_network
+                .unwrap_or((tcp_max_connections / DEFAULT_TCP_NETWORK_SHARE).max(1)),
+            watch_interval,
         }
     }
 
@@ -376,10 +524,108 @@ impl Validator {
             raw.timeout.as_deref(),
             DEFAULT_WEBHOOK_TIMEOUT,
         );
+        let format = match raw.format.as_deref().unwrap_or("json") {
+            "json" => NotifyFormat::Json,
+            "slack" => NotifyFormat::Slack,
+            "pagerduty" => NotifyFormat::PagerDuty,
+            other => {
+                self.err(
+                    "notify.format",
+                    format!("{other:?} is not one of \"json\", \"slack\", \"pagerduty\""),
+                );
+                NotifyFormat::Json
+            }
+        };
+        let routing_key = match (&raw.routing_key_file, format) {
+            (Some(p), NotifyFormat::PagerDuty) => {
+                let path = self.resolve(p);
+                // Messages never quote the file's content (it is a secret).
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, NotifyFormat::PagerDuty) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "format \"pagerduty\" needs the file holding the Events API v2 routing key",
+                );
+                None
+            }
+            (Some(_), _) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "is only used with format = \"pagerduty\"",
+                );
+                None
+            }
+            (None, _) => None,
+        };
         Some(Notify {
             webhook_url: raw.webhook_url,
             timeout,
             retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+            format,
+            routing_key,
+        })
+    }
+
+    fn query_log(&mut self, value: toml::Value) -> Option<QueryLog> {
+        let raw: RawQueryLog = self.section("query_log", value)?;
+        let file = match raw.file.as_deref() {
+            None | Some("-") => None,
+            Some("") => {
+                self.err(
+                    "query_log.file",
+                    "must be a path, or \"-\" for standard output",
+                );
+                None
+            }
+            Some(p) => Some(self.resolve(p)),
+        };
+        let sample = raw.sample.unwrap_or(1.0);
+        if !(sample > 0.0 && sample <= 1.0) {
+            self.err(
+                "query_log.sample",
+                format!("{sample} is not within (0, 1]: the fraction of answers logged"),
+            );
+        }
+        let max_per_second = raw
+            .max_per_second
+            .unwrap_or(DEFAULT_QUERY_LOG_MAX_PER_SECOND);
+        if max_per_second == 0 {
+            self.err(
+                "query_log.max_per_second",
+                "must be at least 1 (remove [query_log] to turn the log off)",
+            );
+        }
+        let max_size_mb = raw.max_size_mb.unwrap_or(DEFAULT_QUERY_LOG_MAX_SIZE_MB);
+        if max_size_mb == 0 {
+            self.err("query_log.max_size_mb", "must be at least 1");
+        }
+        let keep = raw.keep.unwrap_or(DEFAULT_QUERY_LOG_KEEP);
+        if keep == 0 {
+            self.err("query_log.keep", "must be at least 1");
+        }
+        Some(QueryLog {
+            file,
+            sample,
+            max_per_second,
+            max_size: max_size_mb.saturating_mul(1 << 20),
+            keep,
         })
     }
 
@@ -650,6 +896,30 @@ impl Validator {
                 format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
             );
         }
+        let fast_interval = self.duration(
+            &format!("{key}.fast_interval"),
+            raw.fast_interval.as_deref(),
+            interval / DEFAULT_FAST_INTERVAL_DIVISOR,
+        );
+        if fast_interval > interval {
+            self.err(
+                format!("{key}.fast_interval"),
+                format!(
+                    "fast_interval ({fast_interval:?}) must not be more than interval ({interval:?})"
+                ),
+            );
+        }
+        let initial_state = match raw.initial_state.as_deref() {
+            None | Some("unknown") => InitialState::Unknown,
+            Some("down") => InitialState::Down,
+            Some(other) => {
+                self.err(
+                    format!("{key}.initial_state"),
+                    format!("unknown initial state {other:?}, expected one of: unknown, down"),
+                );
+                InitialState::Unknown
+            }
+        };
         let mut count =
             |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
             {
@@ -712,6 +982,7 @@ impl Validator {
             path,
             host: raw.host,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
@@ -719,6 +990,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            initial_state,
         })
     }
 
@@ -726,8 +998,8 @@ impl Validator {
         &mut self,
         value: Option<toml::Value>,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Vec<Service> {
         let Some(value) = value else {
             return Vec::new();
@@ -738,7 +1010,7 @@ impl Validator {
         };
         let mut services: Vec<Service> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            let key = format!("service[{i}]");
+            let key = service_key(i, item.get("name").and_then(toml::Value::as_str));
             let Some(raw) = self.section::<RawService>(&key, item) else {
                 continue;
             };
@@ -761,8 +1033,8 @@ impl Validator {
         key: &str,
         raw: RawService,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Option<Service> {
         let before = self.errors.len();
         let name = self.domain(&format!("{key}.name"), &raw.name);
@@ -811,11 +1083,10 @@ impl Validator {
         if !(1..=64).contains(&max_answers) {
             self.err(format!("{key}.max_answers"), "must be 1..=64");
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
+        let check = raw
+            .check
+            .as_deref()
+            .and_then(|c| self.resolve_check(&format!("{key}.check"), c, checks));
         let sticky = raw.sticky.unwrap_or(false);
         if sticky && !matches!(policy, Policy::Weighted | Policy::All) {
             self.err(
@@ -832,15 +1103,18 @@ impl Validator {
         let mut endpoints = Vec::new();
         for (j, ep) in raw.endpoints.into_iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            endpoints.push(self.endpoint(&ekey, ep, raw.check.as_deref(), regions, checks));
-        }
-        let mut seen = HashSet::new();
-        for (j, ep) in endpoints.iter().enumerate() {
-            if !seen.insert(ep.region.clone()) {
-                self.err(
-                    format!("{key}.endpoints[{j}].region"),
-                    format!("region {:?} has two endpoints in this service: list all its addresses in one", ep.region),
-                );
+            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), regions, checks);
+            if let Some(e) = endpoint {
+                if endpoints
+                    .iter()
+                    .any(|o: &Endpoint| o.region.name == e.region.name)
+                {
+                    self.err(
+                        format!("{ekey}.region"),
+                        format!("region {:?} has two endpoints in this service: list all its addresses in one", e.region.name),
+                    );
+                }
+                endpoints.push(e);
             }
         }
         let geo = match (policy, raw.geo) {
@@ -864,7 +1138,7 @@ impl Validator {
             ttl,
             max_answers,
             when_all_down,
-            check: raw.check,
+            check,
             ecs: raw.ecs.unwrap_or(true),
             sticky,
             geo,
@@ -876,11 +1150,12 @@ impl Validator {
         &mut self,
         key: &str,
         raw: RawEndpoint,
-        service_check: Option<&str>,
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
-    ) -> Endpoint {
-        if !regions.contains(&raw.region) {
+        service_check: Option<&Arc<Check>>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
+    ) -> Option<Endpoint> {
+        let region = regions.iter().find(|r| r.name == raw.region).cloned();
+        if region.is_none() {
             self.err(
                 format!("{key}.region"),
                 format!("unknown region {:?}", raw.region),
@@ -903,18 +1178,31 @@ impl Validator {
                 ),
             }
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
-        Endpoint {
-            region: raw.region,
+        let check = match raw.check.as_deref() {
+            Some(c) => self.resolve_check(&format!("{key}.check"), c, checks),
+            None => service_check.cloned(),
+        };
+        Some(Endpoint {
+            region: region?,
             addresses,
             weight: raw.weight.unwrap_or(1),
             priority: raw.priority.unwrap_or(1),
-            check: raw.check.or_else(|| service_check.map(str::to_string)),
+            check,
+        })
+    }
+
+    /// Returns the check called `name`, or records an error at `key`.
+    fn resolve_check(
+        &mut self,
+        key: &str,
+        name: &str,
+        checks: &[Arc<Check>],
+    ) -> Option<Arc<Check>> {
+        let found = checks.iter().find(|c| c.name == name).cloned();
+        if found.is_none() {
+            self.err(key, format!("unknown check {name:?}"));
         }
+        found
     }
 
     fn geo_map(&mut self, key: &str, table: toml::Table, endpoints: &[Endpoint]) -> GeoMap {
@@ -939,14 +1227,19 @@ impl Validator {
             if list.is_empty() {
                 self.err(&ekey, "must list at least one region");
             }
+            let mut indices = Vec::with_capacity(list.len());
             for r in &list {
-                if !endpoints.iter().any(|e| &e.region == r) {
-                    self.err(
+                match endpoints.iter().position(|e| e.region.name == *r) {
+                    // A region listed twice would only repeat itself.
+                    Some(i) if indices.contains(&i) => {}
+                    Some(i) => indices.push(i),
+                    None => self.err(
                         &ekey,
                         format!("region {r:?} has no endpoint in this service"),
-                    );
+                    ),
                 }
             }
+            let list = indices;
             if k == "default" {
                 has_default = true;
                 map.default = list;
@@ -1038,6 +1331,82 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn notify_format_must_be_known_and_pagerduty_needs_a_routing_key_file() {
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"teams\"\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "notify.format: \"teams\" is not one of \"json\", \"slack\", \"pagerduty\""
+            )),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: format \"pagerduty\" needs")),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n\
+             routing_key_file = \"missing.key\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: cannot read")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let c = parse_str(
+            &file,
+            &format!("{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"2s\"\n"),
+        )
+        .unwrap();
+        let web = &c.checks[1];
+        assert_eq!(web.fast_interval, Duration::from_millis(500));
+        assert_eq!(web.initial_state, InitialState::Unknown);
+        let c = parse_str(
+            &file,
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\nfast_interval = \"100ms\"\n\
+                 initial_state = \"down\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.checks[1].fast_interval, Duration::from_millis(100));
+        assert_eq!(c.checks[1].initial_state, InitialState::Down);
+    }
+
+    #[test]
+    fn fast_interval_above_interval_and_unknown_initial_state_are_rejected() {
+        let err = parse_str(
+            Path::new("/nonexistent/m.toml"),
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\n\
+                 fast_interval = \"2s\"\ninitial_state = \"up\"\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("check.probe.fast_interval: fast_interval"),
+            "{err}"
+        );
+        assert!(
+            err.contains("check.probe.initial_state: unknown initial state \"up\", expected one of: unknown, down"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

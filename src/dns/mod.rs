@@ -17,6 +17,8 @@
 
 pub mod cache;
 pub mod cookie;
+#[cfg(test)]
+mod fuzz;
 pub mod response;
 pub mod rrl;
 pub mod tcp;
@@ -79,6 +81,8 @@ pub struct Answerer {
     pub health: Arc<ArcSwap<HealthView>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// `[query_log]`: offered every response sent (off: one atomic load).
+    pub query_log: crate::query_log::QueryLog,
 }
 
 impl Answerer {
@@ -132,6 +136,8 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
+                self.metrics
+                    .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
                 let rcode = answer_guarded(&snap, &health, &q, client, transport, out);
                 (q.qtype, rcode)
             }
@@ -370,18 +376,31 @@ impl<'a, 'q> Asked<'a, 'q> {
     }
 
     /// The reply builder: writes `head` and `s` with the question and the OPT into `out`;
-    /// SERVFAIL when a record cannot be encoded, TC when too large for UDP. Returns the RCODE.
+    /// SERVFAIL when a record cannot be encoded, TC when too large for the transport (UDP: the
+    /// payload size; TCP: 65,535 bytes). Returns the RCODE.
     fn reply(&self, mut head: Head, s: &Sections, out: &mut Vec<u8>) -> u16 {
         let q = self.q;
         let empty = Sections::default();
-        if !response::write(out, head, Some(q.question), s, self.opt.as_ref()) {
-            head.rcode = rcode::SERVFAIL;
-            head.aa = false;
-            response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
+        let mut too_long = false;
+        match response::try_write(out, head, Some(q.question), s, self.opt.as_ref()) {
+            Ok(()) => {}
+            Err(response::Unwritten::TooLong) => too_long = true,
+            Err(response::Unwritten::BadRecord) => {
+                head.rcode = rcode::SERVFAIL;
+                head.aa = false;
+                response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
+            }
         }
-        if self.transport == Transport::Udp && out.len() > response::udp_limit(q) {
-            // RFC 2181 §9 / RFC 6891 §7: too large for UDP: send TC with the question and the
-            // OPT, so the client retries over TCP.
+        let limit = match self.transport {
+            Transport::Udp => response::udp_limit(q),
+            // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
+            // as "truncated due to length greater than that permitted on the transmission
+            // channel", which this is; measured with the OPT appended.
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        if too_long || out.len() > limit {
+            // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT
+            // (over UDP the client retries over TCP).
             head.tc = true;
             response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
         }

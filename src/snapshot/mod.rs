@@ -81,7 +81,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         }
     };
     if let Some(zones) = &zones {
-        for (i, s) in config.services.iter().enumerate() {
+        for s in &config.services {
             let Ok(name) = Name::from_ascii(&s.name) else {
                 continue;
             };
@@ -91,7 +91,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
                     if zone.has_static(&lower, t) {
                         errors.push(ConfigError::new(
                             &config.source,
-                            format!("service[{i}].name"),
+                            format!("{}.name", config::service_key(0, Some(&s.name))),
                             format!("{} also has static {t} records in its zone file: remove them, the service answers {t}", s.name),
                         ));
                     }
@@ -220,6 +220,14 @@ impl Reloader {
             warn!("listen addresses changed: they take effect at the next restart");
         }
         let config = snapshot.config.clone();
+        // The snapshot first, then the health view derived from its config. The answer path
+        // loads the two cells independently, so between the two stores it pairs one new cell
+        // with one old. A view built for the new config no longer holds the targets the new
+        // config dropped, and a view asked about a target it does not hold says `unknown`,
+        // answered as up: the other order would let the old snapshot answer a removed target
+        // that is down or being probed down. In this order the new snapshot meets the old
+        // view: targets both configs have keep their state, and targets only the new one has
+        // are `unknown` in either view. Drains are by name and in both views alike.
         let snapshot = Arc::new(snapshot);
         start_scope_maps(&snapshot);
         self.snapshot.store(snapshot);

@@ -22,9 +22,9 @@ pub struct Services {
 #[derive(Debug)]
 pub struct Dynamic {
     service: CompiledService,
-    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
-    /// [`Services::count_answers_in`]).
-    answers: Vec<(String, AnswerCounter)>,
+    /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
+    /// and AAAA (empty until [`Services::count_answers_in`]).
+    answers: Vec<(String, [AnswerCounter; 2])>,
 }
 
 impl Dynamic {
@@ -43,7 +43,7 @@ impl Dynamic {
                 .iter()
                 .any(|b| self.service.region_of(*b) == Some(region));
             if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
-                c.inc();
+                c[usize::from(a.is_ipv6())].inc();
             }
         }
     }
@@ -78,7 +78,11 @@ impl Services {
             d.answers = s
                 .endpoints
                 .iter()
-                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .map(|e| {
+                    let region = &e.region.name;
+                    let counter = |family| metrics.answer_counter(&s.name, region, family);
+                    (region.clone(), [counter("A"), counter("AAAA")])
+                })
                 .collect();
         }
     }
