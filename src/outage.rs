@@ -78,7 +78,7 @@ pub fn assess(config: &Config, view: &HealthView) -> Vec<ServiceOutage> {
             for e in &s.endpoints {
                 for a in e.addresses.iter().filter(|a| Family::of(**a) == family) {
                     o.targets += 1;
-                    let w = withdrawal(view, &e.region, *a, e.check.as_deref());
+                    let w = withdrawal(view, &e.region.name, *a, e.check_name());
                     if w.drain.is_some() {
                         o.drained += 1;
                     } else if w.state == State::Down {

@@ -44,7 +44,7 @@ impl Collector for HealthCollector {
                 s.endpoints.iter().flat_map(move |e| {
                     e.addresses
                         .iter()
-                        .map(move |a| (s.name.as_str(), e.region.as_str(), *a, e.check.as_deref()))
+                        .map(move |a| (s.name.as_str(), e.region.name.as_str(), *a, e.check_name()))
                 })
             })
             .collect();

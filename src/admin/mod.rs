@@ -595,8 +595,8 @@ fn probe_region<'a>(config: &'a crate::config::Config, p: &ProbeReport) -> &'a s
         .services
         .iter()
         .flat_map(|s| &s.endpoints)
-        .find(|e| e.check.as_deref() == Some(&*p.key.check) && e.addresses.contains(&p.key.address))
-        .map_or("unknown", |e| e.region.as_str())
+        .find(|e| e.check_name() == Some(&*p.key.check) && e.addresses.contains(&p.key.address))
+        .map_or("unknown", |e| e.region.name.as_str())
 }
 
 /// Reads `meridian_probe_errors_total{reason}` at scrape time from the health subsystem's

@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -127,11 +128,11 @@ pub struct Config {
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
-    pub regions: Vec<Region>,
+    pub regions: Vec<Arc<Region>>,
     /// `[nets]`: client network -> region name, in file order (lookups use longest prefix).
     pub nets: Vec<NetOverride>,
     /// `[check.*]`, in file order.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Arc<Check>>,
     /// `[[service]]`, in file order.
     pub services: Vec<Service>,
 }
@@ -139,12 +140,7 @@ pub struct Config {
 impl Config {
     /// Returns the region called `name`.
     pub fn region(&self, name: &str) -> Option<&Region> {
-        self.regions.iter().find(|r| r.name == name)
-    }
-
-    /// Returns the check called `name`.
-    pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
+        self.regions.iter().find(|r| r.name == name).map(|r| &**r)
     }
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
@@ -167,7 +163,7 @@ impl Config {
             let slowest = s
                 .endpoints
                 .iter()
-                .filter_map(|e| self.check(e.check.as_deref()?))
+                .filter_map(|e| e.check.as_deref())
                 .map(|c| c.interval * c.fall.get() + c.timeout)
                 .max();
             if let Some(detect) = slowest
@@ -241,6 +237,33 @@ pub struct Notify {
     pub timeout: Duration,
     /// Retries after a failed POST (with backoff).
     pub retries: u32,
+    /// The shape of the POSTed body (default `json`).
+    pub format: NotifyFormat,
+    /// `pagerduty`: the Events API v2 routing (integration) key, read from
+    /// `notify.routing_key_file` when the config is loaded.
+    pub routing_key: Option<String>,
+}
+
+/// `notify.format`: who receives the notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// Meridian's own JSON documents (`crate::notify`).
+    Json,
+    /// A Slack incoming webhook: `text` plus `blocks`.
+    Slack,
+    /// PagerDuty Events API v2: trigger and resolve, one `dedup_key` per target or service.
+    PagerDuty,
+}
+
+impl NotifyFormat {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyFormat::Json => "json",
+            NotifyFormat::Slack => "slack",
+            NotifyFormat::PagerDuty => "pagerduty",
+        }
+    }
 }
 
 /// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's
@@ -460,10 +483,12 @@ pub enum GeoKey {
 /// A `geo` policy map: location keys -> ordered region lists, with a default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GeoMap {
-    /// Entries in file order.
-    pub entries: Vec<(GeoKey, Vec<String>)>,
-    /// Regions for clients no entry matches (and clients with no location).
-    pub default: Vec<String>,
+    /// Entries in file order, each with its regions as indices into the service's
+    /// `endpoints` (validation resolved the names; no index repeats).
+    pub entries: Vec<(GeoKey, Vec<usize>)>,
+    /// Regions for clients no entry matches (and clients with no location), as indices
+    /// into the service's `endpoints`.
+    pub default: Vec<usize>,
 }
 
 /// One `[[service]]`: a dynamic name and how it is answered.
@@ -479,8 +504,8 @@ pub struct Service {
     pub max_answers: usize,
     /// What to answer when no target is usable.
     pub when_all_down: WhenAllDown,
-    /// Default check of the endpoints (exists in `checks`); `None`: targets are always up.
-    pub check: Option<String>,
+    /// Default check of the endpoints (one of `checks`); `None`: targets are always up.
+    pub check: Option<Arc<Check>>,
     /// Use the EDNS Client Subnet option when present (default true).
     pub ecs: bool,
     /// `weighted`/`all`: the same client subnet (/24, /56) gets the same choice.
@@ -492,16 +517,24 @@ pub struct Service {
 }
 
 /// One endpoint of a service: a region's addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    /// Region name (exists in `regions`).
-    pub region: String,
+    /// The region (one of `regions`, resolved by validation).
+    pub region: Arc<Region>,
     /// Target addresses (IPv4 answer A queries, IPv6 answer AAAA).
     pub addresses: Vec<IpAddr>,
     /// `weighted`: relative weight (default 1; 0 = only when nothing else is up).
     pub weight: u32,
     /// `failover`: lower is preferred (default 1).
     pub priority: u32,
-    /// The check probing this endpoint's targets: its own `check`, else the service's.
-    pub check: Option<String>,
+    /// The check probing this endpoint's targets: its own `check`, else the service's (one
+    /// of `checks`, resolved by validation); `None`: the targets are always up.
+    pub check: Option<Arc<Check>>,
+}
+
+impl Endpoint {
+    /// Returns the name of the check probing this endpoint's targets, if any.
+    pub fn check_name(&self) -> Option<&str> {
+        self.check.as_ref().map(|c| c.name.as_str())
+    }
 }

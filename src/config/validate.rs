@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -163,12 +164,15 @@ impl Validator {
         let notify = table.remove("notify").and_then(|v| self.notify(v));
         let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
         let zones = self.zones(table.remove("zone"));
-        let regions = self.regions(table.remove("region"));
+        let regions: Vec<Arc<Region>> = (self.regions(table.remove("region")).into_iter())
+            .map(Arc::new)
+            .collect();
         let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
         let nets = self.nets(table.remove("nets"), &region_names);
-        let checks = self.checks(table.remove("check"));
-        let check_names: HashSet<String> = checks.iter().map(|c| c.name.clone()).collect();
-        let services = self.services(table.remove("service"), &zones, &region_names, &check_names);
+        let checks: Vec<Arc<Check>> = (self.checks(table.remove("check")).into_iter())
+            .map(Arc::new)
+            .collect();
+        let services = self.services(table.remove("service"), &zones, &regions, &checks);
         Config {
             source: self.file.clone(),
             server,
@@ -387,10 +391,62 @@ impl Validator {
             raw.timeout.as_deref(),
             DEFAULT_WEBHOOK_TIMEOUT,
         );
+        let format = match raw.format.as_deref().unwrap_or("json") {
+            "json" => NotifyFormat::Json,
+            "slack" => NotifyFormat::Slack,
+            "pagerduty" => NotifyFormat::PagerDuty,
+            other => {
+                self.err(
+                    "notify.format",
+                    format!("{other:?} is not one of \"json\", \"slack\", \"pagerduty\""),
+                );
+                NotifyFormat::Json
+            }
+        };
+        let routing_key = match (&raw.routing_key_file, format) {
+            (Some(p), NotifyFormat::PagerDuty) => {
+                let path = self.resolve(p);
+                // Messages never quote the file's content (it is a secret).
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, NotifyFormat::PagerDuty) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "format \"pagerduty\" needs the file holding the Events API v2 routing key",
+                );
+                None
+            }
+            (Some(_), _) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "is only used with format = \"pagerduty\"",
+                );
+                None
+            }
+            (None, _) => None,
+        };
         Some(Notify {
             webhook_url: raw.webhook_url,
             timeout,
             retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+            format,
+            routing_key,
         })
     }
 
@@ -763,8 +819,8 @@ impl Validator {
         &mut self,
         value: Option<toml::Value>,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Vec<Service> {
         let Some(value) = value else {
             return Vec::new();
@@ -798,8 +854,8 @@ impl Validator {
         key: &str,
         raw: RawService,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Option<Service> {
         let before = self.errors.len();
         let name = self.domain(&format!("{key}.name"), &raw.name);
@@ -848,11 +904,10 @@ impl Validator {
         if !(1..=64).contains(&max_answers) {
             self.err(format!("{key}.max_answers"), "must be 1..=64");
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
+        let check = raw
+            .check
+            .as_deref()
+            .and_then(|c| self.resolve_check(&format!("{key}.check"), c, checks));
         let sticky = raw.sticky.unwrap_or(false);
         if sticky && !matches!(policy, Policy::Weighted | Policy::All) {
             self.err(
@@ -869,15 +924,18 @@ impl Validator {
         let mut endpoints = Vec::new();
         for (j, ep) in raw.endpoints.into_iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            endpoints.push(self.endpoint(&ekey, ep, raw.check.as_deref(), regions, checks));
-        }
-        let mut seen = HashSet::new();
-        for (j, ep) in endpoints.iter().enumerate() {
-            if !seen.insert(ep.region.clone()) {
-                self.err(
-                    format!("{key}.endpoints[{j}].region"),
-                    format!("region {:?} has two endpoints in this service: list all its addresses in one", ep.region),
-                );
+            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), regions, checks);
+            if let Some(e) = endpoint {
+                if endpoints
+                    .iter()
+                    .any(|o: &Endpoint| o.region.name == e.region.name)
+                {
+                    self.err(
+                        format!("{ekey}.region"),
+                        format!("region {:?} has two endpoints in this service: list all its addresses in one", e.region.name),
+                    );
+                }
+                endpoints.push(e);
             }
         }
         let geo = match (policy, raw.geo) {
@@ -901,7 +959,7 @@ impl Validator {
             ttl,
             max_answers,
             when_all_down,
-            check: raw.check,
+            check,
             ecs: raw.ecs.unwrap_or(true),
             sticky,
             geo,
@@ -913,11 +971,12 @@ impl Validator {
         &mut self,
         key: &str,
         raw: RawEndpoint,
-        service_check: Option<&str>,
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
-    ) -> Endpoint {
-        if !regions.contains(&raw.region) {
+        service_check: Option<&Arc<Check>>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
+    ) -> Option<Endpoint> {
+        let region = regions.iter().find(|r| r.name == raw.region).cloned();
+        if region.is_none() {
             self.err(
                 format!("{key}.region"),
                 format!("unknown region {:?}", raw.region),
@@ -940,18 +999,31 @@ impl Validator {
                 ),
             }
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
-        Endpoint {
-            region: raw.region,
+        let check = match raw.check.as_deref() {
+            Some(c) => self.resolve_check(&format!("{key}.check"), c, checks),
+            None => service_check.cloned(),
+        };
+        Some(Endpoint {
+            region: region?,
             addresses,
             weight: raw.weight.unwrap_or(1),
             priority: raw.priority.unwrap_or(1),
-            check: raw.check.or_else(|| service_check.map(str::to_string)),
+            check,
+        })
+    }
+
+    /// Returns the check called `name`, or records an error at `key`.
+    fn resolve_check(
+        &mut self,
+        key: &str,
+        name: &str,
+        checks: &[Arc<Check>],
+    ) -> Option<Arc<Check>> {
+        let found = checks.iter().find(|c| c.name == name).cloned();
+        if found.is_none() {
+            self.err(key, format!("unknown check {name:?}"));
         }
+        found
     }
 
     fn geo_map(&mut self, key: &str, table: toml::Table, endpoints: &[Endpoint]) -> GeoMap {
@@ -976,14 +1048,19 @@ impl Validator {
             if list.is_empty() {
                 self.err(&ekey, "must list at least one region");
             }
+            let mut indices = Vec::with_capacity(list.len());
             for r in &list {
-                if !endpoints.iter().any(|e| &e.region == r) {
-                    self.err(
+                match endpoints.iter().position(|e| e.region.name == *r) {
+                    // A region listed twice would only repeat itself.
+                    Some(i) if indices.contains(&i) => {}
+                    Some(i) => indices.push(i),
+                    None => self.err(
                         &ekey,
                         format!("region {r:?} has no endpoint in this service"),
-                    );
+                    ),
                 }
             }
+            let list = indices;
             if k == "default" {
                 has_default = true;
                 map.default = list;
@@ -1075,6 +1152,36 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn notify_format_must_be_known_and_pagerduty_needs_a_routing_key_file() {
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"teams\"\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "notify.format: \"teams\" is not one of \"json\", \"slack\", \"pagerduty\""
+            )),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: format \"pagerduty\" needs")),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n\
+             routing_key_file = \"missing.key\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: cannot read")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {

@@ -231,23 +231,14 @@ struct Target {
 
 /// The targets a config asks for: (address, check) -> (check, regions in config order).
 fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<String>)> {
-    let checks: HashMap<&str, Arc<Check>> = config
-        .checks
-        .iter()
-        .map(|c| (c.name.as_str(), Arc::new(c.clone())))
-        .collect();
     let mut names: HashMap<&str, Arc<str>> = HashMap::new();
     let mut out: HashMap<TargetKey, (Arc<Check>, Vec<String>)> = HashMap::new();
     for service in &config.services {
         for endpoint in &service.endpoints {
-            let Some(name) = endpoint.check.as_deref() else {
+            let Some(check) = &endpoint.check else {
                 continue;
             };
-            let Some(check) = checks.get(name) else {
-                // Validation resolves check names; a dangling one probes nothing.
-                warn!(service = %service.name, check = %name, "endpoint names an unknown check");
-                continue;
-            };
+            let name = check.name.as_str();
             let name = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
             for &address in &endpoint.addresses {
                 let key = TargetKey {
@@ -257,8 +248,8 @@ fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<Strin
                 let entry = out
                     .entry(key)
                     .or_insert_with(|| (check.clone(), Vec::new()));
-                if !entry.1.contains(&endpoint.region) {
-                    entry.1.push(endpoint.region.clone());
+                if !entry.1.contains(&endpoint.region.name) {
+                    entry.1.push(endpoint.region.name.clone());
                 }
             }
         }

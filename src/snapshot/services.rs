@@ -79,8 +79,9 @@ impl Services {
                 .endpoints
                 .iter()
                 .map(|e| {
-                    let counter = |family| metrics.answer_counter(&s.name, &e.region, family);
-                    (e.region.clone(), [counter("A"), counter("AAAA")])
+                    let region = &e.region.name;
+                    let counter = |family| metrics.answer_counter(&s.name, region, family);
+                    (region.clone(), [counter("A"), counter("AAAA")])
                 })
                 .collect();
         }
