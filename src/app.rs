@@ -89,10 +89,14 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         health.clone(),
         metrics.clone(),
     );
+    let query_log =
+        crate::query_log::QueryLog::start(snapshot.clone(), health.view_cell(), metrics.clone())
+            .context("cannot start the query log thread")?;
     let answerer = Answerer {
         snapshot: snapshot.clone(),
         health: health.view_cell(),
         metrics: metrics.clone(),
+        query_log,
     };
     let dns_tasks = TaskTracker::new();
 
@@ -146,8 +150,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         side.handle()
             .spawn(async move {
                 crate::admin::start(admin, &tasks, token.clone()).await?;
-                // Its events go to the webhook once notify takes them (issue 12, item 4).
-                let _outages = crate::outage::start(
+                let outages = crate::outage::start(
                     snapshot.clone(),
                     health.view_cell(),
                     &tasks,
@@ -155,6 +158,8 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
                 );
                 crate::notify::start(
                     health.subscribe(),
+                    outages.subscribe(),
+                    health.clone(),
                     snapshot,
                     health.view_cell(),
                     &tasks,
@@ -165,6 +170,12 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
             .await
             .context("admin start-up task failed")??;
     }
+    // The file watcher reloads like SIGHUP; it stops with the admin port, last.
+    admin_tasks.spawn(crate::watch::run(
+        reloader.clone(),
+        snapshot.clone(),
+        admin_token.clone(),
+    ));
     admin_tasks.close();
     health.begin_on(&snapshot.load().config, side.handle());
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");

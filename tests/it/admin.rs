@@ -38,7 +38,7 @@ pub(crate) fn check(name: &str, port: u16) -> String {
 }
 
 /// Starts a server whose directory also holds `files` (name, content), written before start.
-fn start_with(config_text: &str, files: &[(&str, &str)]) -> Server {
+pub(crate) fn start_with(config_text: &str, files: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).expect("write file");
@@ -786,9 +786,10 @@ fn reloads_under_query_load_lose_no_answer_keep_probe_state_and_stop_removed_pro
         assert!(e.contains("meridian.toml: "), "{e}");
     }
     assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("service[0].endpoints[0].region") && e.contains("mars")),
+        errors.iter().any(
+            |e| e.contains(r#"service["api.example.net."].endpoints[0].region"#)
+                && e.contains("mars")
+        ),
         "{errors:?}"
     );
     assert!(

@@ -437,3 +437,328 @@ fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
         "the alert rules name metrics the binary does not expose: {missing:?}"
     );
 }
+
+/// A server posting notifications in `format` to `hook`, probing one target on `backend`
+/// (the only target of its service: it fails open when the backend fails); `extra` goes into
+/// `[notify]`, `files` are written beside the config.
+fn notifying_server(format: &str, hook: &HttpStub, backend: &HttpStub, extra: &str) -> Server {
+    let s = crate::admin::start_with(
+        &cfg(
+            "nsid = \"notify-1\"",
+            &format!(
+                "[notify]\nwebhook_url = \"http://{}/hook\"\ntimeout = \"1s\"\nretries = 2\n\
+                 format = \"{format}\"\n{extra}\n\
+                 {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+                 endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.1\"] }}]\n",
+                hook.addr,
+                check("web", backend.addr.port())
+            ),
+        ),
+        &[("routing.key", "R0UT1NG-KEY\n")],
+    );
+    crate::admin::wait_ready(&s);
+    s
+}
+
+/// The JSON bodies the receiver got so far.
+fn bodies(hook: &HttpStub) -> Vec<serde_json::Value> {
+    hook.requests()
+        .into_iter()
+        .filter_map(|(_, body)| serde_json::from_str(&body).ok())
+        .collect()
+}
+
+#[test]
+fn pagerduty_events_trigger_on_failure_and_the_recovery_resolves_the_same_dedup_key() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(202);
+    let s = notifying_server(
+        "pagerduty",
+        &hook,
+        &backend,
+        "routing_key_file = \"routing.key\"",
+    );
+    let started = Instant::now();
+    backend.set_status(503);
+    let target_key = "meridian/target/127.0.0.1/web";
+    let service_key = "meridian/service/api.example.net./A";
+    let has = |key: &str, action: &str| {
+        bodies(&hook)
+            .into_iter()
+            .find(|b| b["dedup_key"] == key && b["event_action"] == action)
+    };
+    eventually(
+        "PagerDuty triggers for the target and the service",
+        Duration::from_secs(15),
+        || has(target_key, "trigger").is_some() && has(service_key, "trigger").is_some(),
+    );
+    eprintln!(
+        "triggers received {:?} after the backend failed",
+        started.elapsed()
+    );
+    let t = has(target_key, "trigger").unwrap();
+    assert_eq!(t["routing_key"], "R0UT1NG-KEY");
+    assert_eq!(t["payload"]["severity"], "error");
+    assert_eq!(t["payload"]["source"], "notify-1");
+    assert_eq!(t["payload"]["class"], "target_down");
+    assert!(
+        t["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 (check web) is down"),
+        "{t}"
+    );
+    assert_eq!(t["payload"]["custom_details"]["to"], "down");
+    let o = has(service_key, "trigger").unwrap();
+    assert_eq!(o["payload"]["severity"], "critical");
+    assert_eq!(o["payload"]["class"], "service_failing_open");
+    assert!(
+        o["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("failing open"),
+        "{o}"
+    );
+    assert_eq!(has(target_key, "resolve"), None);
+
+    // Recovery resolves both incidents under their own keys.
+    let recovered = Instant::now();
+    backend.set_status(200);
+    eventually(
+        "PagerDuty resolves for the target and the service",
+        Duration::from_secs(15),
+        || has(target_key, "resolve").is_some() && has(service_key, "resolve").is_some(),
+    );
+    eprintln!(
+        "resolves received {:?} after the backend recovered",
+        recovered.elapsed()
+    );
+    assert_eq!(
+        has(target_key, "resolve").unwrap(),
+        serde_json::json!({"routing_key": "R0UT1NG-KEY", "event_action": "resolve",
+                           "dedup_key": target_key})
+    );
+    drop(s);
+}
+
+#[test]
+fn slack_messages_tell_of_failures_failing_open_drains_and_recovery() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(200);
+    let s = notifying_server("slack", &hook, &backend, "");
+    let texts = || {
+        bodies(&hook)
+            .into_iter()
+            .map(|b| {
+                assert_eq!(b["blocks"][0]["text"]["text"], b["text"], "{b}");
+                assert!(
+                    b["blocks"][1]["elements"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("notify-1"),
+                    "{b}"
+                );
+                b["text"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let seen = |needle: &str| texts().iter().any(|t| t.contains(needle));
+    backend.set_status(503);
+    eventually(
+        "Slack messages for down and failing open",
+        Duration::from_secs(15),
+        || {
+            seen(":red_circle: Target *127.0.0.1* (check web) is *down*")
+                && seen(":rotating_light: Service *api.example.net.* (A) is *failing open*")
+        },
+    );
+    let r = http(
+        s.admin(),
+        "POST",
+        "/regions/eu-west/drain",
+        &[],
+        "{\"reason\": \"kernel upgrade\"}",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(
+        "a Slack message for the drain",
+        Duration::from_secs(10),
+        || seen(":construction: region eu-west *drained*"),
+    );
+    let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    backend.set_status(200);
+    eventually(
+        "Slack messages for undrain and recovery",
+        Duration::from_secs(15),
+        || {
+            seen(":construction: region eu-west *undrained*")
+                && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
+                && seen(
+                    ":white_check_mark: Service *api.example.net.* (A) has *a usable target* again",
+                )
+        },
+    );
+}
+
+#[test]
+fn json_notifications_cover_failing_open_and_drains() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(200);
+    let s = notifying_server("json", &hook, &backend, "");
+    let find = |event: &str| bodies(&hook).into_iter().find(|b| b["event"] == event);
+    backend.set_status(503);
+    eventually(
+        "a service_failing_open document",
+        Duration::from_secs(15),
+        || find("service_failing_open").is_some(),
+    );
+    let o = find("service_failing_open").unwrap();
+    assert_eq!(o["instance"], "notify-1");
+    assert_eq!(o["service"], "api.example.net.");
+    assert_eq!(o["family"], "A");
+    assert_eq!(o["when_all_down"], "all");
+    assert_eq!(
+        (o["targets"].as_u64(), o["down"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let r = http(s.admin(), "POST", "/targets/127.0.0.1/drain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("a drained document", Duration::from_secs(10), || {
+        find("drained").is_some()
+    });
+    let d = find("drained").unwrap();
+    assert_eq!(d["subject"], "targets/127.0.0.1");
+    assert!(d["at"].as_str().unwrap().ends_with('Z'), "{d}");
+    let r = http(s.admin(), "POST", "/targets/127.0.0.1/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    backend.set_status(200);
+    eventually(
+        "undrained and service_recovered documents",
+        Duration::from_secs(15),
+        || find("undrained").is_some() && find("service_recovered").is_some(),
+    );
+}
+
+#[test]
+fn query_log_writes_one_json_line_per_answer_with_the_region_and_why() {
+    let backend = HttpStub::start(200);
+    let s = Server::start(&cfg(
+        "geoip = \"{GEO}\"",
+        &format!(
+            "[query_log]\nfile = \"queries.log\"\nsample = 1.0\n\
+             {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.1\"] }}, \
+                          {{ region = \"eu-west\", addresses = [\"127.0.0.2\"] }}]\n",
+            check("web", backend.addr.port())
+        ),
+    ));
+    crate::admin::wait_ready(&s);
+    // 127.0.0.2 (eu-west) has no backend: wait until it is down.
+    eventually("eu-west down", Duration::from_secs(15), || {
+        value(
+            &crate::admin::scrape(&s),
+            TARGET_UP,
+            &[
+                ("service", "api.example.net."),
+                ("region", "eu-west"),
+                ("address", "127.0.0.2"),
+            ],
+        ) == Some(0.0)
+    });
+    // Germany by ECS: eu-west is nearest but down, so us-east answers.
+    let mut q = query("api.example.net.", RecordType::A);
+    add_option(&mut q, ecs("198.51.100.0", 24));
+    let answer = Message::from_vec(&s.udp_raw(&q.to_vec().unwrap()).unwrap()).unwrap();
+    assert_eq!(answer.answers.len(), 1);
+    let soa = query("example.net.", RecordType::SOA);
+    crate::harness::tcp_raw(s.dns, &soa.to_vec().unwrap()).expect("tcp answer");
+
+    let path = s.dir().join("queries.log");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    eventually("two query log lines", Duration::from_secs(10), || {
+        lines().len() >= 2
+    });
+    let l = lines();
+    let api = l.iter().find(|x| x["name"] == "api.example.net.").unwrap();
+    assert_eq!(api["client"], "127.0.0.1");
+    assert_eq!(api["transport"], "udp");
+    assert_eq!(api["type"], "A");
+    assert_eq!(api["rcode"], "NOERROR");
+    assert_eq!(api["ecs"], "198.51.100.0/24");
+    assert!(api["scope"].as_u64().unwrap() > 0, "{api}");
+    assert_eq!(api["service"], "api.example.net.");
+    assert_eq!(api["answers"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(api["region"], "us-east");
+    let why = api["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("nearest from the ECS subnet, located by GeoIP in DE (EU)"),
+        "{why}"
+    );
+    assert!(api["time"].as_str().unwrap().ends_with('Z'), "{api}");
+    let soa = l.iter().find(|x| x["type"] == "SOA").unwrap();
+    assert_eq!(soa["transport"], "tcp");
+    assert_eq!(soa["service"], serde_json::Value::Null);
+    assert_eq!(soa["ecs"], serde_json::Value::Null);
+    let m = crate::admin::scrape(&s);
+    assert!(value(&m, "meridian_query_log_lines_total", &[]).unwrap() >= 2.0);
+    assert_eq!(
+        value(
+            &m,
+            "meridian_query_log_dropped_total",
+            &[("reason", "queue_full")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn query_log_over_its_rate_cap_drops_and_counts_every_line_it_does_not_write() {
+    let s = Server::start(&cfg(
+        "",
+        "[query_log]\nfile = \"queries.log\"\nmax_per_second = 5\n",
+    ));
+    let q = query("example.net.", RecordType::SOA).to_vec().unwrap();
+    let started = Instant::now();
+    const SENT: usize = 200;
+    for _ in 0..SENT {
+        s.udp_raw(&q).expect("an answer");
+    }
+    let elapsed = started.elapsed();
+    let counts = || {
+        let m = crate::admin::scrape(&s);
+        (
+            value(&m, "meridian_query_log_lines_total", &[]).unwrap(),
+            value(
+                &m,
+                "meridian_query_log_dropped_total",
+                &[("reason", "rate_cap")],
+            )
+            .unwrap(),
+        )
+    };
+    eventually(
+        "every answer written or dropped",
+        Duration::from_secs(10),
+        || {
+            let (lines, dropped) = counts();
+            lines + dropped == SENT as f64
+        },
+    );
+    let (lines, dropped) = counts();
+    eprintln!("{SENT} answers in {elapsed:?}: {lines} lines, {dropped} dropped by the cap");
+    // At most 5 per started second of sending (plus the one the log was in).
+    assert!(
+        lines <= 5.0 * (elapsed.as_secs_f64().ceil() + 2.0),
+        "{lines}"
+    );
+    assert!(dropped > 0.0);
+    let written = std::fs::read_to_string(s.dir().join("queries.log")).unwrap();
+    assert_eq!(written.lines().count() as f64, lines);
+}
