@@ -211,7 +211,10 @@ fn issue_9_a_tcp_client_that_stops_reading_loses_its_connection_after_the_write_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("slot freed {:?} after the client stopped reading", t.elapsed());
+    println!(
+        "slot freed {:?} after the client stopped reading",
+        t.elapsed()
+    );
     drop(stalled);
 }
 
