@@ -24,6 +24,7 @@ pub(crate) struct RawServer {
     pub(crate) tcp_idle_timeout: Option<String>,
     pub(crate) tcp_max_connections: Option<usize>,
     pub(crate) tcp_max_connections_per_network: Option<usize>,
+    pub(crate) watch_interval: Option<String>,
 }
 
 /// `[notify]`.
@@ -35,6 +36,17 @@ pub(crate) struct RawNotify {
     pub(crate) retries: Option<u32>,
     pub(crate) format: Option<String>,
     pub(crate) routing_key_file: Option<String>,
+}
+
+/// `[query_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueryLog {
+    pub(crate) file: Option<String>,
+    pub(crate) sample: Option<f64>,
+    pub(crate) max_per_second: Option<u32>,
+    pub(crate) max_size_mb: Option<u64>,
+    pub(crate) keep: Option<u32>,
 }
 
 /// `[rate_limit]`.

@@ -81,6 +81,8 @@ pub(crate) struct Answerer {
     pub(crate) health: Arc<ArcSwap<HealthView>>,
     /// Counters.
     pub(crate) metrics: Arc<Metrics>,
+    /// `[query_log]`: offered every response sent (off: one atomic load).
+    pub(crate) query_log: crate::query_log::QueryLog,
 }
 
 impl Answerer {
