@@ -51,6 +51,18 @@ pub struct RawRateLimit {
 pub struct RawZone {
     pub origin: String,
     pub file: String,
+    pub dnssec: Option<RawDnssec>,
+}
+
+/// A zone's `dnssec = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnssec {
+    pub keys: Vec<String>,
+    pub published: Option<Vec<String>>,
+    pub algorithm: Option<String>,
+    pub signature_validity: Option<String>,
+    pub inception_offset: Option<String>,
 }
 
 /// One `[region.NAME]`.
