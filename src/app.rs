@@ -146,8 +146,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         side.handle()
             .spawn(async move {
                 crate::admin::start(admin, &tasks, token.clone()).await?;
-                // Its events go to the webhook once notify takes them (issue 12, item 4).
-                let _outages = crate::outage::start(
+                let outages = crate::outage::start(
                     snapshot.clone(),
                     health.view_cell(),
                     &tasks,
@@ -155,6 +154,8 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
                 );
                 crate::notify::start(
                     health.subscribe(),
+                    outages.subscribe(),
+                    health.clone(),
                     snapshot,
                     health.view_cell(),
                     &tasks,
