@@ -211,8 +211,9 @@ fn dnssec(command: DnssecCommand) -> ExitCode {
             let pairs: Vec<(String, PathBuf)> = match (key, zone, config) {
                 (Some(key), Some(zone), _) => vec![(zone, key)],
                 (None, zone, Some(config)) => {
-                    let cfg = match meridian::config::load(&config) {
-                        Ok(c) => c,
+                    // The whole check: the keys load as `serve` would load them.
+                    let cfg = match snapshot::check(&config) {
+                        Ok(s) => s.config.clone(),
                         Err(errors) => {
                             eprintln!("{errors}");
                             return ExitCode::from(2);

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::{load, parse_duration, parse_str};
+pub(crate) use validate::load;
+pub use validate::parse_str;
 
 /// Default DNS listen address when `server.dns_listen` is absent.
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

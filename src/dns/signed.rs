@@ -237,7 +237,7 @@ fn nsec(
 pub(super) fn key_answer(snap: &Snapshot, qname: &LowerName, qtype: u16) -> Option<Vec<Answer>> {
     let zone = snap.zones.zone_for(qname)?;
     let signer = zone.signer()?;
-    if zone.origin() != qname {
+    if !zone.is_apex(qname) {
         return None;
     }
     let (code, rdatas) = match qtype {
@@ -264,7 +264,7 @@ fn signer_for<'s>(snap: &'s Snapshot, owner: &[u8]) -> Option<(&'s Zone, &'s Zon
 
 /// Returns true when some zone of `snap` is signed.
 pub(super) fn any_signed(snap: &Snapshot) -> bool {
-    snap.zones.iter().any(|z| z.signer().is_some())
+    snap.zones.any_signed()
 }
 
 /// A record with raw RDATA of type `code`.
