@@ -65,6 +65,14 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// Returns the lowercase name (`udp`, `tcp`), as in metric labels and the query log.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Transport::Udp => 0,
