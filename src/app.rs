@@ -129,6 +129,8 @@ pub struct App {
     pub health: Health,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The fleet, with `[cluster]`: drains go through the store.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl App {
@@ -157,6 +159,9 @@ impl App {
         {
             warn!("listen addresses changed: they take effect at the next restart");
         }
+        if old.config.cluster != snapshot.config.cluster {
+            warn!("[cluster] changed: it takes effect at the next restart");
+        }
         let summary = self.health.reload(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
         info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
@@ -170,6 +175,37 @@ pub enum StartError {
     /// The health subsystem refused its state (a corrupt state file): a config problem (exit 2).
     #[error("{0}")]
     Health(crate::health::HealthError),
+    /// The cluster store client cannot be set up (unreadable TLS files): exit 2.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// Returns the admin URL this instance advertises to the fleet: `cluster.advertise_admin`,
+/// else `http://` + the bound admin address.
+fn server_cluster_admin(config: &Config, bound: Option<SocketAddr>) -> Option<String> {
+    config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.advertise_admin.clone())
+        .or_else(|| bound.map(|a| format!("http://{a}")))
+}
+
+/// How often drains are checked for expiry.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ends expired drains until `token` is cancelled.
+async fn expire_drains(health: Health, token: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(error) = health.expire_drains(std::time::SystemTime::now()).await {
+                    warn!(%error, "cannot end expired drains");
+                }
+            }
+        }
+    }
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
@@ -186,11 +222,19 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     // Probes begin once the metrics and the webhook listen (below), so that no transition,
     // not even the first, goes uncounted.
     let health = Health::new(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
+    let cluster = match &snapshot.config.cluster {
+        Some(c) => Some(
+            crate::cluster::Cluster::new(c, health.clone())
+                .map_err(|e| StartError::Cluster(format!("cluster: {e}")))?,
+        ),
+        None => None,
+    };
     let app = App {
         config_path,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         health,
         metrics,
+        cluster,
     };
     let answerer = Answerer {
         snapshot: app.snapshot.clone(),
@@ -229,8 +273,17 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     // Admin last in the shutdown order: it has its own token and tracker.
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
-    crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
+    let admin_addr = crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
     crate::notify::start(&app, &admin_tasks, admin_token.clone());
+    // Drains with an expiry end by themselves, on every instance, store or no store.
+    admin_tasks.spawn(expire_drains(app.health.clone(), admin_token.clone()));
+    // The fleet task subscribes to transitions before probes begin, like the metrics feed.
+    let cluster_token = CancellationToken::new();
+    let cluster_task = app.cluster.clone().map(|c| {
+        let advertised = server_cluster_admin(&app.snapshot.load().config, admin_addr);
+        c.set_admin_url(advertised);
+        tokio::spawn(c.run(cluster_token.clone()))
+    });
     admin_tasks.close();
     app.health.begin(&app.snapshot.load().config);
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
@@ -249,6 +302,13 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         .is_err()
     {
         warn!("health probes did not stop in time");
+    }
+    // Leaving the fleet revokes the lease: the others stop counting this instance's votes.
+    cluster_token.cancel();
+    if let Some(task) = cluster_task
+        && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+    {
+        warn!("cluster task did not stop in time");
     }
     admin_token.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, admin_tasks.wait())

@@ -14,12 +14,16 @@
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
 //! - [`app`]: wiring, reload, signals and shutdown order.
+//! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
+//! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod dns;
 pub mod geo;
 pub mod health;

@@ -46,6 +46,9 @@ enum Command {
         #[arg(default_value = "A")]
         qtype: String,
     },
+    /// Talks to running instances (one, or the whole fleet): status, drain, undrain, reload,
+    /// explain. Exit 1 when any instance failed.
+    Ctl(meridian::ctl::CtlArgs),
     /// GeoIP sample data.
     Geodata {
         #[command(subcommand)]
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Ctl(args) => ExitCode::from(meridian::ctl::run(args)),
         Command::Geodata {
             command: GeodataCommand::Build { csv, out },
         } => match meridian::geo::build_database(&csv, &out) {

@@ -48,6 +48,9 @@
 //! }
 //! ```
 //!
+//! - `fleet` (only with `[cluster]`): `{"agreed", "basis": "quorum"|"fallback", "observers",
+//!   "down", "needed", "views": {"instance": "up"|"down"|"unknown"}, "why"}`: every instance's
+//!   view of the target and the state the fleet agreed on, which answers use.
 //! - `state`: the probed state, `up`, `down` or `unknown` (not probed yet, answered as up). A
 //!   target without a check is always `up`, with `check`, `since` and `last_check` null.
 //! - `forced`: an operator override withdraws the target (its region is drained); `state`
@@ -131,6 +134,10 @@ pub struct TargetReport {
     pub since: Option<SystemTime>,
     /// The last probe result.
     pub last_check: Option<Observation>,
+    /// In a fleet (`[cluster]`): each instance's view and the agreed state, which answers use
+    /// (absent without a fleet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::cluster::quorum::Agreement>,
 }
 
 /// Returns true when a target in `state`, in a region that is `drained` or not, may be
@@ -211,19 +218,24 @@ fn target_report(
             usable: is_usable(State::Up, drained),
             since: None,
             last_check: None,
+            fleet: None,
         };
     };
     // A target the health table does not hold yet (a reload in between) is unknown.
     let status = by_key.get(&(address, check));
     let state = status.map_or(State::Unknown, |t| t.state);
+    let fleet = status.and_then(|t| t.fleet.clone());
+    // In a fleet the agreed state, not this instance's own, decides what answers use.
+    let answered = fleet.as_ref().map_or(state, |f| f.agreed);
     TargetReport {
         address,
         check: Some(check.to_string()),
         state,
         forced: drained,
-        usable: is_usable(state, drained),
+        usable: is_usable(answered, drained),
         since: status.and_then(|t| t.since),
         last_check: status.and_then(|t| t.last_check.clone()),
+        fleet,
     }
 }
 
@@ -259,6 +271,7 @@ mod tests {
             forced: false,
             since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             last_check: None,
+            fleet: None,
         }
     }
 

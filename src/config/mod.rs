@@ -7,6 +7,7 @@
 //! what is wrong. This module does no network I/O; it reads only the config file itself. Zone
 //! files and the GeoIP database are checked when the snapshot is built (`crate::app`).
 
+pub mod cluster;
 pub mod raw;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use cluster::{Cluster, Quorum};
 pub use validate::{load, parse_duration, parse_str};
 
 /// Default DNS listen address when `server.dns_listen` is absent.
@@ -119,6 +121,8 @@ pub struct Config {
     pub notify: Option<Notify>,
     /// `[rate_limit]`, if present: response rate limiting on UDP.
     pub rate_limit: Option<RateLimit>,
+    /// `[cluster]`, if present: drains and health shared by a fleet through etcd.
+    pub cluster: Option<Cluster>,
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
@@ -351,6 +355,8 @@ pub struct Check {
     pub headers: Vec<(String, String)>,
     /// Verify the server certificate (https); default true.
     pub tls_verify: bool,
+    /// Local address probes are sent from (default: chosen by the system).
+    pub source: Option<IpAddr>,
 }
 
 /// How a service orders its regions.

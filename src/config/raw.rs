@@ -74,6 +74,7 @@ pub struct RawCheck {
     pub body_contains: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub tls_verify: Option<bool>,
+    pub source: Option<String>,
 }
 
 /// One `[[service]]`.

@@ -19,6 +19,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "notify",
     "rate_limit",
+    "cluster",
     "zone",
     "region",
     "nets",
@@ -162,6 +163,9 @@ impl Validator {
         let server = self.server(table.remove("server"));
         let notify = table.remove("notify").and_then(|v| self.notify(v));
         let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
+        let cluster = table
+            .remove("cluster")
+            .and_then(|v| super::cluster::validate(&self.file, &self.dir, v, &mut self.errors));
         let zones = self.zones(table.remove("zone"));
         let regions = self.regions(table.remove("region"));
         let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
@@ -174,6 +178,7 @@ impl Validator {
             server,
             notify,
             rate_limit,
+            cluster,
             zones,
             regions,
             nets,
@@ -630,6 +635,20 @@ impl Validator {
                 );
             }
         }
+        let source = match raw.source.as_deref().map(str::parse::<IpAddr>) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => {
+                self.err(
+                    format!("{key}.source"),
+                    format!(
+                        "{:?} is not an IP address (the local address probes are sent from)",
+                        raw.source.as_deref().unwrap_or("")
+                    ),
+                );
+                None
+            }
+        };
         Some(Check {
             name,
             kind,
@@ -644,6 +663,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            source,
         })
     }
 

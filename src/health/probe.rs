@@ -96,6 +96,8 @@ pub fn install_crypto_provider() {
 #[derive(Debug)]
 pub struct Prober {
     target: SocketAddr,
+    /// The local address probes are sent from (`check.source`).
+    source: Option<IpAddr>,
     timeout: Duration,
     kind: ProberKind,
 }
@@ -131,6 +133,7 @@ impl Prober {
         };
         Self {
             target,
+            source: check.source,
             timeout: check.timeout,
             kind,
         }
@@ -159,7 +162,7 @@ impl Prober {
 
     async fn probe_inner(&self) -> Result<(), ProbeError> {
         match &self.kind {
-            ProberKind::Tcp => match tokio::net::TcpStream::connect(self.target).await {
+            ProberKind::Tcp => match connect_from(self.source, self.target).await {
                 Ok(_stream) => Ok(()),
                 Err(e) => Err(connect_error(&e)),
             },
@@ -167,6 +170,24 @@ impl Prober {
             ProberKind::Broken(e) => Err(e.clone()),
         }
     }
+}
+
+/// Connects to `target`, from `source` when set (so that one instance of a fleet can probe
+/// from its own address, and a backend can tell the instances apart).
+async fn connect_from(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect(target).await;
+    };
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 impl HttpProbe {
@@ -182,7 +203,8 @@ impl HttpProbe {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(DEFAULT_USER_AGENT)
-            .tls_danger_accept_invalid_certs(!check.tls_verify);
+            .tls_danger_accept_invalid_certs(!check.tls_verify)
+            .local_address(check.source);
         // A host name goes in the URL (so it becomes both Host and SNI) with resolution pinned
         // to the target; an IP literal as `host` only sets the Host header (no SNI for IPs).
         let url = match check.host.as_deref() {
@@ -424,6 +446,7 @@ pub(crate) mod tests {
             body_contains: None,
             headers: Vec::new(),
             tls_verify: true,
+            source: None,
         }
     }
 

@@ -18,7 +18,7 @@
 //! targets and stops removed ones. A result from a stopped task is ignored (each task carries
 //! a generation number).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::overrides::{Overrides, OverridesError};
+use super::overrides::{Drain, Overrides, OverridesError, Subject};
 use super::probe::{ProbeOutcome, Prober};
 use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
+use crate::cluster::quorum::{Agreement, PeerVotes};
 use crate::config::{Check, Config};
 
 /// Capacity of the transition and probe-report broadcast channels; a subscriber that falls
@@ -105,6 +106,9 @@ pub struct TargetStatus {
     pub since: Option<SystemTime>,
     /// The last probe result (`None` before the first).
     pub last_check: Option<Observation>,
+    /// In a fleet: each instance's view and the agreed state (what answers use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Agreement>,
 }
 
 /// What a reload changed.
@@ -129,6 +133,8 @@ pub struct Health {
 #[derive(Debug)]
 struct Inner {
     view: Arc<ArcSwap<HealthView>>,
+    /// The fleet's votes (empty without `[cluster]`): published views hold the agreed state.
+    peers: ArcSwap<PeerVotes>,
     table: Mutex<Table>,
     /// Serializes state-file writes (drain/undrain).
     write_lock: tokio::sync::Mutex<()>,
@@ -145,8 +151,8 @@ struct Table {
     known_regions: HashSet<String>,
     /// Every endpoint address of the config, probed or not (drainable targets).
     known_addresses: HashSet<IpAddr>,
-    drained: BTreeSet<String>,
-    drained_targets: BTreeSet<IpAddr>,
+    /// The operator's drains with their records.
+    overrides: Overrides,
     state_file: Option<PathBuf>,
     next_generation: u64,
 }
@@ -231,19 +237,23 @@ impl Health {
             Some(path) => Overrides::load(path)?,
             None => Overrides::empty(),
         };
-        if !overrides.drained_regions.is_empty() {
-            info!(regions = ?overrides.drained_regions, "drained regions loaded from state file");
+        if !overrides.drained_regions.is_empty() || !overrides.drained_targets.is_empty() {
+            info!(
+                regions = ?overrides.drained_regions,
+                targets = ?overrides.drained_targets,
+                "drains loaded from state file"
+            );
         }
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let (probes, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let inner = Arc::new(Inner {
             view: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+            peers: ArcSwap::from_pointee(PeerVotes::default()),
             table: Mutex::new(Table {
                 targets: HashMap::new(),
                 known_regions: HashSet::new(),
                 known_addresses: HashSet::new(),
-                drained: overrides.drained_regions,
-                drained_targets: overrides.drained_targets,
+                overrides,
                 state_file: config.server.state_file.clone(),
                 next_generation: 0,
             }),
@@ -291,37 +301,135 @@ impl Health {
 
     /// Withdraws `region` from every answer and persists it. Returns whether anything changed.
     pub async fn drain(&self, region: &str) -> Result<bool, HealthError> {
-        self.set_drained(region, true).await
+        let subject = Subject::Region(region.to_string());
+        self.set_drain(&subject, Some(Drain::now(""))).await
     }
 
     /// Puts `region` back into answers and persists it. Returns whether anything changed.
     pub async fn undrain(&self, region: &str) -> Result<bool, HealthError> {
-        self.set_drained(region, false).await
+        self.set_drain(&Subject::Region(region.to_string()), None)
+            .await
     }
 
     /// Withdraws the target `address` from every answer of every service, and persists it.
     /// Returns true when this changed anything; an address no endpoint has is an error.
     pub async fn drain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
-        self.set_target_drained(address, true).await
+        self.set_drain(&Subject::Target(address), Some(Drain::now("")))
+            .await
     }
 
     /// Undoes [`Health::drain_target`].
     pub async fn undrain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
-        self.set_target_drained(address, false).await
+        self.set_drain(&Subject::Target(address), None).await
+    }
+
+    /// Returns an error when `subject` cannot be drained: a region the config does not define
+    /// or an address no endpoint has.
+    pub fn check_drainable(&self, subject: &Subject) -> Result<(), HealthError> {
+        let table = self.inner.lock();
+        match subject {
+            Subject::Region(r) if !table.known_regions.contains(r) => {
+                Err(HealthError::UnknownRegion(r.clone()))
+            }
+            Subject::Target(a) if !table.known_addresses.contains(a) => {
+                Err(HealthError::UnknownTarget(*a))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drains `subject` with `record` (`Some`, after [`Health::check_drainable`]) or undrains
+    /// it (`None`), writes the state file, then publishes. Returns whether it changed.
+    pub async fn set_drain(
+        &self,
+        subject: &Subject,
+        record: Option<Drain>,
+    ) -> Result<bool, HealthError> {
+        if record.is_some() {
+            self.check_drainable(subject)?;
+        }
+        let drained = record.is_some();
+        let changed = self.update_overrides(|o| o.set(subject, record)).await?;
+        if changed {
+            let what = if drained { "drained" } else { "undrained" };
+            info!(%subject, "{what}");
+        }
+        Ok(changed)
+    }
+
+    /// Replaces every drain with `overrides` (the fleet's, read from the store), writes the
+    /// state file (the cache) and publishes. Returns whether any drain changed.
+    pub async fn replace_drains(&self, overrides: Overrides) -> Result<bool, HealthError> {
+        self.update_overrides(move |o| {
+            let changed = o.drained_regions != overrides.drained_regions
+                || o.drained_targets != overrides.drained_targets;
+            *o = overrides;
+            changed
+        })
+        .await
+    }
+
+    /// Ends the drains whose expiry has passed at `now`; returns what ended.
+    pub async fn expire_drains(&self, now: SystemTime) -> Result<Vec<Subject>, HealthError> {
+        let mut gone = Vec::new();
+        self.update_overrides(|o| {
+            gone = o.expire(now);
+            !gone.is_empty()
+        })
+        .await?;
+        for s in &gone {
+            info!(subject = %s, "drain expired");
+        }
+        Ok(gone)
+    }
+
+    /// Returns the drains with their records.
+    pub fn drains(&self) -> Overrides {
+        self.inner.lock().overrides.clone()
     }
 
     /// Returns the drained target addresses, sorted.
     pub fn drained_targets(&self) -> Vec<IpAddr> {
-        self.inner.lock().drained_targets.iter().copied().collect()
+        self.inner
+            .lock()
+            .overrides
+            .drained_targets
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Returns the drained regions, sorted.
     pub fn drained_regions(&self) -> Vec<String> {
-        self.inner.lock().drained.iter().cloned().collect()
+        self.inner
+            .lock()
+            .overrides
+            .drained_regions
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Sets the fleet's votes and republishes the view with the agreed states.
+    pub fn set_peer_votes(&self, votes: PeerVotes) {
+        self.inner.peers.store(Arc::new(votes));
+        let table = self.inner.lock();
+        self.inner.publish(&table);
+    }
+
+    /// Returns this instance's own state of every probed target (for publishing to the fleet).
+    pub fn local_states(&self) -> Vec<(TargetKey, State, Option<SystemTime>)> {
+        let table = self.inner.lock();
+        table
+            .targets
+            .iter()
+            .map(|(k, t)| (k.clone(), t.state.state(), t.state.since()))
+            .collect()
     }
 
     /// Returns every target's state, sorted by check name, then address.
     pub fn status(&self) -> Vec<TargetStatus> {
+        let peers = self.inner.peers.load();
         let table = self.inner.lock();
         let mut out: Vec<TargetStatus> = table
             .targets
@@ -332,10 +440,16 @@ impl Health {
                 kind: t.check.kind.as_str(),
                 regions: t.regions.clone(),
                 state: t.state.state(),
-                forced: table.drained_targets.contains(&key.address)
-                    || t.regions.iter().any(|r| table.drained.contains(r)),
+                forced: table.overrides.drained_targets.contains(&key.address)
+                    || t.regions
+                        .iter()
+                        .any(|r| table.overrides.drained_regions.contains(r)),
                 since: t.state.since(),
                 last_check: t.state.last().cloned(),
+                fleet: peers
+                    .quorum
+                    .is_some()
+                    .then(|| peers.agree(key, t.state.state())),
             })
             .collect();
         out.sort_by(|a, b| (&a.check, a.address).cmp(&(&b.check, b.address)));
@@ -372,75 +486,25 @@ impl Health {
         self.inner.tracker.wait().await;
     }
 
-    async fn set_drained(&self, region: &str, drained: bool) -> Result<bool, HealthError> {
-        let changed = self
-            .update_overrides(|table| {
-                if drained && !table.known_regions.contains(region) {
-                    return Err(HealthError::UnknownRegion(region.to_string()));
-                }
-                let mut next = table.drained.clone();
-                let changed = if drained {
-                    next.insert(region.to_string())
-                } else {
-                    next.remove(region)
-                };
-                Ok(changed.then(|| (next, table.drained_targets.clone())))
-            })
-            .await?;
-        if changed {
-            let what = if drained { "drained" } else { "undrained" };
-            info!(region = %region, "region {what}");
-        }
-        Ok(changed)
-    }
-
-    async fn set_target_drained(
-        &self,
-        address: IpAddr,
-        drained: bool,
-    ) -> Result<bool, HealthError> {
-        let changed = self
-            .update_overrides(|table| {
-                if drained && !table.known_addresses.contains(&address) {
-                    return Err(HealthError::UnknownTarget(address));
-                }
-                let mut next = table.drained_targets.clone();
-                let changed = if drained {
-                    next.insert(address)
-                } else {
-                    next.remove(&address)
-                };
-                Ok(changed.then(|| (table.drained.clone(), next)))
-            })
-            .await?;
-        if changed {
-            let what = if drained { "drained" } else { "undrained" };
-            info!(target = %address, "target {what}");
-        }
-        Ok(changed)
-    }
-
-    /// Computes new drains with `change` (None: nothing changes), writes them to the state
-    /// file first (so a failed write changes nothing), then publishes them. Returns whether
-    /// anything changed.
+    /// Changes the drains with `change` (which returns whether anything changed) on a copy,
+    /// writes the copy to the state file first (so a failed write changes nothing), then
+    /// publishes it. Returns whether anything changed.
     async fn update_overrides(
         &self,
-        change: impl FnOnce(&Table) -> Result<Option<(BTreeSet<String>, BTreeSet<IpAddr>)>, HealthError>,
+        change: impl FnOnce(&mut Overrides) -> bool,
     ) -> Result<bool, HealthError> {
         let _write = self.inner.write_lock.lock().await;
-        let (regions, targets, path) = {
+        let (next, path) = {
             let table = self.inner.lock();
-            match change(&table)? {
-                None => return Ok(false),
-                Some((regions, targets)) => (regions, targets, table.state_file.clone()),
+            let mut next = table.overrides.clone();
+            let changed = change(&mut next);
+            if !changed && next == table.overrides {
+                return Ok(false);
             }
+            (next, table.state_file.clone())
         };
         if let Some(path) = path {
-            let overrides = Overrides {
-                drained_regions: regions.clone(),
-                drained_targets: targets.clone(),
-                ..Overrides::empty()
-            };
+            let overrides = next.clone();
             tokio::task::spawn_blocking(move || overrides.save(&path))
                 .await
                 .map_err(|e| OverridesError::Write {
@@ -449,10 +513,11 @@ impl Health {
                 })??;
         }
         let mut table = self.inner.lock();
-        table.drained = regions;
-        table.drained_targets = targets;
+        let changed = table.overrides.drained_regions != next.drained_regions
+            || table.overrides.drained_targets != next.drained_targets;
+        table.overrides = next;
         self.inner.publish(&table);
-        Ok(true)
+        Ok(changed)
     }
 
     fn apply(&self, config: &Config, is_reload: bool) -> ReloadSummary {
@@ -517,11 +582,7 @@ impl Health {
         if is_reload && table.state_file != config.server.state_file {
             table.state_file = config.server.state_file.clone();
             if let Some(path) = &table.state_file {
-                let overrides = Overrides {
-                    drained_regions: table.drained.clone(),
-                    drained_targets: table.drained_targets.clone(),
-                    ..Overrides::empty()
-                };
+                let overrides = table.overrides.clone();
                 // Reload is rare; a short blocking write keeps the new file in step at once.
                 if let Err(error) = overrides.save(path) {
                     warn!(%error, "cannot write drains to the new state file");
@@ -553,12 +614,17 @@ impl Inner {
 
     /// Builds a view from the table and swaps it in.
     fn publish(&self, table: &Table) {
+        let peers = self.peers.load();
         let mut view = HealthView::empty();
         for (key, t) in &table.targets {
-            view.set_state(key.address, &key.check, t.state.state());
+            view.set_state(
+                key.address,
+                &key.check,
+                peers.agreed_state(key, t.state.state()),
+            );
         }
-        view.set_drained(table.drained.iter().cloned());
-        view.set_drained_targets(table.drained_targets.iter().copied());
+        view.set_drained(table.overrides.drained_regions.iter().cloned());
+        view.set_drained_targets(table.overrides.drained_targets.iter().copied());
         self.view.store(Arc::new(view));
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod backend;
 mod cli;
+mod cluster;
 mod dns;
 mod fuzz;
 mod geo;
