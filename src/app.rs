@@ -1,173 +1,29 @@
-//! Wiring: load config into a snapshot, bind sockets, spawn DNS, probes and admin, handle
-//! signals, reload, and shut down in order (DNS first, then probes, then admin).
+//! Wiring: bind sockets, spawn DNS, probes, admin and notifications on a loaded snapshot,
+//! handle signals (SIGHUP reloads through [`crate::snapshot::Reloader`], off the async workers),
+//! and shut down in order (DNS first, then probes, then admin).
 //!
-//! Key types: [`Snapshot`] (everything the answer path reads, immutable, swapped whole on
-//! reload) and [`App`] (the shared handles).
+//! Everything else lives below: the snapshot and reload in [`crate::snapshot`], answering in
+//! [`crate::dns`], the HTTP surface in [`crate::admin`]. Each of those gets the narrow handles
+//! it needs, never a handle to the whole server.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{self, Config, ConfigError, ConfigErrors};
-use crate::dns::{self, Answerer, Services};
-use crate::geo::Geo;
-use crate::health::{Health, HealthView};
+use crate::dns::{self, Answerer};
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::zone::Zones;
+use crate::snapshot::{Reloader, Snapshot};
 
 /// How long shutdown waits for tasks before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Everything the answer path reads: built whole, never mutated, swapped on reload.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// Static zones.
-    pub zones: Zones,
-    /// GeoIP database and CIDR overrides.
-    pub geo: Geo,
-    /// Dynamic names.
-    pub services: Services,
-}
-
-/// Reads, validates and builds a snapshot from the config file at `path`; reports every
-/// problem found (config keys, zone files, GeoIP database).
-pub fn load_snapshot(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let config = config::load(path)?;
-    build_snapshot(config)
-}
-
-/// Checks everything `meridian check` checks: the config, zone files and GeoIP database (as
-/// [`load_snapshot`]), and the state file of operator drains, which `serve` refuses to start
-/// with when it is corrupt.
-pub fn check(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let snapshot = load_snapshot(path)?;
-    if let Some(state) = &snapshot.config.server.state_file
-        && let Err(e) = crate::health::Overrides::load(state)
-    {
-        let key = "server.state_file";
-        return Err(ConfigErrors(vec![ConfigError::new(
-            &snapshot.config.source,
-            key,
-            e.to_string(),
-        )]));
-    }
-    Ok(snapshot)
-}
-
-/// Builds a snapshot from a validated config.
-pub fn build_snapshot(config: Config) -> Result<Snapshot, ConfigErrors> {
-    let mut errors = Vec::new();
-    let dynamic: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
-    let zones = match Zones::load(&config.zones, &dynamic, &config.source) {
-        Ok(z) => Some(z),
-        Err(mut e) => {
-            errors.append(&mut e);
-            None
-        }
-    };
-    if let Some(zones) = &zones {
-        for (i, s) in config.services.iter().enumerate() {
-            let Ok(name) = Name::from_ascii(&s.name) else {
-                continue;
-            };
-            let lower = LowerName::new(&name);
-            if let Some(zone) = zones.zone_for(&lower) {
-                for t in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
-                    if zone.has_static(&lower, t) {
-                        errors.push(ConfigError::new(
-                            &config.source,
-                            format!("service[{i}].name"),
-                            format!("{} also has static {t} records in its zone file: remove them, the service answers {t}", s.name),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    let geo = match Geo::open(config.server.geoip.as_deref(), &config.nets) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            errors.push(ConfigError::new(
-                &config.source,
-                "server.geoip",
-                e.to_string(),
-            ));
-            None
-        }
-    };
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    let services = Services::new(&config);
-    Ok(Snapshot {
-        config: Arc::new(config),
-        // Invariant: both are Some when no error was recorded above.
-        zones: zones.expect("zones loaded"),
-        geo: geo.expect("geo opened"),
-        services,
-    })
-}
-
-/// The shared handles of a running server.
-#[derive(Debug, Clone)]
-pub struct App {
-    /// The config file, re-read on reload.
-    pub config_path: PathBuf,
-    /// The current snapshot.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Probes, their state and the operator's drains.
-    pub health: Health,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// The fleet, with `[cluster]`: drains go through the store.
-    pub cluster: Option<crate::cluster::Cluster>,
-}
-
-impl App {
-    /// Re-reads the config file; on success swaps in the new snapshot, on failure keeps the
-    /// old one and returns the errors.
-    ///
-    /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
-    /// `meridian_config_reloads_total{result}`.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
-        static RELOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.reload_unlocked();
-        self.metrics.count_reload(result.is_ok());
-        result
-    }
-
-    fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
-        let mut snapshot = load_snapshot(&self.config_path)?;
-        snapshot.services.count_answers_in(&self.metrics);
-        for w in snapshot.config.warnings() {
-            warn!("{w}");
-        }
-        let old = self.snapshot.load();
-        if old.config.server.dns_listen != snapshot.config.server.dns_listen
-            || old.config.server.admin_listen != snapshot.config.server.admin_listen
-        {
-            warn!("listen addresses changed: they take effect at the next restart");
-        }
-        if old.config.cluster != snapshot.config.cluster {
-            warn!("[cluster] changed: it takes effect at the next restart");
-        }
-        let summary = self.health.reload(&snapshot.config);
-        self.snapshot.store(Arc::new(snapshot));
-        info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
-        Ok(())
-    }
-}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +38,7 @@ pub enum StartError {
 
 /// Returns the admin URL this instance advertises to the fleet: `cluster.advertise_admin`,
 /// else `http://` + the bound admin address.
-fn server_cluster_admin(config: &Config, bound: Option<SocketAddr>) -> Option<String> {
+fn advertised_admin(config: &crate::config::Config, bound: Option<SocketAddr>) -> Option<String> {
     config
         .cluster
         .as_ref()
@@ -229,17 +85,17 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         ),
         None => None,
     };
-    let app = App {
+    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let reloader = Reloader::new(
         config_path,
-        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        health,
-        metrics,
-        cluster,
-    };
+        snapshot.clone(),
+        health.clone(),
+        metrics.clone(),
+    );
     let answerer = Answerer {
-        snapshot: app.snapshot.clone(),
-        health: app.health.view_cell(),
-        metrics: app.metrics.clone(),
+        snapshot: snapshot.clone(),
+        health: health.view_cell(),
+        metrics: metrics.clone(),
     };
     let dns_tasks = TaskTracker::new();
 
@@ -273,22 +129,34 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     // Admin last in the shutdown order: it has its own token and tracker.
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
-    let admin_addr = crate::admin::start(&app, &admin_tasks, admin_token.clone()).await?;
-    crate::notify::start(&app, &admin_tasks, admin_token.clone());
+    let admin = crate::admin::Handles {
+        snapshot: snapshot.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        reloader: reloader.clone(),
+        cluster: cluster.clone(),
+    };
+    let admin_addr = crate::admin::start(admin, &admin_tasks, admin_token.clone()).await?;
+    crate::notify::start(
+        health.subscribe(),
+        snapshot.clone(),
+        health.view_cell(),
+        &admin_tasks,
+        admin_token.clone(),
+    );
     // Drains with an expiry end by themselves, on every instance, store or no store.
-    admin_tasks.spawn(expire_drains(app.health.clone(), admin_token.clone()));
+    admin_tasks.spawn(expire_drains(health.clone(), admin_token.clone()));
     // The fleet task subscribes to transitions before probes begin, like the metrics feed.
     let cluster_token = CancellationToken::new();
-    let cluster_task = app.cluster.clone().map(|c| {
-        let advertised = server_cluster_admin(&app.snapshot.load().config, admin_addr);
-        c.set_admin_url(advertised);
+    let cluster_task = cluster.clone().map(|c| {
+        c.set_admin_url(advertised_admin(&snapshot.load().config, admin_addr));
         tokio::spawn(c.run(cluster_token.clone()))
     });
     admin_tasks.close();
-    app.health.begin(&app.snapshot.load().config);
+    health.begin(&snapshot.load().config);
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
-    wait_for_signals(&app).await?;
+    wait_for_signals(&reloader).await?;
     info!("shutting down");
     token.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, dns_tasks.wait())
@@ -297,7 +165,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
     {
         warn!("dns tasks did not stop in time");
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, app.health.shutdown())
+    if tokio::time::timeout(SHUTDOWN_GRACE, health.shutdown())
         .await
         .is_err()
     {
@@ -364,7 +232,7 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 /// Waits for SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
-async fn wait_for_signals(app: &App) -> anyhow::Result<()> {
+async fn wait_for_signals(reloader: &Reloader) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -374,78 +242,20 @@ async fn wait_for_signals(app: &App) -> anyhow::Result<()> {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                if let Err(errors) = app.reload() {
-                    for e in &errors.0 {
-                        warn!(error = %e, "reload failed, keeping the old configuration");
+                // Reload reads and parses files (config, zones, GeoIP): a blocking thread does
+                // it, so the async workers (TCP answers, admin, probes) never wait on the disk.
+                // Signals meanwhile are queued by tokio and handled when it returns.
+                let r = reloader.clone();
+                match tokio::task::spawn_blocking(move || r.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(errors)) => {
+                        for e in &errors.0 {
+                            warn!(error = %e, "reload failed, keeping the old configuration");
+                        }
                     }
+                    Err(error) => warn!(%error, "reload task failed, keeping the old configuration"),
                 }
             }
         }
     }
-}
-
-/// Why `explain` could not answer.
-#[derive(Debug, thiserror::Error)]
-pub enum ExplainError {
-    /// The config is invalid.
-    #[error("{0}")]
-    Config(ConfigErrors),
-    /// The name is not a service.
-    #[error("{0} is not a service name (static names are answered from the zone file)")]
-    NotAService(String),
-    /// The type is not A or AAAA.
-    #[error("type {0:?} is not answered by services: use A or AAAA")]
-    BadType(String),
-}
-
-/// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
-/// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
-pub fn explain_in(
-    snapshot: &Snapshot,
-    health: &HealthView,
-    client: std::net::IpAddr,
-    name: &str,
-    qtype: &str,
-) -> Result<crate::policy::Explanation, ExplainError> {
-    let family = match qtype.to_ascii_uppercase().as_str() {
-        "A" => crate::policy::Family::V4,
-        "AAAA" => crate::policy::Family::V6,
-        _ => return Err(ExplainError::BadType(qtype.to_string())),
-    };
-    let service = snapshot
-        .services
-        .get(name)
-        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
-    let located = snapshot.geo.locate(client);
-    let c = crate::policy::Client {
-        located: &located,
-        ecs_source_prefix: None,
-    };
-    Ok(service.explain(&c, family, health, rand::random()))
-}
-
-/// Explains a decision from the config file alone (no probes run: every target counts as
-/// unknown, i.e. up; drains in the state file are applied).
-pub fn explain(
-    config: &Path,
-    client: std::net::IpAddr,
-    name: &str,
-    qtype: &str,
-) -> Result<String, ExplainError> {
-    let snapshot = load_snapshot(config).map_err(ExplainError::Config)?;
-    let mut health = HealthView::empty();
-    if let Some(state) = &snapshot.config.server.state_file
-        && let Ok(o) = crate::health::Overrides::load(state)
-    {
-        for r in &o.drained_regions {
-            health = health.with_drained(r);
-        }
-        for a in &o.drained_targets {
-            health = health.with_drained_target(*a);
-        }
-    }
-    let e = explain_in(&snapshot, &health, client, name, qtype)?;
-    Ok(format!(
-        "{e}\n(no probes were run: every target counts as unknown, i.e. up)\n"
-    ))
 }

@@ -13,7 +13,9 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
-//! - [`app`]: wiring, reload, signals and shutdown order.
+//! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
+//!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
 //! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
@@ -30,4 +32,5 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod snapshot;
 pub mod zone;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use meridian::app;
+use meridian::{app, snapshot};
 
 /// Meridian: a global traffic manager (authoritative DNS answering with the nearest healthy
 /// endpoint).
@@ -83,7 +83,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match app::check(&config) {
+        Command::Check { config } => match snapshot::check(&config) {
             Ok(s) => {
                 for w in s.config.warnings() {
                     eprintln!("warning: {w}");
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             init_logging();
-            let snapshot = match app::load_snapshot(&config) {
+            let snapshot = match snapshot::load(&config) {
                 Ok(s) => s,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -140,12 +140,12 @@ fn main() -> ExitCode {
             client,
             name,
             qtype,
-        } => match app::explain(&config, client, &name, &qtype) {
+        } => match snapshot::explain(&config, client, &name, &qtype) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
             }
-            Err(app::ExplainError::Config(errors)) => {
+            Err(snapshot::ExplainError::Config(errors)) => {
                 eprintln!("{errors}");
                 ExitCode::from(2)
             }

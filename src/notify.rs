@@ -25,10 +25,13 @@
 //!   "from": "up",
 //!   "to": "down",
 //!   "reason": "3 consecutive failures, last: connection refused",
-//!   "at": "2024-05-01T12:00:00.123Z"
+//!   "at": "2024-05-01T12:00:00.123Z",
+//!   "withdrawn": "down"
 //! }
 //! ```
-//! `instance` is `server.nsid` (null when unset).
+//! `instance` is `server.nsid` (null when unset). `withdrawn` says why answers do not use the
+//! target now (`region_drained`, `target_drained`, `down`; the rule is
+//! [`crate::health::withdrawal`]), null when some endpoint still answers with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::app::{App, Snapshot};
 use crate::config::Config;
-use crate::health::TransitionEvent;
+use crate::health::{HealthView, TransitionEvent, withdrawal};
+use crate::snapshot::SnapshotCell;
 
 /// Notifications waiting to be posted; more are dropped (with a warning).
 pub const WEBHOOK_QUEUE_CAPACITY: usize = 256;
@@ -63,43 +66,64 @@ pub struct Notification {
     /// The change itself.
     #[serde(flatten)]
     pub transition: TransitionEvent,
+    /// Why answers do not use the target now (`region_drained`, `target_drained`, `down`),
+    /// when every endpoint listing it withdraws it; `None` when some answer may use it.
+    pub withdrawn: Option<&'static str>,
 }
 
 impl Notification {
-    /// Builds the notification of `transition` under `config`.
-    pub fn new(transition: TransitionEvent, config: &Config) -> Self {
-        let services = config
-            .services
-            .iter()
-            .filter(|s| {
-                s.endpoints.iter().any(|e| {
-                    e.check.as_deref() == Some(transition.check.as_str())
-                        && e.addresses.contains(&transition.address)
-                })
-            })
-            .map(|s| s.name.clone())
-            .collect();
+    /// Builds the notification of `transition` under `config`, with the health `view` in
+    /// force after it.
+    pub fn new(transition: TransitionEvent, config: &Config, view: &HealthView) -> Self {
+        let mut services = Vec::new();
+        // The first reason found, unless some endpoint still answers with the target.
+        let mut withdrawn = None;
+        let mut usable = false;
+        for s in &config.services {
+            let mut listed = false;
+            for e in &s.endpoints {
+                if e.check.as_deref() == Some(transition.check.as_str())
+                    && e.addresses.contains(&transition.address)
+                {
+                    listed = true;
+                    let w = withdrawal(view, &e.region, transition.address, e.check.as_deref());
+                    usable |= !w.is_withdrawn();
+                    withdrawn = withdrawn.or(w.reason());
+                }
+            }
+            if listed {
+                services.push(s.name.clone());
+            }
+        }
         Self {
             event: "target_state_changed",
             instance: config.server.nsid.clone(),
             services,
+            withdrawn: if usable { None } else { withdrawn },
             transition,
         }
     }
 }
 
-/// Subscribes to health transitions now and spawns the collector and sender on `tasks`; both
-/// stop when `token` is cancelled (queued notifications are then dropped).
-pub fn start(app: &App, tasks: &TaskTracker, token: CancellationToken) {
-    let events = app.health.subscribe();
+/// Spawns on `tasks` the collector of health transitions from `events` (subscribed by the
+/// caller, so none is missed) and the sender; both read the live `snapshot` and health `view`,
+/// and stop when `token` is cancelled (queued notifications are then dropped).
+pub fn start(
+    events: broadcast::Receiver<TransitionEvent>,
+    snapshot: SnapshotCell,
+    view: Arc<ArcSwap<HealthView>>,
+    tasks: &TaskTracker,
+    token: CancellationToken,
+) {
     let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE_CAPACITY);
-    tasks.spawn(collect(events, app.snapshot.clone(), tx, token.clone()));
-    tasks.spawn(send(rx, app.snapshot.clone(), token));
+    tasks.spawn(collect(events, snapshot.clone(), view, tx, token.clone()));
+    tasks.spawn(send(rx, snapshot, token));
 }
 
 async fn collect(
     mut events: broadcast::Receiver<TransitionEvent>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: SnapshotCell,
+    view: Arc<ArcSwap<HealthView>>,
     queue: mpsc::Sender<Notification>,
     token: CancellationToken,
 ) {
@@ -123,7 +147,8 @@ async fn collect(
         if snap.config.notify.is_none() {
             continue;
         }
-        let n = Notification::new(event, &snap.config);
+        // The supervisor publishes the view before it sends the event: this view has it.
+        let n = Notification::new(event, &snap.config, &view.load());
         if let Err(mpsc::error::TrySendError::Full(n)) = queue.try_send(n) {
             warn!(
                 address = %n.transition.address,
@@ -137,7 +162,7 @@ async fn collect(
 
 async fn send(
     mut queue: mpsc::Receiver<Notification>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: SnapshotCell,
     token: CancellationToken,
 ) {
     crate::health::probe::install_crypto_provider();

@@ -1,9 +1,9 @@
 //! The admin HTTP port: liveness, readiness, `/status`, `/metrics`, drains, reload and a small
 //! status page.
 //!
-//! Owns the HTTP surface only: state lives in [`App`] (the snapshot, the health subsystem and
-//! the metrics). Key items: [`start`] (binds `server.admin_listen`, logs
-//! `listening admin/http ADDR`, spawns the server and the metrics feed), [`router`],
+//! Owns the HTTP surface only: state lives in the [`Handles`] it is given (the snapshot cell,
+//! the health subsystem, the metrics and the reloader). Key items: [`start`] (binds `server.admin_listen`, logs
+//! `listening admin/http ADDR`, spawns the server and the metrics feed), the router,
 //! [`AdminError`] (every error is JSON `{"error": "..."}` with a fitting status) and
 //! [`status::StatusReport`] (the `/status` document).
 //!
@@ -26,13 +26,17 @@
 //! `server.admin_token_file`, re-read on every call (so rotating the file needs no restart) and
 //! compared in constant time. Without a token file they are allowed only when the admin
 //! listener is bound to a loopback address, and refused with 403 otherwise. Drain and undrain
-//! take an optional JSON body `{"reason": "..."}` that is logged.
+//! take an optional JSON body `{"reason": "...", "expires": "30m", "who": "..."}`: the drain
+//! record (who, when, why, until when) is kept with the drain, shown in `/status` under
+//! `drains`, and a drain with `expires` ends by itself. With `[cluster]` a drain is written to
+//! the etcd store first and reaches every instance; while the store is unreachable drains are
+//! refused with 503 and nothing changes (`changed` then says whether the fleet's drains
+//! changed). Answers in a fleet carry `"instance"`.
 //!
 //! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
 pub mod status;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -56,13 +60,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::app::{App, Snapshot};
-use crate::cluster::ClusterError;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::ConfigErrors;
 use crate::health::overrides::{Drain, Subject as DrainSubject};
-use crate::health::{HealthError, HealthView, ProbeReport, TransitionEvent};
+use crate::health::{Health, HealthError, HealthView, ProbeReport, TransitionEvent, withdrawal};
 use crate::metrics::{Metrics, TARGET_UP};
-use status::{StatusReport, is_usable};
+use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
+use status::StatusReport;
 
 /// The content type of `/metrics`: OpenMetrics text, which prometheus-client writes and
 /// Prometheus scrapes (it asks for it first in its `Accept` header).
@@ -175,10 +179,25 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// What the admin port needs of the running server.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The live snapshot (config, services).
+    pub snapshot: SnapshotCell,
+    /// Probes, their state and the operator's drains.
+    pub health: Health,
+    /// Counters, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Runs `POST /reload`.
+    pub reloader: Reloader,
+    /// The fleet, with `[cluster]`: drains go through the store.
+    pub cluster: Option<Cluster>,
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 struct AdminState {
-    app: App,
+    app: Handles,
     registry: Arc<Registry>,
     /// The bound address: mutating calls without a token file need it to be loopback.
     local: SocketAddr,
@@ -188,7 +207,7 @@ struct AdminState {
 /// port, and spawns on `tasks` the HTTP server and the task feeding health events into the
 /// metrics; both stop when `token` is cancelled. Returns the bound address.
 pub async fn start(
-    app: &App,
+    app: Handles,
     tasks: &TaskTracker,
     token: CancellationToken,
 ) -> anyhow::Result<Option<SocketAddr>> {
@@ -221,8 +240,8 @@ pub async fn start(
     Ok(Some(local))
 }
 
-/// Returns the admin router for `app`, bound at `local`.
-pub fn router(app: &App, local: SocketAddr) -> Router {
+/// Returns the admin router over `app`, bound at `local`.
+fn router(app: Handles, local: SocketAddr) -> Router {
     let target_up = TargetUpCollector {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
@@ -233,7 +252,7 @@ pub fn router(app: &App, local: SocketAddr) -> Router {
     }
     let registry = app.metrics.registry(collectors);
     let state = AdminState {
-        app: app.clone(),
+        app,
         registry: Arc::new(registry),
         local,
     };
@@ -271,7 +290,7 @@ async fn explain(
     let qtype = q.get("type").map_or("A", String::as_str);
     let snapshot = s.app.snapshot.load();
     let view = s.app.health.view();
-    match crate::app::explain_in(&snapshot, &view, client, name, qtype) {
+    match crate::snapshot::explain_in(&snapshot, &view, client, name, qtype) {
         Ok(e) => {
             let mut doc = serde_json::to_value(&e).unwrap_or_default();
             if let Some(service) = snapshot.config.services.iter().find(|sv| {
@@ -281,9 +300,12 @@ async fn explain(
             }) {
                 doc["targets"] = explain_targets(service, &s.app.health);
             }
+            if let Some(c) = &s.app.cluster {
+                doc["instance"] = json!(c.instance());
+            }
             Ok(axum::Json(doc).into_response())
         }
-        Err(crate::app::ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
+        Err(ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
             "{n} is not a service name (static names are answered from the zone file)"
         ))),
         Err(e) => Err(AdminError::BadParameter(e.to_string())),
@@ -346,14 +368,12 @@ async fn ready(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Response {
     let snapshot = s.app.snapshot.load();
-    let drained: BTreeSet<String> = s.app.health.drained_regions().into_iter().collect();
     let report = StatusReport::build(
         &snapshot.config,
-        &s.app.config_path,
+        s.app.reloader.config_path(),
         s.app.health.first_round_done(),
+        &s.app.health.view(),
         &s.app.health.status(),
-        &drained,
-        &s.app.health.drained_targets().into_iter().collect(),
     );
     let mut doc = serde_json::to_value(&report).unwrap_or_default();
     doc["drains"] = serde_json::to_value(&s.app.health.drains().details).unwrap_or_default();
@@ -534,9 +554,6 @@ async fn set_override(
         "admin: {key} override set"
     );
     let mut answer = json!({ key: name, "drained": drain, "changed": changed });
-    if let Some(r) = &record {
-        answer["drain"] = serde_json::to_value(r).unwrap_or_default();
-    }
     if let Some(c) = &s.app.cluster {
         answer["instance"] = json!(c.instance());
     }
@@ -557,22 +574,25 @@ async fn reload(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     authorize(&s, peer, &headers).await?;
-    let app = s.app.clone();
+    let reloader = s.app.reloader.clone();
     // Reload reads and parses files: keep it off the async workers.
-    let result = tokio::task::spawn_blocking(move || app.reload())
+    let result = tokio::task::spawn_blocking(move || reloader.reload())
         .await
         .map_err(|e| AdminError::Internal(format!("reload task: {e}")))?;
     match result {
         Ok(()) => {
             let snapshot = s.app.snapshot.load();
             info!(%peer, "admin: configuration reloaded");
-            Ok(axum::Json(json!({
+            let mut answer = json!({
                 "reloaded": true,
-                "config_file": s.app.config_path.display().to_string(),
+                "config_file": s.app.reloader.config_path().display().to_string(),
                 "services": snapshot.config.services.len(),
                 "regions": snapshot.config.regions.len(),
-            }))
-            .into_response())
+            });
+            if let Some(c) = &s.app.cluster {
+                answer["instance"] = json!(c.instance());
+            }
+            Ok(axum::Json(answer).into_response())
         }
         Err(errors) => {
             for e in &errors.0 {
@@ -679,7 +699,7 @@ async fn feed_metrics(
 /// Computes `meridian_target_up` at scrape time from the current snapshot and health view.
 #[derive(Debug)]
 struct TargetUpCollector {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
 }
 
@@ -699,10 +719,9 @@ impl Collector for TargetUpCollector {
         )?;
         for s in services {
             for e in &s.endpoints {
-                let drained = view.is_drained(&e.region);
                 for a in &e.addresses {
-                    let forced = drained || view.is_target_drained(*a);
-                    let up = is_usable(view.state(*a, e.check.as_deref()), forced);
+                    let w = withdrawal(&**view, &e.region, *a, e.check.as_deref());
+                    let up = !w.is_withdrawn();
                     let address = a.to_string();
                     let labels = [
                         ("service", s.name.as_str()),

@@ -1,9 +1,8 @@
-//! The `/status` document: services -> regions -> targets, built from the current config and
-//! the health subsystem's table, and the per-target "usable" rule shared with
-//! `meridian_target_up`.
+//! The `/status` document: services -> regions -> targets, built from the current config, the
+//! health view and the health subsystem's table.
 //!
-//! Pure: [`StatusReport::build`] takes the config, the targets' status and the drained regions
-//! and does no I/O.
+//! Pure: [`StatusReport::build`] takes the config, the view and the targets' status and does
+//! no I/O.
 //!
 //! Shape (every key always present; `null` where noted):
 //!
@@ -32,6 +31,7 @@
 //!               "state": "up",
 //!               "forced": true,
 //!               "usable": false,
+//!               "withdrawn": "region_drained",
 //!               "since": "2024-05-01T12:00:00.123Z",
 //!               "last_check": {
 //!                 "ok": true,
@@ -48,18 +48,22 @@
 //! }
 //! ```
 //!
-//! - `fleet` (only with `[cluster]`): `{"agreed", "basis": "quorum"|"fallback", "observers",
-//!   "down", "needed", "views": {"instance": "up"|"down"|"unknown"}, "why"}`: every instance's
-//!   view of the target and the state the fleet agreed on, which answers use.
+//! - `fleet` (only with `[cluster]`): `{"agreed", "local", "basis": "quorum"|"fallback",
+//!   "observers", "down", "needed", "views": {"instance": "up"|"down"|"unknown"}, "why"}`:
+//!   this instance's own probed state, every instance's view of the target and the state the
+//!   fleet agreed on. In a fleet `state` (and so `usable` and `withdrawn`) is the agreed state,
+//!   the one answers use.
 //! - `state`: the probed state, `up`, `down` or `unknown` (not probed yet, answered as up). A
 //!   target without a check is always `up`, with `check`, `since` and `last_check` null.
 //! - `forced`: an operator override withdraws the target (its region is drained); `state`
 //!   still shows what the probes see.
 //! - `usable`: the target can be answered: not forced and not down.
+//! - `withdrawn`: why it cannot (`region_drained`, `target_drained` or `down`), null when
+//!   usable: [`crate::health::withdrawal`], the rule the answers follow.
 //! - `since`: when the current state began (null while unknown); `last_check`: the last probe
 //!   result (null before the first).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::SystemTime;
@@ -67,7 +71,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::health::{Observation, State, TargetStatus};
+use crate::health::{HealthView, Observation, State, TargetStatus, withdrawal};
 
 /// The whole `/status` document.
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +133,9 @@ pub struct TargetReport {
     pub forced: bool,
     /// True when answers may use it: not forced and not down.
     pub usable: bool,
+    /// Why answers do not use it (`region_drained`, `target_drained`, `down`); `None` when
+    /// usable.
+    pub withdrawn: Option<&'static str>,
     /// When the current state began.
     #[serde(serialize_with = "crate::health::serialize_opt_time")]
     pub since: Option<SystemTime>,
@@ -137,25 +144,19 @@ pub struct TargetReport {
     /// In a fleet (`[cluster]`): each instance's view and the agreed state, which answers use
     /// (absent without a fleet).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<crate::cluster::quorum::Agreement>,
-}
-
-/// Returns true when a target in `state`, in a region that is `drained` or not, may be
-/// answered (what `meridian_target_up` reports as 1).
-pub fn is_usable(state: State, drained: bool) -> bool {
-    !drained && state != State::Down
+    pub fleet: Option<crate::health::quorum::Agreement>,
 }
 
 impl StatusReport {
-    /// Builds the document from `config`, every probed target's `targets` status (from
-    /// `Health::status`) and the `drained` regions.
+    /// Builds the document from `config`, the health `view` (states and drains: whether a
+    /// target is withdrawn is [`withdrawal`]'s rule, the one the answers follow) and every
+    /// probed target's `targets` status from `Health::status` (for `since` and `last_check`).
     pub fn build(
         config: &Config,
         config_file: &Path,
         ready: bool,
+        view: &HealthView,
         targets: &[TargetStatus],
-        drained: &BTreeSet<String>,
-        drained_targets: &BTreeSet<IpAddr>,
     ) -> Self {
         let by_key: HashMap<(IpAddr, &str), &TargetStatus> = targets
             .iter()
@@ -172,22 +173,31 @@ impl StatusReport {
                 regions: s
                     .endpoints
                     .iter()
-                    .map(|e| {
-                        let is_drained = drained.contains(&e.region);
-                        RegionReport {
-                            name: e.region.clone(),
-                            drained: is_drained,
-                            weight: e.weight,
-                            priority: e.priority,
-                            targets: e
-                                .addresses
-                                .iter()
-                                .map(|&address| {
-                                    let forced = is_drained || drained_targets.contains(&address);
-                                    target_report(address, e.check.as_deref(), forced, &by_key)
-                                })
-                                .collect(),
-                        }
+                    .map(|e| RegionReport {
+                        name: e.region.clone(),
+                        drained: view.is_drained(&e.region),
+                        weight: e.weight,
+                        priority: e.priority,
+                        targets: e
+                            .addresses
+                            .iter()
+                            .map(|&address| {
+                                let check = e.check.as_deref();
+                                let w = withdrawal(view, &e.region, address, check);
+                                let status = check.and_then(|c| by_key.get(&(address, c)));
+                                TargetReport {
+                                    address,
+                                    check: check.map(str::to_string),
+                                    state: w.state,
+                                    forced: w.drain.is_some(),
+                                    usable: !w.is_withdrawn(),
+                                    withdrawn: w.reason(),
+                                    since: status.and_then(|t| t.since),
+                                    last_check: status.and_then(|t| t.last_check.clone()),
+                                    fleet: status.and_then(|t| t.fleet.clone()),
+                                }
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
@@ -196,46 +206,10 @@ impl StatusReport {
             version: env!("CARGO_PKG_VERSION"),
             ready,
             config_file: config_file.display().to_string(),
-            drained_regions: drained.iter().cloned().collect(),
-            drained_targets: drained_targets.iter().copied().collect(),
+            drained_regions: view.drained_regions(),
+            drained_targets: view.drained_targets(),
             services,
         }
-    }
-}
-
-fn target_report(
-    address: IpAddr,
-    check: Option<&str>,
-    drained: bool,
-    by_key: &HashMap<(IpAddr, &str), &TargetStatus>,
-) -> TargetReport {
-    let Some(check) = check else {
-        return TargetReport {
-            address,
-            check: None,
-            state: State::Up,
-            forced: drained,
-            usable: is_usable(State::Up, drained),
-            since: None,
-            last_check: None,
-            fleet: None,
-        };
-    };
-    // A target the health table does not hold yet (a reload in between) is unknown.
-    let status = by_key.get(&(address, check));
-    let state = status.map_or(State::Unknown, |t| t.state);
-    let fleet = status.and_then(|t| t.fleet.clone());
-    // In a fleet the agreed state, not this instance's own, decides what answers use.
-    let answered = fleet.as_ref().map_or(state, |f| f.agreed);
-    TargetReport {
-        address,
-        check: Some(check.to_string()),
-        state,
-        forced: drained,
-        usable: is_usable(answered, drained),
-        since: status.and_then(|t| t.since),
-        last_check: status.and_then(|t| t.last_check.clone()),
-        fleet,
     }
 }
 
@@ -282,15 +256,11 @@ mod tests {
             status("192.0.2.2", State::Down),
             status("198.51.100.1", State::Up),
         ];
-        let drained = BTreeSet::from(["eu-west".to_string()]);
-        let r = StatusReport::build(
-            &config(),
-            Path::new("meridian.toml"),
-            true,
-            &targets,
-            &drained,
-            &BTreeSet::new(),
-        );
+        let mut view = HealthView::empty().with_drained("eu-west");
+        for t in &targets {
+            view = view.with_state(t.address, &t.check, t.state);
+        }
+        let r = StatusReport::build(&config(), Path::new("meridian.toml"), true, &view, &targets);
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["ready"], true);
         assert_eq!(j["drained_regions"], serde_json::json!(["eu-west"]));
@@ -308,6 +278,8 @@ mod tests {
         assert_eq!(us["targets"][0]["since"], "2023-11-14T22:13:20.000Z");
         assert_eq!(us["targets"][1]["state"], "down");
         assert_eq!(us["targets"][1]["usable"], false);
+        assert_eq!(us["targets"][1]["withdrawn"], "down");
+        assert_eq!(us["targets"][0]["withdrawn"], serde_json::Value::Null);
         let eu = &api["regions"][1];
         assert_eq!(
             (eu["drained"].as_bool(), eu["priority"].as_u64()),
@@ -316,6 +288,7 @@ mod tests {
         assert_eq!(eu["targets"][0]["state"], "up");
         assert_eq!(eu["targets"][0]["forced"], true);
         assert_eq!(eu["targets"][0]["usable"], false);
+        assert_eq!(eu["targets"][0]["withdrawn"], "region_drained");
         // No check: always up, nothing probed.
         let cdn = &j["services"][1]["regions"][0]["targets"][0];
         assert_eq!(cdn["check"], serde_json::Value::Null);
@@ -330,9 +303,8 @@ mod tests {
             &config(),
             Path::new("m.toml"),
             false,
+            &HealthView::empty(),
             &[],
-            &BTreeSet::new(),
-            &BTreeSet::new(),
         );
         let t = &r.services[0].regions[0].targets[0];
         assert_eq!((t.state, t.usable, t.since), (State::Unknown, true, None));

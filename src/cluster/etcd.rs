@@ -220,14 +220,24 @@ impl Etcd {
         Ok((revision, kvs))
     }
 
-    /// Writes `key` = `value`, attached to `lease` when given; returns the new revision.
-    pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
-        let mut body = json!({ "key": B64.encode(key), "value": B64.encode(value) });
+    /// Writes `key` = `value`, attached to `lease` when given; returns true when the key
+    /// did not exist before.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<bool, EtcdError> {
+        let mut body = json!({
+            "key": B64.encode(key),
+            "value": B64.encode(value),
+            "prev_kv": true,
+        });
         if let Some(l) = lease {
             body["lease"] = Value::String(l.to_string());
         }
         let v = self.call("/v3/kv/put", body).await?;
-        Ok(v.get("header").map_or(0, |h| field_int(h, "revision")))
+        Ok(v.get("prev_kv").is_none())
     }
 
     /// Deletes `key`; returns how many keys were deleted.

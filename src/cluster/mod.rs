@@ -2,7 +2,7 @@
 //!
 //! Owns the synchronization with the store, not the decisions: drains are applied by
 //! [`crate::health::Health`] (which keeps the state file as this instance's cache of them), and
-//! the vote on each target is the pure [`quorum`] module. Key types: [`Cluster`] (the handle:
+//! the vote on each target is the pure [`crate::health::quorum`] module. Key types: [`Cluster`] (the handle:
 //! drains through the store, the fleet for `/status`, metrics) and [`etcd::Etcd`] (the client).
 //!
 //! Keys under `prefix` (values are JSON):
@@ -28,7 +28,6 @@
 //! others stop counting its votes. A stopping instance revokes its lease at once.
 
 pub mod etcd;
-pub mod quorum;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -47,9 +46,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::Cluster as ClusterConfig;
 use crate::health::overrides::{Drain, Overrides, Subject};
+use crate::health::quorum::PeerVotes;
 use crate::health::{Health, HealthError, State, TargetKey};
 use etcd::{Etcd, EtcdError, Event};
-use quorum::PeerVotes;
 
 /// `meridian_cluster_connected`: 1 while the store answers.
 pub const CLUSTER_CONNECTED: &str = "meridian_cluster_connected";
@@ -282,7 +281,8 @@ impl Cluster {
     /// Drains `subject` with `record` (`Some`) or undrains it (`None`) for the whole fleet:
     /// writes it to the store first (a drain with an expiry rides a lease of that length, so
     /// the store ends it even if every instance is down), then applies it here at once (the
-    /// others apply it from their watch). Returns whether this instance's drains changed.
+    /// others apply it from their watch). Returns whether the fleet's drains changed (the
+    /// store says whether the key existed: of several instances asked at once, one says so).
     pub async fn set_drain(
         &self,
         subject: &Subject,
@@ -311,20 +311,24 @@ impl Cluster {
                     Ok(lease) => {
                         // Serializing a struct of strings and times cannot fail.
                         let value = serde_json::to_vec(d).expect("drain serializes");
-                        etcd.put(&key, &value, lease).await.map(|_| ())
+                        etcd.put(&key, &value, lease).await
                     }
                     Err(e) => Err(e),
                 }
             }
-            None => etcd.delete(&key).await.map(|_| ()),
+            None => etcd.delete(&key).await.map(|n| n > 0),
         };
         self.inner.writes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = result {
-            self.inner.set_disconnected(&e);
-            return Err(ClusterError::Unavailable(e));
-        }
+        let changed = match result {
+            Ok(changed) => changed,
+            Err(e) => {
+                self.inner.set_disconnected(&e);
+                return Err(ClusterError::Unavailable(e));
+            }
+        };
         self.inner.lock().drains.set(subject, record.clone());
-        Ok(self.inner.health.set_drain(subject, record).await?)
+        self.inner.health.set_drain(subject, record).await?;
+        Ok(changed)
     }
 
     /// Returns the admin URLs of every instance whose lease is alive (for `meridian ctl`).
@@ -484,6 +488,8 @@ impl Inner {
             self.load_all(revision, kvs).await;
             session.revision = revision;
         }
+        // The store answers: the rest of joining is publishing.
+        self.set_connected();
         let alive = match session.lease {
             Some(id) => self.etcd.keepalive(id).await?,
             None => false,

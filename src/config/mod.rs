@@ -212,6 +212,10 @@ pub struct Server {
     pub geoip: Option<PathBuf>,
     /// RFC 5001 name server identifier, returned when a query asks for it.
     pub nsid: Option<String>,
+    /// DNS cookie secrets (RFC 9018 §4.4) from `cookie_secret_file`: the first makes server
+    /// cookies, every one is accepted (so a secret can be rolled over). Empty: each process
+    /// draws a random secret at start.
+    pub cookie_secrets: Vec<[u8; 16]>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
     /// Idle time after which a DNS TCP connection is closed.

@@ -17,6 +17,7 @@ pub struct RawServer {
     pub state_file: Option<String>,
     pub geoip: Option<String>,
     pub nsid: Option<String>,
+    pub cookie_secret_file: Option<String>,
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,

@@ -196,6 +196,7 @@ impl Validator {
             state_file: None,
             geoip: None,
             nsid: None,
+            cookie_secret_file: None,
             udp_workers: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
@@ -267,6 +268,13 @@ impl Validator {
         {
             self.err("server.nsid", "must be 1 to 255 bytes long");
         }
+        let cookie_secrets = match &raw.cookie_secret_file {
+            Some(p) => {
+                let path = self.resolve(p);
+                self.cookie_secrets(&path)
+            }
+            None => Vec::new(),
+        };
         if raw.udp_workers == Some(0) {
             self.err("server.udp_workers", "must be at least 1");
         }
@@ -285,12 +293,56 @@ impl Validator {
             state_file,
             geoip,
             nsid: raw.nsid,
+            cookie_secrets,
             udp_workers: raw.udp_workers,
             tcp_idle_timeout,
             tcp_max_connections: raw
                 .tcp_max_connections
                 .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
         }
+    }
+
+    /// Reads the DNS cookie secrets from `path`: one secret per line, 32 hex digits (16
+    /// octets), the one in use first; blank lines and `#` comments are skipped. Messages never
+    /// quote the file's content (it is a secret).
+    fn cookie_secrets(&mut self, path: &std::path::Path) -> Vec<[u8; 16]> {
+        const KEY: &str = "server.cookie_secret_file";
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(KEY, format!("cannot read {}: {e}", path.display()));
+                return Vec::new();
+            }
+        };
+        let mut secrets = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match parse_secret(line) {
+                Some(s) => secrets.push(s),
+                None => self.err(
+                    KEY,
+                    format!(
+                        "{} line {}: expected 32 hex digits (a 16-octet secret), found {} characters",
+                        path.display(),
+                        i + 1,
+                        line.chars().count()
+                    ),
+                ),
+            }
+        }
+        if secrets.is_empty() {
+            self.err(
+                KEY,
+                format!(
+                    "{} holds no secret (32 hex digits per line)",
+                    path.display()
+                ),
+            );
+        }
+        secrets
     }
 
     fn notify(&mut self, value: toml::Value) -> Option<Notify> {
@@ -945,6 +997,19 @@ fn parse_status(s: &str) -> Option<StatusMatch> {
         let c: u16 = s.parse().ok()?;
         (100..=599).contains(&c).then_some(StatusMatch::Code(c))
     }
+}
+
+/// Parses 32 hex digits into a 16-octet secret.
+fn parse_secret(hex: &str) -> Option<[u8; 16]> {
+    let digits = hex.as_bytes();
+    if digits.len() != 32 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! the client, the health view or the transport. [`AnswerCache`] keeps, per (lowercased name,
 //! type), the response as written for a plain query (no EDNS, ID 0, RD/CD clear) and patches it
 //! per query: ID, RD and CD, the question copied from the query (so its case is kept), and an
-//! OPT built fresh (NSID, ECS echoed with scope 0, RFC 7871 §7.2.1) when the query has EDNS.
+//! OPT built fresh (NSID, ECS echoed with scope 0, RFC 7871 §7.2.1, and a server cookie made
+//! for this client's cookie and address) when the query has EDNS: nothing in an entry belongs
+//! to one client.
 //! A patched answer too large for the client's UDP size goes through [`Answerer::respond`],
 //! which sets TC.
 //!
@@ -23,7 +25,7 @@ use hickory_proto::rr::RecordType;
 use super::response::{self, Opt};
 use super::wire::{self, HEADER_LEN, Query};
 use super::{Answerer, Transport, rcode};
-use crate::app::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Entries kept per cache; when full, the cache is emptied (a flood of random names cannot
 /// grow it without bound, and the hot names come back on their next query).
@@ -88,7 +90,7 @@ impl Answerer {
         };
         let entry = cache.entries.get(key);
         if let Some(Some(body)) = entry
-            && patch(body, &q, &snap, out)
+            && patch(body, &q, &snap, client.ip(), out)
             && (transport == Transport::Tcp || out.len() <= response::udp_limit(&q))
         {
             let rcode = u16::from(out[3] & 0x0F);
@@ -141,9 +143,10 @@ fn key<'b>(q: &Query<'_>, buf: &'b mut [u8; 258]) -> Option<&'b [u8]> {
 }
 
 /// Returns true when the answer to `q` may come from the cache: a standard query of class IN,
-/// EDNS absent or version 0, not a meta-type nor ANY.
+/// EDNS absent or version 0, unsigned, not a meta-type nor ANY.
 fn is_cacheable_query(q: &Query<'_>) -> bool {
     q.opcode == 0
+        && q.tsig.is_none()
         && q.qclass == 1
         && q.edns.as_ref().is_none_or(|e| e.version == 0)
         && !matches!(q.qtype, 41 | 249..=255)
@@ -162,7 +165,7 @@ fn is_cacheable_answer(snap: &Snapshot, q: &Query<'_>, rc: u16, body: &[u8]) -> 
     if !matches!(RecordType::from(q.qtype), RecordType::A | RecordType::AAAA) {
         return true;
     }
-    let is_service = snap.services.by_wire.contains_key(&q.qname_lower[..]);
+    let is_service = snap.services.by_wire(&q.qname_lower).is_some();
     !is_service
         && answer_types(body, HEADER_LEN + q.question.len()).is_some_and(|t| !t.contains(&5))
 }
@@ -195,8 +198,9 @@ fn answer_types(msg: &[u8], mut pos: usize) -> Option<Vec<u16>> {
     Some(types)
 }
 
-/// Writes into `out` the cached `body` patched for `q`; returns false if it does not fit `q`.
-fn patch(body: &[u8], q: &Query<'_>, snap: &Snapshot, out: &mut Vec<u8>) -> bool {
+/// Writes into `out` the cached `body` patched for `q` from `client`; returns false if it does
+/// not fit `q`.
+fn patch(body: &[u8], q: &Query<'_>, snap: &Snapshot, client: IpAddr, out: &mut Vec<u8>) -> bool {
     let qend = HEADER_LEN + q.question.len();
     if body.len() < qend {
         return false;
@@ -216,7 +220,11 @@ fn patch(body: &[u8], q: &Query<'_>, snap: &Snapshot, out: &mut Vec<u8>) -> bool
         let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
         out[10..12].copy_from_slice(&arcount.to_be_bytes());
         let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
-        let ecs = e.ecs.map(|ecs| match ecs.addr {
+        let secrets = super::cookie::secrets(&snap.config);
+        let Some(mut opt) = Opt::for_query(q, nsid, client, secrets) else {
+            return false;
+        };
+        opt.ecs = e.ecs.map(|ecs| match ecs.addr {
             IpAddr::V4(a) => {
                 let mut o = [0u8; 16];
                 o[..4].copy_from_slice(&a.octets());
@@ -224,10 +232,6 @@ fn patch(body: &[u8], q: &Query<'_>, snap: &Snapshot, out: &mut Vec<u8>) -> bool
             }
             IpAddr::V6(a) => (2, ecs.source, 0, a.octets()),
         });
-        let opt = Opt {
-            nsid: if e.nsid { nsid } else { None },
-            ecs,
-        };
         response::write_opt(out, u16::from(out[3] & 0x0F), &opt);
     }
     true
@@ -243,7 +247,7 @@ mod tests {
 
     fn answerer() -> Answerer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
-        let snap = crate::app::load_snapshot(&path).expect("bench config loads");
+        let snap = crate::snapshot::load(&path).expect("bench config loads");
         Answerer {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
@@ -337,6 +341,60 @@ mod tests {
         assert_eq!(cached(b"\x03www\x07example\x03net\x00", 1), Some(false));
     }
 
+    /// Returns the COOKIE option of response `r` (the OPT is its last record).
+    fn response_cookie(r: &[u8]) -> Option<Vec<u8>> {
+        let opt = crate::dns::wire::opt_rdata(r)?;
+        let mut i = 0;
+        while i + 4 <= opt.len() {
+            let code = u16::from_be_bytes([opt[i], opt[i + 1]]);
+            let len = usize::from(u16::from_be_bytes([opt[i + 2], opt[i + 3]]));
+            if code == 10 {
+                return Some(opt[i + 4..i + 4 + len].to_vec());
+            }
+            i += 4 + len;
+        }
+        None
+    }
+
+    #[test]
+    fn rfc7873_cached_answers_carry_each_clients_own_cookie() {
+        let a = answerer();
+        let mut cache = AnswerCache::new();
+        let secrets = crate::dns::cookie::secrets(&a.snapshot.load().config).to_vec();
+        let clients: [(SocketAddr, [u8; 8]); 3] = [
+            ("192.0.2.1:5300".parse().unwrap(), [1; 8]),
+            ("192.0.2.2:5300".parse().unwrap(), [2; 8]),
+            ("[2001:db8::7]:5300".parse().unwrap(), [1; 8]),
+        ];
+        for round in 0..3 {
+            for (peer, client_cookie) in clients {
+                let mut o = vec![0, 10, 0, 8];
+                o.extend(client_cookie);
+                let q = query("example.net", 6, 1232, Some(&o));
+                let mut out = Vec::new();
+                assert!(a.respond_cached(&q, peer, Transport::Udp, &mut out, &mut cache));
+                let c = response_cookie(&out).expect("a cookie in every answer");
+                assert_eq!(c.len(), 24);
+                assert_eq!(c[..8], client_cookie, "round {round}");
+                let now = crate::dns::cookie::now();
+                assert!(
+                    crate::dns::cookie::is_valid(&secrets, &client_cookie, &c[8..], peer.ip(), now),
+                    "round {round}: {peer}'s cookie is made for {peer}"
+                );
+                for (other, _) in clients.iter().filter(|(p, _)| *p != peer) {
+                    assert!(!crate::dns::cookie::is_valid(
+                        &secrets,
+                        &client_cookie,
+                        &c[8..],
+                        other.ip(),
+                        now
+                    ));
+                }
+            }
+        }
+        assert_eq!(cache.len(), 1, "one entry served all three clients");
+    }
+
     #[test]
     fn a_new_snapshot_empties_the_cache() {
         let a = answerer();
@@ -348,7 +406,7 @@ mod tests {
         assert_eq!(cache.len(), 1);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
         a.snapshot
-            .store(Arc::new(crate::app::load_snapshot(&path).unwrap()));
+            .store(Arc::new(crate::snapshot::load(&path).unwrap()));
         let q = query("example.net", 2, 0, None);
         a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
         assert_eq!(cache.len(), 1);

@@ -9,16 +9,19 @@
 //! Behaviour follows BIND, Knot and NSD for an authoritative-only server: REFUSED outside our
 //! zones, AA on authoritative answers, NXDOMAIN/NODATA with the SOA (RFC 2308), CNAMEs chased
 //! inside our zones, referrals below delegations, minimal ANY answers (RFC 8482), BADVERS for
-//! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871).
+//! EDNS versions above 0 (RFC 6891), NSID (RFC 5001) and client subnet (RFC 7871). Before any
+//! answer: NOTIMP for opcodes other than QUERY (RFC 8906 §3.1.3), FORMERR with an OPT when the
+//! query had one (RFC 6891 §7), NOTAUTH/BADKEY for TSIG-signed queries since no key is
+//! configured (RFC 8945 §5.2), and DNS cookies on every answer (RFC 7873, RFC 9018, [`cookie`]).
 
 pub mod cache;
+pub mod cookie;
 pub mod response;
 pub mod rrl;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -26,11 +29,10 @@ use arc_swap::ArcSwap;
 use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
-use crate::app::Snapshot;
-use crate::config::Config;
 use crate::health::HealthView;
-use crate::metrics::{AnswerCounter, Metrics};
-use crate::policy::{Client, CompiledService, Family, Outcome};
+use crate::metrics::Metrics;
+use crate::policy::{Client, Family, Outcome};
+use crate::snapshot::{Dynamic, Snapshot, name_to_wire};
 use crate::zone::{Found, Zone};
 use response::{Answer, Head, Opt, Sections};
 use wire::{Query, Reject};
@@ -47,7 +49,10 @@ mod rcode {
     pub(super) const NXDOMAIN: u16 = 3;
     pub(super) const NOTIMP: u16 = 4;
     pub(super) const REFUSED: u16 = 5;
+    pub(super) const NOTAUTH: u16 = 9;
     pub(super) const BADVERS: u16 = 16;
+    /// TSIG error (in the TSIG record, not the header): key not recognised (RFC 8945).
+    pub(super) const BADKEY: u16 = 17;
 }
 
 /// The transport a query came over.
@@ -65,83 +70,6 @@ impl Transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
         }
-    }
-}
-
-/// The dynamic names of a snapshot, keyed by their lowercase wire form (so that the answer
-/// path looks them up straight from the query's bytes, without building a name).
-#[derive(Debug, Default)]
-pub struct Services {
-    by_wire: HashMap<Vec<u8>, Dynamic>,
-}
-
-/// One dynamic name: its compiled service and its answer counters by region.
-#[derive(Debug)]
-struct Dynamic {
-    service: CompiledService,
-    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
-    /// [`Services::count_answers_in`]).
-    answers: Vec<(String, AnswerCounter)>,
-}
-
-impl Dynamic {
-    /// Counts an answer once for each region its addresses come from.
-    fn count(&self, addrs: &[IpAddr]) {
-        for (i, a) in addrs.iter().enumerate() {
-            let Some(region) = self.service.region_of(*a) else {
-                continue;
-            };
-            let seen = addrs[..i]
-                .iter()
-                .any(|b| self.service.region_of(*b) == Some(region));
-            if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
-                c.inc();
-            }
-        }
-    }
-}
-
-impl Services {
-    /// Compiles every service of `config`.
-    pub fn new(config: &Config) -> Self {
-        let by_wire = config
-            .services
-            .iter()
-            .filter_map(|s| {
-                let service = CompiledService::new(s, config);
-                Some((
-                    name_to_wire(&s.name)?,
-                    Dynamic {
-                        service,
-                        answers: Vec::new(),
-                    },
-                ))
-            })
-            .collect();
-        Self { by_wire }
-    }
-
-    /// Obtains the answer counters of every service and region from `metrics` (this takes a
-    /// lock: done once per snapshot, never per query).
-    pub fn count_answers_in(&mut self, metrics: &Metrics) {
-        for d in self.by_wire.values_mut() {
-            let s = d.service.service();
-            d.answers = s
-                .endpoints
-                .iter()
-                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
-                .collect();
-        }
-    }
-
-    /// Returns the service answering `name` (any case, with or without the final dot).
-    pub fn get(&self, name: &str) -> Option<&CompiledService> {
-        self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
-    }
-
-    /// Returns every service.
-    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
-        self.by_wire.values().map(|d| &d.service)
     }
 }
 
@@ -170,7 +98,27 @@ impl Answerer {
         let health = self.health.load();
         let (qtype, rcode) = match wire::parse(query) {
             Err(Reject::Drop) => return false,
-            Err(Reject::FormErr { id, opcode, rd }) => {
+            Err(Reject::NotImp { id, opcode, opt }) => {
+                // RFC 8906 §3.1.3: the opcode copied, QR set, every other flag clear, no
+                // records (ISC genreport's `opcode` and `opcodeflg`); an OPT only if the
+                // request had one (RFC 6891 §7).
+                let head = Head {
+                    id,
+                    opcode,
+                    rcode: rcode::NOTIMP,
+                    ..Head::default()
+                };
+                let opt = opt.then(Opt::default);
+                response::write(out, head, None, &Sections::default(), opt.as_ref());
+                (0, rcode::NOTIMP)
+            }
+            Err(Reject::FormErr {
+                id,
+                opcode,
+                rd,
+                question_end,
+                opt,
+            }) => {
                 let head = Head {
                     id,
                     opcode,
@@ -178,7 +126,12 @@ impl Answerer {
                     rcode: rcode::FORMERR,
                     ..Head::default()
                 };
-                response::write(out, head, None, &Sections::default(), None);
+                // RFC 6891 §7: a query with a readable OPT gets one back, so that the client
+                // does not take the FORMERR for a server without EDNS.
+                let opt = opt.then(Opt::default);
+                // The question, when it could be read, so that clients match the response.
+                let question = question_end.and_then(|end| query.get(wire::HEADER_LEN..end));
+                response::write(out, head, question, &Sections::default(), opt.as_ref());
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
@@ -226,10 +179,7 @@ fn answer(
 ) -> u16 {
     let mut head = Head::answering(q);
     let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
-    let mut opt = q.edns.as_ref().map(|e| Opt {
-        nsid: if e.nsid { nsid } else { None },
-        ecs: None,
-    });
+    let mut opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
     // RFC 7871 §7.2.1: echo the option; scope 0 unless the answer depended on the subnet.
     let echo_ecs = |opt: &mut Option<Opt<'_>>, scope: u8| {
         if let (Some(o), Some(ecs)) = (opt.as_mut(), q.edns.as_ref().and_then(|e| e.ecs)) {
@@ -267,8 +217,28 @@ fn answer(
         reply(out, head, &Sections::default(), opt)
     };
 
-    if q.opcode != 0 {
-        return error(out, head, rcode::NOTIMP, &opt);
+    // Other opcodes never get here (wire::Reject::NotImp).
+    if let Some(tsig) = &q.tsig {
+        // RFC 8945 §5.2.1: no key is configured, so every key is unknown: NOTAUTH, and the
+        // TSIG back, unsigned, with BADKEY (§5.3.2).
+        head.rcode = error(out, head, rcode::NOTAUTH, &opt);
+        if out.get(2).is_some_and(|f| f & 0x02 == 0) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            response::append_tsig_error(out, tsig, rcode::BADKEY, now);
+            if transport == Transport::Udp && out.len() > response::udp_limit(q) {
+                head.tc = true;
+                response::write(
+                    out,
+                    head,
+                    Some(q.question),
+                    &Sections::default(),
+                    opt.as_ref(),
+                );
+            }
+        }
+        return head.rcode;
     }
     if q.edns.as_ref().is_some_and(|e| e.version > 0) {
         // RFC 6891 §6.1.3: BADVERS, with an OPT of our version.
@@ -319,7 +289,7 @@ fn answer(
     // A dynamic name: looked up from the query's bytes, answered without building a name
     // unless the answer is negative (which needs the zone's SOA). Every service name is inside
     // a zone (checked when the snapshot is built), so AA holds.
-    if let Some(service) = snap.services.by_wire.get(&q.qname_lower[..])
+    if let Some(service) = snap.services.by_wire(&q.qname_lower)
         && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
     {
         head.aa = true;
@@ -389,7 +359,7 @@ fn answer(
                         name = target_lower;
                         if matches!(qtype, RecordType::A | RecordType::AAAA)
                             && let Some(service) = name_to_wire(&target.0.to_ascii())
-                                .and_then(|w| snap.services.by_wire.get(&w))
+                                .and_then(|w| snap.services.by_wire(&w))
                         {
                             let rc = dynamic(
                                 snap,
@@ -463,14 +433,14 @@ fn dynamic(
         .edns
         .as_ref()
         .and_then(|e| e.ecs)
-        .filter(|e| e.source > 0 && dynamic.service.service().ecs);
+        .filter(|e| e.source > 0 && dynamic.service().service().ecs);
     let located = snap.geo.locate(ecs.map_or(resolver, |e| e.addr));
     let client = Client {
         located: &located,
         ecs_source_prefix: ecs.map(|e| e.source),
     };
     let decision = dynamic
-        .service
+        .service()
         .decide(&client, family, health, rand::random());
     if ecs.is_some() {
         echo_ecs(decision.scope);
@@ -537,22 +507,4 @@ fn wire_to_name(wire: &[u8]) -> Option<LowerName> {
     let mut name = Name::from_labels(labels).ok()?;
     name.set_fqdn(true);
     Some(LowerName::new(&name))
-}
-
-/// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
-/// `None` when it is not a valid name.
-fn name_to_wire(name: &str) -> Option<Vec<u8>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut wire = Vec::with_capacity(name.len() + 2);
-    if !name.is_empty() {
-        for label in name.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return None;
-            }
-            wire.push(label.len() as u8);
-            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
-    }
-    wire.push(0);
-    (wire.len() <= 255).then_some(wire)
 }

@@ -3,14 +3,17 @@
 //! The question is copied verbatim from the query (so its case survives, as resolvers using
 //! 0x20 randomisation expect), and answer records owned by the query name point at it
 //! (0xC00C), as BIND and NSD do. The OPT record is written last, by hand, so that it is never
-//! lost from a truncated response (RFC 6891 §7, hickory issue #3633).
+//! lost from a truncated response (RFC 6891 §7, hickory issue #3633), not even from one that
+//! the rate limiter shortens ([`truncate`]). A query signed with TSIG gets its record back
+//! with the error ([`append_tsig_error`]).
 
 use std::net::IpAddr;
 
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-use super::wire::{HEADER_LEN, OPT_ECS, OPT_NSID, Query, TYPE_OPT};
+use super::cookie::{self, Secret};
+use super::wire::{HEADER_LEN, OPT_COOKIE, OPT_ECS, OPT_NSID, Query, TYPE_OPT, TYPE_TSIG, Tsig};
 
 /// The largest UDP payload we advertise and send (DNS flag day 2020).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -55,6 +58,30 @@ pub struct Opt<'a> {
     pub nsid: Option<&'a [u8]>,
     /// ECS to echo: (family, source prefix, scope prefix, address octets).
     pub ecs: Option<(u16, u8, u8, [u8; 16])>,
+    /// COOKIE to return: the client's cookie and our server cookie (RFC 7873 §5.2.3).
+    pub cookie: Option<[u8; cookie::REPLY_LEN]>,
+}
+
+impl<'a> Opt<'a> {
+    /// Returns the OPT of a response to `q` from `client`, or `None` when the query had none:
+    /// NSID when asked for and configured, and a fresh server cookie when the query carried a
+    /// cookie (valid or not, RFC 7873 §5.2.3-4). ECS is added by the answer, which knows its
+    /// scope.
+    pub fn for_query(
+        q: &Query<'_>,
+        nsid: Option<&'a [u8]>,
+        client: IpAddr,
+        secrets: &[Secret],
+    ) -> Option<Opt<'a>> {
+        let e = q.edns.as_ref()?;
+        Some(Opt {
+            nsid: if e.nsid { nsid } else { None },
+            ecs: None,
+            cookie: e
+                .cookie
+                .map(|c| cookie::reply(&c, client, secrets, cookie::now())),
+        })
+    }
 }
 
 /// One record of the answer section.
@@ -207,6 +234,11 @@ pub(super) fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
         out.extend((n.len() as u16).to_be_bytes());
         out.extend_from_slice(n);
     }
+    if let Some(c) = &opt.cookie {
+        out.extend(OPT_COOKIE.to_be_bytes());
+        out.extend((c.len() as u16).to_be_bytes());
+        out.extend_from_slice(c);
+    }
     if let Some((family, source, scope, addr)) = opt.ecs {
         let n = (source as usize).div_ceil(8);
         out.extend(OPT_ECS.to_be_bytes());
@@ -226,4 +258,96 @@ pub fn udp_limit(q: &Query<'_>) -> usize {
         Some(e) => e.udp_size.clamp(512, MAX_UDP_PAYLOAD) as usize,
         None => 512,
     }
+}
+
+/// Appends to the response in `out` the unsigned TSIG record of an error (RFC 8945 §5.3.2):
+/// the query's key and algorithm names, the time now, an empty MAC, the original ID and
+/// `error`. The caller has written the rest; ARCOUNT is counted up here.
+pub fn append_tsig_error(out: &mut Vec<u8>, tsig: &Tsig, error: u16, now: u64) {
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    out.extend_from_slice(&tsig.key);
+    out.extend(TYPE_TSIG.to_be_bytes());
+    out.extend(255u16.to_be_bytes()); // class ANY
+    out.extend(0u32.to_be_bytes()); // TTL 0
+    let len_at = out.len();
+    out.extend(0u16.to_be_bytes());
+    out.extend_from_slice(&tsig.algorithm);
+    out.extend(&now.to_be_bytes()[2..]); // time signed, 48 bits
+    out.extend(tsig.fudge.to_be_bytes());
+    out.extend(0u16.to_be_bytes()); // MAC size: unsigned
+    out.extend(tsig.original_id.to_be_bytes());
+    out.extend(error.to_be_bytes());
+    out.extend(0u16.to_be_bytes()); // other len
+    let rdlen = (out.len() - len_at - 2) as u16;
+    out[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+    out[10..12].copy_from_slice(&arcount.to_be_bytes());
+}
+
+/// Rewrites the response in `out` as a truncated one: TC set, the question kept, no records but
+/// the OPT (RFC 6891 §7: a response to a query with an OPT carries one, truncated or not).
+/// Returns false if `out` is not a response it can walk.
+pub fn truncate(out: &mut Vec<u8>) -> bool {
+    let Some((question_end, opt)) = walk(out) else {
+        return false;
+    };
+    let opt = opt.map(|(start, end)| out[start..end].to_vec());
+    out.truncate(question_end);
+    out[2] |= 0x02; // TC
+    out[6..12].fill(0);
+    if let Some(opt) = opt {
+        out.extend_from_slice(&opt);
+        out[10..12].copy_from_slice(&1u16.to_be_bytes());
+    }
+    true
+}
+
+/// Walks a response with one question: returns where the question ends and where the OPT
+/// record lies, if there is one. `None` if it cannot be walked.
+fn walk(msg: &[u8]) -> Option<(usize, Option<(usize, usize)>)> {
+    let count = |i: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *msg.get(i)?,
+            *msg.get(i + 1)?,
+        ])))
+    };
+    if count(4)? != 1 {
+        return None;
+    }
+    let skip_name = |mut pos: usize| -> Option<usize> {
+        loop {
+            match *msg.get(pos)? {
+                0 => return Some(pos + 1),
+                len @ 1..=63 => pos += 1 + usize::from(len),
+                0xC0..=0xFF => return Some(pos + 2),
+                _ => return None,
+            }
+        }
+    };
+    let question_end = skip_name(HEADER_LEN)? + 4;
+    if question_end > msg.len() {
+        return None;
+    }
+    // If the records cannot be walked, keep what is certain: the question.
+    let find_opt = || -> Option<(usize, usize)> {
+        let mut pos = question_end;
+        let mut opt = None;
+        for _ in 0..count(6)? + count(8)? + count(10)? {
+            let start = pos;
+            pos = skip_name(pos)?;
+            let rtype = count(pos)?;
+            pos += 10 + count(pos + 8)?;
+            if pos > msg.len() {
+                return None;
+            }
+            if rtype == usize::from(TYPE_OPT) {
+                opt = Some((start, pos));
+            }
+        }
+        opt
+    };
+    let opt = find_opt();
+    Some((question_end, opt))
 }

@@ -87,6 +87,21 @@ impl Limiter {
         }
     }
 
+    /// Decides like [`Limiter::check`], except that a client that proved its address with a
+    /// valid DNS server cookie (RFC 7873 §5.3, [`super::cookie::has_valid`]) is always sent
+    /// its response and does not spend its network's tokens.
+    pub fn check_client(
+        &mut self,
+        client: IpAddr,
+        now: Instant,
+        has_valid_cookie: bool,
+    ) -> Verdict {
+        if has_valid_cookie {
+            return Verdict::Send;
+        }
+        self.check(client, now)
+    }
+
     /// Returns the key of the client's network: family and the masked address.
     fn network(&self, client: IpAddr) -> (bool, u128) {
         match client.to_canonical() {
@@ -116,34 +131,11 @@ impl Limiter {
     }
 }
 
-/// Rewrites the response in `out` as a truncated one: the header with TC set and no records,
-/// and the question. Returns false if `out` is not a response it can walk.
+/// Rewrites the response in `out` as a truncated one: the header with TC set, the question
+/// and the OPT (if any), no other records. Returns false if `out` is not a response it can
+/// walk.
 pub fn truncate(out: &mut Vec<u8>) -> bool {
-    if out.len() < 12 || u16::from_be_bytes([out[4], out[5]]) != 1 {
-        return false;
-    }
-    let mut pos = 12;
-    loop {
-        let Some(&len) = out.get(pos) else {
-            return false;
-        };
-        match len {
-            0 => {
-                pos += 1;
-                break;
-            }
-            1..=63 => pos += 1 + len as usize,
-            _ => return false,
-        }
-    }
-    let end = pos + 4;
-    if end > out.len() {
-        return false;
-    }
-    out.truncate(end);
-    out[2] |= 0x02; // TC
-    out[6..12].fill(0); // no answer, authority or additional records
-    true
+    super::response::truncate(out)
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
                 continue;
             };
             let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
-                && admit(&mut limiter, answerer, peer, out, now);
+                && admit(&mut limiter, answerer, peer, query, out, now);
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
@@ -140,19 +140,23 @@ fn sync_limiter(limiter: &mut Option<Limiter>, answerer: &Answerer) {
     }
 }
 
-/// Applies the rate limit to the response in `out` for `peer`: returns whether to send it
-/// (truncated, when it slips).
+/// Applies the rate limit to the response in `out` to `query` from `peer`: returns whether to
+/// send it (truncated, when it slips). A valid DNS cookie in the query exempts it.
 fn admit(
     limiter: &mut Option<Limiter>,
     answerer: &Answerer,
     peer: SocketAddr,
+    query: &[u8],
     out: &mut Vec<u8>,
     now: Instant,
 ) -> bool {
     let Some(l) = limiter.as_mut() else {
         return true;
     };
-    match l.check(peer.ip(), now) {
+    let snap = answerer.snapshot.load();
+    let secrets = super::cookie::secrets(&snap.config);
+    let has_cookie = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
+    match l.check_client(peer.ip(), now, has_cookie) {
         Verdict::Send => true,
         Verdict::Slip => {
             answerer.metrics.rate_limited_slip.inc();
@@ -193,7 +197,14 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
         };
         sync_limiter(&mut limiter, answerer);
         if answerer.respond(&buf[..len], peer, Transport::Udp, &mut out)
-            && admit(&mut limiter, answerer, peer, &mut out, Instant::now())
+            && admit(
+                &mut limiter,
+                answerer,
+                peer,
+                &buf[..len],
+                &mut out,
+                Instant::now(),
+            )
             && let Err(e) = socket.send_to(&out, peer)
         {
             debug!(%peer, error = %e, "udp send failed");

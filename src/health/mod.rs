@@ -4,8 +4,11 @@
 //!
 //! - [`state`]: the pure rise/fall state machine ([`TargetState`]); no I/O, caller passes `now`.
 //! - [`probe`]: HTTP, HTTPS and TCP probes ([`Prober`], [`ProbeError`]).
-//! - [`overrides`]: region drains persisted atomically to `server.state_file`.
-//! - [`view`]: [`HealthView`], [`State`], [`TargetKey`].
+//! - [`overrides`]: region and target drains (with who/when/why/expiry) persisted atomically to
+//!   `server.state_file` (in a fleet: the cache of the drains in etcd).
+//! - [`quorum`]: the fleet's vote on each target ([`quorum::PeerVotes`]); pure.
+//! - [`view`]: [`HealthView`], [`State`], [`TargetKey`], and [`withdrawal`], the one rule for
+//!   "is this target withdrawn from answers, and why".
 //! - [`supervisor`]: [`Health`], the handle that runs one probe task per distinct
 //!   (address, check), feeds the state machines, publishes views, and answers `/status`.
 //!
@@ -14,6 +17,7 @@
 
 pub mod overrides;
 pub mod probe;
+pub mod quorum;
 pub mod state;
 pub mod supervisor;
 pub mod view;
@@ -26,7 +30,7 @@ pub use state::{Observation, Reason, TargetState, Thresholds, Transition};
 pub use supervisor::{
     Health, HealthError, ProbeReport, ReloadSummary, TargetStatus, TransitionEvent,
 };
-pub use view::{HealthView, State, TargetKey};
+pub use view::{Drain, HealthSource, HealthView, State, TargetKey, Withdrawal, withdrawal};
 
 /// Formats a wall time as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
 pub fn format_rfc3339(t: SystemTime) -> String {

@@ -32,9 +32,9 @@ use tracing::{debug, info, warn};
 
 use super::overrides::{Drain, Overrides, OverridesError, Subject};
 use super::probe::{ProbeOutcome, Prober};
+use super::quorum::{Agreement, PeerVotes};
 use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
-use crate::cluster::quorum::{Agreement, PeerVotes};
 use crate::config::{Check, Config};
 
 /// Capacity of the transition and probe-report broadcast channels; a subscriber that falls

@@ -2,6 +2,10 @@
 //!
 //! A view is built by the supervisor on every state change or drain and swapped in whole; readers
 //! load an `Arc<HealthView>` and never lock. Lookups do not allocate.
+//!
+//! [`withdrawal`] is the one rule for "is this target withdrawn from answers, and why": the
+//! policy, `/status`, `meridian_target_up` and webhook notifications all ask it, over any
+//! [`HealthSource`] (the view in production, tables in tests).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -37,6 +41,82 @@ pub struct TargetKey {
     pub address: IpAddr,
     /// The check's name.
     pub check: Arc<str>,
+}
+
+/// The health questions asked about targets. [`HealthView`] answers them in production; tests
+/// and tools may supply their own.
+pub trait HealthSource {
+    /// Returns the state of `address` probed by `check` (`None`: no check, always up).
+    fn state(&self, address: IpAddr, check: Option<&str>) -> State;
+    /// Returns true when the operator drained `region`.
+    fn is_drained(&self, region: &str) -> bool;
+    /// Returns true when the operator drained the target `address` (default: never). A
+    /// drained target counts as a one-target drained region.
+    fn is_target_drained(&self, _address: IpAddr) -> bool {
+        false
+    }
+}
+
+/// Which operator drain withdraws a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Drain {
+    /// Its region is drained (`POST /regions/{region}/drain`).
+    Region,
+    /// The target itself is drained (`POST /targets/{address}/drain`), in every service.
+    Target,
+}
+
+/// Whether a target is withdrawn from answers and why: what [`withdrawal`] returns.
+///
+/// Both facts are kept (not just the first reason) because fail-open passes of the policy
+/// look at them separately: one takes drained targets that are not down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Withdrawal {
+    /// The operator drain in force, if any (a region drain wins over a target drain).
+    pub drain: Option<Drain>,
+    /// The probed state (`Up` without a check, `Unknown` before the first probe).
+    pub state: State,
+}
+
+impl Withdrawal {
+    /// Returns true when answers must not use the target: drained, or down. `Unknown`
+    /// counts as up.
+    pub fn is_withdrawn(&self) -> bool {
+        self.drain.is_some() || self.state == State::Down
+    }
+
+    /// Returns why the target is withdrawn (`region_drained`, `target_drained`, `down`), or
+    /// `None` when it is not.
+    pub fn reason(&self) -> Option<&'static str> {
+        match (self.drain, self.state) {
+            (Some(Drain::Region), _) => Some("region_drained"),
+            (Some(Drain::Target), _) => Some("target_drained"),
+            (None, State::Down) => Some("down"),
+            (None, _) => None,
+        }
+    }
+}
+
+/// Returns whether the target `address` of an endpoint in `region`, probed by `check`, is
+/// withdrawn from answers, and why. The one place this rule lives.
+pub fn withdrawal<H: HealthSource + ?Sized>(
+    health: &H,
+    region: &str,
+    address: IpAddr,
+    check: Option<&str>,
+) -> Withdrawal {
+    let drain = if health.is_drained(region) {
+        Some(Drain::Region)
+    } else if health.is_target_drained(address) {
+        Some(Drain::Target)
+    } else {
+        None
+    };
+    Withdrawal {
+        drain,
+        state: health.state(address, check),
+    }
 }
 
 /// An immutable picture of every target's health and the operator's drains.
@@ -108,13 +188,42 @@ impl HealthView {
 
     /// Returns true when the operator drained `region`.
     pub fn is_drained(&self, region: &str) -> bool {
-        self.drained.contains(region)
+        // Most views drain nothing: skip hashing then (this runs per target per query).
+        !self.drained.is_empty() && self.drained.contains(region)
+    }
+
+    /// Returns the drained regions, sorted.
+    pub fn drained_regions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.drained.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Returns the drained target addresses, sorted.
+    pub fn drained_targets(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.drained_targets.iter().copied().collect();
+        v.sort();
+        v
     }
 
     /// Returns true when the operator drained the target `address` (in every service).
     pub fn is_target_drained(&self, address: IpAddr) -> bool {
         // Most views drain no target: skip hashing then (this runs per target per query).
         !self.drained_targets.is_empty() && self.drained_targets.contains(&address)
+    }
+}
+
+impl HealthSource for HealthView {
+    fn state(&self, address: IpAddr, check: Option<&str>) -> State {
+        HealthView::state(self, address, check)
+    }
+
+    fn is_drained(&self, region: &str) -> bool {
+        HealthView::is_drained(self, region)
+    }
+
+    fn is_target_drained(&self, address: IpAddr) -> bool {
+        HealthView::is_target_drained(self, address)
     }
 }
 
@@ -140,6 +249,30 @@ mod tests {
         let v = HealthView::empty().with_drained("eu-west");
         assert!(v.is_drained("eu-west"));
         assert!(!v.is_drained("us-east"));
+    }
+
+    #[test]
+    fn withdrawal_names_the_drain_first_and_keeps_the_state() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let v = HealthView::empty()
+            .with_state(a, "web", State::Down)
+            .with_drained("eu-west")
+            .with_drained_target(b);
+        let w = withdrawal(&v, "us-east", a, Some("web"));
+        assert_eq!((w.is_withdrawn(), w.reason()), (true, Some("down")));
+        let w = withdrawal(&v, "eu-west", a, Some("web"));
+        assert_eq!((w.drain, w.state), (Some(Drain::Region), State::Down));
+        assert_eq!(w.reason(), Some("region_drained"));
+        let w = withdrawal(&v, "us-east", b, Some("web"));
+        assert_eq!(
+            (w.reason(), w.state),
+            (Some("target_drained"), State::Unknown)
+        );
+        let w = withdrawal(&v, "us-east", b, None);
+        assert_eq!(w.state, State::Up);
+        let up = withdrawal(&v, "us-east", "192.0.2.3".parse().unwrap(), Some("web"));
+        assert_eq!((up.is_withdrawn(), up.reason()), (false, None));
     }
 
     #[test]

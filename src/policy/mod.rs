@@ -9,8 +9,9 @@
 //! [`Explanation`] (serde-serializable, and `Display` for the CLI).
 //!
 //! Key types: [`CompiledService`], [`Client`], [`Family`], [`Decision`], [`Outcome`],
-//! [`Explanation`], and [`HealthSource`] (the two health questions policy asks, implemented by
-//! [`HealthView`]). Locating the client is `crate::geo`'s job; probing is `crate::health`'s; the
+//! [`Explanation`]. Whether a target is withdrawn (drained or down) is
+//! [`crate::health::withdrawal`]'s rule, asked of any [`HealthSource`] (the [`HealthView`] in
+//! production). Locating the client is `crate::geo`'s job; probing is `crate::health`'s; the
 //! DNS wire format is `crate::dns`'s. Nothing here fails, so there is no error type.
 //!
 //! # Order of regions
@@ -74,7 +75,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Policy, Service, WhenAllDown};
 use crate::geo::{Located, Location};
-use crate::health::{HealthView, State};
+use crate::health::{HealthSource, HealthView, State, withdrawal};
 
 pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
 use geometry::{Unit, arc_km, below, chord2, splitmix64, unit_vector};
@@ -148,34 +149,6 @@ pub struct Decision {
     pub ttl: u32,
     /// ECS scope prefix: 0 when the answer does not depend on the client's address.
     pub scope: u8,
-}
-
-/// The two questions policy asks about health. [`HealthView`] answers them in production;
-/// tests and tools may supply their own.
-pub trait HealthSource {
-    /// Returns the state of `address` probed by `check` (`None`: no check, always up).
-    fn state(&self, address: IpAddr, check: Option<&str>) -> State;
-    /// Returns true when the operator drained `region`.
-    fn is_drained(&self, region: &str) -> bool;
-    /// Returns true when the operator drained the target `address` (default: never). A
-    /// drained target counts as a one-target drained region: skipped by the same passes.
-    fn is_target_drained(&self, _address: IpAddr) -> bool {
-        false
-    }
-}
-
-impl HealthSource for HealthView {
-    fn state(&self, address: IpAddr, check: Option<&str>) -> State {
-        HealthView::state(self, address, check)
-    }
-
-    fn is_drained(&self, region: &str) -> bool {
-        HealthView::is_drained(self, region)
-    }
-
-    fn is_target_drained(&self, address: IpAddr) -> bool {
-        HealthView::is_target_drained(self, address)
-    }
 }
 
 /// One answering pass; later passes run only when the earlier ones found nothing and the
@@ -680,36 +653,49 @@ impl CompiledService {
             if out.len() >= max {
                 return true;
             }
-            // The caller has passed over a drained region already.
-            self.offer_target(i, address, pass, false, health, out, sink);
+            self.offer_target(i, address, pass, health, out, sink);
         }
         out.len() >= max
     }
 
-    /// Takes `address` of region `i` into `out` unless `pass` passes it over (its region or
-    /// itself drained, or it is down); reports either to `sink`.
-    #[allow(clippy::too_many_arguments)]
+    /// Takes `address` of region `i` into `out` unless `pass` passes it over (withdrawn by a
+    /// drain or down, as far as the pass looks); reports either to `sink`.
     fn offer_target<H: HealthSource + ?Sized, S: Sink>(
         &self,
         i: usize,
         address: IpAddr,
         pass: Pass,
-        region_drained: bool,
         health: &H,
         out: &mut Vec<IpAddr>,
         sink: &mut S,
     ) {
-        if pass.skips_drained() && (region_drained || health.is_target_drained(address)) {
-            sink.target_skipped(i, address, SkipReason::Drained);
-            return;
+        match self.skip_reason(i, address, pass, health) {
+            Err(reason) => sink.target_skipped(i, address, reason),
+            Ok(state) => {
+                out.push(address);
+                sink.picked(i, address, state);
+            }
         }
-        let state = health.state(address, self.regions[i].check.as_deref());
-        if pass.skips_down() && state == State::Down {
-            sink.target_skipped(i, address, SkipReason::Down);
-            return;
+    }
+
+    /// Returns the state of `address` of region `i` when `pass` may take it, or why it
+    /// passes it over: [`withdrawal`] decides, the pass chooses which of its reasons count.
+    fn skip_reason<H: HealthSource + ?Sized>(
+        &self,
+        i: usize,
+        address: IpAddr,
+        pass: Pass,
+        health: &H,
+    ) -> Result<State, SkipReason> {
+        let region = &self.regions[i];
+        let w = withdrawal(health, &region.name, address, region.check.as_deref());
+        if pass.skips_drained() && w.drain.is_some() {
+            Err(SkipReason::Drained)
+        } else if pass.skips_down() && w.state == State::Down {
+            Err(SkipReason::Down)
+        } else {
+            Ok(w.state)
         }
-        out.push(address);
-        sink.picked(i, address, state);
     }
 
     /// `weighted`: draws regions by weight without replacement, passing over the unusable
@@ -782,11 +768,10 @@ impl CompiledService {
                     sink.region_skipped(i, SkipReason::Drained);
                     continue;
                 }
-                if region.targets[fam].iter().all(|&a| {
-                    (pass.skips_drained() && health.is_target_drained(a))
-                        || (pass.skips_down()
-                            && health.state(a, region.check.as_deref()) == State::Down)
-                }) {
+                if region.targets[fam]
+                    .iter()
+                    .all(|&a| self.skip_reason(i, a, pass, health).is_err())
+                {
                     sink.region_skipped(i, SkipReason::AllTargetsDown);
                     continue;
                 }
@@ -819,22 +804,12 @@ impl CompiledService {
         if start > 0 {
             sink.rotated(start);
         }
-        // The drain state of the region last looked at: targets of a region are adjacent.
-        let mut drained: Option<(usize, bool)> = None;
         let (tail, head) = flat.split_at(start.min(flat.len()));
         for &(i, address) in head.iter().chain(tail) {
             if out.len() >= max {
                 return;
             }
-            let region_drained = pass.skips_drained() && {
-                let d = match drained {
-                    Some((r, d)) if r == i => d,
-                    _ => health.is_drained(&self.regions[i].name),
-                };
-                drained = Some((i, d));
-                d
-            };
-            self.offer_target(i, address, pass, region_drained, health, out, sink);
+            self.offer_target(i, address, pass, health, out, sink);
         }
     }
 }

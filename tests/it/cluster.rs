@@ -166,14 +166,19 @@ impl Fleet {
                 )))
             })
             .collect();
-        (
-            Fleet {
-                servers,
-                _backends: Vec::new(),
-                port,
-            },
-            backends,
-        )
+        let fleet = Fleet {
+            servers,
+            _backends: Vec::new(),
+            port,
+        };
+        wait_until("every instance joined the fleet", &fleet, || {
+            fleet.running().all(|(_, s)| {
+                let st = status(s);
+                st["fleet"]["connected"] == true
+                    && st["fleet"]["instances"].as_array().map(Vec::len) == Some(3)
+            })
+        });
+        (fleet, backends)
     }
 
     fn get(&self, i: usize) -> &Server {
@@ -369,6 +374,14 @@ fn issue_10_drains_reach_every_instance_survive_restarts_and_end_by_themselves()
         3,
         "{out}"
     );
+    // The store serializes the three writes: exactly one instance made the change.
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("drained region us-east") && !l.contains("(already)"))
+            .count(),
+        1,
+        "{out}"
+    );
     all_answer(
         "ctl drain with expiry reached all three",
         &fleet,
@@ -449,8 +462,9 @@ fn issue_10_a_target_is_withdrawn_only_when_a_majority_of_the_fleet_sees_it_down
     });
     let st = status(fleet.get(0));
     let t = &st["services"][0]["regions"][0]["targets"][0];
-    assert_eq!(t["state"], "down", "a's own probes fail: {t}");
+    assert_eq!(t["fleet"]["local"], "down", "a's own probes fail: {t}");
     assert_eq!(t["fleet"]["agreed"], "up", "{t}");
+    assert_eq!(t["state"], "up", "answers use the agreed state: {t}");
     assert_eq!(t["fleet"]["basis"], "quorum", "{t}");
     assert_eq!(t["usable"], true, "{t}");
     for (_, s) in fleet.running() {
@@ -483,10 +497,11 @@ fn issue_10_a_target_is_withdrawn_only_when_a_majority_of_the_fleet_sees_it_down
     let st = status(fleet.get(2));
     let t = &st["services"][0]["regions"][0]["targets"][0];
     assert_eq!(
-        (t["state"].as_str(), t["fleet"]["agreed"].as_str()),
+        (t["fleet"]["local"].as_str(), t["fleet"]["agreed"].as_str()),
         (Some("up"), Some("down")),
         "{t}"
     );
+    assert_eq!(t["withdrawn"], "down", "{t}");
     assert_eq!(metric(fleet.get(2), "meridian_cluster_peers"), Some(2.0));
     let agreed = http(fleet.get(2).admin(), "GET", "/metrics", &[], "").body;
     assert!(
@@ -578,4 +593,13 @@ fn issue_10_etcd_outage_keeps_answers_refuses_drains_and_converges_when_it_retur
         TARGETS[0],
     );
     println!("MEASURED undrain propagation after the outage: {took:?}");
+}
+
+#[test]
+fn the_example_fleet_configs_pass_check() {
+    for n in 1..=3 {
+        let path = crate::harness::repo().join(format!("zones/fleet/ns{n}.toml"));
+        let (code, out, err) = crate::harness::run(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
 }

@@ -11,3 +11,4 @@ mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod wire;

@@ -33,6 +33,8 @@ pub enum Basis {
 pub struct Agreement {
     /// The state answers use.
     pub agreed: State,
+    /// This instance's own probed state.
+    pub local: State,
     /// How it was reached.
     pub basis: Basis,
     /// Observers (instances with a vote, this one included).
@@ -83,6 +85,7 @@ impl PeerVotes {
         let Some(quorum) = self.quorum else {
             return Agreement {
                 agreed: local,
+                local,
                 basis: Basis::Local,
                 observers: usize::from(local != State::Unknown),
                 down: usize::from(local == State::Down),
@@ -104,6 +107,7 @@ impl PeerVotes {
         };
         Agreement {
             agreed,
+            local,
             basis,
             observers,
             down,

@@ -1,0 +1,256 @@
+//! The snapshot: everything the answer path reads, built whole from the config file, never
+//! mutated, and swapped in on reload.
+//!
+//! Owns loading (parse → validate → zone files, GeoIP database, compiled services), what
+//! `meridian check` checks, the reload that replaces the live snapshot ([`Reloader`]), and
+//! `explain` (the policy's decision trace for one name and client). Sits below `dns/`,
+//! `admin/` and `notify`, which read it; it never imports them.
+//!
+//! Key types: [`Snapshot`], [`Services`] (the dynamic names keyed by wire form),
+//! [`Reloader`], [`ExplainError`].
+
+mod services;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use tracing::{info, warn};
+
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::geo::Geo;
+use crate::health::{Health, HealthView, Overrides};
+use crate::metrics::Metrics;
+use crate::policy::{Explanation, Family};
+use crate::zone::Zones;
+
+pub use services::{Dynamic, Services, name_to_wire};
+
+/// Everything the answer path reads: built whole, never mutated, swapped on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Static zones.
+    pub zones: Zones,
+    /// GeoIP database and CIDR overrides.
+    pub geo: Geo,
+    /// Dynamic names.
+    pub services: Services,
+}
+
+/// The live snapshot, shared by the answer path, the admin port and notifications.
+pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
+
+/// Reads, validates and builds a snapshot from the config file at `path`; reports every
+/// problem found (config keys, zone files, GeoIP database).
+pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let config = config::load(path)?;
+    build(config)
+}
+
+/// Checks everything `meridian check` checks: the config, zone files and GeoIP database (as
+/// [`load`]), and the state file of operator drains, which `serve` refuses to start with when
+/// it is corrupt.
+pub fn check(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let snapshot = load(path)?;
+    if let Some(state) = &snapshot.config.server.state_file
+        && let Err(e) = Overrides::load(state)
+    {
+        let key = "server.state_file";
+        return Err(ConfigErrors(vec![ConfigError::new(
+            &snapshot.config.source,
+            key,
+            e.to_string(),
+        )]));
+    }
+    Ok(snapshot)
+}
+
+/// Builds a snapshot from a validated config.
+pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let dynamic: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    let zones = match Zones::load(&config.zones, &dynamic, &config.source) {
+        Ok(z) => Some(z),
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
+    if let Some(zones) = &zones {
+        for (i, s) in config.services.iter().enumerate() {
+            let Ok(name) = Name::from_ascii(&s.name) else {
+                continue;
+            };
+            let lower = LowerName::new(&name);
+            if let Some(zone) = zones.zone_for(&lower) {
+                for t in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+                    if zone.has_static(&lower, t) {
+                        errors.push(ConfigError::new(
+                            &config.source,
+                            format!("service[{i}].name"),
+                            format!("{} also has static {t} records in its zone file: remove them, the service answers {t}", s.name),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let geo = match Geo::open(config.server.geoip.as_deref(), &config.nets) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errors.push(ConfigError::new(
+                &config.source,
+                "server.geoip",
+                e.to_string(),
+            ));
+            None
+        }
+    };
+    let (Some(zones), Some(geo), true) = (zones, geo, errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
+    let services = Services::new(&config);
+    Ok(Snapshot {
+        config: Arc::new(config),
+        zones,
+        geo,
+        services,
+    })
+}
+
+/// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    config_path: PathBuf,
+    snapshot: SnapshotCell,
+    health: Health,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Returns a reloader of `snapshot` from `config_path`, which also moves `health`'s probes
+    /// to each new config and counts reloads in `metrics`.
+    pub fn new(
+        config_path: PathBuf,
+        snapshot: SnapshotCell,
+        health: Health,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config_path,
+            snapshot,
+            health,
+            metrics,
+        }
+    }
+
+    /// Returns the config file reloads read.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config file; on success swaps in the new snapshot, on failure keeps the
+    /// old one and returns the errors. Blocks on file I/O: call it from a blocking thread.
+    ///
+    /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
+    /// `meridian_config_reloads_total{result}`.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        static RELOAD: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_unlocked();
+        self.metrics.count_reload(result.is_ok());
+        result
+    }
+
+    fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
+        let mut snapshot = load(&self.config_path)?;
+        snapshot.services.count_answers_in(&self.metrics);
+        for w in snapshot.config.warnings() {
+            warn!("{w}");
+        }
+        let old = self.snapshot.load();
+        if old.config.server.dns_listen != snapshot.config.server.dns_listen
+            || old.config.server.admin_listen != snapshot.config.server.admin_listen
+        {
+            warn!("listen addresses changed: they take effect at the next restart");
+        }
+        if old.config.cluster != snapshot.config.cluster {
+            warn!("[cluster] changed: it takes effect at the next restart");
+        }
+        let config = snapshot.config.clone();
+        self.snapshot.store(Arc::new(snapshot));
+        let summary = self.health.reload(&config);
+        info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
+        Ok(())
+    }
+}
+
+/// Why `explain` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// The name is not a service.
+    #[error("{0} is not a service name (static names are answered from the zone file)")]
+    NotAService(String),
+    /// The type is not A or AAAA.
+    #[error("type {0:?} is not answered by services: use A or AAAA")]
+    BadType(String),
+}
+
+/// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
+/// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
+pub fn explain_in(
+    snapshot: &Snapshot,
+    health: &HealthView,
+    client: IpAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<Explanation, ExplainError> {
+    let family = match qtype.to_ascii_uppercase().as_str() {
+        "A" => Family::V4,
+        "AAAA" => Family::V6,
+        _ => return Err(ExplainError::BadType(qtype.to_string())),
+    };
+    let service = snapshot
+        .services
+        .get(name)
+        .ok_or_else(|| ExplainError::NotAService(name.to_string()))?;
+    let located = snapshot.geo.locate(client);
+    let c = crate::policy::Client {
+        located: &located,
+        ecs_source_prefix: None,
+    };
+    Ok(service.explain(&c, family, health, rand::random()))
+}
+
+/// Explains a decision from the config file alone (no probes run: every target counts as
+/// unknown, i.e. up; drains in the state file are applied).
+pub fn explain(
+    config: &Path,
+    client: IpAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<String, ExplainError> {
+    let snapshot = load(config).map_err(ExplainError::Config)?;
+    let mut health = HealthView::empty();
+    if let Some(state) = &snapshot.config.server.state_file
+        && let Ok(o) = Overrides::load(state)
+    {
+        for r in &o.drained_regions {
+            health = health.with_drained(r);
+        }
+        for a in &o.drained_targets {
+            health = health.with_drained_target(*a);
+        }
+    }
+    let e = explain_in(&snapshot, &health, client, name, qtype)?;
+    Ok(format!(
+        "{e}\n(no probes were run: every target counts as unknown, i.e. up)\n"
+    ))
+}

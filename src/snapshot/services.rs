@@ -1,0 +1,112 @@
+//! The dynamic names of a snapshot: every service compiled, keyed by the lowercase wire form of
+//! its name, so that the answer path finds a service straight from the query's bytes without
+//! building a name. Owns the per-region answer counters of each service.
+//!
+//! Key types: [`Services`], [`Dynamic`]. Knows nothing of DNS messages: `dns/` looks names up
+//! here and writes the answer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::config::Config;
+use crate::metrics::{AnswerCounter, Metrics};
+use crate::policy::CompiledService;
+
+/// The dynamic names of a snapshot, keyed by their lowercase wire form.
+#[derive(Debug, Default)]
+pub struct Services {
+    by_wire: HashMap<Vec<u8>, Dynamic>,
+}
+
+/// One dynamic name: its compiled service and its answer counters by region.
+#[derive(Debug)]
+pub struct Dynamic {
+    service: CompiledService,
+    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
+    /// [`Services::count_answers_in`]).
+    answers: Vec<(String, AnswerCounter)>,
+}
+
+impl Dynamic {
+    /// Returns the compiled service.
+    pub fn service(&self) -> &CompiledService {
+        &self.service
+    }
+
+    /// Counts an answer once for each region its addresses come from.
+    pub fn count(&self, addrs: &[IpAddr]) {
+        for (i, a) in addrs.iter().enumerate() {
+            let Some(region) = self.service.region_of(*a) else {
+                continue;
+            };
+            let seen = addrs[..i]
+                .iter()
+                .any(|b| self.service.region_of(*b) == Some(region));
+            if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
+                c.inc();
+            }
+        }
+    }
+}
+
+impl Services {
+    /// Compiles every service of `config`.
+    pub fn new(config: &Config) -> Self {
+        let by_wire = config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let service = CompiledService::new(s, config);
+                Some((
+                    name_to_wire(&s.name)?,
+                    Dynamic {
+                        service,
+                        answers: Vec::new(),
+                    },
+                ))
+            })
+            .collect();
+        Self { by_wire }
+    }
+
+    /// Obtains the answer counters of every service and region from `metrics` (this takes a
+    /// lock: done once per snapshot, never per query).
+    pub fn count_answers_in(&mut self, metrics: &Metrics) {
+        for d in self.by_wire.values_mut() {
+            let s = d.service.service();
+            d.answers = s
+                .endpoints
+                .iter()
+                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .collect();
+        }
+    }
+
+    /// Returns the service whose name has the lowercase wire form `wire`.
+    pub fn by_wire(&self, wire: &[u8]) -> Option<&Dynamic> {
+        self.by_wire.get(wire)
+    }
+
+    /// Returns the service answering `name` (any case, with or without the final dot).
+    pub fn get(&self, name: &str) -> Option<&CompiledService> {
+        self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
+    }
+}
+
+/// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
+/// `None` when it is not a valid name.
+pub fn name_to_wire(name: &str) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut wire = Vec::with_capacity(name.len() + 2);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return None;
+            }
+            wire.push(label.len() as u8);
+            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    wire.push(0);
+    (wire.len() <= 255).then_some(wire)
+}
