@@ -65,6 +65,7 @@ fn berlin() -> Located {
         region: None,
         source: LocationSource::Database,
         prefix_len: 16,
+        via: meridian::geo::Via::direct("85.1.2.3".parse::<IpAddr>().unwrap()),
     }
 }
 
@@ -214,7 +215,7 @@ fn explain_nearest_20_regions(bencher: Bencher<'_, '_>) {
 fn probed(svc: &CompiledService, down: &[&str]) -> HealthView {
     let mut view = HealthView::empty().with_drained("r-none");
     for ep in &svc.service().endpoints {
-        let state = if down.contains(&ep.region.as_str()) {
+        let state = if down.contains(&ep.region.name.as_str()) {
             State::Down
         } else {
             State::Up

@@ -25,6 +25,39 @@ use crate::snapshot::{Reloader, Snapshot};
 /// How long shutdown waits for tasks before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Worker threads of the runtime that runs probes and the admin port.
+const PROBE_RUNTIME_THREADS: usize = 1;
+
+/// The runtime of probes and the admin port, apart from the one answering DNS over TCP, so that
+/// a probe storm (10,000 targets starting) does not delay DNS (issue #17). Shut down without
+/// blocking when dropped (dropping a runtime inside another one would panic).
+struct SideRuntime(Option<tokio::runtime::Runtime>);
+
+impl SideRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(PROBE_RUNTIME_THREADS)
+            .thread_name("meridian-probe")
+            .enable_all()
+            .build()
+            .context("cannot start the probe runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        // Invariant: the runtime is only taken out in `drop`.
+        self.0.as_ref().expect("runtime present").handle().clone()
+    }
+}
+
+impl Drop for SideRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -85,7 +118,9 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         ),
         None => None,
     };
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let snapshot = Arc::new(snapshot);
+    crate::snapshot::start_scope_maps(&snapshot);
+    let snapshot = Arc::new(ArcSwap::new(snapshot));
     let reloader = Reloader::new(
         config_path,
         snapshot.clone(),
@@ -113,20 +148,28 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         udp.extend(sockets);
         tcp.push(listener);
     }
+    // One rate limiter for every UDP socket: `[rate_limit]` holds per client network.
+    let limiter = Arc::new(dns::rrl::Limiter::new());
     for s in udp {
-        dns_tasks.spawn(dns::udp::serve(s, answerer.clone(), token.clone()));
-    }
-    for l in tcp {
-        dns_tasks.spawn(dns::tcp::serve(
-            l,
+        dns_tasks.spawn(dns::udp::serve(
+            s,
             answerer.clone(),
+            limiter.clone(),
             token.clone(),
-            server.tcp_idle_timeout,
-            server.tcp_max_connections,
         ));
     }
+    for l in tcp {
+        let limits = dns::tcp::Limits {
+            idle_timeout: server.tcp_idle_timeout,
+            max_connections: server.tcp_max_connections,
+            max_per_network: server.tcp_max_connections_per_network,
+        };
+        dns_tasks.spawn(dns::tcp::serve(l, answerer.clone(), token.clone(), limits));
+    }
     dns_tasks.close();
-    // Admin last in the shutdown order: it has its own token and tracker.
+    // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook
+    // and probes run on a runtime of their own.
+    let side = SideRuntime::new()?;
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
     let admin = crate::admin::Handles {
@@ -136,24 +179,43 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         reloader: reloader.clone(),
         cluster: cluster.clone(),
     };
-    let admin_addr = crate::admin::start(admin, &admin_tasks, admin_token.clone()).await?;
-    crate::notify::start(
-        health.subscribe(),
-        snapshot.clone(),
-        health.view_cell(),
-        &admin_tasks,
-        admin_token.clone(),
-    );
-    // Drains with an expiry end by themselves, on every instance, store or no store.
-    admin_tasks.spawn(expire_drains(health.clone(), admin_token.clone()));
-    // The fleet task subscribes to transitions before probes begin, like the metrics feed.
     let cluster_token = CancellationToken::new();
-    let cluster_task = cluster.clone().map(|c| {
-        c.set_admin_url(advertised_admin(&snapshot.load().config, admin_addr));
-        tokio::spawn(c.run(cluster_token.clone()))
-    });
+    let cluster_task = {
+        let (health, snapshot) = (health.clone(), snapshot.clone());
+        let (tasks, token) = (admin_tasks.clone(), admin_token.clone());
+        let (cluster, cluster_token) = (cluster.clone(), cluster_token.clone());
+        side.handle()
+            .spawn(async move {
+                let admin_addr = crate::admin::start(admin, &tasks, token.clone()).await?;
+                // Drains with an expiry end by themselves, on every instance, store or no store.
+                tasks.spawn(expire_drains(health.clone(), token.clone()));
+                // The fleet task subscribes to transitions before probes begin, like the
+                // metrics feed; it stops after the probes (it revokes the lease).
+                let cluster_task = cluster.map(|c| {
+                    c.set_admin_url(advertised_admin(&snapshot.load().config, admin_addr));
+                    tokio::spawn(c.run(cluster_token))
+                });
+                // Its events go to the webhook once notify takes them (issue 12, item 4).
+                let _outages = crate::outage::start(
+                    snapshot.clone(),
+                    health.view_cell(),
+                    &tasks,
+                    token.clone(),
+                );
+                crate::notify::start(
+                    health.subscribe(),
+                    snapshot,
+                    health.view_cell(),
+                    &tasks,
+                    token,
+                );
+                anyhow::Ok(cluster_task)
+            })
+            .await
+            .context("admin start-up task failed")??
+    };
     admin_tasks.close();
-    health.begin(&snapshot.load().config);
+    health.begin_on(&snapshot.load().config, side.handle());
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
 
     wait_for_signals(&reloader).await?;

@@ -13,9 +13,12 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
+//! - [`outage`]: services with no usable target (failing open), WARN logs when that begins
+//!   and ends.
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
+//! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
 //! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
@@ -31,6 +34,8 @@ pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod outage;
 pub mod policy;
+pub mod rlimit;
 pub mod snapshot;
 pub mod zone;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use meridian::{app, snapshot};
+use meridian::config::Config;
+use meridian::{app, rlimit, snapshot};
 
 /// Meridian: a global traffic manager (authoritative DNS answering with the nearest healthy
 /// endpoint).
@@ -80,12 +81,48 @@ fn init_logging() {
         .init();
 }
 
+/// UDP sockets per listen address, as `serve` binds them.
+fn udp_workers(config: &Config) -> usize {
+    config
+        .server
+        .udp_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Raises the soft open-file limit to what `config` needs (up to the hard limit) and logs both;
+/// warns when the hard limit is too low for `tcp_max_connections` (issue 9).
+fn raise_file_limit(config: &Config) {
+    let needed = rlimit::needed(config, udp_workers(config));
+    match rlimit::raise(needed) {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft = after.soft,
+                hard = after.hard,
+                previous_soft = before.soft,
+                needed,
+                "open file limit"
+            );
+            if let Some(w) = rlimit::shortfall(config, needed, after) {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, needed, "cannot read or raise the open file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match snapshot::check(&config) {
             Ok(s) => {
                 for w in s.config.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                // The limit of this process: the service's may differ (systemd LimitNOFILE=).
+                let needed = rlimit::needed(&s.config, udp_workers(&s.config));
+                if let Ok(limit) = rlimit::current()
+                    && let Some(w) = rlimit::shortfall(&s.config, needed, limit)
+                {
                     eprintln!("warning: {w}");
                 }
                 println!(
@@ -113,6 +150,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            raise_file_limit(&snapshot.config);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

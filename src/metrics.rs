@@ -8,7 +8,13 @@
 //! durations, reloads) is counted off the answer path.
 //!
 //! This module does not know about snapshots or health: gauges computed from them
-//! (`meridian_target_up`) are collected by the admin port (`crate::admin`).
+//! (`meridian_target_up`, `meridian_service_failing_open`, ...) are collected by the admin port
+//! (`crate::admin`). Process metrics (`process_*`, read from `/proc/self`) are in [`process`];
+//! the two exposition formats (OpenMetrics and the Prometheus text format 0.0.4) and the
+//! negotiation between them are in [`text`].
+
+pub mod process;
+pub mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,21 +23,46 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Queries answered, by transport, qtype and rcode.
 pub const DNS_QUERIES_TOTAL: &str = "meridian_dns_queries_total";
-/// Dynamic answers, by service and region.
+/// Dynamic answers, by service, region and family (`A`, `AAAA`).
 pub const DNS_ANSWERS_TOTAL: &str = "meridian_dns_answers_total";
-/// 1 when a target is usable, by service, region and address.
+/// Queries answered, by whether they carried an EDNS Client Subnet option (`ecs`: `yes`, `no`).
+pub const DNS_ECS_QUERIES_TOTAL: &str = "meridian_dns_ecs_queries_total";
+/// 1 when the probes find a target up (or not probed yet), 0 when down; drains do not change
+/// it. By service, region and address.
 pub const TARGET_UP: &str = "meridian_target_up";
+/// 1 when an operator drained a target (its region or the address), by service, region and
+/// address.
+pub const TARGET_DRAINED: &str = "meridian_target_drained";
+/// 1 while a service has no usable target of a family (every one down or drained), by service
+/// and family, whatever `when_all_down` answers.
+pub const SERVICE_ALL_DOWN: &str = "meridian_service_all_down";
+/// 1 while a service with `when_all_down = "all"` answers with every target of a family down
+/// or drained (fails open), by service and family.
+pub const SERVICE_FAILING_OPEN: &str = "meridian_service_failing_open";
+/// Probed targets per check and probed state (`up`, `down`, `unknown`).
+pub const CHECK_TARGETS: &str = "meridian_check_targets";
 /// Health transitions, by address and new state.
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "meridian_health_transitions_total";
-/// Probe duration histogram, by check.
+/// Probe duration histogram, by check and region (of the target, the first in config order).
 pub const PROBE_DURATION_SECONDS: &str = "meridian_probe_duration_seconds";
+/// Probe results, by check and result (`pass`, `fail`, `error`: our own trouble).
+pub const PROBES_TOTAL: &str = "meridian_probes_total";
+/// Build time of the GeoIP database in use (its metadata's `build_epoch`), Unix seconds.
+pub const GEOIP_BUILD_TIMESTAMP_SECONDS: &str = "meridian_geoip_build_timestamp_seconds";
+/// Always 1, labelled with the server's `version` and the git `commit` it was built from.
+pub const BUILD_INFO: &str = "meridian_build_info";
+/// Probes that failed because of our own trouble (not the target's), by reason.
+pub const PROBE_ERRORS_TOTAL: &str = "meridian_probe_errors_total";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
+/// When the config in force was loaded (start or successful reload), Unix seconds.
+pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "meridian_config_loaded_timestamp_seconds";
 /// UDP responses held back by `[rate_limit]`, by action (`drop` or `slip`).
 pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
 
@@ -130,8 +161,11 @@ pub const PROBE_DURATION_BUCKETS: [f64; 13] = [
 /// Clones share the count.
 pub type AnswerCounter = Counter;
 
-/// Labels of `meridian_dns_answers_total`: service and region.
-type ServiceRegion = [(&'static str, String); 2];
+/// Labels of `meridian_dns_answers_total`: service, region and family.
+type ServiceRegionFamily = [(&'static str, String); 3];
+/// Labels of `meridian_probe_duration_seconds` and `meridian_probes_total`: check and region
+/// or result.
+type TwoLabels = [(&'static str, String); 2];
 /// Labels of `meridian_health_transitions_total`: address and new state.
 type AddressTo = [(&'static str, String); 2];
 /// One label: `check` or `result`.
@@ -146,10 +180,18 @@ fn new_probe_histogram() -> Histogram {
 pub struct Metrics {
     /// `meridian_dns_queries_total`.
     pub dns: DnsCounters,
-    answers: Family<ServiceRegion, Counter>,
+    answers: Family<ServiceRegionFamily, Counter>,
+    /// `meridian_dns_ecs_queries_total{ecs="yes"}`: one atomic add, no lock.
+    pub ecs_yes: Counter,
+    /// `meridian_dns_ecs_queries_total{ecs="no"}`: one atomic add, no lock.
+    pub ecs_no: Counter,
+    ecs: Family<OneLabel, Counter>,
     transitions: Family<AddressTo, Counter>,
-    probe_duration: Family<OneLabel, Histogram, fn() -> Histogram>,
+    probe_duration: Family<TwoLabels, Histogram, fn() -> Histogram>,
+    probes: Family<TwoLabels, Counter>,
     reloads: Family<OneLabel, Counter>,
+    /// Unix seconds (as f64 bits) of the last successful config load.
+    config_loaded: AtomicU64,
     rate_limited: Family<OneLabel, Counter>,
     /// `meridian_dns_rate_limited_total{action="drop"}`: one atomic add, no lock.
     pub rate_limited_drop: Counter,
@@ -167,28 +209,57 @@ impl Default for Metrics {
         let rate_limited = Family::<OneLabel, Counter>::default();
         let action = |a: &str| rate_limited.get_or_create_owned(&[("action", a.to_string())]);
         let (rate_limited_drop, rate_limited_slip) = (action("drop"), action("slip"));
-        Self {
+        let ecs = Family::<OneLabel, Counter>::default();
+        let with = |a: &str| ecs.get_or_create_owned(&[("ecs", a.to_string())]);
+        let (ecs_yes, ecs_no) = (with("yes"), with("no"));
+        let metrics = Self {
             dns: DnsCounters::default(),
             answers: Family::default(),
+            ecs_yes,
+            ecs_no,
+            ecs,
             transitions: Family::default(),
             probe_duration: Family::new_with_constructor(new_probe_histogram),
+            probes: Family::default(),
             reloads,
+            config_loaded: AtomicU64::new(0),
             rate_limited,
             rate_limited_drop,
             rate_limited_slip,
-        }
+        };
+        metrics.set_config_loaded();
+        metrics
     }
 }
 
 impl Metrics {
-    /// Returns the counter of answers for `service` from `region`. Takes a lock: call it when
-    /// a snapshot is built and keep the handle, not per query. Counters of services removed by
-    /// a reload keep their last value (Prometheus counters never go back).
-    pub fn answer_counter(&self, service: &str, region: &str) -> AnswerCounter {
+    /// Returns the counter of answers for `service` from `region` for `family` (`A` or
+    /// `AAAA`). Takes a lock: call it when a snapshot is built and keep the handle, not per
+    /// query. Counters of services removed by a reload keep their last value (Prometheus
+    /// counters never go back).
+    pub fn answer_counter(&self, service: &str, region: &str, family: &str) -> AnswerCounter {
         self.answers.get_or_create_owned(&[
             ("service", service.to_string()),
             ("region", region.to_string()),
+            ("family", family.to_string()),
         ])
+    }
+
+    /// Counts one answered query that carried an EDNS Client Subnet option (`true`) or not.
+    pub fn count_ecs(&self, with_ecs: bool) {
+        if with_ecs {
+            self.ecs_yes.inc();
+        } else {
+            self.ecs_no.inc();
+        }
+    }
+
+    /// Records the current time as when the config in force was loaded.
+    pub fn set_config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_loaded.store(now.to_bits(), Ordering::Relaxed);
     }
 
     /// Counts a target state change of `address` to `to` (`up`, `down`, `unknown`).
@@ -198,15 +269,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Records how long one probe of `check` took, in seconds.
-    pub fn observe_probe(&self, check: &str, seconds: f64) {
+    /// Records how long one probe of `check` on a target of `region` took, in seconds, and
+    /// its `result`: `pass`, `fail` (the target's fault) or `error` (our own).
+    pub fn observe_probe(&self, check: &str, region: &str, seconds: f64, result: &str) {
         self.probe_duration
-            .get_or_create(&[("check", check.to_string())])
+            .get_or_create(&[("check", check.to_string()), ("region", region.to_string())])
             .observe(seconds);
+        self.probes
+            .get_or_create(&[("check", check.to_string()), ("result", result.to_string())])
+            .inc();
     }
 
     /// Counts one config reload (SIGHUP or `POST /reload`) that succeeded or failed.
     pub fn count_reload(&self, ok: bool) {
+        if ok {
+            self.set_config_loaded();
+        }
         let result = if ok { "ok" } else { "error" };
         self.reloads
             .get_or_create(&[("result", result.to_string())])
@@ -230,8 +308,13 @@ impl Metrics {
         registry.register_collector(Box::new(DnsCollector(self.clone())));
         registry.register(
             counter_name(DNS_ANSWERS_TOTAL),
-            "Dynamic answers, by service and region",
+            "Dynamic answers, by service, region and family",
             self.answers.clone(),
+        );
+        registry.register(
+            counter_name(DNS_ECS_QUERIES_TOTAL),
+            "Queries answered, by whether they carried an EDNS Client Subnet option",
+            self.ecs.clone(),
         );
         registry.register(
             counter_name(HEALTH_TRANSITIONS_TOTAL),
@@ -240,8 +323,13 @@ impl Metrics {
         );
         registry.register(
             PROBE_DURATION_SECONDS,
-            "Health probe duration in seconds, by check",
+            "Health probe duration in seconds, by check and region",
             self.probe_duration.clone(),
+        );
+        registry.register(
+            counter_name(PROBES_TOTAL),
+            "Health probes run, by check and result (pass, fail, error)",
+            self.probes.clone(),
         );
         registry.register(
             counter_name(CONFIG_RELOADS_TOTAL),
@@ -253,6 +341,8 @@ impl Metrics {
             "UDP responses held back by [rate_limit], by action (drop, slip)",
             self.rate_limited.clone(),
         );
+        registry.register_collector(Box::new(ProcessInfoCollector(self.clone())));
+        registry.register_collector(Box::new(process::ProcessCollector));
         for c in extra {
             registry.register_collector(c);
         }
@@ -263,6 +353,40 @@ impl Metrics {
 /// Strips `_total`: prometheus-client registers counters by their base name.
 fn counter_name(name: &'static str) -> &'static str {
     name.strip_suffix("_total").unwrap_or(name)
+}
+
+/// The git commit this binary was built from (`build.rs`), or `unknown`.
+pub const BUILD_COMMIT: &str = env!("MERIDIAN_BUILD_COMMIT");
+
+/// Writes `meridian_build_info` and `meridian_config_loaded_timestamp_seconds`.
+#[derive(Debug)]
+struct ProcessInfoCollector(Arc<Metrics>);
+
+impl Collector for ProcessInfoCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // A gauge rather than an OpenMetrics info metric, so that both exposition formats
+        // carry the same name and type (as `prometheus_build_info` does).
+        let mut metric = encoder.encode_descriptor(
+            BUILD_INFO,
+            "Always 1, labelled with the version and the git commit of the build.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let labels = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", BUILD_COMMIT),
+        ];
+        ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
+        let loaded = f64::from_bits(self.0.config_loaded.load(Ordering::Relaxed));
+        let metric = encoder.encode_descriptor(
+            CONFIG_LOADED_TIMESTAMP_SECONDS,
+            "When the config in force was loaded (start or successful reload), Unix seconds.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(loaded).encode(metric)?;
+        Ok(())
+    }
 }
 
 /// Reads [`DnsCounters`] at scrape time.
@@ -304,18 +428,24 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.dns.count(0, 1, 0);
         m.dns.count(1, 28, 3);
-        m.answer_counter("api.example.net.", "eu-west").inc();
+        m.answer_counter("api.example.net.", "eu-west", "A").inc();
         m.count_transition("192.0.2.1", "down");
-        m.observe_probe("web", 0.003);
+        m.observe_probe("web", "eu-west", 0.003, "pass");
         m.count_reload(false);
         let text = render(&m);
+        let text = text
+            .replace(BUILD_COMMIT, "COMMIT")
+            .replace(env!("CARGO_PKG_VERSION"), "VERSION");
         for line in [
             r#"meridian_dns_queries_total{transport="udp",qtype="A",rcode="NOERROR"} 1"#,
             r#"meridian_dns_queries_total{transport="tcp",qtype="AAAA",rcode="NXDOMAIN"} 1"#,
-            r#"meridian_dns_answers_total{service="api.example.net.",region="eu-west"} 1"#,
+            r#"meridian_dns_answers_total{service="api.example.net.",region="eu-west",family="A"} 1"#,
             r#"meridian_health_transitions_total{address="192.0.2.1",to="down"} 1"#,
-            r#"meridian_probe_duration_seconds_bucket{le="0.005",check="web"} 1"#,
-            r#"meridian_probe_duration_seconds_count{check="web"} 1"#,
+            r#"meridian_probe_duration_seconds_bucket{le="0.005",check="web",region="eu-west"} 1"#,
+            r#"meridian_probe_duration_seconds_count{check="web",region="eu-west"} 1"#,
+            r#"meridian_probes_total{check="web",result="pass"} 1"#,
+            r#"meridian_dns_ecs_queries_total{ecs="no"} 0"#,
+            r#"meridian_build_info{version="VERSION",commit="COMMIT"} 1"#,
             r#"meridian_config_reloads_total{result="ok"} 0"#,
             r#"meridian_config_reloads_total{result="error"} 1"#,
             "# EOF",
@@ -331,11 +461,14 @@ mod tests {
     #[test]
     fn answer_counters_for_one_pair_share_the_count() {
         let m = Metrics::default();
-        let a = m.answer_counter("api.example.net.", "us-east");
-        let b = m.answer_counter("api.example.net.", "us-east");
+        let a = m.answer_counter("api.example.net.", "us-east", "A");
+        let b = m.answer_counter("api.example.net.", "us-east", "A");
         a.inc();
         b.inc();
         assert_eq!(a.get(), 2);
-        assert_eq!(m.answer_counter("api.example.net.", "eu-west").get(), 0);
+        assert_eq!(
+            m.answer_counter("api.example.net.", "eu-west", "A").get(),
+            0
+        );
     }
 }

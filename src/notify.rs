@@ -1,7 +1,7 @@
 //! Webhook notifications: a JSON POST to `notify.webhook_url` on every target state change.
 //!
 //! Two tasks, so that nothing upstream ever waits on the network. The *collector* receives
-//! [`TransitionEvent`]s from the health subsystem's broadcast channel, adds the services the
+//! [`TransitionEvent`]s from the health subsystem's (unbounded) channel, adds the services the
 //! target serves, and puts a [`Notification`] on a bounded queue ([`WEBHOOK_QUEUE_CAPACITY`]);
 //! when the queue is full the notification is dropped with a warning. The *sender* posts queued
 //! notifications one at a time, in order, each with `notify.timeout`, retrying a failure
@@ -37,8 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -82,11 +81,12 @@ impl Notification {
         for s in &config.services {
             let mut listed = false;
             for e in &s.endpoints {
-                if e.check.as_deref() == Some(transition.check.as_str())
+                if e.check_name() == Some(transition.check.as_str())
                     && e.addresses.contains(&transition.address)
                 {
                     listed = true;
-                    let w = withdrawal(view, &e.region, transition.address, e.check.as_deref());
+                    let check = e.check_name();
+                    let w = withdrawal(view, &e.region.name, transition.address, check);
                     usable |= !w.is_withdrawn();
                     withdrawn = withdrawn.or(w.reason());
                 }
@@ -109,7 +109,7 @@ impl Notification {
 /// caller, so none is missed) and the sender; both read the live `snapshot` and health `view`,
 /// and stop when `token` is cancelled (queued notifications are then dropped).
 pub fn start(
-    events: broadcast::Receiver<TransitionEvent>,
+    events: mpsc::UnboundedReceiver<TransitionEvent>,
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     tasks: &TaskTracker,
@@ -121,7 +121,7 @@ pub fn start(
 }
 
 async fn collect(
-    mut events: broadcast::Receiver<TransitionEvent>,
+    mut events: mpsc::UnboundedReceiver<TransitionEvent>,
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     queue: mpsc::Sender<Notification>,
@@ -132,16 +132,8 @@ async fn collect(
             _ = token.cancelled() => return,
             e = events.recv() => e,
         };
-        let event = match event {
-            Ok(e) => e,
-            Err(RecvError::Lagged(missed)) => {
-                warn!(
-                    missed,
-                    "webhook fell behind health transitions; some are not notified"
-                );
-                continue;
-            }
-            Err(RecvError::Closed) => return,
+        let Some(event) = event else {
+            return;
         };
         let snap = snapshot.load();
         if snap.config.notify.is_none() {

@@ -15,7 +15,7 @@
 //! | `GET /live`                     |       | 200 `{"live": true}`                                |
 //! | `GET /ready`                    |       | 200 `{"ready": true}` or 503 `{"ready": false, "reason": ...}` |
 //! | `GET /status`                   |       | [`status::StatusReport`]                            |
-//! | `GET /metrics`                  |       | OpenMetrics text                                    |
+//! | `GET /metrics`                  |       | OpenMetrics text when asked for (`Accept`), else the Prometheus text format 0.0.4 |
 //! | `POST /regions/{region}/drain`  | yes   | `{"region", "drained": true, "changed"}`; 404 unknown region |
 //! | `POST /regions/{region}/undrain`| yes   | `{"region", "drained": false, "changed"}`           |
 //! | `POST /targets/{address}/drain` | yes   | `{"target", "drained": true, "changed"}`; 404 no endpoint has it, 400 not an IP |
@@ -35,12 +35,15 @@
 //!
 //! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
+mod gauges;
+mod server;
 pub mod status;
+
+pub(crate) use server::MAX_OPEN_CONNECTIONS;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -50,12 +53,10 @@ use axum::routing::{get, post};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -63,14 +64,11 @@ use tracing::{info, warn};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ConfigErrors;
 use crate::health::overrides::{Drain, Subject as DrainSubject};
-use crate::health::{Health, HealthError, HealthView, ProbeReport, TransitionEvent, withdrawal};
-use crate::metrics::{Metrics, TARGET_UP};
+use crate::health::{Health, HealthError, ProbeReport, TransitionEvent};
+use crate::metrics::text::{Format, negotiate, to_prometheus_text};
+use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL};
 use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
-
-/// The content type of `/metrics`: OpenMetrics text, which prometheus-client writes and
-/// Prometheus scrapes (it asks for it first in its `Accept` header).
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The status page, served at `/`: one HTML file with inline CSS and JS that polls `/status`.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -223,30 +221,26 @@ pub async fn start(
     // Subscribe before returning, so that no transition after start is missed.
     tasks.spawn(feed_metrics(
         app.metrics.clone(),
+        app.snapshot.clone(),
         app.health.subscribe(),
         app.health.subscribe_probes(),
         token.clone(),
     ));
-    let router = router(app, local);
-    tasks.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, service)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-        {
-            warn!(%error, "admin server failed");
-        }
-    });
+    // Connection cap, timeouts and JSON errors: server.rs.
+    tasks.spawn(server::serve(listener, router(app, local), token));
     Ok(Some(local))
 }
 
 /// Returns the admin router over `app`, bound at `local`.
 fn router(app: Handles, local: SocketAddr) -> Router {
-    let target_up = TargetUpCollector {
+    let gauges = gauges::HealthCollector {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
     };
-    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(target_up)];
+    let probe_errors = ProbeErrorsCollector {
+        health: app.health.clone(),
+    };
+    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(gauges), Box::new(probe_errors)];
     if let Some(c) = &app.cluster {
         collectors.push(c.collector());
     }
@@ -325,15 +319,15 @@ fn explain_targets(
             let t = e
                 .check
                 .as_deref()
-                .and_then(|c| status.iter().find(|t| t.address == *a && t.check == c));
+                .and_then(|c| status.iter().find(|t| t.address == *a && t.check == c.name));
             out.push(json!({
-                "region": e.region,
+                "region": e.region.name,
                 "address": a,
-                "check": e.check,
+                "check": e.check_name(),
                 "local": t.map_or("up", |t| t.state.as_str()),
                 "agreed": t.map_or("up", |t| t.fleet.as_ref().map_or(t.state, |f| f.agreed).as_str()),
                 "fleet": t.and_then(|t| t.fleet.clone()),
-                "drained": drains.drained_regions.contains(&e.region) || drains.drained_targets.contains(a),
+                "drained": drains.drained_regions.contains(&e.region.name) || drains.drained_targets.contains(a),
             }));
         }
     }
@@ -383,15 +377,25 @@ async fn status(State(s): State<AdminState>) -> Response {
     axum::Json(doc).into_response()
 }
 
-async fn metrics(State(s): State<AdminState>) -> Result<Response, AdminError> {
+/// `GET /metrics`: OpenMetrics when the `Accept` header asks for it, else the Prometheus text
+/// format 0.0.4 (see [`crate::metrics::text`]).
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Result<Response, AdminError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = negotiate(accept);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &s.registry)
         .map_err(|e| AdminError::Internal(format!("encoding metrics: {e}")))?;
+    if format == Format::Prometheus {
+        body = to_prometheus_text(&body);
+    }
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(METRICS_CONTENT_TYPE),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            (header::VARY, HeaderValue::from_static("accept")),
+        ],
         body,
     )
         .into_response())
@@ -671,66 +675,65 @@ fn is_same_token(given: &str, expected: &str) -> bool {
 /// Feeds health transitions and probe durations into the metrics until `token` is cancelled.
 async fn feed_metrics(
     metrics: Arc<Metrics>,
-    mut events: broadcast::Receiver<TransitionEvent>,
-    mut probes: broadcast::Receiver<ProbeReport>,
+    snapshot: SnapshotCell,
+    mut events: mpsc::UnboundedReceiver<TransitionEvent>,
+    mut probes: mpsc::UnboundedReceiver<ProbeReport>,
     token: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             e = events.recv() => match e {
-                Ok(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind health transitions; some are not counted");
-                }
-                Err(RecvError::Closed) => return,
+                Some(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
+                None => return,
             },
             p = probes.recv() => match p {
-                Ok(p) => metrics.observe_probe(&p.key.check, p.latency.as_secs_f64()),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "metrics fell behind probe results; some are not observed");
+                Some(p) => {
+                    let snap = snapshot.load();
+                    let region = probe_region(&snap.config, &p);
+                    let result = match (p.ok, p.own_error) {
+                        (true, _) => "pass",
+                        (false, None) => "fail",
+                        (false, Some(_)) => "error",
+                    };
+                    metrics.observe_probe(&p.key.check, region, p.latency.as_secs_f64(), result);
                 }
-                Err(RecvError::Closed) => return,
+                None => return,
             },
         }
     }
 }
 
-/// Computes `meridian_target_up` at scrape time from the current snapshot and health view.
-#[derive(Debug)]
-struct TargetUpCollector {
-    snapshot: SnapshotCell,
-    view: Arc<ArcSwap<HealthView>>,
+/// Returns the region a probe result is counted under: the first endpoint in config order
+/// listing the target with this check (a target shared by regions is counted once);
+/// `unknown` for a target a reload just removed.
+fn probe_region<'a>(config: &'a crate::config::Config, p: &ProbeReport) -> &'a str {
+    config
+        .services
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .find(|e| e.check_name() == Some(&*p.key.check) && e.addresses.contains(&p.key.address))
+        .map_or("unknown", |e| e.region.name.as_str())
 }
 
-impl Collector for TargetUpCollector {
+/// Reads `meridian_probe_errors_total{reason}` at scrape time from the health subsystem's
+/// counters (exact: nothing goes through a channel).
+#[derive(Debug)]
+struct ProbeErrorsCollector {
+    health: crate::health::Health,
+}
+
+impl Collector for ProbeErrorsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let snapshot = self.snapshot.load();
-        let view = self.view.load();
-        let services = &snapshot.config.services;
-        if services.iter().all(|s| s.endpoints.is_empty()) {
-            return Ok(());
-        }
         let mut metric = encoder.encode_descriptor(
-            TARGET_UP,
-            "1 when a target may be answered (not down, not drained), by service, region and address.",
+            PROBE_ERRORS_TOTAL.strip_suffix("_total").unwrap_or(PROBE_ERRORS_TOTAL),
+            "Probes that failed because of our own trouble, not the target's (no state changes on them), by reason.",
             None,
-            MetricType::Gauge,
+            MetricType::Counter,
         )?;
-        for s in services {
-            for e in &s.endpoints {
-                for a in &e.addresses {
-                    let w = withdrawal(&**view, &e.region, *a, e.check.as_deref());
-                    let up = !w.is_withdrawn();
-                    let address = a.to_string();
-                    let labels = [
-                        ("service", s.name.as_str()),
-                        ("region", e.region.as_str()),
-                        ("address", address.as_str()),
-                    ];
-                    ConstGauge::new(i64::from(up)).encode(metric.encode_family(&labels)?)?;
-                }
-            }
+        for (reason, count) in self.health.probe_errors() {
+            let counter = prometheus_client::metrics::counter::ConstCounter::new(count);
+            counter.encode(metric.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

@@ -174,16 +174,16 @@ impl StatusReport {
                     .endpoints
                     .iter()
                     .map(|e| RegionReport {
-                        name: e.region.clone(),
-                        drained: view.is_drained(&e.region),
+                        name: e.region.name.clone(),
+                        drained: view.is_drained(&e.region.name),
                         weight: e.weight,
                         priority: e.priority,
                         targets: e
                             .addresses
                             .iter()
                             .map(|&address| {
-                                let check = e.check.as_deref();
-                                let w = withdrawal(view, &e.region, address, check);
+                                let check = e.check_name();
+                                let w = withdrawal(view, &e.region.name, address, check);
                                 let status = check.and_then(|c| by_key.get(&(address, c)));
                                 TargetReport {
                                     address,

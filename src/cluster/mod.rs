@@ -40,7 +40,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -687,7 +686,7 @@ impl Inner {
     async fn serve(
         &self,
         session: &mut Session,
-        transitions: &mut tokio::sync::broadcast::Receiver<crate::health::TransitionEvent>,
+        transitions: &mut tokio::sync::mpsc::UnboundedReceiver<crate::health::TransitionEvent>,
         token: &CancellationToken,
     ) -> Result<(), EtcdError> {
         let mut watch = self
@@ -721,14 +720,11 @@ impl Inner {
                     Err(e) => return Err(e),
                 },
                 e = transitions.recv() => {
-                    match e {
-                        Ok(e) => {
-                            session.dirty.insert(TargetKey { address: e.address, check: e.check.into() });
-                        }
-                        Err(RecvError::Lagged(_)) => {
-                            session.dirty.extend(self.health.local_states().into_iter().map(|(k, _, _)| k));
-                        }
-                        Err(RecvError::Closed) => return Ok(()),
+                    let Some(e) = e else { return Ok(()) };
+                    session.dirty.insert(TargetKey { address: e.address, check: e.check.into() });
+                    // Take every transition already queued, then publish them in one go.
+                    while let Ok(e) = transitions.try_recv() {
+                        session.dirty.insert(TargetKey { address: e.address, check: e.check.into() });
                     }
                     self.flush(session).await?;
                 }

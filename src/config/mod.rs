@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -32,6 +33,8 @@ pub const DEFAULT_SERVICE_TTL: u32 = 30;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a probe may take before it counts as failed.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `fast_interval` of a check, as a divisor of its `interval` (HAProxy's `fastinter`).
+pub const DEFAULT_FAST_INTERVAL_DIVISOR: u32 = 4;
 /// Default consecutive successes for a target to go up.
 pub const DEFAULT_RISE: u32 = 2;
 /// Default consecutive failures for a target to go down.
@@ -40,6 +43,9 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// The default cap per client network is `tcp_max_connections` divided by this: one network
+/// can take a sixteenth of the connections (64 of the default 1024).
+pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
 /// Default time a webhook POST may take.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
@@ -126,11 +132,11 @@ pub struct Config {
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
-    pub regions: Vec<Region>,
+    pub regions: Vec<Arc<Region>>,
     /// `[nets]`: client network -> region name, in file order (lookups use longest prefix).
     pub nets: Vec<NetOverride>,
     /// `[check.*]`, in file order.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Arc<Check>>,
     /// `[[service]]`, in file order.
     pub services: Vec<Service>,
 }
@@ -138,12 +144,7 @@ pub struct Config {
 impl Config {
     /// Returns the region called `name`.
     pub fn region(&self, name: &str) -> Option<&Region> {
-        self.regions.iter().find(|r| r.name == name)
-    }
-
-    /// Returns the check called `name`.
-    pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
+        self.regions.iter().find(|r| r.name == name).map(|r| &**r)
     }
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
@@ -166,7 +167,7 @@ impl Config {
             let slowest = s
                 .endpoints
                 .iter()
-                .filter_map(|e| self.check(e.check.as_deref()?))
+                .filter_map(|e| e.check.as_deref())
                 .map(|c| c.interval * c.fall.get() + c.timeout)
                 .max();
             if let Some(detect) = slowest
@@ -210,6 +211,10 @@ pub struct Server {
     pub state_file: Option<PathBuf>,
     /// MaxMind-format GeoIP database.
     pub geoip: Option<PathBuf>,
+    /// Locate NAT64, 6to4 and Teredo clients by the IPv4 address they embed (default true).
+    pub ipv6_transition: bool,
+    /// NAT64 prefixes besides `64:ff9b::/96` (RFC 6052 lengths: 32, 40, 48, 56, 64, 96).
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
     /// RFC 5001 name server identifier, returned when a query asks for it.
     pub nsid: Option<String>,
     /// DNS cookie secrets (RFC 9018 §4.4) from `cookie_secret_file`: the first makes server
@@ -222,6 +227,9 @@ pub struct Server {
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
+    /// `tcp_max_connections / 16` (at least 1).
+    pub tcp_max_connections_per_network: usize,
 }
 
 /// `[notify]`: where state changes are posted.
@@ -345,6 +353,10 @@ pub struct Check {
     pub host: Option<String>,
     /// Time between two probes of one target.
     pub interval: Duration,
+    /// Time between two probes of one target while its results disagree with its state (after
+    /// a first failure of an up target, a first success of a down one); default
+    /// `interval / 4`, at most `interval`.
+    pub fast_interval: Duration,
     /// Time a probe may take; always less than `interval`.
     pub timeout: Duration,
     /// Consecutive successes to go up.
@@ -361,6 +373,29 @@ pub struct Check {
     pub tls_verify: bool,
     /// Local address probes are sent from (default: chosen by the system).
     pub source: Option<IpAddr>,
+    /// The state of a target before its first result; default `unknown`.
+    pub initial_state: InitialState,
+}
+
+/// The state of a target before its first probe result (`initial_state` of a check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum InitialState {
+    /// Answered as up; a first success makes it up, only `fall` consecutive failures make it
+    /// down (no target is withdrawn on its first result alone).
+    #[default]
+    Unknown,
+    /// Withdrawn until its first success, which makes it up at once.
+    Down,
+}
+
+impl InitialState {
+    /// Returns the config spelling (`unknown`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Unknown => "unknown",
+            InitialState::Down => "down",
+        }
+    }
 }
 
 /// How a service orders its regions.
@@ -427,10 +462,12 @@ pub enum GeoKey {
 /// A `geo` policy map: location keys -> ordered region lists, with a default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GeoMap {
-    /// Entries in file order.
-    pub entries: Vec<(GeoKey, Vec<String>)>,
-    /// Regions for clients no entry matches (and clients with no location).
-    pub default: Vec<String>,
+    /// Entries in file order, each with its regions as indices into the service's
+    /// `endpoints` (validation resolved the names; no index repeats).
+    pub entries: Vec<(GeoKey, Vec<usize>)>,
+    /// Regions for clients no entry matches (and clients with no location), as indices
+    /// into the service's `endpoints`.
+    pub default: Vec<usize>,
 }
 
 /// One `[[service]]`: a dynamic name and how it is answered.
@@ -446,8 +483,8 @@ pub struct Service {
     pub max_answers: usize,
     /// What to answer when no target is usable.
     pub when_all_down: WhenAllDown,
-    /// Default check of the endpoints (exists in `checks`); `None`: targets are always up.
-    pub check: Option<String>,
+    /// Default check of the endpoints (one of `checks`); `None`: targets are always up.
+    pub check: Option<Arc<Check>>,
     /// Use the EDNS Client Subnet option when present (default true).
     pub ecs: bool,
     /// `weighted`/`all`: the same client subnet (/24, /56) gets the same choice.
@@ -459,16 +496,24 @@ pub struct Service {
 }
 
 /// One endpoint of a service: a region's addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    /// Region name (exists in `regions`).
-    pub region: String,
+    /// The region (one of `regions`, resolved by validation).
+    pub region: Arc<Region>,
     /// Target addresses (IPv4 answer A queries, IPv6 answer AAAA).
     pub addresses: Vec<IpAddr>,
     /// `weighted`: relative weight (default 1; 0 = only when nothing else is up).
     pub weight: u32,
     /// `failover`: lower is preferred (default 1).
     pub priority: u32,
-    /// The check probing this endpoint's targets: its own `check`, else the service's.
-    pub check: Option<String>,
+    /// The check probing this endpoint's targets: its own `check`, else the service's (one
+    /// of `checks`, resolved by validation); `None`: the targets are always up.
+    pub check: Option<Arc<Check>>,
+}
+
+impl Endpoint {
+    /// Returns the name of the check probing this endpoint's targets, if any.
+    pub fn check_name(&self) -> Option<&str> {
+        self.check.as_ref().map(|c| c.name.as_str())
+    }
 }

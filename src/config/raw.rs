@@ -16,11 +16,14 @@ pub struct RawServer {
     pub admin_token_file: Option<String>,
     pub state_file: Option<String>,
     pub geoip: Option<String>,
+    pub ipv6_transition: Option<bool>,
+    pub nat64_prefixes: Option<Vec<String>>,
     pub nsid: Option<String>,
     pub cookie_secret_file: Option<String>,
     pub udp_workers: Option<usize>,
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
+    pub tcp_max_connections_per_network: Option<usize>,
 }
 
 /// `[notify]`.
@@ -68,6 +71,7 @@ pub struct RawCheck {
     pub path: Option<String>,
     pub host: Option<String>,
     pub interval: Option<String>,
+    pub fast_interval: Option<String>,
     pub timeout: Option<String>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
@@ -76,6 +80,7 @@ pub struct RawCheck {
     pub headers: Option<BTreeMap<String, String>>,
     pub tls_verify: Option<bool>,
     pub source: Option<String>,
+    pub initial_state: Option<String>,
 }
 
 /// One `[[service]]`.

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -167,12 +168,15 @@ impl Validator {
             .remove("cluster")
             .and_then(|v| super::cluster::validate(&self.file, &self.dir, v, &mut self.errors));
         let zones = self.zones(table.remove("zone"));
-        let regions = self.regions(table.remove("region"));
+        let regions: Vec<Arc<Region>> = (self.regions(table.remove("region")).into_iter())
+            .map(Arc::new)
+            .collect();
         let region_names: HashSet<String> = regions.iter().map(|r| r.name.clone()).collect();
         let nets = self.nets(table.remove("nets"), &region_names);
-        let checks = self.checks(table.remove("check"));
-        let check_names: HashSet<String> = checks.iter().map(|c| c.name.clone()).collect();
-        let services = self.services(table.remove("service"), &zones, &region_names, &check_names);
+        let checks: Vec<Arc<Check>> = (self.checks(table.remove("check")).into_iter())
+            .map(Arc::new)
+            .collect();
+        let services = self.services(table.remove("service"), &zones, &regions, &checks);
         Config {
             source: self.file.clone(),
             server,
@@ -195,11 +199,14 @@ impl Validator {
             admin_token_file: None,
             state_file: None,
             geoip: None,
+            ipv6_transition: None,
+            nat64_prefixes: None,
             nsid: None,
             cookie_secret_file: None,
             udp_workers: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
+            tcp_max_connections_per_network: None,
         });
         let listen = raw
             .dns_listen
@@ -263,6 +270,25 @@ impl Validator {
                 format!("GeoIP database {} does not exist", p.display()),
             );
         }
+        let mut nat64_prefixes: Vec<ipnet::Ipv6Net> = Vec::new();
+        for (i, p) in raw.nat64_prefixes.iter().flatten().enumerate() {
+            let key = format!("server.nat64_prefixes[{i}]");
+            match p.parse::<ipnet::Ipv6Net>() {
+                Ok(n) if n.trunc() != n => self.err(
+                    key,
+                    format!("{p} has host bits set (did you mean {}?)", n.trunc()),
+                ),
+                Ok(n) if ![32, 40, 48, 56, 64, 96].contains(&n.prefix_len()) => self.err(
+                    key,
+                    format!("{p}: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long (RFC 6052)"),
+                ),
+                Ok(n) if nat64_prefixes.contains(&n) => {
+                    self.err(key, format!("duplicate prefix {p}"))
+                }
+                Ok(n) => nat64_prefixes.push(n),
+                Err(_) => self.err(key, format!("{p:?} is not an IPv6 network")),
+            }
+        }
         if let Some(n) = &raw.nsid
             && (n.is_empty() || n.len() > 255)
         {
@@ -281,6 +307,15 @@ impl Validator {
         if raw.tcp_max_connections == Some(0) {
             self.err("server.tcp_max_connections", "must be at least 1");
         }
+        let tcp_max_connections = raw
+            .tcp_max_connections
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS);
+        if raw.tcp_max_connections_per_network == Some(0) {
+            self.err(
+                "server.tcp_max_connections_per_network",
+                "must be at least 1",
+            );
+        }
         let tcp_idle_timeout = self.duration(
             "server.tcp_idle_timeout",
             raw.tcp_idle_timeout.as_deref(),
@@ -292,13 +327,16 @@ impl Validator {
             admin_token_file,
             state_file,
             geoip,
+            ipv6_transition: raw.ipv6_transition.unwrap_or(true),
+            nat64_prefixes,
             nsid: raw.nsid,
             cookie_secrets,
             udp_workers: raw.udp_workers,
             tcp_idle_timeout,
-            tcp_max_connections: raw
-                .tcp_max_connections
-                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+            tcp_max_connections,
+            tcp_max_connections_per_network: raw
+                .tcp_max_connections_per_network
+                .unwrap_or((tcp_max_connections / DEFAULT_TCP_NETWORK_SHARE).max(1)),
         }
     }
 
@@ -632,6 +670,30 @@ impl Validator {
                 format!("timeout ({timeout:?}) must be less than interval ({interval:?})"),
             );
         }
+        let fast_interval = self.duration(
+            &format!("{key}.fast_interval"),
+            raw.fast_interval.as_deref(),
+            interval / DEFAULT_FAST_INTERVAL_DIVISOR,
+        );
+        if fast_interval > interval {
+            self.err(
+                format!("{key}.fast_interval"),
+                format!(
+                    "fast_interval ({fast_interval:?}) must not be more than interval ({interval:?})"
+                ),
+            );
+        }
+        let initial_state = match raw.initial_state.as_deref() {
+            None | Some("unknown") => InitialState::Unknown,
+            Some("down") => InitialState::Down,
+            Some(other) => {
+                self.err(
+                    format!("{key}.initial_state"),
+                    format!("unknown initial state {other:?}, expected one of: unknown, down"),
+                );
+                InitialState::Unknown
+            }
+        };
         let mut count =
             |field: &str, v: Option<u32>, default: u32| match NonZeroU32::new(v.unwrap_or(default))
             {
@@ -708,6 +770,7 @@ impl Validator {
             path,
             host: raw.host,
             interval,
+            fast_interval,
             timeout,
             rise,
             fall,
@@ -716,6 +779,7 @@ impl Validator {
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
             source,
+            initial_state,
         })
     }
 
@@ -723,8 +787,8 @@ impl Validator {
         &mut self,
         value: Option<toml::Value>,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Vec<Service> {
         let Some(value) = value else {
             return Vec::new();
@@ -758,8 +822,8 @@ impl Validator {
         key: &str,
         raw: RawService,
         zones: &[ZoneSpec],
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
     ) -> Option<Service> {
         let before = self.errors.len();
         let name = self.domain(&format!("{key}.name"), &raw.name);
@@ -808,11 +872,10 @@ impl Validator {
         if !(1..=64).contains(&max_answers) {
             self.err(format!("{key}.max_answers"), "must be 1..=64");
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
+        let check = raw
+            .check
+            .as_deref()
+            .and_then(|c| self.resolve_check(&format!("{key}.check"), c, checks));
         let sticky = raw.sticky.unwrap_or(false);
         if sticky && !matches!(policy, Policy::Weighted | Policy::All) {
             self.err(
@@ -829,15 +892,18 @@ impl Validator {
         let mut endpoints = Vec::new();
         for (j, ep) in raw.endpoints.into_iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            endpoints.push(self.endpoint(&ekey, ep, raw.check.as_deref(), regions, checks));
-        }
-        let mut seen = HashSet::new();
-        for (j, ep) in endpoints.iter().enumerate() {
-            if !seen.insert(ep.region.clone()) {
-                self.err(
-                    format!("{key}.endpoints[{j}].region"),
-                    format!("region {:?} has two endpoints in this service: list all its addresses in one", ep.region),
-                );
+            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), regions, checks);
+            if let Some(e) = endpoint {
+                if endpoints
+                    .iter()
+                    .any(|o: &Endpoint| o.region.name == e.region.name)
+                {
+                    self.err(
+                        format!("{ekey}.region"),
+                        format!("region {:?} has two endpoints in this service: list all its addresses in one", e.region.name),
+                    );
+                }
+                endpoints.push(e);
             }
         }
         let geo = match (policy, raw.geo) {
@@ -861,7 +927,7 @@ impl Validator {
             ttl,
             max_answers,
             when_all_down,
-            check: raw.check,
+            check,
             ecs: raw.ecs.unwrap_or(true),
             sticky,
             geo,
@@ -873,11 +939,12 @@ impl Validator {
         &mut self,
         key: &str,
         raw: RawEndpoint,
-        service_check: Option<&str>,
-        regions: &HashSet<String>,
-        checks: &HashSet<String>,
-    ) -> Endpoint {
-        if !regions.contains(&raw.region) {
+        service_check: Option<&Arc<Check>>,
+        regions: &[Arc<Region>],
+        checks: &[Arc<Check>],
+    ) -> Option<Endpoint> {
+        let region = regions.iter().find(|r| r.name == raw.region).cloned();
+        if region.is_none() {
             self.err(
                 format!("{key}.region"),
                 format!("unknown region {:?}", raw.region),
@@ -900,18 +967,31 @@ impl Validator {
                 ),
             }
         }
-        if let Some(c) = &raw.check
-            && !checks.contains(c)
-        {
-            self.err(format!("{key}.check"), format!("unknown check {c:?}"));
-        }
-        Endpoint {
-            region: raw.region,
+        let check = match raw.check.as_deref() {
+            Some(c) => self.resolve_check(&format!("{key}.check"), c, checks),
+            None => service_check.cloned(),
+        };
+        Some(Endpoint {
+            region: region?,
             addresses,
             weight: raw.weight.unwrap_or(1),
             priority: raw.priority.unwrap_or(1),
-            check: raw.check.or_else(|| service_check.map(str::to_string)),
+            check,
+        })
+    }
+
+    /// Returns the check called `name`, or records an error at `key`.
+    fn resolve_check(
+        &mut self,
+        key: &str,
+        name: &str,
+        checks: &[Arc<Check>],
+    ) -> Option<Arc<Check>> {
+        let found = checks.iter().find(|c| c.name == name).cloned();
+        if found.is_none() {
+            self.err(key, format!("unknown check {name:?}"));
         }
+        found
     }
 
     fn geo_map(&mut self, key: &str, table: toml::Table, endpoints: &[Endpoint]) -> GeoMap {
@@ -936,14 +1016,19 @@ impl Validator {
             if list.is_empty() {
                 self.err(&ekey, "must list at least one region");
             }
+            let mut indices = Vec::with_capacity(list.len());
             for r in &list {
-                if !endpoints.iter().any(|e| &e.region == r) {
-                    self.err(
+                match endpoints.iter().position(|e| e.region.name == *r) {
+                    // A region listed twice would only repeat itself.
+                    Some(i) if indices.contains(&i) => {}
+                    Some(i) => indices.push(i),
+                    None => self.err(
                         &ekey,
                         format!("region {r:?} has no endpoint in this service"),
-                    );
+                    ),
                 }
             }
+            let list = indices;
             if k == "default" {
                 has_default = true;
                 map.default = list;
@@ -1037,6 +1122,52 @@ timeout = "1s"
 "#;
 
     #[test]
+    fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let c = parse_str(
+            &file,
+            &format!("{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"2s\"\n"),
+        )
+        .unwrap();
+        let web = &c.checks[1];
+        assert_eq!(web.fast_interval, Duration::from_millis(500));
+        assert_eq!(web.initial_state, InitialState::Unknown);
+        let c = parse_str(
+            &file,
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\nfast_interval = \"100ms\"\n\
+                 initial_state = \"down\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.checks[1].fast_interval, Duration::from_millis(100));
+        assert_eq!(c.checks[1].initial_state, InitialState::Down);
+    }
+
+    #[test]
+    fn fast_interval_above_interval_and_unknown_initial_state_are_rejected() {
+        let err = parse_str(
+            Path::new("/nonexistent/m.toml"),
+            &format!(
+                "{MIN}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n[check.probe]\nkind = \"tcp\"\nport = 1\ninterval = \"1s\"\n\
+                 fast_interval = \"2s\"\ninitial_state = \"up\"\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("check.probe.fast_interval: fast_interval"),
+            "{err}"
+        );
+        assert!(
+            err.contains("check.probe.initial_state: unknown initial state \"up\", expected one of: unknown, down"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
@@ -1076,6 +1207,32 @@ timeout = "1s"
         assert!(
             errs.iter().all(|e| e.starts_with("/nonexistent/m.toml: ")),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn issue_13_nat64_prefixes_must_be_rfc6052_networks() {
+        let text = MIN.replace(
+            "dns_listen = [\"127.0.0.1:0\"]",
+            "dns_listen = [\"127.0.0.1:0\"]\nnat64_prefixes = [\"2001:db8:64::/96\", \"2001:db8::/44\", \"2001:db8::1/96\", \"10.0.0.0/8\", \"2001:db8:64::/96\"]",
+        );
+        let errs = errors(&text).join("\n");
+        assert!(!errs.contains("nat64_prefixes[0]"), "{errs}");
+        assert!(
+            errs.contains("server.nat64_prefixes[1]: 2001:db8::/44: a NAT64 prefix is 32, 40, 48, 56, 64 or 96 bits long"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[2]: 2001:db8::1/96 has host bits set (did you mean 2001:db8::/96?)"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[3]: \"10.0.0.0/8\" is not an IPv6 network"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("server.nat64_prefixes[4]: duplicate prefix"),
+            "{errs}"
         );
     }
 

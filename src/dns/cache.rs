@@ -95,6 +95,8 @@ impl Answerer {
         {
             let rcode = u16::from(out[3] & 0x0F);
             self.metrics.dns.count(transport.index(), q.qtype, rcode);
+            self.metrics
+                .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
             return true;
         }
         let known = entry.is_some();
@@ -102,6 +104,8 @@ impl Answerer {
         let health = self.health.load();
         let rc = super::answer_guarded(&snap, &health, &q, client, transport, out);
         self.metrics.dns.count(transport.index(), q.qtype, rc);
+        self.metrics
+            .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
         if !known && out.get(2).is_some_and(|f| f & 0x02 == 0) {
             if cache.entries.len() >= MAX_ENTRIES {
                 cache.entries.clear();

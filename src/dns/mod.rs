@@ -3,8 +3,9 @@
 //! [`Answerer::respond`] is transport-agnostic: UDP and TCP loops ([`udp`], [`tcp`]) call it
 //! with the raw query and the client's address. It loads one immutable [`Snapshot`] and one
 //! [`HealthView`] per query (no locks), parses the query ([`wire`]), answers dynamic names from
-//! the policy and static names from the zones, and writes the response ([`response`]).
-//! It never panics on input and never blocks.
+//! the policy and static names from [`crate::zone::Zones::lookup`] (one typed result: CNAME
+//! chain and where it ends), and turns either into a message with one reply builder
+//! (`Asked::reply`, over [`response`]). It never panics on input and never blocks.
 //!
 //! Behaviour follows BIND, Knot and NSD for an authoritative-only server: REFUSED outside our
 //! zones, AA on authoritative answers, NXDOMAIN/NODATA with the SOA (RFC 2308), CNAMEs chased
@@ -33,13 +34,9 @@ use crate::health::HealthView;
 use crate::metrics::Metrics;
 use crate::policy::{Client, Family, Outcome};
 use crate::snapshot::{Dynamic, Snapshot, name_to_wire};
-use crate::zone::{Found, Zone};
+use crate::zone::{End, Zone};
 use response::{Answer, Head, Opt, Sections};
 use wire::{Query, Reject};
-
-/// How many CNAMEs are followed inside our zones before giving up (BIND follows 16; answers
-/// this deep are a misconfiguration).
-const MAX_CNAME_CHAIN: usize = 8;
 
 /// RCODE values.
 mod rcode {
@@ -135,6 +132,8 @@ impl Answerer {
                 (0, rcode::FORMERR)
             }
             Ok(q) => {
+                self.metrics
+                    .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
                 let rcode = answer_guarded(&snap, &health, &q, client, transport, out);
                 (q.qtype, rcode)
             }
@@ -177,51 +176,14 @@ fn answer(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> u16 {
+    let mut asked = Asked::new(snap, health, q, client, transport);
     let mut head = Head::answering(q);
-    let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
-    let mut opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
-    // RFC 7871 §7.2.1: echo the option; scope 0 unless the answer depended on the subnet.
-    let echo_ecs = |opt: &mut Option<Opt<'_>>, scope: u8| {
-        if let (Some(o), Some(ecs)) = (opt.as_mut(), q.edns.as_ref().and_then(|e| e.ecs)) {
-            let (family, octets) = match ecs.addr {
-                IpAddr::V4(a) => {
-                    let mut o = [0u8; 16];
-                    o[..4].copy_from_slice(&a.octets());
-                    (1, o)
-                }
-                IpAddr::V6(a) => (2, a.octets()),
-            };
-            o.ecs = Some((family, ecs.source, scope, octets));
-        }
-    };
-    echo_ecs(&mut opt, 0);
-
-    let reply = |out: &mut Vec<u8>, head: Head, s: &Sections, opt: &Option<Opt<'_>>| -> u16 {
-        let mut head = head;
-        let empty = Sections::default();
-        if !response::write(out, head, Some(q.question), s, opt.as_ref()) {
-            head.rcode = rcode::SERVFAIL;
-            head.aa = false;
-            response::write(out, head, Some(q.question), &empty, opt.as_ref());
-        }
-        if transport == Transport::Udp && out.len() > response::udp_limit(q) {
-            // RFC 2181 §9 / RFC 6891 §7: too large for UDP: send TC with the question and the
-            // OPT, so the client retries over TCP.
-            head.tc = true;
-            response::write(out, head, Some(q.question), &empty, opt.as_ref());
-        }
-        head.rcode
-    };
-    let error = |out: &mut Vec<u8>, mut head: Head, rcode: u16, opt: &Option<Opt<'_>>| -> u16 {
-        head.rcode = rcode;
-        reply(out, head, &Sections::default(), opt)
-    };
 
     // Other opcodes never get here (wire::Reject::NotImp).
     if let Some(tsig) = &q.tsig {
         // RFC 8945 §5.2.1: no key is configured, so every key is unknown: NOTAUTH, and the
         // TSIG back, unsigned, with BADKEY (§5.3.2).
-        head.rcode = error(out, head, rcode::NOTAUTH, &opt);
+        head.rcode = asked.error(head, rcode::NOTAUTH, out);
         if out.get(2).is_some_and(|f| f & 0x02 == 0) {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -229,27 +191,22 @@ fn answer(
             response::append_tsig_error(out, tsig, rcode::BADKEY, now);
             if transport == Transport::Udp && out.len() > response::udp_limit(q) {
                 head.tc = true;
-                response::write(
-                    out,
-                    head,
-                    Some(q.question),
-                    &Sections::default(),
-                    opt.as_ref(),
-                );
+                let opt = asked.opt.as_ref();
+                response::write(out, head, Some(q.question), &Sections::default(), opt);
             }
         }
         return head.rcode;
     }
     if q.edns.as_ref().is_some_and(|e| e.version > 0) {
         // RFC 6891 §6.1.3: BADVERS, with an OPT of our version.
-        let o = opt.clone().or_else(|| Some(Opt::default()));
-        return error(out, head, rcode::BADVERS, &o);
+        asked.opt.get_or_insert_with(Opt::default);
+        return asked.error(head, rcode::BADVERS, out);
     }
     match q.qtype {
         // OPT and TKEY/TSIG are not questions; AXFR/IXFR are not offered.
-        41 => return error(out, head, rcode::FORMERR, &opt),
-        249..=252 => return error(out, head, rcode::REFUSED, &opt),
-        253 | 254 => return error(out, head, rcode::NOTIMP, &opt),
+        41 => return asked.error(head, rcode::FORMERR, out),
+        249..=252 => return asked.error(head, rcode::REFUSED, out),
+        253 | 254 => return asked.error(head, rcode::NOTIMP, out),
         _ => {}
     }
     if q.qclass == 3
@@ -276,219 +233,239 @@ fn answer(
                 answer: vec![Answer::Record(txt, true)],
                 ..Sections::default()
             };
-            return reply(out, head, &s, &opt);
+            return asked.reply(head, &s, out);
         }
     }
     if q.qclass != 1 {
         // Only class IN is served; other CH names, HS and ANY get REFUSED, never an IN answer.
-        return error(out, head, rcode::REFUSED, &opt);
+        return asked.error(head, rcode::REFUSED, out);
     }
     let qtype = RecordType::from(q.qtype);
     let mut s = Sections::default();
 
-    // A dynamic name: looked up from the query's bytes, answered without building a name
-    // unless the answer is negative (which needs the zone's SOA). Every service name is inside
-    // a zone (checked when the snapshot is built), so AA holds.
-    if let Some(service) = snap.services.by_wire(&q.qname_lower)
-        && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
+    // A service name itself: looked up from the query's bytes and answered without building a
+    // name unless the answer is negative (which needs the zone's SOA). This only skips work:
+    // `Zones::lookup` hands the same name to the same service (`End::Service`). Every service
+    // name is inside a zone (checked when the snapshot is built), so AA holds.
+    if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
+        && let Some(service) = snap.services.by_wire(&q.qname_lower)
     {
         head.aa = true;
-        head.rcode = dynamic(
-            snap,
-            health,
-            service,
-            q,
-            client,
-            qtype,
-            None,
-            &mut s,
-            &mut |scope| echo_ecs(&mut opt, scope),
-        );
-        if head.rcode == rcode::SERVFAIL {
-            head.aa = false;
-        } else if s.answer.is_empty()
-            && let Some(zone) = wire_to_name(&q.qname_lower).and_then(|n| snap.zones.zone_for(&n))
-        {
-            negative(zone, &mut s);
+        match asked.dynamic(service, qtype, None, &mut s) {
+            Served::Addresses => {}
+            Served::NoData => {
+                let zone = wire_to_name(&q.qname_lower).and_then(|n| snap.zones.zone_for(&n));
+                s.authority.extend(zone.map(Zone::negative_soa));
+            }
+            Served::ServFail => return asked.servfail(head, out),
         }
-        return reply(out, head, &s, &opt);
+        return asked.reply(head, &s, out);
     }
 
     let Some(qname) = wire_to_name(&q.qname_lower) else {
-        return error(out, head, rcode::FORMERR, &opt);
+        return asked.error(head, rcode::FORMERR, out);
     };
-    let Some(zone) = snap.zones.zone_for(&qname) else {
-        return error(out, head, rcode::REFUSED, &opt);
+    let Some(found) = snap.zones.lookup(&qname, qtype) else {
+        return asked.error(head, rcode::REFUSED, out);
     };
-    head.aa = true;
-
-    // Static records, following CNAMEs inside our zones.
-    let mut name = qname.clone();
-    let mut zone: &Zone = zone;
-    let mut first = true;
-    for _ in 0..=MAX_CNAME_CHAIN {
-        if qtype == RecordType::ANY {
-            match zone.find_any(&name) {
-                Some(records) => {
-                    s.answer
-                        .extend(records.iter().map(|r| Answer::Record(r.clone(), first)));
-                }
-                None if zone.contains(&name) => negative(zone, &mut s),
-                None => {
-                    head.rcode = rcode::NXDOMAIN;
-                    negative(zone, &mut s);
-                }
-            }
-            break;
+    head.aa = found.authoritative;
+    // Records owned by the query name are written as pointers to the question.
+    let at_qname = found.chain.is_empty();
+    s.answer = (found.chain.into_iter().enumerate())
+        .map(|(i, r)| Answer::Record(r, i == 0))
+        .collect();
+    match found.end {
+        End::Answer {
+            records,
+            additional,
+        } => {
+            s.answer
+                .extend(records.into_iter().map(|r| Answer::Record(r, at_qname)));
+            s.additional = additional;
         }
-        match zone.find(&name, qtype) {
-            Found::Records(records) => {
-                additional_for(zone, &records, &mut s);
-                s.answer
-                    .extend(records.into_iter().map(|r| Answer::Record(r, first)));
-                break;
-            }
-            Found::Cname(c) => {
-                s.answer.push(Answer::Record(c.clone(), first));
-                first = false;
-                let RData::CNAME(target) = &c.data else { break };
-                let target_lower = LowerName::new(&target.0);
-                match snap.zones.zone_for(&target_lower) {
-                    Some(z) => {
-                        zone = z;
-                        name = target_lower;
-                        if matches!(qtype, RecordType::A | RecordType::AAAA)
-                            && let Some(service) = name_to_wire(&target.0.to_ascii())
-                                .and_then(|w| snap.services.by_wire(&w))
-                        {
-                            let rc = dynamic(
-                                snap,
-                                health,
-                                service,
-                                q,
-                                client,
-                                qtype,
-                                Some(&target.0),
-                                &mut s,
-                                &mut |scope| echo_ecs(&mut opt, scope),
-                            );
-                            head.rcode = rc;
-                            if rc == rcode::NOERROR
-                                && s.answer.iter().all(|a| {
-                                    matches!(a, Answer::Record(r, _) if r.record_type() == RecordType::CNAME)
-                                })
-                            {
-                                negative(zone, &mut s);
-                            }
-                            break;
-                        }
-                    }
-                    // Outside our zones: the resolver follows it.
-                    None => break,
-                }
-            }
-            Found::NoData => {
-                negative(zone, &mut s);
-                break;
-            }
-            Found::NxDomain => {
-                // RFC 6604: the RCODE is that of the last name in the chain.
-                head.rcode = rcode::NXDOMAIN;
-                negative(zone, &mut s);
-                break;
-            }
-            Found::Referral(ns) => {
-                if first {
-                    head.aa = false;
-                }
-                s.authority.extend(ns.iter().cloned());
-                additional_for(zone, ns, &mut s);
-                break;
+        End::NoData { soa } => s.authority.push(soa),
+        End::NxDomain { soa } => {
+            head.rcode = rcode::NXDOMAIN;
+            s.authority.push(soa);
+        }
+        End::Referral { ns, glue } => {
+            s.authority = ns;
+            s.additional = glue;
+        }
+        End::Service { owner, soa } => {
+            let service = name_to_wire(&owner.to_ascii()).and_then(|w| snap.services.by_wire(&w));
+            let owner = (!at_qname).then_some(&owner);
+            // Invariant: a zone marks a name dynamic only for a service of this snapshot.
+            let served = service.map_or(Served::NoData, |d| asked.dynamic(d, qtype, owner, &mut s));
+            match served {
+                Served::Addresses => {}
+                Served::NoData => s.authority.push(soa),
+                Served::ServFail => return asked.servfail(head, out),
             }
         }
+        // The resolver follows the last CNAME.
+        End::Outside => {}
+        End::Broken => return asked.servfail(head, out),
     }
-    reply(out, head, &s, &opt)
+    asked.reply(head, &s, out)
 }
 
-/// Answers a service name into `s`; returns the RCODE. `owner` is the name the addresses are
-/// for when it is not the query name (the end of a CNAME chain).
-#[allow(clippy::too_many_arguments)]
-fn dynamic(
-    snap: &Snapshot,
-    health: &HealthView,
-    dynamic: &Dynamic,
-    q: &Query<'_>,
-    resolver: IpAddr,
-    qtype: RecordType,
-    owner: Option<&Name>,
-    s: &mut Sections,
-    echo_ecs: &mut dyn FnMut(u8),
-) -> u16 {
-    let family = if qtype == RecordType::AAAA {
-        Family::V6
-    } else {
-        Family::V4
-    };
-    let ecs = q
-        .edns
-        .as_ref()
-        .and_then(|e| e.ecs)
-        .filter(|e| e.source > 0 && dynamic.service().service().ecs);
-    let located = snap.geo.locate(ecs.map_or(resolver, |e| e.addr));
-    let client = Client {
-        located: &located,
-        ecs_source_prefix: ecs.map(|e| e.source),
-    };
-    let decision = dynamic
-        .service()
-        .decide(&client, family, health, rand::random());
-    if ecs.is_some() {
-        echo_ecs(decision.scope);
-    }
-    match decision.outcome {
-        Outcome::Addresses(addrs) => {
-            dynamic.count(&addrs);
-            let ttl = decision.ttl;
-            s.answer.extend(addrs.into_iter().map(|addr| match owner {
-                None => Answer::Address { ttl, addr },
-                Some(owner) => {
-                    let data = match addr {
-                        IpAddr::V4(v4) => RData::A(A(v4)),
-                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                    };
-                    Answer::Record(Record::from_rdata(owner.clone(), ttl, data), false)
-                }
-            }));
-            rcode::NOERROR
-        }
-        Outcome::NoData => rcode::NOERROR,
-        Outcome::ServFail => rcode::SERVFAIL,
-    }
+/// What a service answered.
+enum Served {
+    /// Addresses were added to the answer section.
+    Addresses,
+    /// NODATA: the caller adds the SOA.
+    NoData,
+    /// SERVFAIL (`when_all_down = "servfail"`).
+    ServFail,
 }
 
-/// Adds the SOA for a negative answer (RFC 2308 §3: TTL is min(SOA TTL, MINIMUM)).
-fn negative(zone: &Zone, s: &mut Sections) {
-    let mut soa = zone.soa().clone();
-    soa.ttl = zone.negative_ttl();
-    s.authority.push(soa);
+/// One query being answered: what every reply to it needs.
+struct Asked<'a, 'q> {
+    snap: &'a Snapshot,
+    health: &'a HealthView,
+    q: &'a Query<'q>,
+    /// The resolver's address (the source of the query).
+    client: IpAddr,
+    transport: Transport,
+    /// The OPT of the reply: present when the query had one.
+    opt: Option<Opt<'a>>,
 }
 
-/// Adds in-zone addresses of the names that NS, MX and SRV records point at.
-fn additional_for(zone: &Zone, records: &[Record], s: &mut Sections) {
-    for r in records {
-        let target = match &r.data {
-            RData::NS(ns) => &ns.0,
-            RData::MX(mx) => &mx.exchange,
-            RData::SRV(srv) => &srv.target,
-            _ => continue,
+impl<'a, 'q> Asked<'a, 'q> {
+    fn new(
+        snap: &'a Snapshot,
+        health: &'a HealthView,
+        q: &'a Query<'q>,
+        client: IpAddr,
+        transport: Transport,
+    ) -> Self {
+        let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
+        let opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
+        let mut asked = Asked {
+            snap,
+            health,
+            q,
+            client,
+            transport,
+            opt,
         };
-        let lower = LowerName::new(target);
-        if zone.origin().zone_of(&lower) {
-            for a in zone.addresses(&lower) {
-                if !s.additional.iter().any(|x| x == a) {
-                    s.additional.push(a.clone());
+        asked.echo_ecs(0);
+        asked
+    }
+
+    /// RFC 7871 §7.2.1: echoes the query's ECS option with `scope` (0 unless the answer
+    /// depended on the subnet).
+    fn echo_ecs(&mut self, scope: u8) {
+        let ecs = self.q.edns.as_ref().and_then(|e| e.ecs);
+        if let (Some(o), Some(ecs)) = (self.opt.as_mut(), ecs) {
+            let (family, octets) = match ecs.addr {
+                IpAddr::V4(a) => {
+                    let mut o = [0u8; 16];
+                    o[..4].copy_from_slice(&a.octets());
+                    (1, o)
                 }
+                IpAddr::V6(a) => (2, a.octets()),
+            };
+            o.ecs = Some((family, ecs.source, scope, octets));
+        }
+    }
+
+    /// The reply builder: writes `head` and `s` with the question and the OPT into `out`;
+    /// SERVFAIL when a record cannot be encoded, TC when too large for the transport (UDP: the
+    /// payload size; TCP: 65,535 bytes). Returns the RCODE.
+    fn reply(&self, mut head: Head, s: &Sections, out: &mut Vec<u8>) -> u16 {
+        let q = self.q;
+        let empty = Sections::default();
+        let mut too_long = false;
+        match response::try_write(out, head, Some(q.question), s, self.opt.as_ref()) {
+            Ok(()) => {}
+            Err(response::Unwritten::TooLong) => too_long = true,
+            Err(response::Unwritten::BadRecord) => {
+                head.rcode = rcode::SERVFAIL;
+                head.aa = false;
+                response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
             }
+        }
+        let limit = match self.transport {
+            Transport::Udp => response::udp_limit(q),
+            // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
+            // as "truncated due to length greater than that permitted on the transmission
+            // channel", which this is; measured with the OPT appended.
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        if too_long || out.len() > limit {
+            // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT
+            // (over UDP the client retries over TCP).
+            head.tc = true;
+            response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
+        }
+        head.rcode
+    }
+
+    /// Replies `rcode` with no records.
+    fn error(&self, mut head: Head, rcode: u16, out: &mut Vec<u8>) -> u16 {
+        head.rcode = rcode;
+        self.reply(head, &Sections::default(), out)
+    }
+
+    /// Replies SERVFAIL with no records and AA clear: a failure is nobody's authoritative
+    /// data, whether a service failed (directly or at the end of a CNAME chain) or a chain
+    /// loops or runs too long. Records already gathered are dropped, never sent twice.
+    fn servfail(&self, mut head: Head, out: &mut Vec<u8>) -> u16 {
+        head.aa = false;
+        self.error(head, rcode::SERVFAIL, out)
+    }
+
+    /// Asks the policy of service `d` for `qtype` and adds the addresses to `s`, owned by
+    /// `owner` (`None`: the query name, written as a pointer to the question).
+    fn dynamic(
+        &mut self,
+        d: &Dynamic,
+        qtype: RecordType,
+        owner: Option<&Name>,
+        s: &mut Sections,
+    ) -> Served {
+        let family = if qtype == RecordType::AAAA {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        let ecs = self
+            .q
+            .edns
+            .as_ref()
+            .and_then(|e| e.ecs)
+            .filter(|e| e.source > 0 && d.service().service().ecs);
+        let located = self.snap.geo.locate(ecs.map_or(self.client, |e| e.addr));
+        let client = Client {
+            located: &located,
+            ecs_source_prefix: ecs.map(|e| e.source),
+        };
+        let decision = d
+            .service()
+            .decide(&client, family, self.health, rand::random());
+        if ecs.is_some() {
+            self.echo_ecs(decision.scope);
+        }
+        match decision.outcome {
+            Outcome::Addresses(addrs) => {
+                d.count(&addrs);
+                let ttl = decision.ttl;
+                s.answer.extend(addrs.into_iter().map(|addr| match owner {
+                    None => Answer::Address { ttl, addr },
+                    Some(owner) => {
+                        let data = match addr {
+                            IpAddr::V4(v4) => RData::A(A(v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                        };
+                        Answer::Record(Record::from_rdata(owner.clone(), ttl, data), false)
+                    }
+                }));
+                Served::Addresses
+            }
+            Outcome::NoData => Served::NoData,
+            Outcome::ServFail => Served::ServFail,
         }
     }
 }

@@ -121,6 +121,26 @@ pub fn write(
     sections: &Sections,
     opt: Option<&Opt<'_>>,
 ) -> bool {
+    try_write(out, head, question, sections, opt).is_ok()
+}
+
+/// Why a response was not written in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritten {
+    /// The records do not fit in a DNS message (65,535 bytes, hickory's encoder limit).
+    TooLong,
+    /// A record could not be encoded.
+    BadRecord,
+}
+
+/// Writes a full response into `out`, saying why when it could not.
+pub fn try_write(
+    out: &mut Vec<u8>,
+    head: Head,
+    question: Option<&[u8]>,
+    sections: &Sections,
+    opt: Option<&Opt<'_>>,
+) -> Result<(), Unwritten> {
     out.clear();
     let mut flags: u16 = 0x8000 | (u16::from(head.opcode & 0xF) << 11) | (head.rcode & 0xF);
     if head.aa {
@@ -144,29 +164,41 @@ pub fn write(
     if let Some(q) = question {
         out.extend_from_slice(q);
     }
-    let ok = {
+    let written = {
         // The encoder writes at its offset, which is also the base of compression pointers:
         // start it at the end of what is already written.
         let start = out.len() as u32;
         let mut enc = BinEncoder::with_offset(out, start);
         let pointer_ok = question.is_some();
-        sections.answer.iter().all(|a| match a {
+        let mut outcome = Ok(());
+        let mut emitted = |r: Result<(), hickory_proto::ProtoError>| match r {
+            Ok(()) => true,
+            Err(e) => {
+                outcome = Err(match e {
+                    hickory_proto::ProtoError::MaxBufferSizeExceeded(_) => Unwritten::TooLong,
+                    _ => Unwritten::BadRecord,
+                });
+                false
+            }
+        };
+        let _ = sections.answer.iter().all(|a| match a {
             Answer::Record(rr, at_qname) => {
-                emit_record(&mut enc, rr, *at_qname && pointer_ok).is_ok()
+                emitted(emit_record(&mut enc, rr, *at_qname && pointer_ok))
             }
             Answer::Address { ttl, addr } => {
-                emit_address(&mut enc, *ttl, *addr, pointer_ok).is_ok()
+                emitted(emit_address(&mut enc, *ttl, *addr, pointer_ok))
             }
         }) && sections
             .authority
             .iter()
             .chain(&sections.additional)
-            .all(|rr| emit_record(&mut enc, rr, false).is_ok())
+            .all(|rr| emitted(emit_record(&mut enc, rr, false)));
+        outcome
     };
     if let Some(opt) = opt {
         write_opt(out, head.rcode, opt);
     }
-    ok
+    written
 }
 
 /// Writes an A or AAAA record owned by the query name.

@@ -1,8 +1,15 @@
 //! DNS over TCP (RFC 7766): length-prefixed messages, pipelined queries answered in order,
-//! idle connections closed, and a cap on concurrent connections.
+//! idle and stalled connections closed, and caps on concurrent connections, in all and per
+//! client network.
+//!
+//! The per-network cap ([`Limits::max_per_network`], `server.tcp_max_connections_per_network`)
+//! keeps one client network (a /24 or a /56, as [`NETWORK_V4_PREFIX`] and
+//! [`NETWORK_V6_PREFIX`] say) from taking every slot of the global cap: past it, its new
+//! connections are closed at accept while other networks are still served (issue 9).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,16 +21,73 @@ use tracing::debug;
 
 use super::{Answerer, Transport};
 
+/// Prefix length grouping IPv4 clients into one network for the per-network cap: a /24, the
+/// smallest block routed on the Internet, so one site, not one host.
+pub const NETWORK_V4_PREFIX: u8 = 24;
+/// Prefix length grouping IPv6 clients into one network: a /56, what one customer site is
+/// usually given (RFC 6177), so one client cannot escape the cap by using many addresses.
+pub const NETWORK_V6_PREFIX: u8 = 56;
+
+/// The limits of one TCP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a connection may wait for the next query, or for one read or write to progress.
+    pub idle_timeout: Duration,
+    /// Concurrent connections in all.
+    pub max_connections: usize,
+    /// Concurrent connections from one client network.
+    pub max_per_network: usize,
+}
+
+/// Open connections per client network.
+type PerNetwork = Arc<Mutex<HashMap<(bool, u128), usize>>>;
+
+/// A slot of the per-network count; frees itself when dropped.
+struct NetworkSlot {
+    table: PerNetwork,
+    key: (bool, u128),
+}
+
+impl NetworkSlot {
+    /// Takes a slot for `client`'s network, or returns None when it holds `max` already.
+    fn take(table: &PerNetwork, client: IpAddr, max: usize) -> Option<Self> {
+        let key = super::rrl::network(client, NETWORK_V4_PREFIX, NETWORK_V6_PREFIX);
+        // The lock is held for a hash-map update, at accept and at close only.
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let open = t.entry(key).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            table: table.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for NetworkSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = t.get_mut(&self.key) {
+            *open -= 1;
+            if *open == 0 {
+                t.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `token` is cancelled; waits for open connections to
 /// finish their current query before returning.
 pub async fn serve(
     listener: TcpListener,
     answerer: Answerer,
     token: CancellationToken,
-    idle_timeout: Duration,
-    max_connections: usize,
+    limits: Limits,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let per_network = PerNetwork::default();
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -38,6 +102,10 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = NetworkSlot::take(&per_network, peer.ip(), limits.max_per_network) else {
+            debug!(%peer, "tcp connection limit per client network reached, closing");
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             debug!(%peer, "tcp connection limit reached, closing");
             continue;
@@ -45,8 +113,9 @@ pub async fn serve(
         let answerer = answerer.clone();
         let token = token.clone();
         tracker.spawn(async move {
-            connection(stream, peer, answerer, token, idle_timeout).await;
+            connection(stream, peer, answerer, token, limits.idle_timeout).await;
             drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -83,12 +152,26 @@ async fn connection(
         if !answerer.respond(&buf, peer, Transport::Tcp, &mut out) {
             continue;
         }
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend((out.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&out);
-        if let Err(e) = stream.write_all(&framed).await {
-            debug!(%peer, error = %e, "tcp write failed");
+        // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
+        // should it ever not, a wrong length prefix would desynchronize the stream: close.
+        let Ok(len) = u16::try_from(out.len()) else {
+            debug!(%peer, len = out.len(), "tcp response longer than 65535 bytes, closing");
             return;
+        };
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend(len.to_be_bytes());
+        framed.extend_from_slice(&out);
+        // A client that stops reading must not hold the connection (and its slot) forever.
+        match tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "tcp write failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "tcp write timed out, closing");
+                return;
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 use super::cache::AnswerCache;
 use super::rrl::{self, Limiter, Verdict};
 use super::{Answerer, Transport};
+use crate::config::RateLimit;
 
 /// Largest datagram we read; longer queries are truncated by the kernel and then FORMERR.
 const MAX_QUERY: usize = 4096;
@@ -60,15 +62,22 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
 }
 
 /// Answers queries on `socket` (from [`bind`]) on a dedicated thread until `token` is
-/// cancelled; resolves when that thread has stopped.
-pub async fn serve(socket: UdpSocket, answerer: Answerer, token: CancellationToken) {
+/// cancelled; resolves when that thread has stopped. `limiter` is shared by every UDP socket
+/// of the process, so that `[rate_limit]` holds per client network whichever socket the
+/// kernel hands a datagram to.
+pub async fn serve(
+    socket: UdpSocket,
+    answerer: Answerer,
+    limiter: Arc<Limiter>,
+    token: CancellationToken,
+) {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let name = match socket.local_addr() {
         Ok(a) => format!("dns-udp-{}", a.port()),
         Err(_) => "dns-udp".to_string(),
     };
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        run(&socket, &answerer, &token);
+        run(&socket, &answerer, &limiter, &token);
         let _ = done_tx.send(());
     });
     match spawned {
@@ -82,10 +91,9 @@ pub async fn serve(socket: UdpSocket, answerer: Answerer, token: CancellationTok
 
 /// The receive-answer-send loop of one socket.
 #[cfg(target_os = "linux")]
-fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
+fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &CancellationToken) {
     let mut batch = mmsg::Batch::new();
     let mut cache = AnswerCache::new();
-    let mut limiter = None;
     while !token.is_cancelled() {
         let n = match receive(&mut batch, socket) {
             Ok(n) => n,
@@ -94,14 +102,23 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
                 continue;
             }
         };
-        sync_limiter(&mut limiter, answerer);
+        // Read once per batch: a reload may add, change or remove `[rate_limit]`.
+        let rate_limit = answerer.snapshot.load().config.rate_limit;
         let now = Instant::now();
         for i in 0..n {
             let Some((query, peer, out)) = batch.query(i) else {
                 continue;
             };
             let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
-                && admit(&mut limiter, answerer, peer, query, out, now);
+                && admit(
+                    limiter,
+                    rate_limit.as_ref(),
+                    answerer,
+                    peer,
+                    query,
+                    out,
+                    now,
+                );
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
@@ -129,34 +146,26 @@ fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
     }
 }
 
-/// Keeps `limiter` in step with the current snapshot's `[rate_limit]` (a reload may add,
-/// change or remove it).
-fn sync_limiter(limiter: &mut Option<Limiter>, answerer: &Answerer) {
-    let wanted = answerer.snapshot.load().config.rate_limit;
-    match (wanted, limiter.as_ref()) {
-        (None, _) => *limiter = None,
-        (Some(c), Some(l)) if l.config() == c => {}
-        (Some(c), _) => *limiter = Some(Limiter::new(c)),
-    }
-}
-
 /// Applies the rate limit to the response in `out` to `query` from `peer`: returns whether to
 /// send it (truncated, when it slips). A valid DNS cookie in the query exempts it.
 fn admit(
-    limiter: &mut Option<Limiter>,
+    limiter: &Limiter,
+    config: Option<&RateLimit>,
     answerer: &Answerer,
     peer: SocketAddr,
     query: &[u8],
     out: &mut Vec<u8>,
     now: Instant,
 ) -> bool {
-    let Some(l) = limiter.as_mut() else {
+    let Some(config) = config else {
         return true;
     };
+    // A client that proved its address with a valid DNS server cookie (RFC 7873 §5.3) is
+    // exempt. Only checked with `[rate_limit]` on.
     let snap = answerer.snapshot.load();
     let secrets = super::cookie::secrets(&snap.config);
-    let has_cookie = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
-    match l.check_client(peer.ip(), now, has_cookie) {
+    let exempt = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
+    match limiter.check(config, peer.ip(), now, exempt) {
         Verdict::Send => true,
         Verdict::Slip => {
             answerer.metrics.rate_limited_slip.inc();
@@ -183,10 +192,9 @@ fn log_receive_error(e: &io::Error) {
 
 /// The receive-answer-send loop of one socket.
 #[cfg(not(target_os = "linux"))]
-fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
+fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &CancellationToken) {
     let mut buf = vec![0u8; MAX_QUERY];
     let mut out = Vec::with_capacity(super::response::MAX_UDP_PAYLOAD as usize);
-    let mut limiter = None;
     while !token.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
@@ -195,10 +203,11 @@ fn run(socket: &UdpSocket, answerer: &Answerer, token: &CancellationToken) {
                 continue;
             }
         };
-        sync_limiter(&mut limiter, answerer);
+        let rate_limit = answerer.snapshot.load().config.rate_limit;
         if answerer.respond(&buf[..len], peer, Transport::Udp, &mut out)
             && admit(
-                &mut limiter,
+                limiter,
+                rate_limit.as_ref(),
                 answerer,
                 peer,
                 &buf[..len],

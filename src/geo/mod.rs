@@ -7,7 +7,10 @@
 //!
 //! Key types: [`Geo`] (database + overrides), [`Located`] (the answer for one address, with the
 //! ECS scope it is valid for), [`Location`] and [`Code`] (two-letter country/continent codes
-//! stored inline, so [`Geo::locate`] allocates nothing).
+//! stored inline, so [`Geo::locate`] allocates nothing), [`Via`] (which rule turned the queried
+//! address into the located one: itself, or the IPv4 address an IPv4-mapped, IPv4-compatible,
+//! NAT64, 6to4 or Teredo address embeds) and [`ScopeMap`] (the widest ECS scope on which a
+//! caller's decision stays the same, built by [`Geo::scope_maps`] over the whole address space).
 //!
 //! Databases: MaxMind GeoIP2/GeoLite2 City or Country, DB-IP lite (same schema), and the flat
 //! schema of some redistributions (top-level `latitude`, `longitude`, `country_code`). A Country
@@ -16,20 +19,24 @@
 mod build;
 mod prefix;
 mod record;
+mod scope;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
+use ipnet::Ipv6Net;
 use maxminddb::{Mmap, Reader};
 
 use crate::config::NetOverride;
 
 pub use build::{BUILD_EPOCH, BuildReport, CSV_HEADER, DATABASE_TYPE, build_database};
-use prefix::{Bits, Net, Overrides};
+pub use prefix::Rule;
+use prefix::{Bits, Embedding, Net, Overrides};
 use record::Record;
+pub use scope::{ScopeMap, ScopeStats};
 
 /// Errors opening or building a GeoIP database.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +58,12 @@ pub enum GeoError {
         /// The 1-based line number; 0 when the whole file is at fault.
         line: usize,
         /// What is wrong.
+        message: String,
+    },
+    /// Walking the database for the scope maps failed (a corrupt tree).
+    #[error("cannot walk GeoIP database: {message}")]
+    Walk {
+        /// What went wrong.
         message: String,
     },
     /// The database could not be encoded or written.
@@ -190,10 +203,87 @@ pub enum LocationSource {
     None,
 }
 
+/// Which IPv6 transition prefixes are located by the IPv4 address they embed
+/// (`server.ipv6_transition`, `server.nat64_prefixes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// NAT64 (`64:ff9b::/96` and `nat64_prefixes`), 6to4 (`2002::/16`) and Teredo
+    /// (`2001::/32`) on. IPv4-mapped and IPv4-compatible addresses are always located by their
+    /// IPv4 address.
+    pub enabled: bool,
+    /// NAT64 prefixes besides the well-known one (RFC 6052: 32, 40, 48, 56, 64 or 96 bits).
+    pub nat64_prefixes: Vec<Ipv6Net>,
+}
+
+impl Default for Transition {
+    fn default() -> Self {
+        Transition {
+            enabled: true,
+            nat64_prefixes: Vec::new(),
+        }
+    }
+}
+
+/// How the queried address became the located one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via {
+    /// The address as queried (ECS address or resolver address).
+    pub queried: IpAddr,
+    /// The rule that found the located address in it.
+    pub rule: Rule,
+    /// Prefix length of the embedding network (`2002::/16`: 16); 0 for [`Rule::Direct`].
+    pub prefix_len: u8,
+    /// The shortest scope an answer for `queried` may have, in bits of its family: the
+    /// embedding network, narrowed by `[nets]` entries inside it; 0 for [`Rule::Direct`].
+    pub min_scope: u8,
+}
+
+impl Via {
+    /// Returns the rule for an address located as itself.
+    pub fn direct(queried: IpAddr) -> Via {
+        Via {
+            queried,
+            rule: Rule::Direct,
+            prefix_len: 0,
+            min_scope: 0,
+        }
+    }
+
+    /// Converts a scope in bits of the located address's family into bits of the queried
+    /// address's family: an IPv4 scope /s of a 6to4 address is /(16 + s), of an IPv4-mapped or
+    /// NAT64 /96 one /(96 + s).
+    pub fn scope(&self, inner: u8) -> u8 {
+        match self.rule {
+            Rule::Direct => inner,
+            rule => rule.outer_scope(self.prefix_len, inner).max(self.min_scope),
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.rule {
+            Rule::Direct => return f.write_str("the address itself"),
+            Rule::Ipv4Mapped => "IPv4-mapped",
+            Rule::Ipv4Compatible => "IPv4-compatible",
+            Rule::Nat64(_) => "NAT64",
+            Rule::SixToFour => "6to4",
+            Rule::Teredo => "Teredo (inverted)",
+        };
+        let net = prefix::mask(Bits::of(self.queried).bits, self.prefix_len);
+        write!(
+            f,
+            "{what} {}/{}",
+            std::net::Ipv6Addr::from(net),
+            self.prefix_len
+        )
+    }
+}
+
 /// The result of locating one address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located {
-    /// The address looked up (canonical: IPv4-mapped IPv6 becomes IPv4).
+    /// The address located: the queried address, or the IPv4 address it embeds (see `via`).
     pub ip: IpAddr,
     /// The location, when the database has one (and no override matched).
     pub location: Option<Location>,
@@ -203,8 +293,11 @@ pub struct Located {
     pub source: LocationSource,
     /// Prefix length of the largest network around `ip` on which this result is the same
     /// (the matched database or `[nets]` network, narrowed by any more specific override inside
-    /// it). In bits of `ip`'s family (IPv4 0..=32, IPv6 0..=128).
+    /// it). In bits of `ip`'s family (IPv4 0..=32, IPv6 0..=128): [`Via::scope`] converts it
+    /// for the queried address.
     pub prefix_len: u8,
+    /// How the queried address became `ip`.
+    pub via: Via,
 }
 
 /// Facts about an open database, for `meridian check` and the status page.
@@ -220,20 +313,33 @@ pub struct DatabaseInfo {
     pub node_count: u32,
 }
 
-/// A GeoIP database plus CIDR overrides.
-#[derive(Debug)]
+/// A GeoIP database plus CIDR overrides. Cloning shares the open database.
+#[derive(Debug, Clone)]
 pub struct Geo {
+    inner: Arc<Inner>,
+}
+
+/// What a [`Geo`] shares between its clones.
+#[derive(Debug)]
+struct Inner {
     reader: Option<Reader<Mmap>>,
     nets: Overrides,
     non_public: Vec<Net>,
+    /// IPv6 networks located by the IPv4 address they embed, longest first.
+    embeddings: Vec<Embedding>,
 }
 
 impl Geo {
-    /// Opens the database at `path` (if any, memory-mapped) and compiles the overrides.
+    /// Opens the database at `path` (if any, memory-mapped) and compiles the overrides and the
+    /// IPv6 transition prefixes.
     ///
     /// The file must not be modified in place while it is open: replace it by renaming a new
     /// file over it (as `geoipupdate` and [`build_database`] do) and reload.
-    pub fn open(path: Option<&Path>, nets: &[NetOverride]) -> Result<Geo, GeoError> {
+    pub fn open(
+        path: Option<&Path>,
+        nets: &[NetOverride],
+        transition: &Transition,
+    ) -> Result<Geo, GeoError> {
         let reader = match path {
             None => None,
             Some(path) => {
@@ -253,15 +359,18 @@ impl Geo {
             }
         };
         Ok(Geo {
-            reader,
-            nets: Overrides::new(nets),
-            non_public: prefix::non_public(),
+            inner: Arc::new(Inner {
+                reader,
+                nets: Overrides::new(nets),
+                non_public: prefix::non_public(),
+                embeddings: prefix::embeddings(transition.enabled, &transition.nat64_prefixes),
+            }),
         })
     }
 
     /// Returns facts about the open database, or `None` when there is none.
     pub fn database_info(&self) -> Option<DatabaseInfo> {
-        let m = self.reader.as_ref()?.metadata();
+        let m = self.inner.reader.as_ref()?.metadata();
         Some(DatabaseInfo {
             database_type: m.database_type.clone(),
             build_epoch: m.build_epoch,
@@ -270,22 +379,78 @@ impl Geo {
         })
     }
 
-    /// Locates `ip`: a `[nets]` override (longest prefix) wins; then non-public addresses
-    /// (private, loopback, link-local, CGN, multicast, reserved) have no location; then the
-    /// database decides. Never fails: a database error gives no location.
-    pub fn locate(&self, ip: IpAddr) -> Located {
-        let ip = ip.to_canonical();
+    /// Locates `queried`. An IPv4-mapped address is located by its IPv4 address; otherwise a
+    /// `[nets]` override (longest prefix) wins; then an IPv4-compatible, NAT64, 6to4 or Teredo
+    /// address is located by the IPv4 address it embeds (the last three only with
+    /// [`Transition::enabled`]); then non-public addresses (private, loopback, link-local, CGN,
+    /// multicast, reserved) have no location; then the database decides. Never fails: a
+    /// database error gives no location.
+    pub fn locate(&self, queried: IpAddr) -> Located {
+        let g = &*self.inner;
+        if queried.is_ipv6() {
+            let bits = Bits::of(queried);
+            if let Some(e) = g.embeddings.iter().find(|e| e.net.contains(bits))
+                && (e.rule == Rule::Ipv4Mapped || g.nets.longest_match(bits).is_none())
+            {
+                let v4 = Ipv4Addr::from(e.rule.extract(bits.bits));
+                let mut located = g.locate_direct(IpAddr::V4(v4));
+                // `[nets]` entries and other embedding networks inside this one answer
+                // differently (IPv4-mapped addresses never reach `[nets]` as IPv6).
+                let mut min_scope = e.net.len;
+                if e.rule != Rule::Ipv4Mapped {
+                    min_scope = g.nets.narrow(min_scope, bits, None);
+                    for o in g.embeddings.iter().filter(|o| o.net != e.net) {
+                        min_scope = prefix::narrow(min_scope, bits, &o.net);
+                    }
+                }
+                located.via = Via {
+                    queried,
+                    rule: e.rule,
+                    prefix_len: e.net.len,
+                    min_scope,
+                };
+                return located;
+            }
+        }
+        g.locate_direct(queried)
+    }
+
+    /// Returns the scope maps of `n` decision functions; see [`ScopeMap`].
+    ///
+    /// `classify(located, out)` writes into `out[..n]` the class of a location under each
+    /// function (equal classes: equal decisions); classes must be below `u32::MAX`. It is
+    /// called once per distinct database record, `[nets]` entry and for "no location".
+    /// `cancelled` is polled now and then: when it returns true the walk stops and `Ok(None)`
+    /// is returned. Pure CPU work over the memory-mapped file: meant for a background thread.
+    pub fn scope_maps(
+        &self,
+        n: usize,
+        classify: &mut dyn FnMut(&Located, &mut [u32]),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<(Vec<ScopeMap>, ScopeStats)>, GeoError> {
+        scope::build(&self.inner, n, classify, cancelled)
+    }
+}
+
+impl Inner {
+    /// Locates `ip` as itself (an IPv6 `ip` is not in an embedding network, or a `[nets]`
+    /// entry holds it).
+    fn locate_direct(&self, ip: IpAddr) -> Located {
         let bits = Bits::of(ip);
+        let via = Via::direct(ip);
 
         if let Some(o) = self.nets.longest_match(bits) {
             // More specific overrides to the same region do not change the answer.
-            let scope = self.nets.narrow(o.net.len, bits, Some(&o.region));
+            let mut scope = self.nets.narrow(o.net.len, bits, Some(&o.region));
+            // IPv4-mapped addresses inside an IPv6 override are located as IPv4.
+            scope = self.narrow_embeddings(scope, bits, true);
             return Located {
                 ip,
                 location: None,
                 region: Some(o.region.clone()),
                 source: LocationSource::Nets,
                 prefix_len: scope,
+                via,
             };
         }
 
@@ -294,7 +459,8 @@ impl Geo {
             location: None,
             region: None,
             source: LocationSource::None,
-            prefix_len: scope,
+            prefix_len: self.narrow_embeddings(scope, bits, false),
+            via,
         };
 
         if let Some(block) = self.non_public.iter().find(|n| n.contains(bits)) {
@@ -339,12 +505,26 @@ impl Geo {
                     location: Some(location),
                     region: None,
                     source: LocationSource::Database,
-                    prefix_len: scope,
+                    prefix_len: self.narrow_embeddings(scope, bits, false),
+                    via,
                 }
             }
             // Non-public blocks inside an unknown network answer the same (no location).
             None => none(self.nets.narrow(db_len, bits, None)),
         }
+    }
+
+    /// Narrows `scope` around a directly located IPv6 address so that it excludes the
+    /// embedding networks (or only the IPv4-mapped one), which are located differently.
+    fn narrow_embeddings(&self, mut scope: u8, bits: Bits, mapped_only: bool) -> u8 {
+        if bits.v6 {
+            for e in &self.embeddings {
+                if !mapped_only || e.rule == Rule::Ipv4Mapped {
+                    scope = prefix::narrow(scope, bits, &e.net);
+                }
+            }
+        }
+        scope
     }
 }
 

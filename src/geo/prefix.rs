@@ -140,6 +140,11 @@ impl Overrides {
         Overrides { entries }
     }
 
+    /// Returns every override, longest prefix first (file order among equals).
+    pub(super) fn entries(&self) -> &[Override] {
+        &self.entries
+    }
+
     /// Returns the longest override containing `ip`.
     pub(super) fn longest_match(&self, ip: Bits) -> Option<&Override> {
         self.entries.iter().find(|o| o.net.contains(ip))
@@ -203,6 +208,121 @@ pub(super) fn non_public() -> Vec<Net> {
             }
         })
         .collect()
+}
+
+/// How an IPv6 address embeds the IPv4 address that locates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// The address itself.
+    Direct,
+    /// IPv4-mapped IPv6, `::ffff:a.b.c.d` (`::ffff:0:0/96`).
+    Ipv4Mapped,
+    /// IPv4-compatible IPv6, `::a.b.c.d` (`::/96`, deprecated by RFC 4291 but still sent).
+    Ipv4Compatible,
+    /// NAT64 (RFC 6052): the IPv4 address after a prefix of this length (32, 40, 48, 56, 64 or
+    /// 96 bits; bits 64..72 are skipped).
+    Nat64(u8),
+    /// 6to4 (RFC 3056): `2002:AABB:CCDD::/48` embeds `A.B.C.D`.
+    SixToFour,
+    /// Teredo (RFC 4380): `2001:0::/32`, the client's address inverted in the last 32 bits.
+    Teredo,
+}
+
+impl Rule {
+    /// Returns the position (0-based bit of the IPv6 address) of bit `i` of the IPv4 address.
+    fn position(self, i: u8) -> u8 {
+        match self {
+            Rule::Direct => i,
+            Rule::Ipv4Mapped | Rule::Ipv4Compatible | Rule::Teredo => 96 + i,
+            Rule::SixToFour => 16 + i,
+            // RFC 6052 §2.2: bits 64 to 71 (the "u" octet) are zero and carry nothing.
+            Rule::Nat64(p) if p + i >= 64 && p < 96 => p + i + 8,
+            Rule::Nat64(p) => p + i,
+        }
+    }
+
+    /// Returns the IPv4 address embedded in `v6`.
+    pub(super) fn extract(self, v6: u128) -> u32 {
+        let mut v4 = 0u32;
+        for i in 0..32u8 {
+            let bit = (v6 >> (127 - u32::from(self.position(i)))) & 1;
+            v4 = (v4 << 1) | bit as u32;
+        }
+        if self == Rule::Teredo { !v4 } else { v4 }
+    }
+
+    /// Converts an IPv4 scope into the IPv6 scope of the embedding network (`prefix_len`
+    /// long): the IPv6 network holding the first `inner` bits of the IPv4 address; all of
+    /// the embedding network when `inner` is 0.
+    pub(super) fn outer_scope(self, prefix_len: u8, inner: u8) -> u8 {
+        match (self, inner) {
+            (Rule::Direct, s) => s,
+            (_, 0) => prefix_len,
+            (_, s) => self.position(s.min(32) - 1) + 1,
+        }
+    }
+}
+
+/// One IPv6 network whose addresses are located by the IPv4 address they embed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Embedding {
+    /// The IPv6 network.
+    pub(super) net: Net,
+    /// How it embeds the IPv4 address.
+    pub(super) rule: Rule,
+}
+
+/// The NAT64 well-known prefix, RFC 6052 §2.1.
+pub(super) const NAT64_WELL_KNOWN: &str = "64:ff9b::/96";
+
+/// Returns the embedding networks, longest first: IPv4-mapped and IPv4-compatible always; NAT64
+/// (the well-known prefix and `nat64`), 6to4 and Teredo when `transition` is on.
+pub(super) fn embeddings(transition: bool, nat64: &[ipnet::Ipv6Net]) -> Vec<Embedding> {
+    let net = |s: &str| -> Net {
+        // The literals below are valid networks.
+        let n: IpNet = s.parse().expect("valid network literal");
+        let b = Bits::of(n.network());
+        Net {
+            bits: mask(b.bits, n.prefix_len()),
+            len: n.prefix_len(),
+            v6: true,
+        }
+    };
+    let mut out = vec![
+        Embedding {
+            net: net("::ffff:0:0/96"),
+            rule: Rule::Ipv4Mapped,
+        },
+        Embedding {
+            net: net("::/96"),
+            rule: Rule::Ipv4Compatible,
+        },
+    ];
+    if transition {
+        let mut prefixes: Vec<ipnet::Ipv6Net> =
+            vec![NAT64_WELL_KNOWN.parse().expect("valid network literal")];
+        prefixes.extend(nat64.iter().map(|n| n.trunc()));
+        for p in prefixes {
+            let e = Embedding {
+                net: net(&p.to_string()),
+                rule: Rule::Nat64(p.prefix_len()),
+            };
+            if !out.iter().any(|o| o.net == e.net) {
+                out.push(e);
+            }
+        }
+        out.push(Embedding {
+            net: net("2002::/16"),
+            rule: Rule::SixToFour,
+        });
+        out.push(Embedding {
+            net: net("2001::/32"),
+            rule: Rule::Teredo,
+        });
+    }
+    // Longest first, so that a configured NAT64 prefix inside 2001::/32 wins over Teredo.
+    out.sort_by_key(|e| std::cmp::Reverse(e.net.len));
+    out
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use mmdb_writer::{IpVersion, Value, Writer};
 
 use super::build::{Row, parse_csv};
-use super::prefix::{Bits, Net};
+use super::prefix::{self, Bits, Net};
 use super::*;
 
 /// A directory under the system temp dir, removed on drop.
@@ -83,7 +83,7 @@ fn sample_path(name: &str) -> PathBuf {
 fn built_database_reads_back_with_location_country_and_continent() {
     let dir = TempDir::new();
     let db = build_in(&dir, TEST_CSV);
-    let geo = Geo::open(Some(&db), &[]).unwrap();
+    let geo = Geo::open(Some(&db), &[], &Transition::default()).unwrap();
     let got = geo.locate(ip("198.51.100.7"));
     assert_eq!(got.source, LocationSource::Database);
     assert_eq!(got.region, None);
@@ -128,7 +128,7 @@ fn building_twice_gives_identical_bytes() {
 #[test]
 fn country_only_record_has_codes_but_no_coordinates() {
     let dir = TempDir::new();
-    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[]).unwrap();
+    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[], &Transition::default()).unwrap();
     let got = geo.locate(ip("185.0.3.4"));
     assert_eq!(got.source, LocationSource::Database);
     let loc = got.location.unwrap();
@@ -141,17 +141,22 @@ fn country_only_record_has_codes_but_no_coordinates() {
 #[test]
 fn ipv4_mapped_ipv6_is_located_as_ipv4() {
     let dir = TempDir::new();
-    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[]).unwrap();
+    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[], &Transition::default()).unwrap();
     let mapped = geo.locate(ip("::ffff:198.51.100.7"));
+    let v4 = geo.locate(ip("198.51.100.7"));
     assert_eq!(mapped.ip, ip("198.51.100.7"));
-    assert_eq!(mapped, geo.locate(ip("198.51.100.7")));
+    assert_eq!(mapped.location, v4.location);
     assert_eq!(mapped.prefix_len, 24);
+    assert_eq!(mapped.via.rule, Rule::Ipv4Mapped);
+    // Issue 13: the scope echoed for an IPv6 option is 96 + the IPv4 scope, not /24.
+    assert_eq!(mapped.via.scope(mapped.prefix_len), 120);
+    assert_eq!(v4.via.scope(v4.prefix_len), 24);
 }
 
 #[test]
 fn ipv6_addresses_are_located_with_ipv6_prefix_lengths() {
     let dir = TempDir::new();
-    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[]).unwrap();
+    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[], &Transition::default()).unwrap();
     let de = geo.locate(ip("2001:db8:1:2::3"));
     assert_eq!(de.source, LocationSource::Database);
     assert_eq!(de.location.unwrap().country.as_deref(), Some("DE"));
@@ -168,7 +173,7 @@ fn ipv6_addresses_are_located_with_ipv6_prefix_lengths() {
 fn private_and_special_addresses_have_no_location() {
     let dir = TempDir::new();
     // 8.0.0.0/6 in the test database covers 10.0.0.0/8: the private block still wins.
-    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[]).unwrap();
+    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[], &Transition::default()).unwrap();
     let cases = [
         ("10.1.2.3", 8),
         ("192.168.1.1", 16),
@@ -178,18 +183,19 @@ fn private_and_special_addresses_have_no_location() {
         ("169.254.1.1", 16),
         ("224.0.0.251", 4),
         ("255.255.255.255", 4),
-        ("::1", 128),
-        ("::", 128),
+        // IPv4-compatible: 0.0.0.1 and 0.0.0.0, in 0.0.0.0/8.
+        ("::1", 104),
+        ("::", 104),
         ("fe80::1", 10),
         ("fd00::1", 7),
         ("ff02::1", 8),
-        ("::ffff:10.0.0.1", 8),
+        ("::ffff:10.0.0.1", 104),
     ];
     for (addr, scope) in cases {
         let got = geo.locate(ip(addr));
         assert_eq!(got.source, LocationSource::None, "{addr}");
         assert_eq!(got.location, None, "{addr}");
-        assert_eq!(got.prefix_len, scope, "{addr}");
+        assert_eq!(got.via.scope(got.prefix_len), scope, "{addr}");
     }
 }
 
@@ -197,7 +203,12 @@ fn private_and_special_addresses_have_no_location() {
 fn nets_override_wins_over_the_database() {
     let dir = TempDir::new();
     let db = build_in(&dir, TEST_CSV);
-    let geo = Geo::open(Some(&db), &nets(&[("198.51.100.0/24", "us-east")])).unwrap();
+    let geo = Geo::open(
+        Some(&db),
+        &nets(&[("198.51.100.0/24", "us-east")]),
+        &Transition::default(),
+    )
+    .unwrap();
     let got = geo.locate(ip("198.51.100.7"));
     assert_eq!(got.source, LocationSource::Nets);
     assert_eq!(got.region.as_deref(), Some("us-east"));
@@ -207,7 +218,12 @@ fn nets_override_wins_over_the_database() {
 
 #[test]
 fn nets_override_wins_for_private_addresses() {
-    let geo = Geo::open(None, &nets(&[("10.20.0.0/16", "eu-west")])).unwrap();
+    let geo = Geo::open(
+        None,
+        &nets(&[("10.20.0.0/16", "eu-west")]),
+        &Transition::default(),
+    )
+    .unwrap();
     let got = geo.locate(ip("10.20.1.2"));
     assert_eq!(got.source, LocationSource::Nets);
     assert_eq!(got.region.as_deref(), Some("eu-west"));
@@ -221,7 +237,7 @@ fn nets_longest_prefix_wins_whatever_the_file_order() {
         ("10.0.0.0/8", "us-east"),
         ("10.20.0.0/16", "eu-west"),
     ]);
-    let geo = Geo::open(None, &overrides).unwrap();
+    let geo = Geo::open(None, &overrides, &Transition::default()).unwrap();
     let region = |a: &str| geo.locate(ip(a)).region.map(|r| r.to_string());
     assert_eq!(region("10.20.30.40").as_deref(), Some("ap-south"));
     assert_eq!(region("10.20.31.1").as_deref(), Some("eu-west"));
@@ -386,7 +402,7 @@ fn scope_is_the_matched_network_narrowed_by_overrides_inside_it() {
     let dir = TempDir::new();
     let db = build_in(&dir, TEST_CSV);
     for case in cases {
-        let geo = Geo::open(Some(&db), &nets(case.nets)).unwrap();
+        let geo = Geo::open(Some(&db), &nets(case.nets), &Transition::default()).unwrap();
         let got = geo.locate(ip(case.ip));
         assert_eq!(got.source, case.source, "{}", case.why);
         assert_eq!(got.region.as_deref(), case.region, "{}", case.why);
@@ -419,7 +435,7 @@ fn expected_unknown_scope(rows: &[Row], ip: IpAddr) -> u8 {
 fn unknown_address_scope_is_the_empty_network_around_it() {
     // Verifies that maxminddb reports the empty node's network for not-found lookups.
     let dir = TempDir::new();
-    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[]).unwrap();
+    let geo = Geo::open(Some(&build_in(&dir, TEST_CSV)), &[], &Transition::default()).unwrap();
     let rows = parse_csv(TEST_CSV, "test.csv").unwrap();
     for addr in [
         "1.1.1.1",
@@ -445,13 +461,21 @@ fn unknown_address_scope_is_the_empty_network_around_it() {
 
 #[test]
 fn without_a_database_only_overrides_locate() {
-    let geo = Geo::open(None, &nets(&[("10.20.0.0/16", "eu-west")])).unwrap();
+    let geo = Geo::open(
+        None,
+        &nets(&[("10.20.0.0/16", "eu-west")]),
+        &Transition::default(),
+    )
+    .unwrap();
     assert!(geo.database_info().is_none());
     let got = geo.locate(ip("8.8.8.8"));
     assert_eq!(got.source, LocationSource::None);
     // 8.8.8.8 and 10.20.0.0 share 6 bits.
     assert_eq!(got.prefix_len, 7);
-    assert_eq!(geo.locate(ip("2001:db8::1")).prefix_len, 0);
+    // All of IPv6 answers the same, but for the embedding networks: 2001:db8:: and Teredo's
+    // 2001::/32 share 20 bits.
+    assert_eq!(geo.locate(ip("2001:db8::1")).prefix_len, 21);
+    assert_eq!(geo.locate(ip("4000::1")).prefix_len, 2);
 }
 
 #[test]
@@ -471,7 +495,7 @@ fn flat_schema_records_are_understood() {
     )
     .unwrap();
     std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
-    let geo = Geo::open(Some(&path), &[]).unwrap();
+    let geo = Geo::open(Some(&path), &[], &Transition::default()).unwrap();
     let loc = geo.locate(ip("198.51.100.1")).location.unwrap();
     assert_eq!(loc.coordinates(), Some((52.5, 13.25)));
     assert_eq!(loc.country.as_deref(), Some("DE"));
@@ -492,7 +516,7 @@ fn registered_country_is_used_when_country_is_absent() {
     )
     .unwrap();
     std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
-    let geo = Geo::open(Some(&path), &[]).unwrap();
+    let geo = Geo::open(Some(&path), &[], &Transition::default()).unwrap();
     let loc = geo.locate(ip("198.51.100.1")).location.unwrap();
     assert_eq!(loc.country.as_deref(), Some("NL"));
     assert_eq!(loc.coordinates(), None);
@@ -515,7 +539,7 @@ fn records_without_usable_fields_give_no_location() {
     )
     .unwrap();
     std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
-    let geo = Geo::open(Some(&path), &[]).unwrap();
+    let geo = Geo::open(Some(&path), &[], &Transition::default()).unwrap();
     for addr in ["198.51.100.1", "203.0.113.1"] {
         let got = geo.locate(ip(addr));
         assert_eq!(got.source, LocationSource::None, "{addr}");
@@ -534,22 +558,27 @@ fn ipv6_client_of_an_ipv4_only_database_is_unknown_with_scope_zero() {
     )
     .unwrap();
     std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
-    let geo = Geo::open(Some(&path), &[]).unwrap();
+    let geo = Geo::open(Some(&path), &[], &Transition::default()).unwrap();
     assert_eq!(geo.locate(ip("198.51.100.1")).prefix_len, 24);
     let v6 = geo.locate(ip("2001:db8::1"));
     assert_eq!(v6.source, LocationSource::None);
-    assert_eq!(v6.prefix_len, 0);
+    // Unknown everywhere but in the embedding networks (2001::/32 shares 20 bits).
+    assert_eq!(v6.prefix_len, 21);
 }
 
 #[test]
 fn opening_a_missing_or_invalid_file_names_it() {
     let dir = TempDir::new();
     let missing = dir.path("missing.mmdb");
-    let err = Geo::open(Some(&missing), &[]).unwrap_err().to_string();
+    let err = Geo::open(Some(&missing), &[], &Transition::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing.mmdb"), "{err}");
     let junk = dir.path("junk.mmdb");
     std::fs::write(&junk, b"not a database").unwrap();
-    let err = Geo::open(Some(&junk), &[]).unwrap_err().to_string();
+    let err = Geo::open(Some(&junk), &[], &Transition::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("cannot open GeoIP database"), "{err}");
     assert!(err.contains("junk.mmdb"), "{err}");
 }
@@ -613,11 +642,16 @@ fn committed_sample_database_matches_the_csv() {
     //   cargo run -- geodata build --csv geodata/sample.csv --out geodata/sample.mmdb
     let csv = std::fs::read_to_string(sample_path("sample.csv")).unwrap();
     let rows = parse_csv(&csv, "geodata/sample.csv").unwrap();
-    let committed = Geo::open(Some(&sample_path("sample.mmdb")), &[]).unwrap();
+    let committed = Geo::open(
+        Some(&sample_path("sample.mmdb")),
+        &[],
+        &Transition::default(),
+    )
+    .unwrap();
     let dir = TempDir::new();
     let fresh_path = dir.path("fresh.mmdb");
     std::fs::write(&fresh_path, build::encode(&rows).unwrap()).unwrap();
-    let fresh = Geo::open(Some(&fresh_path), &[]).unwrap();
+    let fresh = Geo::open(Some(&fresh_path), &[], &Transition::default()).unwrap();
     assert_eq!(committed.database_info(), fresh.database_info());
     for row in &rows {
         let first = row.network.network();
@@ -638,7 +672,12 @@ fn committed_sample_database_matches_the_csv() {
 
 #[test]
 fn sample_places_european_american_and_asian_clients_apart() {
-    let geo = Geo::open(Some(&sample_path("sample.mmdb")), &[]).unwrap();
+    let geo = Geo::open(
+        Some(&sample_path("sample.mmdb")),
+        &[],
+        &Transition::default(),
+    )
+    .unwrap();
     let continent = |a: &str| {
         geo.locate(ip(a))
             .location
@@ -702,4 +741,312 @@ fn distance_is_zero_symmetric_and_bounded() {
     );
     let poles = distance_km(90.0, 0.0, -90.0, 0.0);
     assert!(!poles.is_nan());
+}
+
+// ---- Issue 13: IPv6 transition prefixes and widest ECS scopes.
+
+fn v4(s: &str) -> u32 {
+    u32::from(s.parse::<std::net::Ipv4Addr>().unwrap())
+}
+
+fn v6(s: &str) -> u128 {
+    u128::from(s.parse::<std::net::Ipv6Addr>().unwrap())
+}
+
+#[test]
+fn rfc6052_nat64_addresses_embed_ipv4_at_every_prefix_length() {
+    // RFC 6052 §2.4, the table of examples for 192.0.2.33.
+    let cases = [
+        (32, "2001:db8:c000:221::"),
+        (40, "2001:db8:1c0:2:21::"),
+        (48, "2001:db8:122:c000:2:2100::"),
+        (56, "2001:db8:122:3c0:0:221::"),
+        (64, "2001:db8:122:344:c0:2:2100:0"),
+        (96, "2001:db8:122:344::192.0.2.33"),
+    ];
+    for (len, addr) in cases {
+        assert_eq!(
+            Rule::Nat64(len).extract(v6(addr)),
+            v4("192.0.2.33"),
+            "/{len}"
+        );
+        // The whole IPv4 address ends 8 bits later when it straddles the u octet (64..72).
+        assert_eq!(Rule::Nat64(len).outer_scope(len, 0), len);
+        assert_eq!(
+            Rule::Nat64(len).outer_scope(len, 32),
+            match len {
+                32 => 64,
+                96 => 128,
+                _ => len + 40,
+            }
+        );
+    }
+    assert_eq!(Rule::Nat64(40).outer_scope(40, 24), 64);
+    assert_eq!(Rule::Nat64(40).outer_scope(40, 25), 73);
+    assert_eq!(Rule::Nat64(96).outer_scope(96, 24), 120);
+}
+
+#[test]
+fn rfc3056_6to4_and_rfc4380_teredo_embed_ipv4() {
+    assert_eq!(
+        Rule::SixToFour.extract(v6("2002:c000:221::1")),
+        v4("192.0.2.33")
+    );
+    assert_eq!(Rule::SixToFour.outer_scope(16, 24), 40);
+    // RFC 4380 §4: the client 192.0.2.45 (obfuscated) behind server 65.54.227.120.
+    let teredo = v6("2001:0:4136:e378:8000:63bf:3fff:fdd2");
+    assert_eq!(Rule::Teredo.extract(teredo), v4("192.0.2.45"));
+    assert_eq!(Rule::Teredo.outer_scope(32, 24), 120);
+    assert_eq!(Rule::Teredo.outer_scope(32, 0), 32);
+    assert_eq!(
+        Rule::Ipv4Compatible.extract(v6("::198.51.100.7")),
+        v4("198.51.100.7")
+    );
+}
+
+/// 198.51.100.7 as 6to4, NAT64 (well-known and a configured /40) and Teredo clients.
+const SIX_TO_FOUR: &str = "2002:c633:6407::1";
+const NAT64_WKP: &str = "64:ff9b::198.51.100.7";
+const NAT64_40: &str = "2001:db8:1c6:3364:7::";
+// !198.51.100.7 = 57.204.155.248 = 0x39cc9bf8
+const TEREDO: &str = "2001:0:4136:e378:8000:63bf:39cc:9bf8";
+
+#[test]
+fn issue_13_transition_clients_are_located_by_the_embedded_ipv4_address() {
+    let dir = TempDir::new();
+    let db = build_in(&dir, TEST_CSV);
+    let transition = Transition {
+        enabled: true,
+        nat64_prefixes: vec!["2001:db8:100::/40".parse().unwrap()],
+    };
+    let geo = Geo::open(Some(&db), &[], &transition).unwrap();
+    let berlin = geo.locate(ip("198.51.100.7"));
+    for (addr, rule, scope) in [
+        (SIX_TO_FOUR, Rule::SixToFour, 40),
+        (NAT64_WKP, Rule::Nat64(96), 120),
+        (NAT64_40, Rule::Nat64(40), 64),
+        (TEREDO, Rule::Teredo, 120),
+        ("::198.51.100.7", Rule::Ipv4Compatible, 120),
+        ("::ffff:198.51.100.7", Rule::Ipv4Mapped, 120),
+    ] {
+        let got = geo.locate(ip(addr));
+        assert_eq!(got.ip, ip("198.51.100.7"), "{addr}");
+        assert_eq!(got.location, berlin.location, "{addr}");
+        assert_eq!(got.via.rule, rule, "{addr}");
+        assert_eq!(got.via.queried, ip(addr));
+        assert_eq!(got.via.scope(got.prefix_len), scope, "{addr}");
+    }
+    assert_eq!(
+        geo.locate(ip(TEREDO)).via.to_string(),
+        "Teredo (inverted) 2001::/32"
+    );
+    // An address next to an embedding network never gets a scope that covers it.
+    let next_to_teredo = geo.locate(ip("2001:1::1"));
+    assert_eq!(next_to_teredo.via.rule, Rule::Direct);
+    assert_eq!(next_to_teredo.prefix_len, 32);
+
+    // Off: NAT64 and Teredo fall back to the database's record of the address itself (the
+    // test database aliases 2002::/16 and 2001::/32 to IPv4, Teredo by the server's address).
+    let off = Transition {
+        enabled: false,
+        nat64_prefixes: Vec::new(),
+    };
+    let geo = Geo::open(Some(&db), &[], &off).unwrap();
+    for addr in [NAT64_WKP, TEREDO] {
+        let got = geo.locate(ip(addr));
+        assert_eq!(got.via.rule, Rule::Direct, "{addr}");
+        assert_ne!(got.location, berlin.location, "{addr}");
+    }
+    // IPv4-mapped and IPv4-compatible stay on.
+    assert_eq!(
+        geo.locate(ip("::ffff:198.51.100.7")).via.rule,
+        Rule::Ipv4Mapped
+    );
+}
+
+#[test]
+fn issue_13_a_nets_entry_inside_a_transition_prefix_wins_and_narrows_the_others() {
+    let dir = TempDir::new();
+    let db = build_in(&dir, TEST_CSV);
+    let geo = Geo::open(
+        Some(&db),
+        &nets(&[("2002:c633:6400::/40", "ap")]),
+        &Transition::default(),
+    )
+    .unwrap();
+    let got = geo.locate(ip(SIX_TO_FOUR));
+    assert_eq!(got.source, LocationSource::Nets);
+    assert_eq!(got.via.rule, Rule::Direct);
+    // 198.51.101.0 as 6to4: located by IPv4, but its scope must not cover 2002:c633:6400::/40.
+    let beside = geo.locate(ip("2002:c633:6500::"));
+    assert_eq!(beside.via.rule, Rule::SixToFour);
+    assert_eq!(beside.via.scope(0), 40);
+}
+
+/// Classifies by continent (a stand-in for a decision function): `[nets]` regions named like
+/// a continent share its class; no location is class 0.
+fn by_continent(l: &Located, out: &mut [u32]) {
+    let code = |s: &str| u32::from(u16::from_be_bytes([s.as_bytes()[0], s.as_bytes()[1]]));
+    out[0] = match (&l.region, &l.location) {
+        (Some(r), _) => code(&r.to_uppercase()),
+        (None, Some(loc)) => loc.continent.map_or(1, |c| code(&c)),
+        (None, None) => 0,
+    };
+}
+
+fn maps_for(geo: &Geo) -> ScopeMap {
+    let (mut maps, stats) = geo
+        .scope_maps(1, &mut by_continent, &|| false)
+        .unwrap()
+        .unwrap();
+    assert!(stats.networks > 0 || geo.database_info().is_none());
+    maps.pop().unwrap()
+}
+
+const WIDE_CSV: &str = "\
+network,latitude,longitude,country,continent
+1.0.0.0/24,52.52,13.405,DE,EU
+1.0.1.0/24,52.52,13.405,DE,EU
+1.0.2.0/23,50.11,8.68,DE,EU
+1.0.4.0/22,48.85,2.35,FR,EU
+1.0.16.0/20,35.67,139.65,JP,AS
+1.0.32.0/19,40.71,-74.0,US,NA
+2a01:4f8::/32,49.45,11.07,DE,EU
+2a01:4f9::/32,48.85,2.35,FR,EU
+2a01:4fa::/31,40.71,-74.0,US,NA
+";
+
+#[test]
+fn issue_13_widest_scope_merges_networks_and_nets_entries_with_the_same_decision() {
+    let dir = TempDir::new();
+    let db = build_in(&dir, WIDE_CSV);
+    // (nets, address, widest scope in the queried family)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u8);
+    let cases: &[Case<'_>] = &[
+        // Four EU networks of three sizes make one EU /21.
+        (&[], "1.0.0.5", 21),
+        (&[], "1.0.6.1", 21),
+        // 1.0.8.0/21 has no location: its own /21.
+        (&[], "1.0.9.9", 21),
+        (&[], "1.0.17.1", 20),
+        (&[], "1.0.40.1", 19),
+        // A [nets] entry to "eu" next to the EU networks merges with them into a /20 ...
+        (&[("1.0.8.0/21", "eu")], "1.0.0.5", 20),
+        (&[("1.0.8.0/21", "eu")], "1.0.9.9", 20),
+        // ... and one to another decision inside them splits them.
+        (&[("1.0.2.0/24", "as")], "1.0.0.5", 23),
+        (&[("1.0.2.0/24", "as")], "1.0.3.5", 24),
+        (&[("1.0.2.0/24", "as")], "1.0.5.5", 22),
+        (&[("1.0.2.0/24", "as")], "1.0.2.1", 24),
+        // IPv6: DE and FR are both EU: one /31; the US /31 beside it is another.
+        (&[], "2a01:4f8:1::1", 31),
+        (&[], "2a01:4f9:ffff::1", 31),
+        (&[], "2a01:4fb::1", 31),
+        // Embedded IPv4: 16 + 21 for 6to4, 96 + 21 for IPv4-mapped, NAT64.
+        (&[], "2002:100:5::", 37),
+        (&[], "::ffff:1.0.0.5", 117),
+        (&[], "64:ff9b::1.0.0.5", 117),
+    ];
+    for &(n, addr, want) in cases {
+        let geo = Geo::open(Some(&db), &nets(n), &Transition::default()).unwrap();
+        let map = maps_for(&geo);
+        let located = geo.locate(ip(addr));
+        assert_eq!(map.scope(&located), Some(want), "{addr} with {n:?}");
+        // Never narrower than... the matched network: the widest contains it.
+        assert!(want <= located.via.scope(located.prefix_len), "{addr}");
+    }
+}
+
+#[test]
+fn issue_13_widest_scope_is_never_wider_than_the_decision_allows() {
+    // An oracle independent of the map: the class is constant between consecutive
+    // boundaries (network starts and ends of the CSV, nets, non-public blocks and embedding
+    // networks), so a block is uniform when every boundary inside it has the class of its
+    // start. Embedding networks count as a class of their own, as the map treats them.
+    let dir = TempDir::new();
+    let csv = format!("{TEST_CSV}{}", &WIDE_CSV[CSV_HEADER.len() + 1..]);
+    let db = build_in(&dir, &csv);
+    let overrides = nets(&[
+        ("198.51.100.128/25", "as"),
+        ("1.0.8.0/21", "eu"),
+        ("2a01:4f8:8::/48", "na"),
+    ]);
+    let geo = Geo::open(Some(&db), &overrides, &Transition::default()).unwrap();
+    let map = maps_for(&geo);
+    let class = |a: IpAddr| -> u32 {
+        let l = geo.locate(a);
+        if l.via.rule != Rule::Direct {
+            return u32::MAX;
+        }
+        let mut out = [0];
+        by_continent(&l, &mut out);
+        out[0]
+    };
+    let rows = parse_csv(&csv, "t.csv").unwrap();
+    let mut nets_all: Vec<Net> = rows.iter().map(|r| Net::of(r.network)).collect();
+    nets_all.extend(overrides.iter().map(|o| Net::of(o.net)));
+    nets_all.extend(prefix::non_public());
+    nets_all.extend(prefix::embeddings(true, &[]).iter().map(|e| e.net));
+    for v6 in [false, true] {
+        let width: u32 = if v6 { 128 } else { 32 };
+        let to_ip = |x: u128| -> IpAddr {
+            if v6 {
+                IpAddr::V6(x.into())
+            } else {
+                IpAddr::V4((x as u32).into())
+            }
+        };
+        let value = |n: &Net| if v6 { n.bits } else { n.bits >> 96 };
+        let span = |len: u8| -> u128 {
+            let host = width - u32::from(len);
+            if host >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << host) - 1
+            }
+        };
+        let mut bounds: Vec<u128> = Vec::new();
+        for n in nets_all.iter().filter(|n| n.v6 == v6) {
+            bounds.push(value(n));
+            if let Some(b) = (value(n) | span(n.len)).checked_add(1) {
+                bounds.push(b);
+            }
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
+        let uniform = |x: u128, p: u8| -> bool {
+            let lo = x & !span(p);
+            let hi = lo | span(p);
+            let c = class(to_ip(lo));
+            bounds
+                .iter()
+                .filter(|&&b| b > lo && b <= hi)
+                .all(|&b| class(to_ip(b)) == c)
+        };
+        // Probe every boundary, its neighbours and a spread of addresses.
+        let mut probes: Vec<u128> = bounds
+            .iter()
+            .flat_map(|&b| [b, b.wrapping_sub(1), b + 1])
+            .collect();
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            probes.push(if v6 { x } else { x >> 96 });
+        }
+        for probe in probes {
+            let probe = probe & span(0);
+            let a = to_ip(probe);
+            let located = geo.locate(a);
+            if located.via.rule != Rule::Direct {
+                continue;
+            }
+            let Some(got) = map.scope(&located) else {
+                continue;
+            };
+            let want = (0..=width as u8).find(|&p| uniform(probe, p)).unwrap();
+            assert_eq!(got, want, "{a}");
+        }
+    }
 }

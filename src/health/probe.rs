@@ -1,26 +1,57 @@
 //! Probes: one HTTP, HTTPS or TCP check of one target address.
 //!
-//! A [`Prober`] is built once per (address, check) and reused for every probe of that target.
-//! HTTP(S) probes use a reqwest client of their own, because `check.host` must be both the
-//! `Host` header and the TLS SNI name while the connection goes to the target's address: the
-//! URL names the host and the client's resolver is pinned to the address
-//! (`ClientBuilder::resolve`). The client keeps no idle connections, so every probe opens a
-//! fresh connection and a dead server cannot hide behind a pooled socket. Proxies from the
-//! environment are ignored and redirects are not followed (a 301 is a status like any other).
+//! A [`Prober`] is built once per (address, check) and owned by that target's probe task.
+//!
+//! HTTP(S) is a minimal HTTP/1.1 client written here over a tokio `TcpStream` (and
+//! `tokio-rustls` for HTTPS) rather than reqwest: at 10,000 targets a client per target cost
+//! about 3 ms and 125 KB each (the whole system root store, even for plain `http`), and one
+//! shared client cannot connect to a pinned address while sending `check.host` as both `Host`
+//! and SNI. A probe needs one GET, a status line, a few headers and at most [`MAX_BODY_BYTES`]
+//! of body, which is little code. The TLS client configuration is shared per distinct
+//! setting (`tls_verify` on or off), so the root store is loaded once per process
+//! ([`TlsConfigs`]); plain `http` loads none.
+//!
+//! Connections are kept alive between probes of the same target (HTTP/1.1 persistent
+//! connections, RFC 9112 §9.3): a server that keeps the connection open is probed over it
+//! again, which saves a handshake per probe. A kept connection that turns out to be closed
+//! (EOF or reset before the first response byte) costs one reconnect within the same probe,
+//! not a failure. A dead server cannot hide behind a kept connection: its kernel closes it, and
+//! the reconnect fails. TCP checks connect and close.
 //!
 //! The whole probe (connect, TLS, request, body) is cut at `check.timeout`. Failures are typed
-//! [`ProbeError`]s whose messages read well in logs and in `/status`.
+//! [`ProbeError`]s whose messages read well in logs and in `/status`. Trouble on our side
+//! (file descriptors exhausted, TLS setup, a timer that fired late because the process was
+//! starved) is a [`ProbeError::Ours`]: it says nothing about the target.
 
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::config::{Check, CheckKind, StatusMatch};
 
-/// The most body bytes read when searching for `body_contains`.
+/// The most body bytes read when searching for `body_contains` (or skipped to keep a
+/// connection for the next probe; a longer body closes it instead).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The most bytes of a response head (status line and headers).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// How much later than its deadline a probe's timer may fire before the probe counts as our
+/// own trouble (a starved process) rather than the target's slowness.
+pub const LATE_TIMER_TOLERANCE: Duration = Duration::from_millis(200);
+
+/// Descriptors left for everything but probe sockets (DNS over TCP, the admin port, files),
+/// at least: the probe socket budget is the open-file limit minus the larger of this and an
+/// eighth of the limit.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// The `User-Agent` sent by HTTP(S) probes unless the check sets its own.
 pub const DEFAULT_USER_AGENT: &str =
@@ -53,12 +84,69 @@ pub enum ProbeError {
     /// Reading the body failed.
     #[error("reading body failed: {0}")]
     Body(String),
-    /// The probe could not be set up (bad header, TLS setup).
-    #[error("invalid probe setup: {0}")]
-    Setup(String),
+    /// Our own trouble, not the target's: the probe says nothing about the target.
+    #[error("{0}")]
+    Ours(OwnError),
     /// A failure without details (should not happen; kept so no failure goes unnamed).
     #[error("probe failed")]
     Unspecified,
+}
+
+impl ProbeError {
+    /// Returns the cause when the failure is ours rather than the target's.
+    pub fn own(&self) -> Option<&OwnError> {
+        match self {
+            ProbeError::Ours(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A probe that could not say anything about its target, because of trouble on our side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnError {
+    /// No file descriptor for a socket (`EMFILE`, `ENFILE`).
+    #[error("out of file descriptors: {0}")]
+    FileDescriptors(String),
+    /// No memory, buffers or local ports for a socket (`ENOMEM`, `ENOBUFS`, `EADDRNOTAVAIL`).
+    #[error("out of local resources: {0}")]
+    Resources(String),
+    /// The TLS client configuration could not be built (e.g. no root certificates loaded).
+    #[error("tls setup failed: {0}")]
+    TlsSetup(String),
+    /// The check cannot be turned into a request (a header or host that validation missed).
+    #[error("check cannot be set up: {0}")]
+    Setup(String),
+    /// The probe's timer fired this much after its deadline: the process was starved.
+    #[error("timer fired {} late (process starved)", HumanDuration(*.0))]
+    LateTimer(Duration),
+}
+
+impl OwnError {
+    /// Every value of [`OwnError::reason`], for metrics.
+    pub const REASONS: [&'static str; 5] = [
+        "file_descriptors",
+        "resources",
+        "tls_setup",
+        "setup",
+        "late_timer",
+    ];
+
+    /// Returns the cause as a metrics label (`reason` of `meridian_probe_errors_total`).
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    /// Returns the position of [`OwnError::reason`] in [`OwnError::REASONS`].
+    pub fn index(&self) -> usize {
+        match self {
+            OwnError::FileDescriptors(_) => 0,
+            OwnError::Resources(_) => 1,
+            OwnError::TlsSetup(_) => 2,
+            OwnError::Setup(_) => 3,
+            OwnError::LateTimer(_) => 4,
+        }
+    }
 }
 
 /// Formats a duration the way config files write it: `1s`, `250ms`, `1.5s`.
@@ -92,50 +180,233 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The TLS client configurations shared by every HTTPS probe of the process: one per distinct
+/// setting (`tls_verify` on or off), built on first use. A failed build (no root certificates
+/// loaded, e.g. because file descriptors ran out) is not kept: the next probe tries again.
+#[derive(Debug, Default)]
+pub struct TlsConfigs {
+    verify: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    no_verify: Mutex<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// The configurations of this process.
+static TLS_CONFIGS: TlsConfigs = TlsConfigs {
+    verify: Mutex::new(None),
+    no_verify: Mutex::new(None),
+};
+
+impl TlsConfigs {
+    /// Returns the process-wide configurations.
+    pub fn shared() -> &'static TlsConfigs {
+        &TLS_CONFIGS
+    }
+
+    /// Returns the configuration for `verify`, building it on first use.
+    pub fn get(&self, verify: bool) -> Result<Arc<rustls::ClientConfig>, OwnError> {
+        let slot = if verify {
+            &self.verify
+        } else {
+            &self.no_verify
+        };
+        // A panic cannot leave the slot half-written (it is one assignment).
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = &*slot {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(build_tls_config(verify)?);
+        *slot = Some(config.clone());
+        Ok(config)
+    }
+}
+
+fn build_tls_config(verify: bool) -> Result<rustls::ClientConfig, OwnError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OwnError::TlsSetup(e.to_string()))?;
+    let mut config = if verify {
+        let verifier = rustls_platform_verifier::Verifier::new(provider)
+            .map_err(|e| OwnError::TlsSetup(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts any certificate (`tls_verify = false`), still checking handshake signatures.
+#[derive(Debug)]
+struct NoVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The budget of probe sockets: so many descriptors below the open-file limit that probes can
+/// never starve DNS over TCP or the admin port of descriptors. A socket (kept connection
+/// included) holds one permit. Sized once, at the first probe (after any limit raise at start).
+#[derive(Debug)]
+struct SocketBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
+}
+
+impl SocketBudget {
+    fn shared() -> &'static SocketBudget {
+        static BUDGET: std::sync::OnceLock<SocketBudget> = std::sync::OnceLock::new();
+        BUDGET.get_or_init(|| {
+            let limit = open_file_limit();
+            let size = limit
+                .saturating_sub(RESERVED_DESCRIPTORS.max(limit / 8))
+                .max(8)
+                .min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize;
+            SocketBudget {
+                permits: Arc::new(tokio::sync::Semaphore::new(size)),
+                size,
+            }
+        })
+    }
+
+    /// Waits up to `wait` for a socket permit; running out is our trouble, not the target's.
+    async fn acquire(&self, wait: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, OwnError> {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a timeout means every permit stayed in use.
+            _ => Err(OwnError::FileDescriptors(format!(
+                "all {} probe sockets in use (open-file limit minus a reserve)",
+                self.size
+            ))),
+        }
+    }
+
+    /// True while enough permits are free to keep a connection for the next probe; when the
+    /// budget runs low, connections are closed after each probe so that every target gets
+    /// its turn.
+    fn may_keep(&self) -> bool {
+        self.permits.available_permits() >= self.size / 8
+    }
+}
+
+/// Returns the soft open-file limit of the process.
+fn open_file_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    l.rlim_cur
+}
+
+/// A socket permit (see [`SocketBudget`]).
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
 /// Probes one target address with one check.
 #[derive(Debug)]
 pub struct Prober {
     target: SocketAddr,
-    /// The local address probes are sent from (`check.source`).
-    source: Option<IpAddr>,
     timeout: Duration,
     kind: ProberKind,
+    /// The check, kept to retry a setup that failed.
+    check: Arc<Check>,
 }
 
 #[derive(Debug)]
 enum ProberKind {
     Tcp,
     Http(Box<HttpProbe>),
-    /// The probe cannot be built (reported as a failure on every probe).
-    Broken(ProbeError),
+    /// The probe cannot be built; every probe retries the setup and reports our own error.
+    Broken(OwnError),
 }
 
 #[derive(Debug)]
 struct HttpProbe {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    headers: HeaderMap,
+    target: SocketAddr,
+    /// `Some` for HTTPS: the name sent as SNI and verified (an IP address sends no SNI).
+    tls: Option<(ServerName<'static>, bool)>,
+    /// The whole request, built once.
+    request: Vec<u8>,
+    url: String,
     expect_status: Vec<StatusMatch>,
     body_contains: Option<String>,
+    /// The connection kept from the last probe, if the server kept it open, and its permit.
+    conn: Option<(Stream, Permit)>,
+    /// The local address probes leave from (`check.source`).
+    source: Option<IpAddr>,
 }
 
 impl Prober {
     /// Returns a prober of `address` with `check`. Setup problems (which validation should have
-    /// caught) do not fail here: every probe then fails with a [`ProbeError::Setup`].
+    /// caught) do not fail here: every probe then retries the setup and, while it fails,
+    /// reports a [`OwnError::Setup`].
     pub fn new(address: IpAddr, check: &Check) -> Self {
+        let check = Arc::new(check.clone());
         let target = SocketAddr::new(address, check.port);
-        let kind = match check.kind {
+        Self {
+            target,
+            timeout: check.timeout,
+            kind: Self::build(target, &check),
+            check,
+        }
+    }
+
+    fn build(target: SocketAddr, check: &Check) -> ProberKind {
+        match check.kind {
             CheckKind::Tcp => ProberKind::Tcp,
             CheckKind::Http | CheckKind::Https => match HttpProbe::new(target, check) {
                 Ok(h) => ProberKind::Http(Box::new(h)),
                 Err(e) => ProberKind::Broken(e),
             },
-        };
-        Self {
-            target,
-            source: check.source,
-            timeout: check.timeout,
-            kind,
         }
     }
 
@@ -147,12 +418,48 @@ impl Prober {
         }
     }
 
-    /// Runs one probe, cut at the check's timeout.
-    pub async fn probe(&self) -> ProbeOutcome {
+    /// Returns true when an HTTP(S) prober holds a connection kept from its last probe.
+    pub fn has_kept_connection(&self) -> bool {
+        matches!(&self.kind, ProberKind::Http(h) if h.conn.is_some())
+    }
+
+    /// Runs one probe, cut at the check's timeout. A timer that fires more than
+    /// [`LATE_TIMER_TOLERANCE`] after the deadline makes the result our own error.
+    pub async fn probe(&mut self) -> ProbeOutcome {
+        if let ProberKind::Broken(_) = self.kind {
+            self.kind = Self::build(self.target, &self.check);
+        }
         let start = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.probe_inner()).await {
+        let timeout = self.timeout;
+        // A new socket needs a permit; waiting for one does not count against the target.
+        let permit = if self.has_kept_connection() {
+            None
+        } else {
+            match SocketBudget::shared().acquire(timeout).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    return ProbeOutcome {
+                        latency: start.elapsed(),
+                        result: Err(ProbeError::Ours(e)),
+                    };
+                }
+            }
+        };
+        let start = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.probe_inner(permit)).await {
             Ok(r) => r,
-            Err(_) => Err(ProbeError::TimedOut(self.timeout)),
+            Err(_) => {
+                // A connection cut mid-exchange cannot be reused.
+                if let ProberKind::Http(h) = &mut self.kind {
+                    h.conn = None;
+                }
+                let late = start.elapsed().saturating_sub(timeout);
+                if late > LATE_TIMER_TOLERANCE {
+                    Err(ProbeError::Ours(OwnError::LateTimer(late)))
+                } else {
+                    Err(ProbeError::TimedOut(timeout))
+                }
+            }
         };
         ProbeOutcome {
             latency: start.elapsed(),
@@ -160,118 +467,530 @@ impl Prober {
         }
     }
 
-    async fn probe_inner(&self) -> Result<(), ProbeError> {
-        match &self.kind {
-            ProberKind::Tcp => match connect_from(self.source, self.target).await {
-                Ok(_stream) => Ok(()),
-                Err(e) => Err(connect_error(&e)),
-            },
-            ProberKind::Http(h) => h.probe().await,
-            ProberKind::Broken(e) => Err(e.clone()),
+    async fn probe_inner(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
+        match &mut self.kind {
+            ProberKind::Tcp => connect(self.target, self.check.source).await.map(drop),
+            ProberKind::Http(h) => h.probe(permit).await,
+            ProberKind::Broken(e) => Err(ProbeError::Ours(e.clone())),
         }
     }
 }
 
-/// Connects to `target`, from `source` when set (so that one instance of a fleet can probe
-/// from its own address, and a backend can tell the instances apart).
-async fn connect_from(
-    source: Option<IpAddr>,
-    target: SocketAddr,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let Some(source) = source else {
-        return tokio::net::TcpStream::connect(target).await;
-    };
-    let socket = if target.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    socket.connect(target).await
+/// Connects to `target`, from `source` when set (so that each instance of a fleet can probe
+/// from its own address, and a backend can tell the instances apart), mapping errors to the
+/// target's or our own.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ProbeError> {
+    let stream = match source {
+        None => TcpStream::connect(target).await,
+        Some(source) => {
+            let socket = if target.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            match socket.and_then(|s| s.bind(SocketAddr::new(source, 0)).map(|()| s)) {
+                Ok(s) => s.connect(target).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(|e| connect_error(&e))?;
+    // One small request and response per probe: do not wait to fill a segment.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
+/// How a kept connection failed before the response began (so one reconnect is due).
+struct Stale;
+
 impl HttpProbe {
-    fn new(target: SocketAddr, check: &Check) -> Result<Self, ProbeError> {
-        install_crypto_provider();
-        let scheme = match check.kind {
-            CheckKind::Https => "https",
-            _ => "http",
+    fn new(target: SocketAddr, check: &Check) -> Result<Self, OwnError> {
+        let https = check.kind == CheckKind::Https;
+        let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
+        let port_suffix = if check.port == default_port {
+            String::new()
+        } else {
+            format!(":{}", check.port)
         };
-        let mut headers = HeaderMap::new();
-        let mut builder = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(DEFAULT_USER_AGENT)
-            .tls_danger_accept_invalid_certs(!check.tls_verify)
-            .local_address(check.source);
-        // A host name goes in the URL (so it becomes both Host and SNI) with resolution pinned
-        // to the target; an IP literal as `host` only sets the Host header (no SNI for IPs).
+        // A host name is both Host and SNI; an IP literal as `host` (or none) only sets the
+        // Host header, and rustls sends no SNI for an IP address.
+        let (authority, server_name) = match check.host.as_deref() {
+            Some(host) => match host.parse::<IpAddr>() {
+                Ok(ip) => (host_for_ip(ip), ServerName::IpAddress(target.ip().into())),
+                Err(_) => {
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| OwnError::Setup(format!("host {host:?}: {e}")))?;
+                    (host.to_string(), name)
+                }
+            },
+            None => (
+                host_for_ip(target.ip()),
+                ServerName::IpAddress(target.ip().into()),
+            ),
+        };
+        let host_header = format!("{authority}{port_suffix}");
         let url = match check.host.as_deref() {
-            Some(host) if host.parse::<IpAddr>().is_err() => {
-                builder = builder.resolve(host, target);
-                format!("{scheme}://{host}:{}{}", check.port, check.path)
+            Some(h) if h.parse::<IpAddr>().is_err() => {
+                format!("{scheme}://{h}{port_suffix}{}", check.path)
             }
-            Some(host) => {
-                let value = HeaderValue::from_str(host)
-                    .map_err(|e| ProbeError::Setup(format!("host {host:?}: {e}")))?;
-                headers.insert(reqwest::header::HOST, value);
-                format!("{scheme}://{target}{}", check.path)
-            }
-            None => format!("{scheme}://{target}{}", check.path),
+            _ => format!(
+                "{scheme}://{}:{}{}",
+                host_for_ip(target.ip()),
+                check.port,
+                check.path
+            ),
         };
-        let url = reqwest::Url::parse(&url)
-            .map_err(|e| ProbeError::Setup(format!("url {url:?}: {e}")))?;
-        for (name, value) in &check.headers {
-            let n = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| ProbeError::Setup(format!("header {name:?}: {e}")))?;
-            let v = HeaderValue::from_str(value)
-                .map_err(|e| ProbeError::Setup(format!("header {name:?} value: {e}")))?;
-            headers.insert(n, v);
+        let has = |name: &str| {
+            check
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        let mut request = format!("GET {} HTTP/1.1\r\n", check.path);
+        if !has("host") {
+            request.push_str(&format!("Host: {host_header}\r\n"));
         }
-        let client = builder
-            .build()
-            .map_err(|e| ProbeError::Setup(error_chain(&e)))?;
+        if !has("user-agent") {
+            request.push_str(&format!("User-Agent: {DEFAULT_USER_AGENT}\r\n"));
+        }
+        if !has("accept") {
+            request.push_str("Accept: */*\r\n");
+        }
+        for (name, value) in &check.headers {
+            if name.is_empty() || name.contains([':', '\r', '\n', ' ']) {
+                return Err(OwnError::Setup(format!("header {name:?}: invalid name")));
+            }
+            if value.contains(['\r', '\n']) {
+                return Err(OwnError::Setup(format!(
+                    "header {name:?} value: contains a line break"
+                )));
+            }
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        if check.path.contains([' ', '\r', '\n']) {
+            return Err(OwnError::Setup(format!("path {:?}", check.path)));
+        }
         Ok(Self {
-            client,
+            target,
+            tls: https.then_some((server_name, check.tls_verify)),
+            request: request.into_bytes(),
             url,
-            headers,
             expect_status: check.expect_status.clone(),
             body_contains: check.body_contains.clone(),
+            conn: None,
+            source: check.source,
         })
     }
 
-    async fn probe(&self) -> Result<(), ProbeError> {
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .headers(self.headers.clone())
-            .send()
-            .await
-            .map_err(|e| request_error(&e))?;
-        let status = response.status().as_u16();
-        if !self.expect_status.iter().any(|m| m.matches(status)) {
-            return Err(ProbeError::Status(status));
-        }
-        let Some(needle) = &self.body_contains else {
-            return Ok(());
+    async fn open(&self) -> Result<Stream, ProbeError> {
+        let tcp = connect(self.target, self.source).await?;
+        let Some((name, verify)) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
         };
-        let needle_bytes = needle.as_bytes();
-        let mut body: Vec<u8> = Vec::new();
-        while body.len() < MAX_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = MAX_BODY_BYTES - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if contains(&body, needle_bytes) {
-                        return Ok(());
+        let config = TlsConfigs::shared()
+            .get(*verify)
+            .map_err(ProbeError::Ours)?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| tls_error(&e))?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+
+    /// Probes over the kept connection, or a new one using `permit` (given exactly when no
+    /// connection is kept).
+    async fn probe(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
+        let permit = match (self.conn.take(), permit) {
+            (Some((mut stream, permit)), _) => {
+                // Err(Stale): the server closed the kept connection (idle timeout, restart),
+                // so reconnect below with the same permit.
+                if let Ok((result, keep)) = self.exchange(&mut stream).await {
+                    if keep && SocketBudget::shared().may_keep() {
+                        self.conn = Some((stream, permit));
                     }
+                    return result;
                 }
-                Ok(None) => break,
-                Err(e) => return Err(ProbeError::Body(error_chain(&e))),
+                permit
+            }
+            (None, Some(permit)) => permit,
+            (None, None) => {
+                return Err(ProbeError::Ours(OwnError::FileDescriptors(
+                    "no socket permit".into(),
+                )));
+            }
+        };
+        let mut stream = self.open().await?;
+        match self.exchange(&mut stream).await {
+            Ok((result, keep)) => {
+                if keep && SocketBudget::shared().may_keep() {
+                    self.conn = Some((stream, permit));
+                }
+                result
+            }
+            Err(Stale) => Err(ProbeError::Http(
+                "connection closed before a response".into(),
+            )),
+        }
+    }
+
+    /// Sends the request and reads the response. Returns the verdict and whether the
+    /// connection may serve the next probe, or [`Stale`] when it failed before any response
+    /// byte arrived.
+    async fn exchange(&self, stream: &mut Stream) -> Result<(Result<(), ProbeError>, bool), Stale> {
+        if stream.write_all(&self.request).await.is_err() {
+            return Err(Stale);
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        let head = loop {
+            match read_more(stream, &mut buf).await {
+                Ok(0) if buf.is_empty() => return Err(Stale),
+                Err(e) if buf.is_empty() && is_stale(&e) => return Err(Stale),
+                Ok(0) => {
+                    return Ok((
+                        Err(ProbeError::Http(
+                            "connection closed in the response head".into(),
+                        )),
+                        false,
+                    ));
+                }
+                Err(e) => return Ok((Err(read_error(&e, ProbeError::Http)), false)),
+                Ok(_) => {}
+            }
+            match parse_head(&buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) if buf.len() < MAX_HEAD_BYTES => {}
+                Ok(None) => {
+                    return Ok((
+                        Err(ProbeError::Http("response head too long".into())),
+                        false,
+                    ));
+                }
+                Err(e) => return Ok((Err(ProbeError::Http(e)), false)),
+            }
+        };
+        buf.drain(..head.len);
+        if !self.expect_status.iter().any(|m| m.matches(head.status)) {
+            // The body is not needed; skip it only when that is cheap.
+            let keep = head.keep_alive && skip_body(stream, &head, buf).await;
+            return Ok((Err(ProbeError::Status(head.status)), keep));
+        }
+        match &self.body_contains {
+            None => {
+                let keep = head.keep_alive && skip_body(stream, &head, buf).await;
+                Ok((Ok(()), keep))
+            }
+            Some(needle) => {
+                let (found, complete) = search_body(stream, &head, buf, needle.as_bytes()).await;
+                let keep = head.keep_alive && complete;
+                Ok((
+                    found.and_then(|found| {
+                        if found {
+                            Ok(())
+                        } else {
+                            Err(ProbeError::BodyMismatch(needle.clone()))
+                        }
+                    }),
+                    keep,
+                ))
             }
         }
-        Err(ProbeError::BodyMismatch(needle.clone()))
+    }
+}
+
+/// The parts of a response head a probe needs.
+struct Head {
+    /// Bytes of the head, including the blank line.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// False when the server closes after this response (`Connection: close`, HTTP/1.0).
+    keep_alive: bool,
+}
+
+/// How the end of a body is found (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response: {e}")),
+    };
+    let status = response.code.unwrap_or(0);
+    let mut keep_alive = response.version == Some(1);
+    let mut framing = Framing::Close;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| "invalid content-length".to_string())?;
+            if framing != Framing::Chunked {
+                framing = Framing::Length(n);
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if h.value.to_ascii_lowercase().ends_with(b"chunked") {
+                framing = Framing::Chunked;
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = h.value.to_ascii_lowercase();
+            if v.windows(5).any(|w| w == b"close") {
+                keep_alive = false;
+            } else if v.windows(10).any(|w| w == b"keep-alive") && response.version == Some(0) {
+                keep_alive = true;
+            }
+        }
+    }
+    // RFC 9112 §6.3: 1xx, 204 and 304 have no body.
+    if status < 200 || status == 204 || status == 304 {
+        framing = Framing::Length(0);
+    }
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(Head {
+        len,
+        status,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Reads into the spare room of `buf` (growing it by up to 8 KB); returns the bytes read.
+async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + 8192, 0);
+    let r = stream.read(&mut buf[start..]).await;
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
+/// Reads and discards the body so that the connection can carry the next probe. Returns
+/// false (close the connection) when the body is longer than [`MAX_BODY_BYTES`] or broken.
+async fn skip_body(stream: &mut Stream, head: &Head, already: Vec<u8>) -> bool {
+    let mut body = Body::new(head.framing, already);
+    loop {
+        match body.next(stream).await {
+            Ok(Some(_)) if body.total > MAX_BODY_BYTES as u64 => return false,
+            Ok(Some(_)) => {}
+            Ok(None) => return body.complete,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Searches the first [`MAX_BODY_BYTES`] of the body for `needle`. Returns whether it was
+/// found and whether the whole body was read (so the connection can be kept).
+async fn search_body(
+    stream: &mut Stream,
+    head: &Head,
+    already: Vec<u8>,
+    needle: &[u8],
+) -> (Result<bool, ProbeError>, bool) {
+    let mut body = Body::new(head.framing, already);
+    let mut seen: Vec<u8> = Vec::new();
+    let mut found = needle.is_empty();
+    loop {
+        match body.next(stream).await {
+            Ok(Some(chunk)) => {
+                if !found && seen.len() < MAX_BODY_BYTES {
+                    let room = MAX_BODY_BYTES - seen.len();
+                    seen.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    found = contains(&seen, needle);
+                }
+                if body.total > MAX_BODY_BYTES as u64 {
+                    return (Ok(found), false);
+                }
+            }
+            Ok(None) => return (Ok(found), body.complete),
+            Err(_) if found => return (Ok(true), false),
+            Err(e) => return (Err(ProbeError::Body(e.to_string())), false),
+        }
+    }
+}
+
+/// A body reader over a response's framing, starting with bytes already read past the head.
+struct Body {
+    framing: Framing,
+    pending: Vec<u8>,
+    /// Body bytes still due: the rest of the length, or of the current chunk.
+    left: u64,
+    /// Chunked: the final chunk and trailers were read.
+    complete: bool,
+    total: u64,
+    started: bool,
+}
+
+impl Body {
+    fn new(framing: Framing, pending: Vec<u8>) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Self {
+            framing,
+            pending,
+            left,
+            complete: false,
+            total: 0,
+            started: false,
+        }
+    }
+
+    /// Returns the next piece of body, `None` at its end.
+    async fn next(&mut self, stream: &mut Stream) -> io::Result<Option<Vec<u8>>> {
+        match self.framing {
+            Framing::Length(_) => {
+                if self.left == 0 {
+                    self.complete = true;
+                    return Ok(None);
+                }
+                if self.pending.is_empty() && read_more(stream, &mut self.pending).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let n = (self.left as usize).min(self.pending.len());
+                let piece: Vec<u8> = self.pending.drain(..n).collect();
+                self.left -= n as u64;
+                self.total += n as u64;
+                Ok(Some(piece))
+            }
+            Framing::Close => {
+                if !self.started && !self.pending.is_empty() {
+                    self.started = true;
+                    let piece = std::mem::take(&mut self.pending);
+                    self.total += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
+                self.started = true;
+                self.pending.clear();
+                if read_more(stream, &mut self.pending).await? == 0 {
+                    // The end of the body; the connection is gone (never kept).
+                    return Ok(None);
+                }
+                let piece = std::mem::take(&mut self.pending);
+                self.total += piece.len() as u64;
+                Ok(Some(piece))
+            }
+            Framing::Chunked => self.next_chunked(stream).await,
+        }
+    }
+
+    async fn next_chunked(&mut self, stream: &mut Stream) -> io::Result<Option<Vec<u8>>> {
+        if self.complete {
+            return Ok(None);
+        }
+        if self.left == 0 {
+            // A chunk boundary: the CRLF after the previous chunk, then "size[;ext]\r\n".
+            if self.started {
+                let line = self.line(stream).await?;
+                if !line.is_empty() {
+                    return Err(io::Error::other("chunk not followed by CRLF"));
+                }
+            }
+            self.started = true;
+            let line = self.line(stream).await?;
+            let size = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.split(';').next())
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .ok_or_else(|| io::Error::other("invalid chunk size"))?;
+            if size == 0 {
+                // Trailers, up to the blank line.
+                while !self.line(stream).await?.is_empty() {}
+                self.complete = true;
+                return Ok(None);
+            }
+            self.left = size;
+        }
+        if self.pending.is_empty() && read_more(stream, &mut self.pending).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = (self.left as usize).min(self.pending.len());
+        let piece: Vec<u8> = self.pending.drain(..n).collect();
+        self.left -= n as u64;
+        self.total += n as u64;
+        Ok(Some(piece))
+    }
+
+    /// Reads one CRLF-terminated line (without the CRLF).
+    async fn line(&mut self, stream: &mut Stream) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.pending.windows(2).position(|w| w == b"\r\n") {
+                let line = self.pending[..i].to_vec();
+                self.pending.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.pending.len() > 4096 {
+                return Err(io::Error::other("chunk line too long"));
+            }
+            if read_more(stream, &mut self.pending).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// A plain or TLS connection.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Returns an IP address as it appears in a URL authority (IPv6 in brackets).
+fn host_for_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
     }
 }
 
@@ -279,57 +998,62 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Returns our own error when `e` says the process ran out of something.
+fn own_io_error(e: &io::Error) -> Option<OwnError> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some(OwnError::FileDescriptors(e.to_string())),
+        libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL => {
+            Some(OwnError::Resources(e.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// True for errors of a kept connection that the server has closed.
+fn is_stale(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
 /// Maps a connect-time I/O error to a probe error.
-fn connect_error(e: &std::io::Error) -> ProbeError {
+fn connect_error(e: &io::Error) -> ProbeError {
+    if let Some(own) = own_io_error(e) {
+        return ProbeError::Ours(own);
+    }
     match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
+        io::ErrorKind::ConnectionRefused => ProbeError::Refused,
         _ => ProbeError::Connect(e.to_string()),
     }
 }
 
-/// Classifies a reqwest error by walking its source chain.
-fn request_error(e: &reqwest::Error) -> ProbeError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(found) = classify(err) {
-            return found;
-        }
-        source = err.source();
-    }
-    if e.is_connect() {
-        ProbeError::Connect(error_chain(e))
-    } else {
-        ProbeError::Http(error_chain(e))
+/// Maps an I/O error after connecting (the target's, unless we ran out of something).
+fn read_error(e: &io::Error, wrap: fn(String) -> ProbeError) -> ProbeError {
+    match own_io_error(e) {
+        Some(own) => ProbeError::Ours(own),
+        None => wrap(e.to_string()),
     }
 }
 
-/// Recognizes refusals and TLS errors, looking inside nested `io::Error`s (whose `source()`
-/// skips the wrapped error itself).
-fn classify(err: &(dyn std::error::Error + 'static)) -> Option<ProbeError> {
-    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-        return Some(ProbeError::Tls(tls.to_string()));
+/// Maps a TLS handshake error: rustls errors (certificate, protocol) are the target's.
+fn tls_error(e: &io::Error) -> ProbeError {
+    if let Some(own) = own_io_error(e) {
+        return ProbeError::Ours(own);
     }
-    let io = err.downcast_ref::<std::io::Error>()?;
-    if io.kind() == std::io::ErrorKind::ConnectionRefused {
-        return Some(ProbeError::Refused);
-    }
-    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
-    classify(inner)
-}
-
-/// Returns an error and its sources joined with ": ", skipping repeats.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let s = err.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => ProbeError::Tls(tls.to_string()),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => {
+            ProbeError::Tls("connection closed during the handshake".into())
         }
-        source = err.source();
+        None => ProbeError::Tls(e.to_string()),
     }
-    out
 }
 
 #[cfg(test)]
@@ -439,6 +1163,7 @@ pub(crate) mod tests {
             path: "/healthz".into(),
             host: None,
             interval: Duration::from_millis(200),
+            fast_interval: Duration::from_millis(50),
             timeout: Duration::from_millis(150),
             rise: NonZeroU32::new(2).unwrap(),
             fall: NonZeroU32::new(3).unwrap(),
@@ -446,6 +1171,7 @@ pub(crate) mod tests {
             body_contains: None,
             headers: Vec::new(),
             tls_verify: true,
+            initial_state: crate::config::InitialState::Unknown,
             source: None,
         }
     }
@@ -463,7 +1189,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn http_probe_passes_on_200_and_sends_path_and_user_agent() {
         let b = Backend::start(Reply::ok()).await;
-        let p = Prober::new(localhost(), &http_check(b.addr.port()));
+        let mut p = Prober::new(localhost(), &http_check(b.addr.port()));
         let out = p.probe().await;
         assert_eq!(out.result, Ok(()));
         let head = b.last_head.lock().unwrap().to_ascii_lowercase();
@@ -506,7 +1232,7 @@ pub(crate) mod tests {
         let b = Backend::start(Reply::ok()).await;
         let mut c = http_check(b.addr.port());
         c.body_contains = Some("ok".into());
-        let p = Prober::new(localhost(), &c);
+        let mut p = Prober::new(localhost(), &c);
         assert_eq!(p.probe().await.result, Ok(()));
         b.set(Reply {
             body: "degraded".into(),
@@ -578,7 +1304,7 @@ pub(crate) mod tests {
             ("X-Probe".into(), "1".into()),
             ("User-Agent".into(), "custom".into()),
         ];
-        let p = Prober::new(localhost(), &c);
+        let mut p = Prober::new(localhost(), &c);
         assert_eq!(
             p.url(),
             Some(format!("http://api.example.net:{}/healthz", b.addr.port()).as_str())
@@ -615,7 +1341,7 @@ pub(crate) mod tests {
         c.tls_verify = false;
         c.host = Some("api.example.net".into());
         c.timeout = Duration::from_secs(2);
-        let p = Prober::new(localhost(), &c);
+        let mut p = Prober::new(localhost(), &c);
         assert!(p.url().unwrap().starts_with("https://api.example.net:"));
         let err = p.probe().await.result.unwrap_err();
         server.abort();
@@ -710,6 +1436,143 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, ProbeError::Tls(_)), "{err:?}");
         assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1: answers every request on a connection with
+    /// `response`, closing the connection after `per_connection` responses. Counts accepted
+    /// connections and requests.
+    async fn keep_alive_backend(
+        response: &'static str,
+        per_connection: usize,
+    ) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (accepts.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 1024];
+                    for _ in 0..per_connection {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut tmp).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if sock.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepts, requests)
+    }
+
+    #[tokio::test]
+    async fn issue_17_probes_reuse_a_kept_alive_connection() {
+        let (addr, accepts, requests) =
+            keep_alive_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1000).await;
+        let mut c = http_check(addr.port());
+        c.body_contains = Some("ok".into());
+        let mut p = Prober::new(localhost(), &c);
+        for _ in 0..5 {
+            assert_eq!(p.probe().await.result, Ok(()));
+            assert!(p.has_kept_connection());
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            1,
+            "one connection for five probes"
+        );
+    }
+
+    #[tokio::test]
+    async fn issue_17_a_closed_kept_connection_costs_one_reconnect_not_a_failure() {
+        // The server answers one request per connection, then closes it without saying so.
+        let (addr, accepts, requests) =
+            keep_alive_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1).await;
+        let mut p = Prober::new(localhost(), &http_check(addr.port()));
+        for _ in 0..4 {
+            assert_eq!(p.probe().await.result, Ok(()));
+            // Let the server's close arrive before the next probe.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 4);
+        assert_eq!(accepts.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_is_searched_and_the_connection_kept() {
+        let (addr, accepts, _) = keep_alive_backend(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nsta\r\n6;ext=1\r\ntus=ok\r\n0\r\nx-trailer: 1\r\n\r\n",
+            1000,
+        )
+        .await;
+        let mut c = http_check(addr.port());
+        c.body_contains = Some("status=ok".into());
+        let mut p = Prober::new(localhost(), &c);
+        assert_eq!(p.probe().await.result, Ok(()));
+        assert_eq!(p.probe().await.result, Ok(()));
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+        c.body_contains = Some("down".into());
+        let err = Prober::new(localhost(), &c).probe().await.result;
+        assert_eq!(err, Err(ProbeError::BodyMismatch("down".into())));
+    }
+
+    #[tokio::test]
+    async fn a_failing_status_keeps_the_connection_too() {
+        let (addr, accepts, _) = keep_alive_backend(
+            "HTTP/1.1 503 Unavailable\r\ncontent-length: 4\r\n\r\ndown",
+            1000,
+        )
+        .await;
+        let mut p = Prober::new(localhost(), &http_check(addr.port()));
+        assert_eq!(p.probe().await.result, Err(ProbeError::Status(503)));
+        assert_eq!(p.probe().await.result, Err(ProbeError::Status(503)));
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_ports_is_our_error_not_the_targets() {
+        for (errno, reason) in [
+            (libc::EMFILE, "file_descriptors"),
+            (libc::ENFILE, "file_descriptors"),
+            (libc::ENOBUFS, "resources"),
+            (libc::EADDRNOTAVAIL, "resources"),
+        ] {
+            let e = connect_error(&io::Error::from_raw_os_error(errno));
+            assert_eq!(e.own().map(OwnError::reason), Some(reason), "{e}");
+        }
+        let refused = connect_error(&io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert_eq!(refused, ProbeError::Refused);
+        let unreachable = connect_error(&io::Error::from_raw_os_error(libc::EHOSTUNREACH));
+        assert!(unreachable.own().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_check_that_cannot_be_set_up_is_our_error_and_retried() {
+        let b = Backend::start(Reply::ok()).await;
+        let mut c = http_check(b.addr.port());
+        c.headers = vec![("Bad Name".into(), "1".into())];
+        let mut p = Prober::new(localhost(), &c);
+        let err = p.probe().await.result.unwrap_err();
+        assert_eq!(err.own().map(OwnError::reason), Some("setup"), "{err}");
+        assert!(
+            err.to_string().starts_with("check cannot be set up: "),
+            "{err}"
+        );
+        assert_eq!(b.hits(), 0);
     }
 
     #[test]

@@ -4,16 +4,19 @@
 //! wall time) and decides the target's [`State`]. It owns no timers and knows nothing about how
 //! probes are made; the scheduler feeds it.
 //!
-//! Rules (`rise` and `fall` come from the check):
+//! Rules (`rise`, `fall` and `initial_state` come from the check):
 //!
-//! - **Unknown** (never probed): the *first* result decides at once: a success makes the target
-//!   `Up`, a failure makes it `Down`. Hysteresis protects a *known* state against flapping; at
-//!   start there is nothing to protect, and one observation is better than none. This way, once
-//!   the first round is done (`/ready`), every target reflects a real probe, and a restart does
-//!   not keep answering with a dead region for `fall × interval`. The cost, a blip on the very
-//!   first probe keeps a target down for `rise × interval`, errs on the safe side.
+//! - **Unknown** (`initial_state = "unknown"`, the default; never decided): answered as up. A
+//!   success makes it `Up`; `fall` consecutive failures make it `Down`. No target is withdrawn
+//!   on its first result alone (issue #17: at start, probes that time out while the process is
+//!   busy starting would otherwise withdraw healthy targets by the thousand).
+//! - With `initial_state = "down"` a target starts `Down` (withdrawn) and its first success
+//!   makes it `Up` at once; after that the usual rules apply.
 //! - **Up**: `fall` consecutive failures make it `Down`; a success resets the failure count.
 //! - **Down**: `rise` consecutive successes make it `Up`; a failure resets the success count.
+//! - A result that is our own error ([`ProbeError::Ours`]: no file descriptor, TLS setup, a
+//!   starved timer) says nothing about the target: it is recorded as the last result but
+//!   neither raises nor lowers the target, and leaves the counts as they were.
 //!
 //! Every change returns a [`Transition`] naming the old and new state and the [`Reason`].
 
@@ -23,30 +26,45 @@ use std::time::{Duration, SystemTime};
 
 use super::State;
 use super::probe::ProbeError;
+pub use crate::config::InitialState;
 
 /// How many consecutive results change a known state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     /// Consecutive successes for a `Down` target to go `Up`.
     pub rise: NonZeroU32,
-    /// Consecutive failures for an `Up` target to go `Down`.
+    /// Consecutive failures for an `Up` (or never decided) target to go `Down`.
     pub fall: NonZeroU32,
+    /// The state before the first result.
+    pub initial: InitialState,
 }
 
 /// The result of one probe, as the state machine sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     /// True when the probe passed.
     pub ok: bool,
     /// Wall time at which the probe finished (supplied by the caller).
-    #[serde(serialize_with = "super::serialize_time")]
     pub at: SystemTime,
     /// How long the probe took.
-    #[serde(serialize_with = "serialize_latency_ms", rename = "latency_ms")]
     pub latency: Duration,
     /// Why the probe failed (`None` when it passed).
-    #[serde(serialize_with = "serialize_error")]
     pub error: Option<ProbeError>,
+}
+
+impl serde::Serialize for Observation {
+    /// `{ok, result, at, latency_ms, error}`: `result` is `pass`, `fail` or `error` (ours).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Observation", 5)?;
+        st.serialize_field("ok", &self.ok)?;
+        st.serialize_field("result", self.result())?;
+        st.serialize_field("at", &super::format_rfc3339(self.at))?;
+        let ms = (self.latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        st.serialize_field("latency_ms", &ms)?;
+        st.serialize_field("error", &self.error.as_ref().map(|e| e.to_string()))?;
+        st.end()
+    }
 }
 
 impl Observation {
@@ -60,6 +78,20 @@ impl Observation {
         }
     }
 
+    /// Returns `pass`, `fail`, or `error` (our own trouble: says nothing about the target).
+    pub fn result(&self) -> &'static str {
+        match &self.error {
+            None => "pass",
+            Some(e) if e.own().is_some() => "error",
+            Some(_) => "fail",
+        }
+    }
+
+    /// Returns true when the probe failed because of our own trouble, not the target's.
+    pub fn is_own_error(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| e.own().is_some())
+    }
+
     /// Returns a failing observation.
     pub fn failure(at: SystemTime, latency: Duration, error: ProbeError) -> Self {
         Self {
@@ -68,17 +100,6 @@ impl Observation {
             latency,
             error: Some(error),
         }
-    }
-}
-
-fn serialize_latency_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64((d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
-}
-
-fn serialize_error<S: serde::Serializer>(e: &Option<ProbeError>, s: S) -> Result<S::Ok, S::Error> {
-    match e {
-        Some(e) => s.collect_str(e),
-        None => s.serialize_none(),
     }
 }
 
@@ -149,15 +170,27 @@ pub struct TargetState {
 }
 
 impl TargetState {
-    /// Returns a target that was never probed.
+    /// Returns a target that was never probed: `Unknown`, or `Down` when the check says
+    /// `initial_state = "down"`.
     pub fn new(thresholds: Thresholds) -> Self {
+        let state = match thresholds.initial {
+            InitialState::Unknown => State::Unknown,
+            InitialState::Down => State::Down,
+        };
         Self {
-            state: State::Unknown,
+            state,
             since: None,
             last: None,
             streak: 0,
             thresholds,
         }
+    }
+
+    /// Returns true while results disagree with the state without having changed it yet
+    /// (failures of an up or unknown target, successes of a down one): the scheduler then
+    /// probes at `fast_interval`.
+    pub fn is_deciding(&self) -> bool {
+        self.streak > 0
     }
 
     /// Returns the current state.
@@ -191,20 +224,29 @@ impl TargetState {
         self.thresholds = thresholds;
     }
 
-    /// Records one probe result and returns the transition it causes, if any.
+    /// Records one probe result and returns the transition it causes, if any. Our own errors
+    /// are recorded as the last result and change nothing else.
     pub fn observe(&mut self, observation: Observation) -> Option<Transition> {
         let at = observation.at;
         let ok = observation.ok;
+        let own = observation.is_own_error();
         let error = observation.error.clone();
         self.last = Some(observation);
+        if own {
+            return None;
+        }
+        // `initial_state = "down"`: the first success of a never-decided target decides.
+        let undecided_down = self.state == State::Down && self.since.is_none();
         let (to, reason) = match (self.state, ok) {
             (State::Unknown, true) => (State::Up, Reason::FirstProbe { error: None }),
-            (State::Unknown, false) => (State::Down, Reason::FirstProbe { error }),
+            (State::Down, true) if undecided_down => {
+                (State::Up, Reason::FirstProbe { error: None })
+            }
             (State::Up, true) | (State::Down, false) => {
                 self.streak = 0;
                 return None;
             }
-            (State::Up, false) => {
+            (State::Up | State::Unknown, false) => {
                 self.streak += 1;
                 if self.streak < self.thresholds.fall.get() {
                     return None;
@@ -252,6 +294,7 @@ mod tests {
         Thresholds {
             rise: NonZeroU32::new(rise).unwrap(),
             fall: NonZeroU32::new(fall).unwrap(),
+            initial: InitialState::Unknown,
         }
     }
 
@@ -267,13 +310,28 @@ mod tests {
         }
     }
 
-    /// Feeds `seq` ('+' success, '-' failure) and returns the state after each result.
+    /// Feeds `seq` ('+' success, '-' failure, 'e' our own error) and returns the state after
+    /// each result.
     fn run(rise: u32, fall: u32, seq: &str) -> String {
-        let mut s = TargetState::new(th(rise, fall));
+        run_from(th(rise, fall), seq)
+    }
+
+    fn run_from(thresholds: Thresholds, seq: &str) -> String {
+        let mut s = TargetState::new(thresholds);
         seq.chars()
             .enumerate()
             .map(|(i, c)| {
-                s.observe(obs(c == '+', i as u64));
+                let o = match c {
+                    'e' => Observation::failure(
+                        t(i as u64),
+                        Duration::ZERO,
+                        ProbeError::Ours(crate::health::probe::OwnError::FileDescriptors(
+                            "too many open files".into(),
+                        )),
+                    ),
+                    c => obs(c == '+', i as u64),
+                };
+                s.observe(o);
                 match s.state() {
                     State::Unknown => '?',
                     State::Up => 'U',
@@ -289,21 +347,31 @@ mod tests {
         let table = [
             (2, 3, "", ""),
             (2, 3, "+", "U"),
-            (2, 3, "-", "D"),
+            // Never withdrawn on the first result alone: `fall` failures are needed.
+            (2, 3, "-", "?"),
+            (2, 3, "--", "??"),
+            (2, 3, "---", "??D"),
+            (2, 3, "--+", "??U"),
+            (2, 3, "-+", "?U"),
             (2, 3, "+--", "UUU"),
             (2, 3, "+---", "UUUD"),
             (2, 3, "+--+---", "UUUUUUD"),
-            (2, 3, "-+", "DD"),
-            (2, 3, "-++", "DDU"),
-            (2, 3, "-+-+", "DDDD"),
-            (2, 3, "-+-++", "DDDDU"),
+            (2, 3, "---+", "??DD"),
+            (2, 3, "---++", "??DDU"),
+            (2, 3, "---+-+", "??DDDD"),
+            (2, 3, "---+-++", "??DDDDU"),
             (2, 3, "+---++---", "UUUDDUUUD"),
             (1, 1, "+-+-", "UDUD"),
             (1, 1, "--++", "DDUU"),
             (3, 1, "+-++-+++", "UDDDDDDU"),
-            (1, 3, "---+", "DDDU"),
+            (1, 3, "---+", "??DU"),
             (5, 2, "+--+++++", "UUDDDDDU"),
             (2, 2, "+-+-+-", "UUUUUU"),
+            // Our own errors neither raise nor lower, nor break a streak.
+            (2, 3, "eee", "???"),
+            (2, 3, "+-e-e-", "UUUUUD"),
+            (2, 3, "+---+e+", "UUUDDDU"),
+            (1, 1, "+eee", "UUUU"),
         ];
         for (rise, fall, seq, want) in table {
             assert_eq!(
@@ -323,27 +391,61 @@ mod tests {
     }
 
     #[test]
-    fn first_failure_goes_down_at_once_with_its_error() {
+    fn issue_17_unknown_target_goes_down_only_after_fall_failures() {
+        // https://github.com/meridian/meridian/issues/17
         let mut s = TargetState::new(th(2, 3));
-        let tr = s.observe(obs(false, 7)).expect("a transition");
+        assert_eq!(s.observe(obs(false, 7)), None);
+        assert!(s.is_deciding());
+        assert_eq!(s.observe(obs(false, 8)), None);
+        let tr = s.observe(obs(false, 9)).expect("a transition");
         assert_eq!((tr.from, tr.to), (State::Unknown, State::Down));
         assert_eq!(
-            tr.reason,
-            Reason::FirstProbe {
-                error: Some(ProbeError::Refused)
-            }
-        );
-        assert_eq!(
             tr.reason.to_string(),
-            "first probe failed: connection refused"
+            "3 consecutive failures, last: connection refused"
         );
-        assert_eq!(s.since(), Some(t(7)));
+        assert_eq!(s.since(), Some(t(9)));
+        assert!(!s.is_deciding());
+    }
+
+    #[test]
+    fn initial_state_down_starts_withdrawn_and_comes_up_on_the_first_success() {
+        let down = Thresholds {
+            initial: InitialState::Down,
+            ..th(3, 3)
+        };
+        assert_eq!(TargetState::new(down).state(), State::Down);
+        assert_eq!(run_from(down, "--+"), "DDU");
+        assert_eq!(run_from(down, "+-"), "UU");
+        // Once decided, the usual rise applies.
+        assert_eq!(run_from(down, "+---+++"), "UUUDDDU");
+        let mut s = TargetState::new(down);
+        let tr = s.observe(obs(true, 4)).expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Down, State::Up));
+        assert_eq!(tr.reason.to_string(), "first probe passed");
+    }
+
+    #[test]
+    fn own_error_is_recorded_as_the_last_result_but_changes_nothing() {
+        let mut s = TargetState::new(th(2, 1));
+        s.observe(obs(true, 0));
+        let own = ProbeError::Ours(crate::health::probe::OwnError::TlsSetup(
+            "no CA certificates".into(),
+        ));
+        assert_eq!(
+            s.observe(Observation::failure(t(1), Duration::ZERO, own.clone())),
+            None
+        );
+        assert_eq!(s.state(), State::Up);
+        let last = s.last().unwrap();
+        assert_eq!(last.result(), "error");
+        assert_eq!(last.error, Some(own));
     }
 
     #[test]
     fn fall_after_three_consecutive_failures_reports_the_last_error() {
         let mut s = TargetState::new(th(2, 3));
         assert!(s.observe(obs(true, 0)).is_some());
+        assert!(!s.is_deciding());
         assert_eq!(s.observe(obs(false, 1)), None);
         assert_eq!(s.observe(obs(false, 2)), None);
         let tr = s
@@ -363,7 +465,7 @@ mod tests {
 
     #[test]
     fn rise_after_two_consecutive_successes() {
-        let mut s = TargetState::new(th(2, 3));
+        let mut s = TargetState::new(th(2, 1));
         s.observe(obs(false, 0));
         assert_eq!(s.observe(obs(true, 1)), None);
         let tr = s.observe(obs(true, 2)).expect("a transition");
@@ -400,6 +502,7 @@ mod tests {
         let o = Observation::failure(t(0), Duration::from_micros(1500), ProbeError::Status(503));
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["ok"], false);
+        assert_eq!(v["result"], "fail");
         assert_eq!(v["latency_ms"], 1.5);
         assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["error"], "status 503 not in expect_status");

@@ -1,17 +1,37 @@
 //! The health supervisor: [`Health`] runs the probes and publishes [`HealthView`]s.
 //!
 //! One task probes each distinct (address, check) pair, however many services or regions name
-//! it. Start times are spread with random jitter over the first interval so that a config with
-//! many targets does not probe them all at once. Each result goes to that target's
-//! [`TargetState`]; on a change a new immutable view is built and swapped into an [`ArcSwap`],
-//! the transition is logged at INFO and sent on a broadcast channel ([`Health::subscribe`]).
-//! Every probe result is also sent on a second channel ([`Health::subscribe_probes`]) for the
-//! probe-duration histogram; both channels cost nothing without subscribers.
+//! it. First probes are spread at random over the first interval, and every later start is
+//! re-jittered by up to [`RESCHEDULE_JITTER`] of the period (earlier, never later), so that
+//! targets that started together drift apart instead of probing in bursts. After a result that disagrees with the
+//! target's state (a failure of an up target, a success of a down one) extra probes run every
+//! `fast_interval` until the state is decided (HAProxy's `fastinter`), between the regular
+//! probes, which keep their grid (see `run_probe`).
+//!
+//! Each result goes to that target's [`TargetState`]. A result that is our own error
+//! ([`ProbeError::Ours`](super::probe::ProbeError::Ours)) changes no state; it is counted by
+//! reason ([`Health::probe_errors`], `meridian_probe_errors_total{reason}`) and logged once
+//! per reason.
+//!
+//! On a change, the published view is updated incrementally: only the shard holding the
+//! target is copied ([`HealthView`]), under a lock of its own, after the table lock is
+//! released. The transition is logged at INFO and sent to every subscriber
+//! ([`Health::subscribe`]) over an unbounded channel, so that a burst of transitions is
+//! counted and notified exactly (a bounded broadcast channel lost events once 1024 were
+//! pending). Every probe result also goes to the subscribers of [`Health::subscribe_probes`]
+//! (the probe-duration histogram). Sending costs nothing without subscribers.
 //!
 //! Locking: a `std::sync::Mutex` guards the table of targets. Only probe tasks (once per probe),
 //! reloads and admin calls take it, never the answer path, and nothing awaits while holding it.
-//! Drains additionally take an async mutex so that two concurrent drains write the state file
-//! in order; the file is written before the view changes, so a failed write changes nothing.
+//! The view lock is taken after the table lock (never the other way round); a full rebuild
+//! (start, reload) bumps an epoch under both, and an incremental change computed before it is
+//! then dropped (the rebuild includes it). Drains additionally take an async mutex so that two
+//! concurrent drains write the state file in order; the file is written before the view
+//! changes, so a failed write changes nothing.
+//!
+//! The probe tasks run on the runtime given to [`Health::begin_on`] (the server gives them a
+//! runtime of their own, so that a probe storm does not delay DNS over TCP), or on the current
+//! one.
 //!
 //! Reload ([`Health::reload`]) keeps the state of targets that remain, restarts the task of a
 //! target whose check changed (other than `rise`/`fall`, which apply in place), starts new
@@ -21,25 +41,28 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{broadcast, watch};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::overrides::{Drain, Overrides, OverridesError, Subject};
-use super::probe::{ProbeOutcome, Prober};
+use super::probe::{OwnError, ProbeOutcome, Prober};
 use super::quorum::{Agreement, PeerVotes};
 use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
 use crate::config::{Check, Config};
 
-/// Capacity of the transition and probe-report broadcast channels; a subscriber that falls
-/// further behind loses the oldest messages (and is told so by `RecvError::Lagged`).
-pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+/// How much earlier than its period each probe may start, at random, as a share of the period
+/// (never later, so that the withdrawal bound `interval + timeout + …` holds).
+pub const RESCHEDULE_JITTER: f64 = 0.05;
 
 /// An error of the health subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +105,8 @@ pub struct ProbeReport {
     pub key: TargetKey,
     /// True when the probe passed.
     pub ok: bool,
+    /// The reason ([`OwnError::reason`]) when the probe failed because of our own trouble.
+    pub own_error: Option<&'static str>,
     /// How long the probe took.
     pub latency: Duration,
 }
@@ -133,16 +158,58 @@ pub struct Health {
 #[derive(Debug)]
 struct Inner {
     view: Arc<ArcSwap<HealthView>>,
+    /// Taken to change the view; holds the epoch of the last full rebuild.
+    view_lock: Mutex<u64>,
     /// The fleet's votes (empty without `[cluster]`): published views hold the agreed state.
     peers: ArcSwap<PeerVotes>,
     table: Mutex<Table>,
     /// Serializes state-file writes (drain/undrain).
     write_lock: tokio::sync::Mutex<()>,
-    events: broadcast::Sender<TransitionEvent>,
-    probes: broadcast::Sender<ProbeReport>,
+    events: Subscribers<TransitionEvent>,
+    probes: Subscribers<ProbeReport>,
+    /// Our own probe errors, by [`OwnError::index`].
+    own_errors: [AtomicU64; OwnError::REASONS.len()],
+    /// Whether each reason was logged already.
+    own_logged: [AtomicBool; OwnError::REASONS.len()],
     ready: watch::Sender<bool>,
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Where probe tasks run (`None`: the current runtime).
+    runtime: Mutex<Option<Handle>>,
+}
+
+/// Unbounded channels to every subscriber: nothing is lost while a subscriber catches up.
+#[derive(Debug)]
+struct Subscribers<T>(Mutex<Vec<mpsc::UnboundedSender<T>>>);
+
+impl<T: Clone> Subscribers<T> {
+    fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<T>>> {
+        // Sending cannot panic half-way through a change of the list.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<T> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().push(tx);
+        rx
+    }
+
+    /// Sends `item` to every live subscriber and forgets those that are gone.
+    fn send(&self, item: impl FnOnce() -> T) {
+        let mut subs = self.lock();
+        subs.retain(|s| !s.is_closed());
+        if subs.is_empty() {
+            return;
+        }
+        let item = item();
+        for s in subs.iter() {
+            let _ = s.send(item.clone());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -155,6 +222,8 @@ struct Table {
     overrides: Overrides,
     state_file: Option<PathBuf>,
     next_generation: u64,
+    /// Bumped by every full rebuild of the view.
+    epoch: u64,
 }
 
 #[derive(Debug)]
@@ -168,23 +237,14 @@ struct Target {
 
 /// The targets a config asks for: (address, check) -> (check, regions in config order).
 fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<String>)> {
-    let checks: HashMap<&str, Arc<Check>> = config
-        .checks
-        .iter()
-        .map(|c| (c.name.as_str(), Arc::new(c.clone())))
-        .collect();
     let mut names: HashMap<&str, Arc<str>> = HashMap::new();
     let mut out: HashMap<TargetKey, (Arc<Check>, Vec<String>)> = HashMap::new();
     for service in &config.services {
         for endpoint in &service.endpoints {
-            let Some(name) = endpoint.check.as_deref() else {
+            let Some(check) = &endpoint.check else {
                 continue;
             };
-            let Some(check) = checks.get(name) else {
-                // Validation resolves check names; a dangling one probes nothing.
-                warn!(service = %service.name, check = %name, "endpoint names an unknown check");
-                continue;
-            };
+            let name = check.name.as_str();
             let name = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
             for &address in &endpoint.addresses {
                 let key = TargetKey {
@@ -194,8 +254,8 @@ fn desired_targets(config: &Config) -> HashMap<TargetKey, (Arc<Check>, Vec<Strin
                 let entry = out
                     .entry(key)
                     .or_insert_with(|| (check.clone(), Vec::new()));
-                if !entry.1.contains(&endpoint.region) {
-                    entry.1.push(endpoint.region.clone());
+                if !entry.1.contains(&endpoint.region.name) {
+                    entry.1.push(endpoint.region.name.clone());
                 }
             }
         }
@@ -207,6 +267,7 @@ fn thresholds(check: &Check) -> Thresholds {
     Thresholds {
         rise: check.rise,
         fall: check.fall,
+        initial: check.initial_state,
     }
 }
 
@@ -244,10 +305,9 @@ impl Health {
                 "drains loaded from state file"
             );
         }
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let (probes, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let inner = Arc::new(Inner {
             view: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
+            view_lock: Mutex::new(0),
             peers: ArcSwap::from_pointee(PeerVotes::default()),
             table: Mutex::new(Table {
                 targets: HashMap::new(),
@@ -256,21 +316,43 @@ impl Health {
                 overrides,
                 state_file: config.server.state_file.clone(),
                 next_generation: 0,
+                epoch: 0,
             }),
             write_lock: tokio::sync::Mutex::new(()),
-            events,
-            probes,
+            events: Subscribers::new(),
+            probes: Subscribers::new(),
+            own_errors: Default::default(),
+            own_logged: Default::default(),
             ready: watch::Sender::new(false),
             token,
             tracker: TaskTracker::new(),
+            runtime: Mutex::new(None),
         });
         Ok(Health { inner })
     }
 
-    /// Starts the probes of `config` (the config given to [`Health::new`]).
+    /// Starts the probes of `config` (the config given to [`Health::new`]) on the current
+    /// runtime.
     pub fn begin(&self, config: &Config) {
         let summary = self.apply(config, false);
         info!(targets = summary.added, "health probes started");
+    }
+
+    /// Like [`Health::begin`], but runs the probe tasks (those of later reloads too) on
+    /// `runtime`.
+    pub fn begin_on(&self, config: &Config, runtime: Handle) {
+        *self.inner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+        self.begin(config);
+    }
+
+    /// Returns how many probes failed because of our own trouble, by reason
+    /// ([`OwnError::REASONS`]), since start.
+    pub fn probe_errors(&self) -> Vec<(&'static str, u64)> {
+        OwnError::REASONS
+            .iter()
+            .zip(&self.inner.own_errors)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Returns the current view (one atomic load and a reference count increment).
@@ -390,31 +472,21 @@ impl Health {
 
     /// Returns the drained target addresses, sorted.
     pub fn drained_targets(&self) -> Vec<IpAddr> {
-        self.inner
-            .lock()
-            .overrides
-            .drained_targets
-            .iter()
-            .copied()
-            .collect()
+        let table = self.inner.lock();
+        table.overrides.drained_targets.iter().copied().collect()
     }
 
     /// Returns the drained regions, sorted.
     pub fn drained_regions(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .overrides
-            .drained_regions
-            .iter()
-            .cloned()
-            .collect()
+        let table = self.inner.lock();
+        table.overrides.drained_regions.iter().cloned().collect()
     }
 
     /// Sets the fleet's votes and republishes the view with the agreed states.
     pub fn set_peer_votes(&self, votes: PeerVotes) {
         self.inner.peers.store(Arc::new(votes));
-        let table = self.inner.lock();
-        self.inner.publish(&table);
+        let mut table = self.inner.lock();
+        self.inner.publish(&mut table);
     }
 
     /// Returns this instance's own state of every probed target (for publishing to the fleet).
@@ -456,13 +528,13 @@ impl Health {
         out
     }
 
-    /// Returns a receiver of target state changes.
-    pub fn subscribe(&self) -> broadcast::Receiver<TransitionEvent> {
+    /// Returns a receiver of every target state change from now on (unbounded: none is lost).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TransitionEvent> {
         self.inner.events.subscribe()
     }
 
-    /// Returns a receiver of every probe result.
-    pub fn subscribe_probes(&self) -> broadcast::Receiver<ProbeReport> {
+    /// Returns a receiver of every probe result from now on (unbounded: none is lost).
+    pub fn subscribe_probes(&self) -> mpsc::UnboundedReceiver<ProbeReport> {
         self.inner.probes.subscribe()
     }
 
@@ -488,7 +560,7 @@ impl Health {
 
     /// Changes the drains with `change` (which returns whether anything changed) on a copy,
     /// writes the copy to the state file first (so a failed write changes nothing), then
-    /// publishes it. Returns whether anything changed.
+    /// publishes it. Returns whether the drained sets changed.
     async fn update_overrides(
         &self,
         change: impl FnOnce(&mut Overrides) -> bool,
@@ -516,7 +588,7 @@ impl Health {
         let changed = table.overrides.drained_regions != next.drained_regions
             || table.overrides.drained_targets != next.drained_targets;
         table.overrides = next;
-        self.inner.publish(&table);
+        self.inner.publish_drains(&table);
         Ok(changed)
     }
 
@@ -599,9 +671,17 @@ impl Health {
         let check = target.check.clone();
         let generation = target.generation;
         let stop = target.stop.clone();
-        self.inner
-            .tracker
-            .spawn(run_probe(inner, key, check, generation, stop));
+        let task = run_probe(inner, key, check, generation, stop);
+        let runtime = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match runtime {
+            Some(handle) => drop(self.inner.tracker.spawn_on(task, &handle)),
+            None => drop(self.inner.tracker.spawn(task)),
+        }
     }
 }
 
@@ -612,20 +692,68 @@ impl Inner {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Builds a view from the table and swaps it in.
-    fn publish(&self, table: &Table) {
+    fn lock_view(&self) -> MutexGuard<'_, u64> {
+        // The epoch is one integer: a panic cannot leave it half-written.
+        self.view_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds a whole view from the table and swaps it in (start, reload: O(targets)).
+    fn publish(&self, table: &mut Table) {
         let peers = self.peers.load();
-        let mut view = HealthView::empty();
+        let mut view = HealthView::with_capacity(table.targets.len());
         for (key, t) in &table.targets {
-            view.set_state(
-                key.address,
-                &key.check,
-                peers.agreed_state(key, t.state.state()),
-            );
+            // In a fleet the view holds the agreed state: the one withdrawal rule follows it.
+            let state = peers.agreed_state(key, t.state.state());
+            if state != State::Unknown {
+                view.set_state(key.address, &key.check, state);
+            }
         }
         view.set_drained(table.overrides.drained_regions.iter().cloned());
         view.set_drained_targets(table.overrides.drained_targets.iter().copied());
+        let mut epoch = self.lock_view();
+        table.epoch += 1;
+        *epoch = table.epoch;
         self.view.store(Arc::new(view));
+    }
+
+    /// Swaps in the current view with the drains of `table` (target states are shared).
+    fn publish_drains(&self, table: &Table) {
+        let _epoch = self.lock_view();
+        let mut view = HealthView::clone(&self.view.load());
+        view.set_drained(table.overrides.drained_regions.iter().cloned());
+        view.set_drained_targets(table.overrides.drained_targets.iter().copied());
+        self.view.store(Arc::new(view));
+    }
+
+    /// Swaps in the current view with one target changed, unless a full rebuild after
+    /// `epoch` already included the change.
+    fn publish_change(&self, key: &TargetKey, state: State, epoch: u64) {
+        let current = self.lock_view();
+        if *current != epoch {
+            return;
+        }
+        let state = self.peers.load().agreed_state(key, state);
+        let mut view = HealthView::clone(&self.view.load());
+        view.set_state(key.address, &key.check, state);
+        self.view.store(Arc::new(view));
+    }
+
+    /// Counts our own error and logs its first occurrence per reason.
+    fn count_own_error(&self, key: &TargetKey, error: &OwnError) {
+        let i = error.index();
+        self.own_errors[i].fetch_add(1, Ordering::Relaxed);
+        if !self.own_logged[i].swap(true, Ordering::Relaxed) {
+            warn!(
+                reason = error.reason(),
+                address = %key.address,
+                check = %key.check,
+                %error,
+                "a probe could not run (our trouble, not the target's): no target changes state \
+                 on it; later ones are only counted in meridian_probe_errors_total"
+            );
+        } else {
+            debug!(address = %key.address, check = %key.check, %error, "probe error");
+        }
     }
 
     fn check_ready(&self, table: &Table) {
@@ -635,15 +763,25 @@ impl Inner {
         }
     }
 
-    /// Records one probe result of `key` from the task of `generation`.
-    fn report(&self, key: &TargetKey, generation: u64, outcome: ProbeOutcome, now: SystemTime) {
-        if self.probes.receiver_count() > 0 {
-            let _ = self.probes.send(ProbeReport {
-                key: key.clone(),
-                ok: outcome.result.is_ok(),
-                latency: outcome.latency,
-            });
+    /// Records one probe result of `key` from the task of `generation`. Returns true while
+    /// the target is deciding (the next probe is due after `fast_interval`).
+    fn report(
+        &self,
+        key: &TargetKey,
+        generation: u64,
+        outcome: ProbeOutcome,
+        now: SystemTime,
+    ) -> bool {
+        let own = outcome.result.as_ref().err().and_then(|e| e.own());
+        if let Some(own) = own {
+            self.count_own_error(key, own);
         }
+        self.probes.send(|| ProbeReport {
+            key: key.clone(),
+            ok: outcome.result.is_ok(),
+            own_error: own.map(OwnError::reason),
+            latency: outcome.latency,
+        });
         let observation = match outcome.result {
             Ok(()) => Observation::success(now, outcome.latency),
             Err(error) => {
@@ -653,17 +791,19 @@ impl Inner {
         };
         let mut table = self.lock();
         let Some(target) = table.targets.get_mut(key) else {
-            return;
+            return false;
         };
         if target.generation != generation {
-            return;
+            return false;
         }
         let first = !target.state.has_result();
-        let Some(tr) = target.state.observe(observation) else {
+        let transition = target.state.observe(observation);
+        let deciding = target.state.is_deciding();
+        let Some(tr) = transition else {
             if first {
                 self.check_ready(&table);
             }
-            return;
+            return deciding;
         };
         let event = TransitionEvent {
             address: key.address,
@@ -674,11 +814,12 @@ impl Inner {
             reason: tr.reason,
             at: tr.at,
         };
-        self.publish(&table);
+        let epoch = table.epoch;
         if first {
             self.check_ready(&table);
         }
         drop(table);
+        self.publish_change(key, event.to, epoch);
         info!(
             address = %event.address,
             check = %event.check,
@@ -687,11 +828,19 @@ impl Inner {
             reason = %event.reason,
             "target state changed"
         );
-        let _ = self.events.send(event);
+        self.events.send(|| event);
+        deciding
     }
 }
 
-/// Probes one target every `check.interval` until `stop` is cancelled.
+/// Probes one target every `check.interval` until `stop` is cancelled; while the target is
+/// deciding, extra probes run every `check.fast_interval` in between.
+///
+/// The regular probes keep their own grid (one per interval, each re-jittered): fast probes
+/// are added between grid points, never shift it. So at random probe loss a target sees the
+/// same regular probes as without `fast_interval` plus one quick second opinion after a
+/// failure, and flaps no more often than it did; a real failure is confirmed `fast_interval`
+/// after the first failed probe (or when that probe times out) instead of an interval later.
 async fn run_probe(
     inner: Arc<Inner>,
     key: TargetKey,
@@ -699,25 +848,37 @@ async fn run_probe(
     generation: u64,
     stop: CancellationToken,
 ) {
-    let prober = Prober::new(key.address, &check);
+    let mut prober = Prober::new(key.address, &check);
     let interval = check.interval.max(Duration::from_millis(1));
-    let jitter = interval.mul_f64(rand::random::<f64>());
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        _ = tokio::time::sleep(jitter) => {}
-    }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let fast = check
+        .fast_interval
+        .clamp(Duration::from_millis(1), interval);
+    let jittered = |d: Duration| d.mul_f64(1.0 - RESCHEDULE_JITTER * rand::random::<f64>());
+    // The first probes of all targets spread evenly over the first interval.
+    let mut grid = Instant::now() + interval.mul_f64(rand::random::<f64>());
+    let mut next = grid;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let started = Instant::now();
+        // A probe at or after the grid point is the regular one: move the grid past it.
+        while grid <= started {
+            grid += jittered(interval);
         }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             outcome = prober.probe() => outcome,
         };
-        inner.report(&key, generation, outcome, SystemTime::now());
+        let deciding = inner.report(&key, generation, outcome, SystemTime::now());
+        next = if deciding {
+            grid.min(started + jittered(fast))
+        } else {
+            grid
+        };
+        // A probe longer than the period is followed at once.
+        next = next.max(Instant::now());
     }
 }
 
@@ -885,17 +1046,44 @@ mod tests {
             service_toml("api.example.net.", "web", &[("us-east", "127.0.0.1")]),
             service_toml("www.example.net.", "dead", &[("eu-west", "127.0.0.2")]),
         ));
-        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        let health = Health::new(&config, CancellationToken::new()).unwrap();
+        let mut events = health.subscribe();
+        health.begin(&config);
         assert!(!health.first_round_done());
         assert_eq!(health.view().state(lo(1), Some("web")), State::Unknown);
         tokio::time::timeout(Duration::from_secs(10), health.wait_first_round())
             .await
             .expect("first round within 10 s");
         assert!(health.first_round_done());
-        let view = health.view();
-        assert_eq!(view.state(lo(1), Some("web")), State::Up);
-        // The first result decides: a refused target is down at once.
-        assert_eq!(view.state(lo(2), Some("dead")), State::Down);
+        assert_eq!(health.view().state(lo(1), Some("web")), State::Up);
+        // Issue #17: the first result alone withdraws nothing; `fall` (3) failures do.
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("two transitions within 10 s")
+                .unwrap();
+            seen.push((e.check, e.from, e.to, e.reason.to_string()));
+        }
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen,
+            [
+                (
+                    "dead".to_string(),
+                    State::Unknown,
+                    State::Down,
+                    "3 consecutive failures, last: connection refused".to_string()
+                ),
+                (
+                    "web".to_string(),
+                    State::Unknown,
+                    State::Up,
+                    "first probe passed".to_string()
+                ),
+            ]
+        );
+        assert_eq!(health.view().state(lo(2), Some("dead")), State::Down);
         let dead = health
             .status()
             .into_iter()
@@ -904,6 +1092,7 @@ mod tests {
         let json = serde_json::to_value(&dead).unwrap();
         assert_eq!(json["state"], "down");
         assert_eq!(json["last_check"]["error"], "connection refused");
+        assert_eq!(json["last_check"]["result"], "fail");
         assert_eq!(json["forced"], false);
         health.shutdown().await;
     }

@@ -49,7 +49,12 @@ pub struct Explanation {
 /// What is known about the client.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientTrace {
-    /// The located address (the ECS subnet address, or the resolver's address).
+    /// The queried address (the ECS subnet address, or the resolver's address).
+    pub queried: IpAddr,
+    /// Which rule located it: `the address itself`, or the IPv4-mapped, IPv4-compatible,
+    /// NAT64, 6to4 or Teredo network whose embedded IPv4 address was located.
+    pub located_by: String,
+    /// The located address: `queried`, or the IPv4 address it embeds.
     pub ip: IpAddr,
     /// Which source placed the client: `nets`, `database` or `none`.
     pub source: LocationSource,
@@ -67,6 +72,9 @@ pub struct ClientTrace {
     pub latitude: Option<f64>,
     /// Degrees east.
     pub longitude: Option<f64>,
+    /// True when the scope came from the service's widest-scope map (false: the matched
+    /// network's scope, before the map is built or where it cannot tell).
+    pub scope_map: bool,
 }
 
 /// One candidate region, in policy order.
@@ -262,6 +270,8 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         max_answers: service.max_answers,
         when_all_down: service.when_all_down.as_str(),
         client: ClientTrace {
+            queried: located.via.queried,
+            located_by: located.via.to_string(),
             ip: located.ip,
             source: located.source,
             ecs_source_prefix: client.ecs_source_prefix,
@@ -271,6 +281,7 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
             continent: loc.and_then(super::continent_str).map(str::to_string),
             latitude: loc.and_then(|l| l.latitude),
             longitude: loc.and_then(|l| l.longitude),
+            scope_map: svc.has_scope_map(),
         },
         sticky_subnet,
         geo_match,
@@ -293,9 +304,12 @@ impl fmt::Display for Explanation {
             self.when_all_down
         )?;
         let c = &self.client;
-        write!(f, "client {}", c.ip)?;
+        write!(f, "client {}", c.queried)?;
         if let Some(p) = c.ecs_source_prefix {
             write!(f, " (ECS /{p})")?;
+        }
+        if c.queried != c.ip {
+            write!(f, ", located by {} as {}", c.located_by, c.ip)?;
         }
         write!(f, ": source {}", format!("{:?}", c.source).to_lowercase())?;
         if let Some(r) = &c.nets_region {
@@ -380,6 +394,14 @@ impl fmt::Display for Explanation {
             Outcome::NoData => write!(f, "answer: NODATA")?,
             Outcome::ServFail => write!(f, "answer: SERVFAIL")?,
         }
-        write!(f, ", ttl {}, scope /{}", d.ttl, d.scope)
+        write!(f, ", ttl {}, scope /{}", d.ttl, d.scope)?;
+        if d.scope != 0 && self.sticky_subnet.is_none() {
+            if c.scope_map {
+                write!(f, " (widest on which the region order is the same)")?;
+            } else {
+                write!(f, " (the matched network)")?;
+            }
+        }
+        Ok(())
     }
 }

@@ -58,27 +58,35 @@
 //! The scope prefix is the network on which the answer stays the same, never wider:
 //! - 0 when the answer does not depend on the client's address: `failover`, `weighted` and
 //!   `all` without `sticky`, and `nearest`, `geo` or sticky `weighted` with a single endpoint;
-//! - `nearest`, `geo`: `located.prefix_len`, the network on which the location (GeoIP network,
-//!   narrowed by any `[nets]` entry inside it) stays the same;
+//! - `nearest`, `geo`: the widest prefix around the client on which the service's region order
+//!   (before health) is the same for every address, from the service's scope map ([`scope`])
+//!   once it is built; until then `located.prefix_len`, the network on which the location
+//!   (GeoIP network, narrowed by any `[nets]` entry inside it) stays the same;
 //! - sticky `weighted`, `all`: the sticky subnet, 24 for IPv4 and 56 for IPv6, which may be
 //!   longer than the ECS source prefix: §7.2.1 allows that where the source subnet is split
 //!   between answers (the DNS layer may clamp it for caching).
+//!
+//! Both are converted for the queried address when it embeds the IPv4 address that located
+//! it ([`crate::geo::Via::scope`]): an IPv4 /s is /(96 + s) for an IPv4-mapped client.
 
 mod explain;
 mod geometry;
+pub mod scope;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
 use crate::config::{Config, Policy, Service, WhenAllDown};
-use crate::geo::{Located, Location};
+use crate::geo::{Located, Location, ScopeMap};
 use crate::health::{HealthSource, HealthView, State, withdrawal};
 
 pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
 use geometry::{Unit, arc_km, below, chord2, splitmix64, unit_vector};
+pub use scope::{ScopeJobs, ScopeReport, share_scope_maps};
 
 /// Regions up to this count are ordered in stack buffers; more use one heap buffer per query.
 const INLINE_REGIONS: usize = 32;
@@ -302,6 +310,9 @@ pub struct CompiledService {
     sticky_basis: u64,
     /// The answer never depends on the client's address (ECS scope 0).
     location_independent: bool,
+    /// The widest-scope map, once built; shared by services with the same decision function
+    /// ([`share_scope_maps`]).
+    scope_map: Arc<OnceLock<ScopeMap>>,
 }
 
 impl CompiledService {
@@ -311,12 +322,9 @@ impl CompiledService {
             .endpoints
             .iter()
             .map(|ep| {
-                // Validation guarantees the region exists; a missing one degrades to 0°N 0°E
-                // rather than failing the whole snapshot.
-                let (latitude, longitude, bias_km) = config
-                    .region(&ep.region)
-                    .map(|r| (r.latitude, r.longitude, finite_or_zero(r.bias_km)))
-                    .unwrap_or((0.0, 0.0, 0.0));
+                let r = &ep.region;
+                let (latitude, longitude, bias_km) =
+                    (r.latitude, r.longitude, finite_or_zero(r.bias_km));
                 let family = |f: Family| -> Box<[IpAddr]> {
                     ep.addresses
                         .iter()
@@ -325,12 +333,12 @@ impl CompiledService {
                         .collect()
                 };
                 CompiledRegion {
-                    name: ep.region.as_str().into(),
+                    name: ep.region.name.as_str().into(),
                     bias_km,
                     unit: unit_vector(latitude, longitude),
                     weight: ep.weight,
                     priority: ep.priority,
-                    check: ep.check.as_deref().map(Into::into),
+                    check: ep.check_name().map(Into::into),
                     targets: [family(Family::V4), family(Family::V6)],
                 }
             })
@@ -373,7 +381,7 @@ impl CompiledService {
                 }
             })
             .collect();
-        let geo = compile_geo(service, &regions);
+        let geo = compile_geo(service);
         let has_bias = regions.iter().any(|r| r.bias_km != 0.0);
         let sticky_basis = geometry::fnv1a(
             geometry::fnv1a(geometry::FNV_OFFSET, service.name.as_bytes()),
@@ -397,6 +405,7 @@ impl CompiledService {
             has_bias,
             sticky_basis,
             location_independent,
+            scope_map: Arc::default(),
         }
     }
 
@@ -542,11 +551,59 @@ impl CompiledService {
         if self.location_independent {
             0
         } else if self.service.sticky {
-            geometry::sticky_prefix(located.ip)
+            located.via.scope(geometry::sticky_prefix(located.ip))
+        } else if let Some(widest) = self.scope_map.get().and_then(|m| m.scope(located)) {
+            widest
         } else {
             let bits = if located.ip.is_ipv4() { 32 } else { 128 };
-            located.prefix_len.min(bits)
+            located.via.scope(located.prefix_len.min(bits))
         }
+    }
+
+    /// Returns true once the widest-scope map is in use.
+    pub fn has_scope_map(&self) -> bool {
+        self.scope_map.get().is_some()
+    }
+
+    /// Returns a text that is equal for two services exactly when they order regions the same
+    /// for every location (their decision functions), or `None` when the service needs no
+    /// scope map (its scope does not come from the location, or it ignores ECS).
+    fn decision_fingerprint(&self) -> Option<String> {
+        if self.location_independent || self.service.sticky || !self.service.ecs {
+            return None;
+        }
+        let nets: Vec<(&str, Option<usize>, &[usize])> = self
+            .nets_orders
+            .iter()
+            .map(|o| (&*o.region, o.endpoint, &*o.order))
+            .collect();
+        match self.service.policy {
+            Policy::Nearest => {
+                let regions: Vec<(&str, Unit, f64)> = self
+                    .regions
+                    .iter()
+                    .map(|r| (&*r.name, r.unit, r.bias_km))
+                    .collect();
+                Some(format!("nearest {regions:?} {nets:?}"))
+            }
+            Policy::Geo => {
+                let names: Vec<&str> = self.regions.iter().map(|r| &*r.name).collect();
+                let g = &self.geo;
+                let entries: Vec<&[usize]> = g.entries.iter().map(|e| &*e.regions).collect();
+                Some(format!(
+                    "geo {names:?} {:?} {:?} {entries:?} {:?} {nets:?}",
+                    g.countries, g.continents, g.default
+                ))
+            }
+            Policy::Failover | Policy::Weighted | Policy::All => None,
+        }
+    }
+
+    /// Writes the region order (before health) for `located` into `out`: the decision the
+    /// scope map classifies. `keys` holds one slot per region.
+    fn decision_key(&self, located: &Located, keys: &mut [f64], out: &mut Vec<usize>) {
+        out.clear();
+        out.extend(self.order(located, keys));
     }
 
     /// Returns the precomputed order for a client placed by a `[nets]` override.
@@ -871,24 +928,14 @@ impl Iterator for Order<'_> {
 }
 
 /// Compiles the `geo` map: names to endpoint indices, two-letter keys to sorted codes.
-fn compile_geo(service: &Service, regions: &[CompiledRegion]) -> GeoTable {
-    let indices = |names: &[String]| -> Box<[usize]> {
-        let mut out: Vec<usize> = Vec::with_capacity(names.len());
-        for name in names {
-            // Unknown names cannot pass validation; duplicates would only repeat a region.
-            if let Some(i) = regions.iter().position(|r| *r.name == **name)
-                && !out.contains(&i)
-            {
-                out.push(i);
-            }
-        }
-        out.into()
-    };
+fn compile_geo(service: &Service) -> GeoTable {
+    // Validation resolved the names to endpoint indices, without repeats.
+    let indices = |list: &[usize]| -> Box<[usize]> { list.into() };
     let mut table = GeoTable {
         default: indices(&service.geo.default),
         ..GeoTable::default()
     };
-    for (key, names) in &service.geo.entries {
+    for (key, list) in &service.geo.entries {
         let entry = table.entries.len();
         let (label, country, continent) = match key {
             crate::config::GeoKey::Country(c) => (format!("country:{c}"), Some(c), None),
@@ -897,7 +944,7 @@ fn compile_geo(service: &Service, regions: &[CompiledRegion]) -> GeoTable {
         };
         table.entries.push(GeoEntry {
             label,
-            regions: indices(names),
+            regions: indices(list),
         });
         // The first entry for a code, in file order, wins.
         for (code, map) in [

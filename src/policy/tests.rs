@@ -123,6 +123,7 @@ fn at(addr: &str, lat: f64, lon: f64, country: &str, continent: &str, prefix_len
         region: None,
         source: LocationSource::Database,
         prefix_len,
+        via: crate::geo::Via::direct(ip(addr)),
     }
 }
 
@@ -146,6 +147,7 @@ fn nowhere(addr: &str) -> Located {
         region: None,
         source: LocationSource::None,
         prefix_len: 8,
+        via: crate::geo::Via::direct(ip(addr)),
     }
 }
 
@@ -156,6 +158,7 @@ fn by_nets(addr: &str, region: &str) -> Located {
         region: Some(region.into()),
         source: LocationSource::Nets,
         prefix_len: 16,
+        via: crate::geo::Via::direct(ip(addr)),
     }
 }
 
@@ -1135,4 +1138,71 @@ fn a_drained_target_is_passed_over_like_a_drained_region_in_every_policy() {
     }
     let d = decide_view(&nearest(""), &new_york(), Family::V4, &all);
     assert_eq!(addrs(&d).len(), 1);
+}
+
+/// Issue 13: services with the same decision function share one scope map, built in one walk;
+/// `decide` uses it once it is there and the matched network's scope before.
+#[test]
+fn issue_13_scope_maps_are_shared_and_widen_the_scope_once_built() {
+    let text = format!(
+        "{BASE}\n[[service]]\nname = \"a.example.net.\"\npolicy = \"nearest\"\n{FOUR}\n\
+         [[service]]\nname = \"b.example.net.\"\npolicy = \"nearest\"\n{FOUR}\n\
+         [[service]]\nname = \"c.example.net.\"\npolicy = \"geo\"\n\
+         geo = {{ \"EU\" = [\"eu-west\"], default = [\"us-east\"] }}\n{FOUR}\n\
+         [[service]]\nname = \"d.example.net.\"\npolicy = \"failover\"\n{FOUR}"
+    );
+    let config = crate::config::parse_str(&config_path(), &text).unwrap();
+    let mut services: Vec<CompiledService> = config
+        .services
+        .iter()
+        .map(|s| CompiledService::new(s, &config))
+        .collect();
+    share_scope_maps(services.iter_mut());
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("geodata/sample.mmdb");
+    let geo =
+        crate::geo::Geo::open(Some(&sample), &[], &crate::geo::Transition::default()).unwrap();
+    let frankfurt = geo.locate(ip("2.16.0.1"));
+    let health = Health::default();
+    let before = decide(&services[0], &frankfurt, Family::V4, &health);
+    assert_eq!(
+        before.scope, 15,
+        "the matched network, narrowed by 2.18.0.0/16"
+    );
+
+    let jobs = ScopeJobs::new(services.iter());
+    let report = jobs.run(&geo).unwrap().unwrap();
+    assert_eq!(
+        report.maps, 2,
+        "a and b share one map; c has its own; d needs none"
+    );
+    assert!(services.iter().take(3).all(|s| s.has_scope_map()));
+    assert!(!services[3].has_scope_map());
+    assert!(
+        ScopeJobs::new(services.iter()).is_empty(),
+        "nothing left to build"
+    );
+
+    let after = decide(&services[0], &frankfurt, Family::V4, &health);
+    assert_eq!(after.outcome, before.outcome);
+    // 2.16.0.0/13 (Frankfurt) and 2.18.0.0/16 (London) are both nearest to Dublin first,
+    // and in the same order after it: one run.
+    assert_eq!(after.scope, 13);
+    // For geo, everything in Europe is one decision.
+    let geo_after = decide(&services[2], &frankfurt, Family::V4, &health);
+    assert!(geo_after.scope <= 13, "{}", geo_after.scope);
+    assert_eq!(
+        decide(&services[3], &frankfurt, Family::V4, &health).scope,
+        0
+    );
+}
+
+#[test]
+fn issue_13_sticky_scope_of_an_ipv4_mapped_client_is_in_ipv6_bits() {
+    let svc = compile(&format!("policy = \"weighted\"\nsticky = true\n{FOUR}"));
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("geodata/sample.mmdb");
+    let geo =
+        crate::geo::Geo::open(Some(&sample), &[], &crate::geo::Transition::default()).unwrap();
+    let mapped = geo.locate(ip("::ffff:2.16.0.1"));
+    let d = decide(&svc, &mapped, Family::V4, &Health::default());
+    assert_eq!(d.scope, 120, "96 + the sticky /24");
 }

@@ -99,7 +99,11 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
             }
         }
     }
-    let geo = match Geo::open(config.server.geoip.as_deref(), &config.nets) {
+    let transition = crate::geo::Transition {
+        enabled: config.server.ipv6_transition,
+        nat64_prefixes: config.server.nat64_prefixes.clone(),
+    };
+    let geo = match Geo::open(config.server.geoip.as_deref(), &config.nets, &transition) {
         Ok(g) => Some(g),
         Err(e) => {
             errors.push(ConfigError::new(
@@ -120,6 +124,43 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         geo,
         services,
     })
+}
+
+/// Builds the widest-ECS-scope maps of `snapshot`'s services on a background thread and
+/// installs them as they are ready (until then answers carry the matched network's scope).
+/// The build stops early when the snapshot is replaced. Called at start and on every reload.
+pub fn start_scope_maps(snapshot: &Snapshot) {
+    let jobs = crate::policy::ScopeJobs::new(snapshot.services.iter());
+    if jobs.is_empty() {
+        return;
+    }
+    let geo = snapshot.geo.clone();
+    let spawned = std::thread::Builder::new()
+        .name("scope-maps".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match jobs.run(&geo) {
+                Ok(Some(r)) => info!(
+                    maps = r.maps,
+                    networks = r.networks,
+                    records = r.records,
+                    decisions = r.decisions,
+                    runs_v4 = r.runs_v4,
+                    runs_v6 = r.runs_v6,
+                    bytes = r.bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "ecs scope maps ready"
+                ),
+                Ok(None) => info!("ecs scope maps abandoned: the configuration was replaced"),
+                Err(error) => warn!(
+                    %error,
+                    "ecs scope maps not built: answers keep the matched network's scope"
+                ),
+            }
+        });
+    if let Err(error) = spawned {
+        warn!(%error, "cannot start the ecs scope map thread: answers keep the matched network's scope");
+    }
 }
 
 /// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
@@ -182,7 +223,17 @@ impl Reloader {
             warn!("[cluster] changed: it takes effect at the next restart");
         }
         let config = snapshot.config.clone();
-        self.snapshot.store(Arc::new(snapshot));
+        // The snapshot first, then the health view derived from its config. The answer path
+        // loads the two cells independently, so between the two stores it pairs one new cell
+        // with one old. A view built for the new config no longer holds the targets the new
+        // config dropped, and a view asked about a target it does not hold says `unknown`,
+        // answered as up: the other order would let the old snapshot answer a removed target
+        // that is down or being probed down. In this order the new snapshot meets the old
+        // view: targets both configs have keep their state, and targets only the new one has
+        // are `unknown` in either view. Drains are by name and in both views alike.
+        let snapshot = Arc::new(snapshot);
+        start_scope_maps(&snapshot);
+        self.snapshot.store(snapshot);
         let summary = self.health.reload(&config);
         info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
         Ok(())
@@ -238,6 +289,9 @@ pub fn explain(
     qtype: &str,
 ) -> Result<String, ExplainError> {
     let snapshot = load(config).map_err(ExplainError::Config)?;
+    // The widest scopes, as a running server has them once its maps are built. A database
+    // that cannot be walked leaves the matched network's scope, as it would in the server.
+    let _ = crate::policy::ScopeJobs::new(snapshot.services.iter()).run(&snapshot.geo);
     let mut health = HealthView::empty();
     if let Some(state) = &snapshot.config.server.state_file
         && let Ok(o) = Overrides::load(state)

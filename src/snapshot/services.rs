@@ -22,9 +22,9 @@ pub struct Services {
 #[derive(Debug)]
 pub struct Dynamic {
     service: CompiledService,
-    /// `meridian_dns_answers_total{service,region}`, one per endpoint region (empty until
-    /// [`Services::count_answers_in`]).
-    answers: Vec<(String, AnswerCounter)>,
+    /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
+    /// and AAAA (empty until [`Services::count_answers_in`]).
+    answers: Vec<(String, [AnswerCounter; 2])>,
 }
 
 impl Dynamic {
@@ -43,7 +43,7 @@ impl Dynamic {
                 .iter()
                 .any(|b| self.service.region_of(*b) == Some(region));
             if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
-                c.inc();
+                c[usize::from(a.is_ipv6())].inc();
             }
         }
     }
@@ -52,7 +52,7 @@ impl Dynamic {
 impl Services {
     /// Compiles every service of `config`.
     pub fn new(config: &Config) -> Self {
-        let by_wire = config
+        let mut by_wire: HashMap<Vec<u8>, Dynamic> = config
             .services
             .iter()
             .filter_map(|s| {
@@ -66,6 +66,7 @@ impl Services {
                 ))
             })
             .collect();
+        crate::policy::share_scope_maps(by_wire.values_mut().map(|d| &mut d.service));
         Self { by_wire }
     }
 
@@ -77,7 +78,11 @@ impl Services {
             d.answers = s
                 .endpoints
                 .iter()
-                .map(|e| (e.region.clone(), metrics.answer_counter(&s.name, &e.region)))
+                .map(|e| {
+                    let region = &e.region.name;
+                    let counter = |family| metrics.answer_counter(&s.name, region, family);
+                    (region.clone(), [counter("A"), counter("AAAA")])
+                })
                 .collect();
         }
     }
@@ -90,6 +95,10 @@ impl Services {
     /// Returns the service answering `name` (any case, with or without the final dot).
     pub fn get(&self, name: &str) -> Option<&CompiledService> {
         self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
+    }
+    /// Returns every service.
+    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
+        self.by_wire.values().map(|d| &d.service)
     }
 }
 

@@ -2,10 +2,14 @@
 //!
 //! Owns parsing (hickory-proto's zone-file parser, with line numbers recovered for errors), the
 //! per-zone checks an authoritative server makes at load time (SOA and NS at the apex, records
-//! inside the origin, CNAME alone at its name), and lookups that tell an answer from a CNAME,
-//! NODATA (including empty non-terminals), NXDOMAIN, a referral below a delegation, or a wildcard
-//! match (RFC 4592). It does not build DNS messages: that is `crate::dns`.
-//! Key types: [`Zones`], [`Zone`], [`Found`].
+//! inside the origin, CNAME alone at its name), and the static lookup: [`Zones::lookup`] is the
+//! one function that decides what a name and type get from the zones. It follows CNAMEs inside
+//! our zones (a loop, or more than [`MAX_CNAME_CHAIN`], breaks the chain), stops at delegation
+//! cuts with a referral and its glue (RFC 1034 §4.3.2; glue is never an answer), synthesises
+//! wildcard matches (RFC 4592), answers ANY with one RRset (RFC 8482), tells NODATA (also of
+//! empty non-terminals) from NXDOMAIN, and hands a name that a service answers back to the
+//! caller ([`End::Service`]). It does not build DNS messages: that is `crate::dns`.
+//! Key types: [`Zones`], [`Zone`], [`Lookup`], [`End`].
 
 mod parse;
 
@@ -27,6 +31,8 @@ struct RrSet {
 #[derive(Debug, Clone, Default)]
 struct Node {
     rrsets: Vec<RrSet>,
+    /// A service answers A, AAAA (and ANY) at this name.
+    dynamic: bool,
 }
 
 impl Node {
@@ -38,19 +44,69 @@ impl Node {
     }
 }
 
-/// What a lookup in one zone found.
-#[derive(Debug)]
-pub enum Found<'a> {
-    /// The RRset asked for (owner names as in the zone, or the query name for a wildcard match).
-    Records(Vec<Record>),
-    /// The name holds a CNAME (and the query was not for CNAME).
-    Cname(&'a Record),
-    /// The name exists (possibly as an empty non-terminal) but has no RRset of that type.
-    NoData,
-    /// The name does not exist.
-    NxDomain,
-    /// The name is at or below a delegation: the NS RRset of the cut.
-    Referral(&'a [Record]),
+/// How many CNAMEs a lookup follows inside our zones; a chain that needs one more, or that
+/// loops, is broken (BIND follows 16; chains this deep are a misconfiguration).
+pub const MAX_CNAME_CHAIN: usize = 8;
+
+/// What the zones answer for a name and type: [`Zones::lookup`]'s result.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// True unless the name asked for is itself at or below a delegation (a referral is not
+    /// authoritative, RFC 1034 §4.3.2; one reached through an in-zone CNAME keeps AA for it).
+    pub authoritative: bool,
+    /// The CNAMEs followed, in order; the first is owned by the name asked for.
+    pub chain: Vec<Record>,
+    /// Where the chain (or the name itself) ends.
+    pub end: End,
+}
+
+/// Where a lookup ends.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// The RRset asked for (for ANY: one RRset of the name), owned by the last name of the
+    /// chain (the name asked for when there is no chain; wildcard matches are synthesised with
+    /// it as owner), and the in-zone addresses of the names its NS, MX and SRV records point at
+    /// (never glue from below a delegation).
+    Answer {
+        /// The records.
+        records: Vec<Record>,
+        /// Additional-section addresses.
+        additional: Vec<Record>,
+    },
+    /// The name exists (possibly as an empty non-terminal) but has no RRset of the type.
+    NoData {
+        /// The zone's SOA with the negative TTL (RFC 2308 §3).
+        soa: Record,
+    },
+    /// The name does not exist (RFC 6604: the RCODE is that of the last name of a chain).
+    NxDomain {
+        /// The zone's SOA with the negative TTL (RFC 2308 §3).
+        soa: Record,
+    },
+    /// The name is at or below a delegation: the NS RRset of the cut and its glue.
+    Referral {
+        /// The NS RRset of the cut.
+        ns: Vec<Record>,
+        /// The addresses of the NS targets held in the zone (glue).
+        glue: Vec<Record>,
+    },
+    /// A service answers this name (A, AAAA or ANY asked): the caller asks the policy.
+    Service {
+        /// The service's name, as the owner of the addresses.
+        owner: Name,
+        /// The zone's SOA with the negative TTL, for a NODATA answer.
+        soa: Record,
+    },
+    /// The chain leaves our zones: the resolver follows the last CNAME.
+    Outside,
+    /// A CNAME loop, or a chain longer than [`MAX_CNAME_CHAIN`]: SERVFAIL.
+    Broken,
+}
+
+/// One step of a lookup: an end, or a CNAME to follow.
+enum Step {
+    End(End),
+    Cname(Record),
 }
 
 /// One loaded zone.
@@ -93,88 +149,97 @@ impl Zone {
             .unwrap_or_default()
     }
 
-    /// Returns true when `name` exists in the zone (with records, as an empty non-terminal, or
-    /// as a dynamic name).
-    pub fn contains(&self, name: &LowerName) -> bool {
-        self.nodes.contains_key(name)
+    /// Returns the SOA with the TTL of negative answers, for the authority section.
+    pub fn negative_soa(&self) -> Record {
+        let mut soa = self.soa().clone();
+        soa.ttl = self.negative_ttl();
+        soa
     }
 
-    /// Looks up `name` (inside this zone) for `rtype`.
-    pub fn find(&self, name: &LowerName, rtype: RecordType) -> Found<'_> {
+    /// Looks up `name` (inside this zone) for `rtype`: one step of [`Zones::lookup`].
+    fn step(&self, name: &LowerName, rtype: RecordType) -> Step {
         if let Some(ns) = self.cut_for(name) {
-            // Below or at a delegation point we are not authoritative (RFC 1034 §4.3.2),
-            // except for a DS query at the cut itself, which belongs to the parent.
+            // At or below a delegation point we are not authoritative (RFC 1034 §4.3.2), for
+            // any type, ANY and the glue's own addresses included; only a DS query at the cut
+            // itself belongs to the parent (RFC 4035 §3.1.4.1).
             if !(rtype == RecordType::DS && self.cuts.contains(name)) {
-                return Found::Referral(ns);
+                return Step::End(End::Referral {
+                    ns: ns.to_vec(),
+                    glue: self.addresses_for(ns, true),
+                });
             }
         }
-        match self.nodes.get(name) {
-            Some(node) => Self::from_node(node, rtype, None),
-            None => self.wildcard(name, rtype),
-        }
-    }
-
-    fn from_node<'a>(node: &'a Node, rtype: RecordType, owner: Option<&Name>) -> Found<'a> {
-        if let Some(records) = node.get(rtype) {
+        let (node, wildcard_owner) = match self.nodes.get(name) {
+            Some(node) => (node, None),
+            None => match self.wildcard(name) {
+                // RFC 4592 §3.3.1: the match is synthesised with the query name as owner.
+                Some(node) => (node, Some(Name::from(name.clone()))),
+                None => {
+                    return Step::End(End::NxDomain {
+                        soa: self.negative_soa(),
+                    });
+                }
+            },
+        };
+        let owned = |records: &[Record]| -> Vec<Record> {
             let mut out = records.to_vec();
-            if let Some(owner) = owner {
+            if let Some(owner) = &wildcard_owner {
                 for r in &mut out {
                     r.name = owner.clone();
                 }
             }
-            return Found::Records(out);
+            out
+        };
+        if node.dynamic && matches!(rtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
+            return Step::End(End::Service {
+                owner: Name::from(name.clone()),
+                soa: self.negative_soa(),
+            });
+        }
+        let rrset = if rtype == RecordType::ANY {
+            // RFC 8482 §4.2: one RRset of the name (the first in type order); a CNAME is
+            // returned, not followed.
+            node.rrsets
+                .iter()
+                .min_by_key(|s| u16::from(s.rtype))
+                .map(|s| s.records.as_slice())
+        } else {
+            node.get(rtype)
+        };
+        if let Some(records) = rrset {
+            return Step::End(End::Answer {
+                additional: self.addresses_for(records, false),
+                records: owned(records),
+            });
         }
         if rtype != RecordType::CNAME
             && let Some(c) = node.get(RecordType::CNAME)
         {
-            if owner.is_some() {
-                // A wildcard CNAME is synthesised with the query name as owner; the caller
-                // gets it as a record list so that it can chase the target.
-                let mut r = c[0].clone();
-                r.name = owner.cloned().unwrap_or_else(|| r.name.clone());
-                return Found::Records(vec![r]);
-            }
-            return Found::Cname(&c[0]);
+            return Step::Cname(owned(&c[..1]).remove(0));
         }
-        Found::NoData
+        Step::End(End::NoData {
+            soa: self.negative_soa(),
+        })
     }
 
-    /// RFC 4592: find the closest encloser and try `*.<closest encloser>`.
-    fn wildcard(&self, name: &LowerName, rtype: RecordType) -> Found<'_> {
+    /// RFC 4592: finds the closest encloser of `name` (which does not exist) and returns the
+    /// node of `*.<closest encloser>`, if there is one.
+    fn wildcard(&self, name: &LowerName) -> Option<&Node> {
         if !self.has_wildcards {
-            return Found::NxDomain;
+            return None;
         }
         let mut encloser = name.base_name();
         while self.origin.zone_of(&encloser) {
             if self.nodes.contains_key(&encloser) {
-                let star = LowerName::new(
-                    &Name::from(encloser.clone())
-                        .prepend_label("*")
-                        .unwrap_or_default(),
-                );
-                return match self.nodes.get(&star) {
-                    Some(node) => {
-                        let owner = Name::from(name.clone());
-                        match Self::from_node(node, rtype, Some(&owner)) {
-                            Found::Records(r)
-                                if rtype != RecordType::CNAME
-                                    && r.first()
-                                        .is_some_and(|r| r.record_type() == RecordType::CNAME) =>
-                            {
-                                Found::Records(r)
-                            }
-                            other => other,
-                        }
-                    }
-                    None => Found::NxDomain,
-                };
+                let star = Name::from(encloser).prepend_label("*").ok()?;
+                return self.nodes.get(&LowerName::new(&star));
             }
             if encloser.is_root() {
                 break;
             }
             encloser = encloser.base_name();
         }
-        Found::NxDomain
+        None
     }
 
     /// Returns the NS RRset of the delegation `name` is at or below, if any.
@@ -186,14 +251,37 @@ impl Zone {
             .and_then(|n| n.get(RecordType::NS))
     }
 
-    /// Returns A and AAAA records for `name` when the zone has them (glue and additional data).
-    pub fn addresses(&self, name: &LowerName) -> impl Iterator<Item = &Record> {
-        self.nodes.get(name).into_iter().flat_map(|n| {
-            n.rrsets
+    /// Returns the zone's A and AAAA records of the names that the NS, MX and SRV records of
+    /// `records` point at, each once. Addresses at or below a delegation are glue: only a
+    /// referral (`glue`) carries them, never an authoritative answer.
+    fn addresses_for(&self, records: &[Record], glue: bool) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        for r in records {
+            let target = match &r.data {
+                RData::NS(ns) => &ns.0,
+                RData::MX(mx) => &mx.exchange,
+                RData::SRV(srv) => &srv.target,
+                _ => continue,
+            };
+            let lower = LowerName::new(target);
+            if !self.origin.zone_of(&lower) || (!glue && self.cut_for(&lower).is_some()) {
+                continue;
+            }
+            let Some(node) = self.nodes.get(&lower) else {
+                continue;
+            };
+            for a in node
+                .rrsets
                 .iter()
                 .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
                 .flat_map(|s| s.records.iter())
-        })
+            {
+                if !out.contains(a) {
+                    out.push(a.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Returns true when the zone has static records of `rtype` at `name`.
@@ -239,9 +327,48 @@ impl Zones {
             let lower = LowerName::new(&n);
             if let Some(z) = zones.zones.iter_mut().find(|z| z.origin.zone_of(&lower)) {
                 parse::insert_with_ancestors(z, &lower);
+                if let Some(node) = z.nodes.get_mut(&lower) {
+                    node.dynamic = true;
+                }
             }
         }
         Ok(zones)
+    }
+
+    /// Looks `qname` up for `qtype` in our zones, following CNAMEs from zone to zone; `None`
+    /// when `qname` is in none of them (REFUSED). See the module docs for the rules.
+    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
+        let mut zone = self.zone_for(qname)?;
+        let mut name = qname.clone();
+        let mut chain: Vec<Record> = Vec::new();
+        // The names the chain has visited, to tell a loop (RFC 1034 §3.6.2 forbids them).
+        let mut seen = vec![qname.clone()];
+        let end = loop {
+            match zone.step(&name, qtype) {
+                Step::End(end) => break end,
+                Step::Cname(cname) => {
+                    let RData::CNAME(target) = &cname.data else {
+                        break End::Broken;
+                    };
+                    let target = LowerName::new(&target.0);
+                    chain.push(cname);
+                    if chain.len() > MAX_CNAME_CHAIN || seen.contains(&target) {
+                        break End::Broken;
+                    }
+                    match self.zone_for(&target) {
+                        Some(z) => zone = z,
+                        None => break End::Outside,
+                    }
+                    seen.push(target.clone());
+                    name = target;
+                }
+            }
+        };
+        Some(Lookup {
+            authoritative: !(chain.is_empty() && matches!(end, End::Referral { .. })),
+            chain,
+            end,
+        })
     }
 
     /// Returns the zone `name` belongs to (the one with the longest matching origin).
@@ -252,17 +379,5 @@ impl Zones {
     /// Returns every zone.
     pub fn iter(&self) -> impl Iterator<Item = &Zone> {
         self.zones.iter()
-    }
-}
-
-impl Zone {
-    /// RFC 8482: a minimal answer to ANY: one RRset of the name (the first in type order), or
-    /// `None` when the name has none.
-    pub fn find_any(&self, name: &LowerName) -> Option<&[Record]> {
-        let node = self.nodes.get(name)?;
-        node.rrsets
-            .iter()
-            .min_by_key(|s| u16::from(s.rtype))
-            .map(|s| s.records.as_slice())
     }
 }

@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use meridian::metrics::{
     CONFIG_RELOADS_TOTAL, DNS_ANSWERS_TOTAL, DNS_QUERIES_TOTAL, HEALTH_TRANSITIONS_TOTAL,
-    PROBE_DURATION_SECONDS, TARGET_UP,
+    PROBE_DURATION_SECONDS, TARGET_DRAINED, TARGET_UP,
 };
 
 use crate::harness::{HttpResponse, HttpStub, Server, ZONE, http, query, tool};
@@ -22,7 +22,7 @@ const REGIONS: &str = "[region.us-east]\nlatitude = 38.9\nlongitude = -77.4\n\
                        [region.eu-west]\nlatitude = 53.3\nlongitude = -6.3\n";
 
 /// A config with port-0 DNS and admin listeners; `server` goes into `[server]`.
-fn cfg(server: &str, body: &str) -> String {
+pub(crate) fn cfg(server: &str, body: &str) -> String {
     format!(
         "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n{server}\n\
          {ZONE}\n{REGIONS}\n{body}"
@@ -30,7 +30,7 @@ fn cfg(server: &str, body: &str) -> String {
 }
 
 /// An HTTP check on `port` probing every 200 ms (rise 2, fall 3).
-fn check(name: &str, port: u16) -> String {
+pub(crate) fn check(name: &str, port: u16) -> String {
     format!(
         "[check.{name}]\nkind = \"http\"\nport = {port}\npath = \"/healthz\"\n\
          interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 3\n"
@@ -48,11 +48,11 @@ fn start_with(config_text: &str, files: &[(&str, &str)]) -> Server {
     Server::start_in(dir, &path)
 }
 
-fn get(s: &Server, path: &str) -> HttpResponse {
+pub(crate) fn get(s: &Server, path: &str) -> HttpResponse {
     http(s.admin(), "GET", path, &[], "")
 }
 
-fn post(s: &Server, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
+pub(crate) fn post(s: &Server, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth
         .as_deref()
@@ -62,7 +62,7 @@ fn post(s: &Server, path: &str, token: Option<&str>, body: &str) -> HttpResponse
 }
 
 /// Polls `f` every 50 ms until it holds; panics after `timeout` naming `what`.
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -70,7 +70,7 @@ fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn wait_ready(s: &Server) {
+pub(crate) fn wait_ready(s: &Server) {
     eventually("/ready to answer 200", Duration::from_secs(15), || {
         get(s, "/ready").status == 200
     });
@@ -78,14 +78,14 @@ fn wait_ready(s: &Server) {
 
 /// One sample of a text exposition.
 #[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 /// Parses Prometheus/OpenMetrics text: `name{k="v",...} value` lines; comments skipped.
-fn parse_exposition(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {
@@ -141,7 +141,7 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
 }
 
 /// Returns the value of `name` with exactly `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -152,8 +152,19 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .map(|s| s.value)
 }
 
-fn scrape(s: &Server) -> Vec<Sample> {
-    let r = get(s, "/metrics");
+/// The `Accept` header Prometheus 2.x sends: OpenMetrics first.
+pub(crate) const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+     application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Scrapes `/metrics` as Prometheus does (OpenMetrics) and parses the samples.
+pub(crate) fn scrape(s: &Server) -> Vec<Sample> {
+    let r = http(
+        s.admin(),
+        "GET",
+        "/metrics",
+        &[("Accept", PROMETHEUS_ACCEPT)],
+        "",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
     parse_exposition(&r.body)
@@ -222,11 +233,11 @@ fn ready_is_503_until_the_first_probe_round_completes_and_live_is_always_200() {
     assert_eq!(get(&s, "/ready").json()["ready"], true);
     let status = get(&s, "/status").json();
     assert_eq!(status["ready"], true);
-    assert_eq!(
-        target(&status, 0, 0, 0)["state"],
-        "down",
-        "timed out: {status}"
-    );
+    // Issue #17: one timeout does not withdraw a target (fall = 3 does).
+    let t = target(&status, 0, 0, 0);
+    assert_eq!(t["state"], "unknown", "{status}");
+    assert_eq!(t["last_check"]["result"], "fail", "{status}");
+    assert_eq!(t["last_check"]["error"], "timed out after 3s", "{status}");
 }
 
 #[test]
@@ -342,7 +353,13 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
     );
     let s = Server::start(&good);
     wait_ready(&s);
-    let r = get(&s, "/metrics");
+    let r = http(
+        s.admin(),
+        "GET",
+        "/metrics",
+        &[("Accept", PROMETHEUS_ACCEPT)],
+        "",
+    );
     assert!(
         r.header("content-type")
             .unwrap()
@@ -370,7 +387,11 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
     );
     // Answers by service and region: the resolver (loopback) has no location, so us-east,
     // the first region in config order, answered all three.
-    let answers = [("service", "api.example.net."), ("region", "us-east")];
+    let answers = [
+        ("service", "api.example.net."),
+        ("region", "us-east"),
+        ("family", "A"),
+    ];
     assert_eq!(value(&m, DNS_ANSWERS_TOTAL, &answers), Some(3.0), "{m:#?}");
 
     // Target up: computed at scrape time from the config and the health view.
@@ -390,31 +411,25 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
         up(&scrape(&s), "eu-west", "127.0.0.2") == Some(0.0)
     });
 
-    // Probe durations: a histogram by check.
+    // Probe durations: a histogram by check and region.
+    let web_us = [("check", "web"), ("region", "us-east")];
+    let probes = |m: &[Sample]| value(m, &format!("{PROBE_DURATION_SECONDS}_count"), &web_us);
+    eventually(
+        "two probes of us-east observed",
+        Duration::from_secs(10),
+        || probes(&scrape(&s)).is_some_and(|n| n >= 2.0),
+    );
     let m = scrape(&s);
-    let count = value(
-        &m,
-        &format!("{PROBE_DURATION_SECONDS}_count"),
-        &[("check", "web")],
-    )
-    .unwrap();
-    assert!(count >= 2.0, "{count}");
+    let count = probes(&m).unwrap();
     assert_eq!(
         value(
             &m,
             &format!("{PROBE_DURATION_SECONDS}_bucket"),
-            &[("check", "web"), ("le", "+Inf")]
+            &[("check", "web"), ("region", "us-east"), ("le", "+Inf")]
         ),
         Some(count)
     );
-    assert!(
-        value(
-            &m,
-            &format!("{PROBE_DURATION_SECONDS}_sum"),
-            &[("check", "web")]
-        )
-        .is_some()
-    );
+    assert!(value(&m, &format!("{PROBE_DURATION_SECONDS}_sum"), &web_us).is_some());
 
     // Transitions: turn the backend down and count exactly one up -> down.
     backend.set_status(503);
@@ -450,8 +465,16 @@ fn metrics_expose_the_contract_names_and_move_with_queries_transitions_and_reloa
         (reloads(&m, "ok"), reloads(&m, "error")),
         (Some(1.0), Some(2.0))
     );
-    // Every metric family of the contract is named once, with its type.
-    let r = get(&s, "/metrics").body;
+    // Every metric family of the contract is named once, with its type (OpenMetrics names a
+    // counter's family without `_total`).
+    let r = http(
+        s.admin(),
+        "GET",
+        "/metrics",
+        &[("Accept", PROMETHEUS_ACCEPT)],
+        "",
+    )
+    .body;
     for (family, kind) in [
         ("meridian_dns_queries", "counter"),
         ("meridian_target_up", "gauge"),
@@ -555,11 +578,13 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
     assert_eq!(eu["targets"][0]["forced"], true);
     assert_eq!(eu["targets"][0]["usable"], false);
     assert_eq!(j["services"][0]["regions"][0]["drained"], false);
+    // Health and drain apart: the drained target is still up by its probes (none here), and
+    // drained.
     let m = scrape(&s);
-    let up = |region: &str, address: &str| {
+    let gauge = |name: &str, region: &str, address: &str| {
         value(
             &m,
-            TARGET_UP,
+            name,
             &[
                 ("service", "cdn.example.net."),
                 ("region", region),
@@ -568,8 +593,18 @@ fn drain_needs_the_token_shows_in_status_and_metrics_and_survives_a_restart() {
         )
     };
     assert_eq!(
-        (up("eu-west", "198.51.100.10"), up("us-east", "192.0.2.10")),
-        (Some(0.0), Some(1.0))
+        (
+            gauge(TARGET_UP, "eu-west", "198.51.100.10"),
+            gauge(TARGET_UP, "us-east", "192.0.2.10")
+        ),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(
+        (
+            gauge(TARGET_DRAINED, "eu-west", "198.51.100.10"),
+            gauge(TARGET_DRAINED, "us-east", "192.0.2.10")
+        ),
+        (Some(1.0), Some(0.0))
     );
     assert!(s.wait_log("admin: region override set", Duration::from_secs(2)));
     assert!(s.log_text().contains("maintenance"), "the reason is logged");
@@ -1019,13 +1054,22 @@ fn explain_returns_the_decision_trace_as_json_and_rejects_bad_parameters() {
                     endpoints = [{ region = \"us-east\", addresses = [\"192.0.2.1\"] }, \
                                  { region = \"eu-west\", addresses = [\"192.0.2.2\"] }]\n";
     let s = Server::start(&cfg(body, services));
+    // The widest-scope map is built in the background: wait for it, so the scope is known.
+    assert!(
+        s.wait_log("ecs scope maps ready", Duration::from_secs(60)),
+        "{}",
+        s.log_text()
+    );
     let r = get(&s, "/explain?name=api.example.net&type=A&client=2.16.0.1");
     assert_eq!(r.status, 200, "{}", r.body);
     let j = r.json();
     assert_eq!(j["client"]["country"], "DE", "{j}");
     assert_eq!(j["order"][0]["region"], "eu-west", "{j}");
     assert_eq!(j["decision"]["outcome"]["addresses"][0], "192.0.2.2", "{j}");
-    assert_eq!(j["decision"]["scope"], 15, "{j}");
+    // Frankfurt's /15 and London's 2.18.0.0/16 order the two regions alike: one /13.
+    assert_eq!(j["decision"]["scope"], 13, "{j}");
+    assert_eq!(j["client"]["scope_map"], true, "{j}");
+    assert_eq!(j["client"]["located_by"], "the address itself", "{j}");
     // After a drain the live health view is used.
     let r = post(&s, "/regions/eu-west/drain", None, "");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -1103,7 +1147,8 @@ fn a_target_drain_withdraws_one_address_everywhere_shows_as_forced_and_survives_
         ("region", "us-east"),
         ("address", "192.0.2.10"),
     ];
-    assert_eq!(value(&m, TARGET_UP, &up), Some(0.0));
+    assert_eq!(value(&m, TARGET_UP, &up), Some(1.0), "not probed: up");
+    assert_eq!(value(&m, TARGET_DRAINED, &up), Some(1.0));
 
     // A restart on the same directory keeps it (the state file), and undrain restores it.
     let dir = s.stop();

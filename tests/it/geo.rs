@@ -2,6 +2,7 @@
 //! with the scope a resolver may cache the answer for.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
@@ -68,10 +69,26 @@ endpoints = [
 ]
 "#;
 
+/// The log line of a finished scope-map build.
+const MAPS_READY: &str = "ecs scope maps ready";
+
+/// Starts a server on the sample database and waits until its widest-scope maps are built
+/// (milliseconds for the sample; the bound is generous for a loaded machine).
 fn server() -> Server {
-    Server::start(&format!(
-        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\ngeoip = \"{{GEO}}\"\n{ZONE}{REGIONS}{SERVICES}"
-    ))
+    server_with("")
+}
+
+/// Like [`server`], with extra `[server]` keys.
+fn server_with(server_keys: &str) -> Server {
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\ngeoip = \"{{GEO}}\"\n{server_keys}\n{ZONE}{REGIONS}{SERVICES}"
+    ));
+    assert!(
+        s.wait_log(MAPS_READY, Duration::from_secs(60)),
+        "no scope maps:\n{}",
+        s.log_text()
+    );
+    s
 }
 
 /// Asks `name`/`rtype` with an ECS option for `subnet`/`source` over UDP and TCP; returns the
@@ -169,8 +186,12 @@ fn geo_policy_answers_aaaa_by_country_then_continent() {
         vec![ip("2001:db8:30::1")],
         "SG matches the AS continent entry"
     );
-    let (addrs, _) = ask_ecs(&s, "geo.example.net.", RecordType::AAAA, "2804:14c::", 48);
+    let (addrs, scope) = ask_ecs(&s, "geo.example.net.", RecordType::AAAA, "2804:14c::", 48);
     assert_eq!(addrs, vec![ip("2001:db8:10::1")], "BR falls to the default");
+    // Issue 13: the widest scope. Every network but the DE and AS ones falls to the default,
+    // and so do unknown addresses: 2800::/7 holds neither 2406:3003::/32 (SG) nor
+    // 2a01:4f8::/32 (DE), 2800::/6 holds the latter.
+    assert_eq!(scope, 7, "wider than the matched /31 and the source /48");
 }
 
 #[test]
@@ -274,4 +295,137 @@ fn explain_cli_shows_location_order_and_answer() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("not a service name"), "{err}");
+}
+
+#[test]
+fn issue_13_ipv4_mapped_and_compatible_ecs_scope_is_96_plus_the_ipv4_scope() {
+    let s = server();
+    let (_, v4_scope) = ask_ecs(&s, "api.example.net.", RecordType::A, "2.16.0.0", 24);
+    assert_eq!(v4_scope, 15);
+    for subnet in ["::ffff:2.16.0.0", "::2.16.0.0"] {
+        let (addrs, scope) = ask_ecs(&s, "api.example.net.", RecordType::A, subnet, 120);
+        assert_eq!(
+            addrs,
+            vec![ip("192.0.2.2")],
+            "{subnet}: Frankfurt -> eu-west"
+        );
+        assert_eq!(scope, 96 + 15, "{subnet}: not the IPv4 /15");
+    }
+}
+
+#[test]
+fn issue_13_nat64_6to4_and_teredo_clients_are_located_by_the_embedded_ipv4_address() {
+    let s = server_with("nat64_prefixes = [\"2001:db8:100::/40\"]");
+    let cases = [
+        // (subnet, source, scope): 2.16.0.0/15 is Frankfurt -> eu-west.
+        ("64:ff9b::2.16.0.0", 120, 96 + 15),
+        ("2002:210::", 32, 16 + 15),
+        // RFC 4380: the client's address inverted: !2.16.0.0 = 253.239.255.255.
+        ("2001:0:4136:e378:8000:63bf:fdef:ffff", 128, 96 + 15),
+        // RFC 6052 /40: the IPv4 address in bits 40..64 (and 72..80).
+        ("2001:db8:102:1000::", 64, 40 + 15),
+    ];
+    for (subnet, source, want) in cases {
+        let (addrs, scope) = ask_ecs(&s, "api.example.net.", RecordType::A, subnet, source);
+        assert_eq!(addrs, vec![ip("192.0.2.2")], "{subnet}");
+        assert_eq!(scope, want, "{subnet}");
+    }
+    // The resolver's own address is not involved: nothing embeds 127.0.0.1 here.
+    let (addrs, _) = ask_ecs(&s, "api.example.net.", RecordType::A, "2002:7f00::", 24);
+    assert_eq!(
+        addrs,
+        vec![ip("192.0.2.1")],
+        "2002:7f00::/24 embeds 127.0.0.0/8: no location"
+    );
+}
+
+#[test]
+fn issue_13_ipv6_transition_false_locates_the_ipv6_address_itself() {
+    let s = server_with("ipv6_transition = false");
+    for (subnet, source) in [
+        ("64:ff9b::2.16.0.0", 120),
+        ("2001:0:4136:e378:8000:63bf:fdef:ffff", 128),
+    ] {
+        let (addrs, _) = ask_ecs(&s, "api.example.net.", RecordType::A, subnet, source);
+        assert_eq!(
+            addrs,
+            vec![ip("192.0.2.1")],
+            "{subnet}: no location, config order"
+        );
+    }
+    // IPv4-mapped stays on.
+    let (addrs, scope) = ask_ecs(
+        &s,
+        "api.example.net.",
+        RecordType::A,
+        "::ffff:2.16.0.0",
+        120,
+    );
+    assert_eq!(addrs, vec![ip("192.0.2.2")]);
+    assert_eq!(scope, 111);
+}
+
+#[test]
+fn issue_13_scope_maps_are_rebuilt_on_reload() {
+    let s = server();
+    s.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.log_text().matches(MAPS_READY).count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rebuilt:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (addrs, scope) = ask_ecs(&s, "geo.example.net.", RecordType::AAAA, "2804:14c::", 48);
+    assert_eq!(addrs, vec![ip("2001:db8:10::1")]);
+    assert_eq!(scope, 7);
+}
+
+#[test]
+fn issue_13_explain_says_which_rule_located_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        crate::harness::config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\ngeoip = \"{{GEO}}\"\n{ZONE}{REGIONS}{SERVICES}"
+        )),
+    )
+    .unwrap();
+    let explain = |client: &str| {
+        let (code, out, err) = crate::harness::run(&[
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            "--client",
+            client,
+            "api.example.net",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = explain("2002:210::1");
+    assert!(
+        out.contains("located by 6to4 2002::/16 as 2.16.0.0"),
+        "{out}"
+    );
+    assert!(out.contains("answer: 192.0.2.2"), "{out}");
+    assert!(
+        out.contains("scope /31 (widest on which the region order is the same)"),
+        "{out}"
+    );
+    let out = explain("2001:0:4136:e378:8000:63bf:fdef:ffff");
+    assert!(
+        out.contains("located by Teredo (inverted) 2001::/32 as 2.16.0.0"),
+        "{out}"
+    );
+    let out = explain("64:ff9b::2.16.0.1");
+    assert!(
+        out.contains("located by NAT64 64:ff9b::/96 as 2.16.0.1"),
+        "{out}"
+    );
+    let out = explain("2.16.0.1");
+    assert!(!out.contains("located by"), "{out}");
 }

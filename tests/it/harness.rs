@@ -66,15 +66,49 @@ impl Server {
 
     /// Starts the server on an existing config file in `dir`.
     pub fn start_in(dir: tempfile::TempDir, path: &Path) -> Server {
-        let mut child = Command::new(binary())
-            .args(["serve", "--config"])
+        Self::start_with(dir, path, |_| {})
+    }
+
+    /// Like [`Server::start`], with the open-file limit (soft and hard) of the server process
+    /// set to `nofile`.
+    pub fn start_with_fd_limit(config_text: &str, nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(&path, config(config_text)).expect("write config");
+        Self::start_with(dir, &path, move |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// Starts the server on an existing config file in `dir`, after `configure` has adjusted
+    /// the command.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        path: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--config"])
             .arg(path)
             .env("MERIDIAN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn meridian");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn meridian");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
@@ -141,6 +175,11 @@ impl Server {
         // SAFETY: kill(2) with the pid of a child we spawned and still own.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
         assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Returns the server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to exit.

@@ -5,10 +5,16 @@
 mod admin;
 mod backend;
 mod cli;
+mod clients;
 mod cluster;
 mod dns;
+mod edges;
+mod farm;
 mod fuzz;
 mod geo;
 mod harness;
 mod health;
+mod monitoring;
+mod reload;
+mod scale;
 mod wire;

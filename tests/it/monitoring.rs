@@ -1,0 +1,439 @@
+//! Monitoring as an on-call engineer gets it (issue 12): `/metrics` in both exposition formats
+//! parsed by Prometheus' own tools, health apart from drains, services failing open (gauge and
+//! WARN log), the shipped alert rules with their unit tests, and the Grafana dashboard and the
+//! alerts referring only to metrics that the binary exposes.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use meridian::metrics::{
+    BUILD_INFO, DNS_ANSWERS_TOTAL, DNS_ECS_QUERIES_TOTAL, SERVICE_ALL_DOWN, SERVICE_FAILING_OPEN,
+    TARGET_DRAINED, TARGET_UP,
+};
+
+use crate::admin::{PROMETHEUS_ACCEPT, Sample, cfg, check, eventually, parse_exposition, value};
+use crate::harness::{HttpStub, Server, add_option, ecs, http, query, repo, tool};
+
+/// Runs `program` with `args` (and `stdin`), returns (exit code, stdout + stderr).
+fn run_tool(program: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A server whose exposition holds every metric family: a probed service with one backend up
+/// and one down (transitions, probe histograms), a service failing open, the GeoIP database,
+/// rate limiting, and queries with and without ECS.
+fn exercised_server(backend: &HttpStub) -> Server {
+    let s = Server::start(&cfg(
+        "geoip = \"{GEO}\"",
+        &format!(
+            "[rate_limit]\nresponses_per_second = 1000\n\
+             {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.1\", \"::1\"] }}, \
+                          {{ region = \"eu-west\", addresses = [\"127.0.0.2\"] }}]\n\
+             [[service]]\nname = \"pay.example.net.\"\npolicy = \"failover\"\ncheck = \"web\"\n\
+             endpoints = [{{ region = \"eu-west\", addresses = [\"127.0.0.3\"] }}]\n",
+            check("web", backend.addr.port())
+        ),
+    ));
+    crate::admin::wait_ready(&s);
+    // The targets without a backend go down after `fall` failed probes.
+    eventually(
+        "the targets without a backend down",
+        Duration::from_secs(15),
+        || {
+            let m = crate::admin::scrape(&s);
+            ["127.0.0.2", "127.0.0.3", "::1"].iter().all(|a| {
+                m.iter()
+                    .any(|x| x.name == TARGET_UP && x.labels["address"] == *a && x.value == 0.0)
+            })
+        },
+    );
+    s
+}
+
+fn scrape_text(s: &Server, accept: Option<&str>) -> (String, String) {
+    let headers: Vec<(&str, &str)> = accept.map(|a| vec![("Accept", a)]).unwrap_or_default();
+    let r = http(s.admin(), "GET", "/metrics", &headers, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    (r.header("content-type").unwrap_or("").to_string(), r.body)
+}
+
+/// The metric names a PromQL expression refers to (`meridian_*` and `process_*`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+        if word(bytes[i]) && (i == 0 || !word(bytes[i - 1])) {
+            let end = (i..bytes.len())
+                .find(|&j| !word(bytes[j]))
+                .unwrap_or(bytes.len());
+            let w = &expr[i..end];
+            if w.starts_with("meridian_") || w.starts_with("process_") {
+                out.insert(w.to_string());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every `expr` and templating `query` string of a Grafana dashboard.
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        out.push(s.clone())
+                    }
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn metrics_negotiate_openmetrics_or_prometheus_text_and_promtool_parses_both() {
+    let Some(promtool) = tool("metrics format test", &["promtool"], "prometheus") else {
+        return;
+    };
+    let backend = HttpStub::start(200);
+    let s = exercised_server(&backend);
+    // One query with ECS, one without, so that every family has samples.
+    let mut with_ecs = query("api.example.net.", RecordType::A);
+    add_option(&mut with_ecs, ecs("198.51.100.0", 24));
+    let answer = Message::from_vec(&s.udp_raw(&with_ecs.to_vec().unwrap()).unwrap()).unwrap();
+    assert_eq!(answer.answers.len(), 1);
+    s.ask("api.example.net.", RecordType::AAAA);
+    s.ask("example.net.", RecordType::SOA);
+
+    // No Accept header (curl): the Prometheus text format 0.0.4, which promtool lints.
+    let (ctype, text) = scrape_text(&s, None);
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains("# TYPE meridian_dns_queries_total counter\n"),
+        "{text}"
+    );
+    let (code, out) = run_tool(&promtool, &["check", "metrics"], Some(&text));
+    assert_eq!(
+        (code, out.trim()),
+        (0, ""),
+        "promtool check metrics:\n{text}"
+    );
+
+    // Prometheus' Accept header: OpenMetrics, which promtool's OpenMetrics parser (the one
+    // Prometheus scrapes with) takes for a backfill; samples need timestamps there.
+    let (ctype, om) = scrape_text(&s, Some(PROMETHEUS_ACCEPT));
+    assert_eq!(
+        ctype,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE meridian_dns_queries counter\n"), "{om}");
+    let stamped: String = om
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} 1700000000\n")
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.om");
+    std::fs::write(&file, stamped).unwrap();
+    let blocks = dir.path().join("blocks");
+    let (code, out) = run_tool(
+        &promtool,
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            file.to_str().unwrap(),
+            blocks.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "promtool OpenMetrics parse: {out}\n{om}");
+    // Both formats carry the same samples.
+    let (a, b) = (parse_exposition(&text), parse_exposition(&om));
+    let names = |v: &[Sample]| v.iter().map(|s| s.name.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(names(&a), names(&b));
+
+    // Build info: the version and the commit the binary was built from.
+    let build = b.iter().find(|x| x.name == BUILD_INFO).expect("build info");
+    assert_eq!(build.value, 1.0);
+    assert_eq!(build.labels["version"], env!("CARGO_PKG_VERSION"));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(build.labels["commit"], head),
+        None => assert!(!build.labels["commit"].is_empty()),
+    }
+    // Process metrics from /proc/self.
+    let v = |name: &str| value(&b, name, &[]).unwrap_or_else(|| panic!("no {name}:\n{om}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = v("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} vs {now}"
+    );
+    assert!(v("process_resident_memory_bytes") > 1e6);
+    assert!(v("process_open_fds") >= 5.0, "sockets and files are open");
+    assert!(v("process_max_fds") >= v("process_open_fds"));
+    assert!(v("process_cpu_seconds_total") >= 0.0);
+    // ECS-bearing and plain queries, answers by family.
+    assert_eq!(
+        value(&b, DNS_ECS_QUERIES_TOTAL, &[("ecs", "yes")]),
+        Some(1.0)
+    );
+    assert!(value(&b, DNS_ECS_QUERIES_TOTAL, &[("ecs", "no")]).unwrap() >= 2.0);
+    let answers = |region: &str, family: &str| {
+        value(
+            &b,
+            DNS_ANSWERS_TOTAL,
+            &[
+                ("service", "api.example.net."),
+                ("region", region),
+                ("family", family),
+            ],
+        )
+    };
+    // 198.51.100.0/24 is in Germany in the sample database: eu-west is down (nothing listens
+    // on 127.0.0.2), so us-east answers A; AAAA only us-east has.
+    assert_eq!(
+        (answers("us-east", "A"), answers("us-east", "AAAA")),
+        (Some(1.0), Some(1.0))
+    );
+    assert!(value(&b, "meridian_geoip_build_timestamp_seconds", &[]).unwrap() > 1.0e9);
+}
+
+#[test]
+fn target_up_is_the_probe_result_drains_are_apart_and_failing_open_is_a_gauge_and_a_warning() {
+    let backend = HttpStub::start(200);
+    let s = exercised_server(&backend);
+    let m = crate::admin::scrape(&s);
+    let target = |m: &[Sample], name: &str, region: &str, address: &str| {
+        value(
+            m,
+            name,
+            &[
+                ("service", "api.example.net."),
+                ("region", region),
+                ("address", address),
+            ],
+        )
+    };
+    let service = |m: &[Sample], name: &str, service: &str, family: &str| {
+        value(m, name, &[("service", service), ("family", family)])
+    };
+    // 127.0.0.2 has nothing listening: down, not drained.
+    assert_eq!(target(&m, TARGET_UP, "eu-west", "127.0.0.2"), Some(0.0));
+    assert_eq!(
+        target(&m, TARGET_DRAINED, "eu-west", "127.0.0.2"),
+        Some(0.0)
+    );
+    assert_eq!(target(&m, TARGET_UP, "us-east", "127.0.0.1"), Some(1.0));
+    // pay.example.net.'s only target is down: it fails open (when_all_down = "all").
+    assert_eq!(
+        service(&m, SERVICE_FAILING_OPEN, "pay.example.net.", "A"),
+        Some(1.0)
+    );
+    assert_eq!(
+        service(&m, SERVICE_ALL_DOWN, "pay.example.net.", "A"),
+        Some(1.0)
+    );
+    assert_eq!(
+        service(&m, SERVICE_FAILING_OPEN, "api.example.net.", "A"),
+        Some(0.0)
+    );
+    let pay_warning = || {
+        s.log_text()
+            .lines()
+            .find(|l| l.contains("service fails open") && l.contains("pay.example.net."))
+            .map(str::to_string)
+    };
+    eventually(
+        "a WARN that pay.example.net. fails open",
+        Duration::from_secs(10),
+        || pay_warning().is_some(),
+    );
+    assert!(pay_warning().unwrap().contains(" WARN "));
+
+    // Draining us-east: its targets stay up by their probes and show as drained; with
+    // eu-west down, api.example.net. has nothing usable left for A and fails open too.
+    let r = http(s.admin(), "POST", "/regions/us-east/drain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = crate::admin::scrape(&s);
+    assert_eq!(target(&m, TARGET_UP, "us-east", "127.0.0.1"), Some(1.0));
+    assert_eq!(
+        target(&m, TARGET_DRAINED, "us-east", "127.0.0.1"),
+        Some(1.0)
+    );
+    assert_eq!(
+        service(&m, SERVICE_FAILING_OPEN, "api.example.net.", "A"),
+        Some(1.0)
+    );
+    let started = Instant::now();
+    eventually(
+        "a WARN that api.example.net. fails open",
+        Duration::from_secs(10),
+        || {
+            s.log_text().lines().any(|l| {
+                l.contains("service fails open")
+                    && l.contains("api.example.net.")
+                    && l.contains("family=\"A\"")
+            })
+        },
+    );
+    // Undrain: it recovers, and says so.
+    let r = http(s.admin(), "POST", "/regions/us-east/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(
+        "a WARN that api.example.net. recovered",
+        Duration::from_secs(10),
+        || {
+            s.log_text().lines().any(|l| {
+                l.contains("service recovered")
+                    && l.contains("api.example.net.")
+                    && l.contains("family=\"A\"")
+            })
+        },
+    );
+    eprintln!(
+        "failing open logged and recovered within {:?}",
+        started.elapsed()
+    );
+    let m = crate::admin::scrape(&s);
+    assert_eq!(
+        service(&m, SERVICE_FAILING_OPEN, "api.example.net.", "A"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_each_alert_has_a_unit_test_and_a_runbook() {
+    let Some(promtool) = tool("alert rules test", &["promtool"], "prometheus") else {
+        return;
+    };
+    let (code, out) = run_tool(
+        &promtool,
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_tool(
+        &promtool,
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(repo().join("deploy/prometheus/alerts_test.yml")).unwrap();
+    let runbooks = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 9, "{alerts:?}");
+    for alert in &alerts {
+        // A test where it fires (expected alerts listed after its name).
+        let fires = tests.split("alertname: ").skip(1).any(|t| {
+            t.starts_with(&format!("{alert}\n"))
+                && t.lines().nth(1).is_some_and(|l| l.trim() == "exp_alerts:")
+        });
+        assert!(fires, "no unit test where {alert} fires");
+        let anchor = alert.to_ascii_lowercase();
+        assert!(
+            rules.contains(&format!("runbook_url: \"docs/operations.md#{anchor}\"")),
+            "{alert}: runbook link"
+        );
+        assert!(
+            runbooks.contains(&format!("\n### {alert}\n")),
+            "{alert}: no runbook heading in docs/operations.md"
+        );
+    }
+}
+
+#[test]
+fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
+    let backend = HttpStub::start(200);
+    let s = exercised_server(&backend);
+    s.ask("api.example.net.", RecordType::A);
+    let (_, text) = scrape_text(&s, None);
+    let exposed: BTreeSet<String> = parse_exposition(&text)
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/meridian.json")).unwrap(),
+    )
+    .expect("the dashboard is valid JSON");
+    assert_eq!(dashboard["uid"], "meridian");
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    let used: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    assert!(used.len() >= 12, "{used:?}");
+    let missing: Vec<_> = used.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard names metrics the binary does not expose: {missing:?}\nexposed: {exposed:?}"
+    );
+
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let used: BTreeSet<String> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(metric_names)
+        .collect();
+    assert!(used.len() >= 8, "{used:?}");
+    let missing: Vec<_> = used.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the alert rules name metrics the binary does not expose: {missing:?}"
+    );
+}

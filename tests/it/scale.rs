@@ -1,0 +1,197 @@
+//! Issue #17 (https://github.com/meridian/meridian/issues/17): the probe engine at scale, against
+//! a farm of real loopback backends (`farm.rs`). Timings are printed, not asserted; the
+//! benchmark in bench/ measures them at 10,000 targets.
+
+use std::time::{Duration, Instant};
+
+use crate::farm::{Farm, Kind, raise_fd_limit};
+use crate::harness::{Server, ZONE, http};
+
+const REGIONS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+
+/// A config of `targets / 5` services over five regions, one address per endpoint, all probed
+/// by one HTTP check on `port` every `interval`.
+fn scale_config(farm: &Farm, check_extra: &str) -> String {
+    let mut out = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n{ZONE}\n"
+    );
+    for (i, r) in REGIONS.iter().enumerate() {
+        out.push_str(&format!(
+            "[region.{r}]\nlatitude = {}.0\nlongitude = {}.0\n",
+            10 * i,
+            20 * i
+        ));
+    }
+    out.push_str(&format!(
+        "[check.web]\nkind = \"http\"\nport = {}\npath = \"/healthz\"\n{check_extra}\n",
+        farm.port
+    ));
+    for (s, chunk) in farm.addrs.chunks(REGIONS.len()).enumerate() {
+        let endpoints: Vec<String> = chunk
+            .iter()
+            .zip(REGIONS)
+            .map(|(a, r)| format!("{{ region = \"{r}\", addresses = [\"{a}\"] }}"))
+            .collect();
+        out.push_str(&format!(
+            "[[service]]\nname = \"p{s}.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             endpoints = [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
+    out
+}
+
+/// Returns the sum of the samples of `name` whose label text contains `labels`.
+fn metric_sum(s: &Server, name: &str, labels: &str) -> f64 {
+    let body = http(s.admin(), "GET", "/metrics", &[], "").body;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (bounded) until `f` holds; returns how long it took.
+fn wait_for(what: &str, bound: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn issue_17_two_thousand_healthy_targets_start_without_a_false_transition() {
+    const TARGETS: usize = 2000;
+    raise_fd_limit();
+    let farm = Farm::start(TARGETS, Kind::Http);
+    let started = Instant::now();
+    let s = Server::start(&scale_config(
+        &farm,
+        "interval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n",
+    ));
+    let ready = wait_for("/ready", Duration::from_secs(60), || {
+        http(s.admin(), "GET", "/ready", &[], "").status == 200
+    });
+    // Steady: the probes of the last second reach 95 % of one per target.
+    let mut last = (Instant::now(), farm.requests());
+    let mut rate = 0.0;
+    let steady = wait_for("the steady probe rate", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(450));
+        let now = (Instant::now(), farm.requests());
+        rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
+        last = now;
+        rate >= 0.95 * TARGETS as f64
+    });
+    // Three more intervals of probes, then look at the outcome.
+    std::thread::sleep(Duration::from_secs(3));
+    println!(
+        "2000 targets: ready after {:.2} s, steady ({rate:.0} probes/s) after {:.2} s from \
+         start; {} requests over {} connections",
+        (ready).as_secs_f64(),
+        (started.elapsed() - Duration::from_secs(3)).as_secs_f64(),
+        farm.requests(),
+        farm.accepts()
+    );
+    let _ = steady;
+    let down = metric_sum(&s, "meridian_health_transitions_total", "to=\"down\"");
+    assert_eq!(
+        down, 0.0,
+        "false transitions to down against healthy backends"
+    );
+    let up = metric_sum(&s, "meridian_health_transitions_total", "to=\"up\"");
+    assert_eq!(up, TARGETS as f64, "every target went up exactly once");
+    let status = http(s.admin(), "GET", "/status", &[], "").json();
+    let states: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|svc| svc["regions"].as_array().unwrap())
+        .flat_map(|r| r["targets"].as_array().unwrap())
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), TARGETS);
+    assert!(states.iter().all(|s| *s == "up"), "not all up");
+    // Keep-alive: connections are reused (a timeout would cost one reconnect each).
+    assert!(
+        farm.accepts() < farm.requests() / 2,
+        "{} connections for {} requests",
+        farm.accepts(),
+        farm.requests()
+    );
+}
+
+#[test]
+fn issue_17_hung_targets_exhausting_our_sockets_withdraw_no_healthy_target() {
+    const TARGETS: usize = 300;
+    const HUNG: usize = 100;
+    let farm = Farm::start(TARGETS, Kind::Http);
+    farm.hang_below(HUNG as u32);
+    // An open-file limit of 128 leaves 64 probe sockets; 100 hung targets hold most of them
+    // for a whole timeout each, so probes of healthy targets wait for a socket and some give
+    // up: that is our trouble, and must not withdraw them. Descriptors stay free for the
+    // admin port throughout.
+    let s = Server::start_with_fd_limit(
+        &scale_config(
+            &farm,
+            "interval = \"500ms\"\ntimeout = \"400ms\"\nrise = 1\nfall = 1\n",
+        ),
+        128,
+    );
+    wait_for("our own errors counted", Duration::from_secs(60), || {
+        metric_sum(
+            &s,
+            "meridian_probe_errors_total",
+            "reason=\"file_descriptors\"",
+        ) > 0.0
+    });
+    wait_for("/ready", Duration::from_secs(60), || {
+        http(s.admin(), "GET", "/ready", &[], "").status == 200
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let errors = metric_sum(
+        &s,
+        "meridian_probe_errors_total",
+        "reason=\"file_descriptors\"",
+    );
+    let metrics = http(s.admin(), "GET", "/metrics", &[], "").body;
+    let hung: Vec<String> = farm.addrs[..HUNG].iter().map(|a| a.to_string()).collect();
+    let wrongly_down: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meridian_health_transitions_total") && l.contains("to=\"down\""))
+        .filter(|l| !hung.iter().any(|h| l.contains(&format!("address=\"{h}\""))))
+        .collect();
+    println!(
+        "fd limit 128, {TARGETS} targets ({HUNG} hung): {errors} probe errors; \
+         {} healthy targets withdrawn",
+        wrongly_down.len()
+    );
+    assert!(
+        wrongly_down.is_empty(),
+        "healthy targets withdrawn: {wrongly_down:?}"
+    );
+    let logged = s
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("a probe could not run") && l.contains("file_descriptors"))
+        .count();
+    assert_eq!(logged, 1, "logged once per cause:\n{}", s.log_text());
+    let status = http(s.admin(), "GET", "/status", &[], "").json();
+    let targets: Vec<&serde_json::Value> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|svc| svc["regions"].as_array().unwrap())
+        .flat_map(|r| r["targets"].as_array().unwrap())
+        .collect();
+    assert_eq!(targets.len(), TARGETS);
+    let healthy_down = targets
+        .iter()
+        .filter(|t| !hung.contains(&t["address"].as_str().unwrap().to_string()))
+        .filter(|t| t["state"] == "down")
+        .count();
+    assert_eq!(healthy_down, 0);
+}
