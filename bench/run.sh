@@ -4,10 +4,14 @@
 #   bench/run.sh                      # 5 rounds x 10 s per server, then latency runs
 #   ROUNDS=3 DURATION=5 bench/run.sh  # shorter
 #   VERIFY=warn bench/run.sh          # print answer mismatches but time anyway
+#   RATE_LIMIT=100000000 bench/run.sh # Meridian with [rate_limit] on (a rate nothing reaches):
+#                                     # the cost of the shared rate-limit table
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per throughput run (10), CLIENTS (dnsperf -c,
 # 8), THREADS (dnsperf -T, 1), OUTSTANDING (dnsperf -q, 200), LAT_QPS (rate of the latency run,
-# 20000), LAT_DURATION (3), QUERIES (size of the query file, 20000), VERIFY (strict|warn).
+# 20000), LAT_DURATION (3), QUERIES (size of the query file, 20000), VERIFY (strict|warn),
+# RATE_LIMIT (responses_per_second of a [rate_limit] added to Meridian's config; unset: none),
+# MERIDIAN_BIN (a prebuilt binary to time; unset: build this tree).
 #
 # What it does: installs dnsperf, gdnsd and dig if missing; builds Meridian (release, --locked);
 # writes the gdnsd config (bench/gdnsd/config.in) and zone (zones/example.net.zone plus DYNA
@@ -45,7 +49,11 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
 fi
-cargo build --release --locked --quiet
+# MERIDIAN_BIN: time a prebuilt binary (e.g. an older commit's) instead of building this tree.
+if [ -z "${MERIDIAN_BIN:-}" ]; then
+    cargo build --release --locked --quiet
+    MERIDIAN_BIN=./target/release/meridian
+fi
 
 # --- processes we start, stopped by pid on exit ---------------------------------------------------
 TMP=$(mktemp -d -t meridian-bench.XXXXXX)
@@ -106,7 +114,15 @@ PIDS+=("$G_PID")
 wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd
 
 # --- Meridian ----------------------------------------------------------------------------------
-MERIDIAN_LOG=warn,meridian::app=info ./target/release/meridian serve --config bench/meridian.toml \
+M_CONFIG=bench/meridian.toml
+if [ -n "${RATE_LIMIT:-}" ]; then
+    # The same config with [rate_limit]; its relative paths made absolute for the copy.
+    M_CONFIG="$TMP/meridian.toml"
+    sed "s#\"\.\./#\"$ROOT/#" bench/meridian.toml >"$M_CONFIG"
+    printf '\n[rate_limit]\nresponses_per_second = %s\n' "$RATE_LIMIT" >>"$M_CONFIG"
+    echo "meridian with [rate_limit] responses_per_second = $RATE_LIMIT"
+fi
+MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config "$M_CONFIG" \
     >"$TMP/meridian.log" 2>&1 &
 M_PID=$!
 PIDS+=("$M_PID")

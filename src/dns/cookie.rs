@@ -62,7 +62,22 @@ fn random_secret() -> &'static Secret {
 }
 
 /// Returns the current time as a cookie timestamp: seconds since the epoch, modulo 2^32.
+///
+/// On Linux this reads the coarse realtime clock (updated every tick, a few milliseconds): a
+/// cookie needs seconds, and `SystemTime::now` cost 72 ns per call on the bench machine,
+/// about a fifth of a whole cached answer.
 pub fn now() -> u32 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+            return ts.tv_sec as u32;
+        }
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)
@@ -72,13 +87,22 @@ pub fn now() -> u32 {
 /// timestamp | client address, keyed with `secret` (RFC 9018 §4.4), in the byte order of the
 /// reference implementation (the RFC's test vectors).
 fn hash(secret: &Secret, client: &[u8; 8], head: &[u8], ip: IpAddr) -> [u8; 8] {
+    // One contiguous input: the hasher's streaming of several short writes costs more.
+    let mut input = [0u8; 32];
+    input[..8].copy_from_slice(client);
+    input[8..16].copy_from_slice(head.get(..8).unwrap_or(&[0; 8]));
+    let len = match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            input[16..20].copy_from_slice(&a.octets());
+            20
+        }
+        IpAddr::V6(a) => {
+            input[16..32].copy_from_slice(&a.octets());
+            32
+        }
+    };
     let mut h = SipHasher24::new_with_key(secret);
-    h.write(client);
-    h.write(head);
-    match ip.to_canonical() {
-        IpAddr::V4(a) => h.write(&a.octets()),
-        IpAddr::V6(a) => h.write(&a.octets()),
-    }
+    h.write(&input[..len]);
     h.finish().to_le_bytes()
 }
 
@@ -123,12 +147,13 @@ pub fn reply(cookie: &Cookie, ip: IpAddr, secrets: &[Secret], now: u32) -> [u8; 
     out
 }
 
-/// Returns whether the query `msg` from `ip` carries a valid server cookie; reads only the OPT
-/// record, so that the rate limiter can ask without a full parse.
-pub fn has_valid(msg: &[u8], ip: IpAddr, secrets: &[Secret], now: u32) -> bool {
+/// Returns whether the query `msg` from `ip` carries a valid server cookie now; reads only the
+/// OPT record, so that the rate limiter can ask without a full parse (and the clock only when
+/// there is a server cookie to check).
+pub fn has_valid(msg: &[u8], ip: IpAddr, secrets: &[Secret]) -> bool {
     wire::find_cookie(msg).is_some_and(|c| {
         c.server()
-            .is_some_and(|s| is_valid(secrets, &c.client(), s, ip, now))
+            .is_some_and(|s| is_valid(secrets, &c.client(), s, ip, now()))
     })
 }
 
@@ -218,6 +243,15 @@ mod tests {
         assert!(!check(t + MAX_SKEW + 1, t));
         // across the 2^32 wrap
         assert!(check(u32::MAX - 100, 200));
+    }
+
+    #[test]
+    fn now_is_the_unix_time() {
+        let system = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as u32;
+        assert!(now().abs_diff(system) <= 1, "{} vs {system}", now());
     }
 
     #[test]

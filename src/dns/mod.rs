@@ -17,6 +17,8 @@
 
 pub mod cache;
 pub mod cookie;
+#[cfg(test)]
+mod fuzz;
 pub mod response;
 pub mod rrl;
 pub mod tcp;

@@ -164,7 +164,7 @@ fn admit(
     // exempt. Only checked with `[rate_limit]` on.
     let snap = answerer.snapshot.load();
     let secrets = super::cookie::secrets(&snap.config);
-    let exempt = super::cookie::has_valid(query, peer.ip(), secrets, super::cookie::now());
+    let exempt = super::cookie::has_valid(query, peer.ip(), secrets);
     match limiter.check(config, peer.ip(), now, exempt) {
         Verdict::Send => true,
         Verdict::Slip => {
