@@ -195,8 +195,7 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
                     c.set_admin_url(advertised_admin(&snapshot.load().config, admin_addr));
                     tokio::spawn(c.run(cluster_token))
                 });
-                // Its events go to the webhook once notify takes them (issue 12, item 4).
-                let _outages = crate::outage::start(
+                let outages = crate::outage::start(
                     snapshot.clone(),
                     health.view_cell(),
                     &tasks,
@@ -204,6 +203,8 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
                 );
                 crate::notify::start(
                     health.subscribe(),
+                    outages.subscribe(),
+                    health.clone(),
                     snapshot,
                     health.view_cell(),
                     &tasks,

@@ -1,18 +1,24 @@
-//! Webhook notifications: a JSON POST to `notify.webhook_url` on every target state change.
+//! Notifications: a POST to `notify.webhook_url` on every target state change, when a service
+//! fails open or has no usable target (and when that ends), and on every drain and undrain.
 //!
 //! Two tasks, so that nothing upstream ever waits on the network. The *collector* receives
-//! [`TransitionEvent`]s from the health subsystem's (unbounded) channel, adds the services the
-//! target serves, and puts a [`Notification`] on a bounded queue ([`WEBHOOK_QUEUE_CAPACITY`]);
-//! when the queue is full the notification is dropped with a warning. The *sender* posts queued
-//! notifications one at a time, in order, each with `notify.timeout`, retrying a failure
-//! (a transport error or a non-2xx status) up to `notify.retries` times with exponential backoff
-//! ([`WEBHOOK_BACKOFF_BASE`] doubling up to [`WEBHOOK_BACKOFF_MAX`]). Probes and answers never
-//! wait for either task.
+//! [`TransitionEvent`]s from the health subsystem's (unbounded) channel and
+//! [`OutageEvent`]s from `crate::outage`'s watcher, and notices drains by comparing the health
+//! subsystem's drains every [`DRAIN_POLL_INTERVAL`] (so drains made through any instance of a
+//! fleet are seen too); it puts an [`Event`] on a bounded queue ([`WEBHOOK_QUEUE_CAPACITY`]);
+//! when the queue is full the event is dropped with a warning. The *sender* renders queued
+//! events in `notify.format` and posts them one at a time, in order, each with
+//! `notify.timeout`, retrying a failure (a transport error or a non-2xx status) up to
+//! `notify.retries` times with exponential backoff ([`WEBHOOK_BACKOFF_BASE`] doubling up to
+//! [`WEBHOOK_BACKOFF_MAX`]). Probes and answers never wait for either task.
 //!
 //! `[notify]` is read from the current snapshot for every event, so a reload can add, change or
-//! remove the webhook.
+//! remove the webhook or its format.
 //!
-//! Body of each POST (`Content-Type: application/json`):
+//! # Formats
+//!
+//! `format = "json"` (default) posts Meridian's own documents (`Content-Type:
+//! application/json`). A target state change:
 //!
 //! ```json
 //! {
@@ -32,18 +38,52 @@
 //! `instance` is `server.nsid` (null when unset). `withdrawn` says why answers do not use the
 //! target now (`region_drained`, `target_drained`, `down`; the rule is
 //! [`crate::health::withdrawal`]), null when some endpoint still answers with it.
+//!
+//! A service with no usable target of a family (`event`: `service_failing_open` with
+//! `when_all_down = "all"`, else `service_all_down`; `service_recovered` when a target is
+//! usable again):
+//!
+//! ```json
+//! {"event": "service_failing_open", "instance": "meridian-1", "service": "api.example.net.",
+//!  "family": "A", "when_all_down": "all", "active": true, "targets": 2, "down": 2,
+//!  "drained": 0, "at": "2024-05-01T12:00:01.000Z"}
+//! ```
+//!
+//! A drain or undrain (`who`, `reason` and `expires` when the drain record has them):
+//!
+//! ```json
+//! {"event": "drained", "instance": "meridian-1", "subject": "regions/eu-west",
+//!  "who": "alice@ops-1", "reason": "maintenance", "expires": "2024-05-01T14:00:00.000Z",
+//!  "at": "2024-05-01T12:00:02.000Z"}
+//! ```
+//!
+//! `format = "slack"` posts a Slack incoming-webhook message: `text` (the notification's
+//! fallback) and `blocks` (a `section` with the same text in mrkdwn and a `context` with the
+//! instance and time).
+//!
+//! `format = "pagerduty"` posts PagerDuty Events API v2 events (point `webhook_url` at
+//! `https://events.pagerduty.com/v2/enqueue`; the routing key comes from
+//! `notify.routing_key_file`). Each problem has its own `dedup_key`, so that the recovery
+//! resolves the incident its failure opened: `meridian/target/ADDRESS/CHECK` (trigger on down,
+//! resolve on up), `meridian/service/NAME/FAMILY` (trigger when the service fails open or has
+//! nothing usable, resolve when it recovers) and `meridian/drain/regions/NAME` or
+//! `.../targets/ADDRESS` (an `info` trigger on drain, resolve on undrain).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::health::{HealthView, TransitionEvent, withdrawal};
+use crate::config::{Config, Notify, NotifyFormat};
+use crate::health::{Health, HealthView, State, TransitionEvent, format_rfc3339, withdrawal};
+use crate::outage::OutageEvent;
 use crate::snapshot::SnapshotCell;
 
 /// Notifications waiting to be posted; more are dropped (with a warning).
@@ -52,6 +92,8 @@ pub const WEBHOOK_QUEUE_CAPACITY: usize = 256;
 pub const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two retries.
 pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the collector compares the drains in force with the last ones it saw.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The JSON body posted for one state change.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -105,58 +147,474 @@ impl Notification {
     }
 }
 
+/// The JSON body posted when a service loses its last usable target of a family, or gets one
+/// back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutageNotification {
+    /// `service_failing_open`, `service_all_down` or `service_recovered`.
+    pub event: &'static str,
+    /// This server's `server.nsid`.
+    pub instance: Option<String>,
+    /// The change itself.
+    #[serde(flatten)]
+    pub outage: OutageEvent,
+}
+
+/// The JSON body posted on a drain or an undrain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrainNotification {
+    /// `drained` or `undrained`.
+    pub event: &'static str,
+    /// This server's `server.nsid`.
+    pub instance: Option<String>,
+    /// `regions/NAME` or `targets/ADDRESS`.
+    pub subject: String,
+    /// Who drained it, when the drain record says.
+    pub who: Option<String>,
+    /// Why, when the drain record says.
+    pub reason: Option<String>,
+    /// When the drain ends by itself, if ever.
+    #[serde(serialize_with = "crate::health::serialize_opt_time")]
+    pub expires: Option<SystemTime>,
+    /// When the change was seen.
+    #[serde(serialize_with = "crate::health::serialize_time")]
+    pub at: SystemTime,
+}
+
+/// One thing to notify, rendered in `notify.format` when it is sent.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A target changed state.
+    Target(Notification),
+    /// A service lost or regained its last usable target of a family.
+    Outage(OutageNotification),
+    /// A drain began or ended.
+    Drain(DrainNotification),
+}
+
+impl Event {
+    /// Returns a short description for logs.
+    fn describe(&self) -> String {
+        match self {
+            Event::Target(n) => format!(
+                "target {} {}",
+                n.transition.address,
+                n.transition.to.as_str()
+            ),
+            Event::Outage(n) => format!(
+                "{} {} {}",
+                n.event,
+                n.outage.service,
+                n.outage.family.as_str()
+            ),
+            Event::Drain(n) => format!("{} {}", n.event, n.subject),
+        }
+    }
+
+    /// Renders the body of the POST for `notify`'s format; `None` when the format has nothing
+    /// to say about this event (Slack and PagerDuty: a target's first result of up; PagerDuty:
+    /// any change that neither opens nor closes an incident).
+    pub fn render(&self, notify: &Notify) -> Option<Value> {
+        match notify.format {
+            NotifyFormat::Json => Some(self.document()),
+            // A first probe result of up is not news to a person.
+            NotifyFormat::Slack => match self {
+                Event::Target(n)
+                    if n.transition.from == State::Unknown && n.transition.to == State::Up =>
+                {
+                    None
+                }
+                _ => Some(self.slack()),
+            },
+            NotifyFormat::PagerDuty => self.pagerduty(notify.routing_key.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// Returns the bytes to POST for `notify`'s format (the document of [`Event::render`],
+    /// with the JSON format's keys in their documented order); `None` when there is nothing to
+    /// send.
+    pub fn body(&self, notify: &Notify) -> Option<Vec<u8>> {
+        let bytes = match (notify.format, self) {
+            (NotifyFormat::Json, Event::Target(n)) => serde_json::to_vec(n),
+            (NotifyFormat::Json, Event::Outage(n)) => serde_json::to_vec(n),
+            (NotifyFormat::Json, Event::Drain(n)) => serde_json::to_vec(n),
+            _ => serde_json::to_vec(&self.render(notify)?),
+        };
+        match bytes {
+            Ok(b) => Some(b),
+            Err(error) => {
+                warn!(%error, "cannot encode a webhook notification");
+                None
+            }
+        }
+    }
+
+    /// Meridian's own JSON document of the event.
+    fn document(&self) -> Value {
+        let doc = match self {
+            Event::Target(n) => serde_json::to_value(n),
+            Event::Outage(n) => serde_json::to_value(n),
+            Event::Drain(n) => serde_json::to_value(n),
+        };
+        // Invariant: these structs serialize to JSON objects (no maps with non-string keys).
+        doc.unwrap_or(Value::Null)
+    }
+
+    fn instance(&self) -> Option<&str> {
+        match self {
+            Event::Target(n) => n.instance.as_deref(),
+            Event::Outage(n) => n.instance.as_deref(),
+            Event::Drain(n) => n.instance.as_deref(),
+        }
+    }
+
+    fn at(&self) -> SystemTime {
+        match self {
+            Event::Target(n) => n.transition.at,
+            Event::Outage(n) => n.outage.at,
+            Event::Drain(n) => n.at,
+        }
+    }
+
+    /// The one-line text of the event (Slack mrkdwn, PagerDuty summary without the marks).
+    fn text(&self, marks: bool) -> String {
+        let b = |s: &str| {
+            if marks {
+                format!("*{s}*")
+            } else {
+                s.to_string()
+            }
+        };
+        match self {
+            Event::Target(n) => {
+                let t = &n.transition;
+                let icon = match (marks, t.to) {
+                    (false, _) => "",
+                    (true, State::Down) => ":red_circle: ",
+                    (true, State::Up) => ":large_green_circle: ",
+                    (true, State::Unknown) => ":white_circle: ",
+                };
+                format!(
+                    "{icon}Target {} (check {}) is {}: {}. Services: {}; regions: {}{}",
+                    b(&t.address.to_string()),
+                    t.check,
+                    b(t.to.as_str()),
+                    t.reason,
+                    n.services.join(", "),
+                    t.regions.join(", "),
+                    n.withdrawn
+                        .map(|w| format!("; withdrawn from answers ({w})"))
+                        .unwrap_or_default()
+                )
+            }
+            Event::Outage(n) => {
+                let o = &n.outage;
+                let what = match n.event {
+                    "service_failing_open" => format!(
+                        "is {}: every target is down or drained ({} down, {} drained), answering with all of them",
+                        b("failing open"),
+                        o.down,
+                        o.drained
+                    ),
+                    "service_all_down" => format!(
+                        "has {}: every target is down or drained ({} down, {} drained), answering {}",
+                        b("no usable target"),
+                        o.down,
+                        o.drained,
+                        if o.when_all_down == "servfail" {
+                            "SERVFAIL"
+                        } else {
+                            "NODATA"
+                        }
+                    ),
+                    _ => format!("has {} again", b("a usable target")),
+                };
+                let icon = match (marks, o.active) {
+                    (false, _) => "",
+                    (true, true) => ":rotating_light: ",
+                    (true, false) => ":white_check_mark: ",
+                };
+                format!(
+                    "{icon}Service {} ({}) {what}",
+                    b(&o.service),
+                    o.family.as_str()
+                )
+            }
+            Event::Drain(n) => {
+                let icon = if marks { ":construction: " } else { "" };
+                let subject = match n.subject.split_once('/') {
+                    Some(("regions", name)) => format!("region {name}"),
+                    Some(("targets", name)) => format!("target {name}"),
+                    _ => n.subject.clone(),
+                };
+                let mut text = format!("{icon}{subject} {}", b(n.event));
+                if let Some(who) = &n.who {
+                    text.push_str(&format!(" by {who}"));
+                }
+                if let Some(reason) = &n.reason {
+                    text.push_str(&format!(": {reason}"));
+                }
+                if let Some(e) = n.expires {
+                    text.push_str(&format!(" (until {})", format_rfc3339(e)));
+                }
+                text
+            }
+        }
+    }
+
+    /// A Slack incoming-webhook message.
+    fn slack(&self) -> Value {
+        let text = self.text(true);
+        let context = format!(
+            "meridian {} · {}",
+            self.instance().unwrap_or("(no nsid)"),
+            format_rfc3339(self.at())
+        );
+        json!({
+            "text": text,
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+            ],
+        })
+    }
+
+    /// A PagerDuty Events API v2 event.
+    fn pagerduty(&self, routing_key: &str) -> Option<Value> {
+        let (dedup_key, trigger, severity, component, group, class) = match self {
+            Event::Target(n) => {
+                let t = &n.transition;
+                let trigger = match (t.from, t.to) {
+                    (_, State::Down) => true,
+                    (State::Down, State::Up) => false,
+                    // A first result of up (or a target forgotten by a reload) opened nothing.
+                    _ => return None,
+                };
+                (
+                    format!("meridian/target/{}/{}", t.address, t.check),
+                    trigger,
+                    "error",
+                    t.address.to_string(),
+                    t.regions.join(","),
+                    "target_down",
+                )
+            }
+            Event::Outage(n) => (
+                format!(
+                    "meridian/service/{}/{}",
+                    n.outage.service,
+                    n.outage.family.as_str()
+                ),
+                n.outage.active,
+                "critical",
+                n.outage.service.clone(),
+                n.outage.family.as_str().to_string(),
+                if n.outage.when_all_down == "all" {
+                    "service_failing_open"
+                } else {
+                    "service_all_down"
+                },
+            ),
+            Event::Drain(n) => (
+                format!("meridian/drain/{}", n.subject),
+                n.event == "drained",
+                "info",
+                n.subject.clone(),
+                String::new(),
+                "drain",
+            ),
+        };
+        if !trigger {
+            return Some(json!({
+                "routing_key": routing_key,
+                "event_action": "resolve",
+                "dedup_key": dedup_key,
+            }));
+        }
+        let details = self.document();
+        let mut summary = self.text(false);
+        // The API's limit on the summary.
+        if summary.len() > 1024 {
+            let mut cut = 1021;
+            while !summary.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            summary.truncate(cut);
+            summary.push_str("...");
+        }
+        Some(json!({
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": dedup_key,
+            "payload": {
+                "summary": summary,
+                "source": self.instance().unwrap_or("meridian"),
+                "severity": severity,
+                "timestamp": format_rfc3339(self.at()),
+                "component": component,
+                "group": group,
+                "class": class,
+                "custom_details": details,
+            },
+        }))
+    }
+}
+
 /// Spawns on `tasks` the collector of health transitions from `events` (subscribed by the
-/// caller, so none is missed) and the sender; both read the live `snapshot` and health `view`,
-/// and stop when `token` is cancelled (queued notifications are then dropped).
+/// caller, so none is missed), of `outages`, and of `health`'s drains, and the sender; both
+/// read the live `snapshot` and health `view`, and stop when `token` is cancelled (queued
+/// notifications are then dropped).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     events: mpsc::UnboundedReceiver<TransitionEvent>,
+    outages: broadcast::Receiver<OutageEvent>,
+    health: Health,
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     tasks: &TaskTracker,
     token: CancellationToken,
 ) {
     let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE_CAPACITY);
-    tasks.spawn(collect(events, snapshot.clone(), view, tx, token.clone()));
+    let sources = Sources {
+        events,
+        outages,
+        health,
+    };
+    tasks.spawn(collect(sources, snapshot.clone(), view, tx, token.clone()));
     tasks.spawn(send(rx, snapshot, token));
 }
 
+/// Where the collector's events come from.
+struct Sources {
+    events: mpsc::UnboundedReceiver<TransitionEvent>,
+    outages: broadcast::Receiver<OutageEvent>,
+    health: Health,
+}
+
+/// What a drain record says: who, why, until when.
+type DrainRecord = (Option<String>, Option<String>, Option<SystemTime>);
+/// The drains in force: subject key -> record.
+type Drains = BTreeMap<String, DrainRecord>;
+
+/// Returns the drains in force, with who, why and until when from their records.
+fn current_drains(health: &Health) -> Drains {
+    let drains = health.drains();
+    let record = |key: &str| -> DrainRecord {
+        drains.details.get(key).map_or((None, None, None), |d| {
+            let who = (!d.who.is_empty()).then(|| d.who.clone());
+            (who, d.reason.clone(), d.expires)
+        })
+    };
+    let mut out = Drains::new();
+    for r in &drains.drained_regions {
+        let key = format!("regions/{r}");
+        let rec = record(&key);
+        out.insert(key, rec);
+    }
+    for a in &drains.drained_targets {
+        let key = format!("targets/{a}");
+        let rec = record(&key);
+        out.insert(key, rec);
+    }
+    out
+}
+
+/// Returns the drain events between the drains `before` and `after`.
+fn drain_changes(
+    before: &Drains,
+    after: &Drains,
+    instance: Option<&str>,
+    at: SystemTime,
+) -> Vec<DrainNotification> {
+    let notice = |event, subject: &str, (who, reason, expires): &DrainRecord| DrainNotification {
+        event,
+        instance: instance.map(str::to_string),
+        subject: subject.to_string(),
+        who: who.clone(),
+        reason: reason.clone(),
+        expires: *expires,
+        at,
+    };
+    let mut out = Vec::new();
+    for (subject, record) in after {
+        if !before.contains_key(subject) {
+            out.push(notice("drained", subject, record));
+        }
+    }
+    for (subject, record) in before {
+        if !after.contains_key(subject) {
+            out.push(notice("undrained", subject, record));
+        }
+    }
+    out
+}
+
 async fn collect(
-    mut events: mpsc::UnboundedReceiver<TransitionEvent>,
+    mut sources: Sources,
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
-    queue: mpsc::Sender<Notification>,
+    queue: mpsc::Sender<Event>,
     token: CancellationToken,
 ) {
+    let mut drains = current_drains(&sources.health);
+    let mut tick = tokio::time::interval(DRAIN_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = tokio::select! {
+        let events: Vec<Event> = tokio::select! {
             _ = token.cancelled() => return,
-            e = events.recv() => e,
+            e = sources.events.recv() => {
+                let Some(e) = e else { return };
+                let snap = snapshot.load();
+                // The supervisor publishes the view before it sends the event: this view has it.
+                vec![Event::Target(Notification::new(e, &snap.config, &view.load()))]
+            }
+            o = sources.outages.recv() => match o {
+                Ok(outage) => {
+                    let event = match (outage.active, outage.when_all_down) {
+                        (false, _) => "service_recovered",
+                        (true, "all") => "service_failing_open",
+                        (true, _) => "service_all_down",
+                    };
+                    let instance = snapshot.load().config.server.nsid.clone();
+                    vec![Event::Outage(OutageNotification { event, instance, outage })]
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "webhook fell behind service outages; some are not notified");
+                    continue;
+                }
+                // The watcher stopped (shutdown): transitions and drains still flow.
+                Err(RecvError::Closed) => {
+                    sources.outages = broadcast::channel(1).1;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                let now = current_drains(&sources.health);
+                if now == drains {
+                    continue;
+                }
+                let snap = snapshot.load();
+                let changes = drain_changes(&drains, &now, snap.config.server.nsid.as_deref(), SystemTime::now());
+                drains = now;
+                changes.into_iter().map(Event::Drain).collect()
+            }
         };
-        let Some(event) = event else {
-            return;
-        };
-        let snap = snapshot.load();
-        if snap.config.notify.is_none() {
+        if snapshot.load().config.notify.is_none() {
             continue;
         }
-        // The supervisor publishes the view before it sends the event: this view has it.
-        let n = Notification::new(event, &snap.config, &view.load());
-        if let Err(mpsc::error::TrySendError::Full(n)) = queue.try_send(n) {
-            warn!(
-                address = %n.transition.address,
-                to = n.transition.to.as_str(),
-                capacity = WEBHOOK_QUEUE_CAPACITY,
-                "webhook queue full, dropping notification"
-            );
+        for event in events {
+            if let Err(mpsc::error::TrySendError::Full(e)) = queue.try_send(event) {
+                warn!(
+                    event = %e.describe(),
+                    capacity = WEBHOOK_QUEUE_CAPACITY,
+                    "webhook queue full, dropping notification"
+                );
+            }
         }
     }
 }
 
-async fn send(
-    mut queue: mpsc::Receiver<Notification>,
-    snapshot: SnapshotCell,
-    token: CancellationToken,
-) {
+async fn send(mut queue: mpsc::Receiver<Event>, snapshot: SnapshotCell, token: CancellationToken) {
     crate::health::probe::install_crypto_provider();
     let client = match reqwest::Client::builder()
         .no_proxy()
@@ -182,12 +640,8 @@ async fn send(
         let Some(notify) = snapshot.load().config.notify.clone() else {
             continue;
         };
-        let body = match serde_json::to_vec(&n) {
-            Ok(b) => b,
-            Err(error) => {
-                warn!(%error, "cannot encode a webhook notification");
-                continue;
-            }
+        let Some(body) = n.body(&notify) else {
+            continue;
         };
         let mut attempt = 0;
         loop {
@@ -200,7 +654,7 @@ async fn send(
                 .await;
             let error = match result {
                 Ok(r) if r.status().is_success() => {
-                    debug!(url = %notify.webhook_url, address = %n.transition.address, "webhook delivered");
+                    debug!(url = %notify.webhook_url, event = %n.describe(), "webhook delivered");
                     break;
                 }
                 Ok(r) => format!("status {}", r.status().as_u16()),
@@ -209,7 +663,7 @@ async fn send(
             if attempt >= notify.retries {
                 warn!(
                     url = %notify.webhook_url,
-                    address = %n.transition.address,
+                    event = %n.describe(),
                     attempts = attempt + 1,
                     %error,
                     "webhook failed, giving up on this notification"
@@ -237,6 +691,115 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn notify(format: NotifyFormat) -> Notify {
+        Notify {
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            format,
+            routing_key: Some("R0UT1NG".into()),
+        }
+    }
+
+    fn target_event(to: State) -> Event {
+        Event::Target(Notification {
+            event: "target_state_changed",
+            instance: Some("m1".into()),
+            services: vec!["api.example.net.".into()],
+            transition: TransitionEvent {
+                address: "192.0.2.10".parse().unwrap(),
+                check: "web".into(),
+                regions: vec!["us-east".into()],
+                from: if to == State::Down {
+                    State::Up
+                } else {
+                    State::Down
+                },
+                to,
+                reason: crate::health::Reason::Rise { successes: 2 },
+                at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            },
+            withdrawn: None,
+        })
+    }
+
+    #[test]
+    fn pagerduty_triggers_on_down_and_resolves_on_up_under_one_dedup_key() {
+        let n = notify(NotifyFormat::PagerDuty);
+        let down = target_event(State::Down).render(&n).unwrap();
+        assert_eq!(down["event_action"], "trigger");
+        assert_eq!(down["routing_key"], "R0UT1NG");
+        assert_eq!(down["dedup_key"], "meridian/target/192.0.2.10/web");
+        assert_eq!(down["payload"]["severity"], "error");
+        assert_eq!(down["payload"]["source"], "m1");
+        assert_eq!(down["payload"]["timestamp"], "2023-11-14T22:13:20.000Z");
+        let summary = down["payload"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("192.0.2.10") && summary.contains("down"),
+            "{summary}"
+        );
+        assert_eq!(
+            down["payload"]["custom_details"]["services"][0],
+            "api.example.net."
+        );
+        let up = target_event(State::Up).render(&n).unwrap();
+        assert_eq!(
+            up,
+            json!({"routing_key": "R0UT1NG", "event_action": "resolve",
+                   "dedup_key": "meridian/target/192.0.2.10/web"})
+        );
+        assert_eq!(target_event(State::Unknown).render(&n), None);
+    }
+
+    #[test]
+    fn slack_gets_text_and_blocks_and_json_the_document() {
+        let slack = target_event(State::Down)
+            .render(&notify(NotifyFormat::Slack))
+            .unwrap();
+        let text = slack["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(":red_circle: Target *192.0.2.10*"),
+            "{text}"
+        );
+        assert_eq!(slack["blocks"][0]["type"], "section");
+        assert_eq!(slack["blocks"][0]["text"]["text"], text);
+        assert_eq!(slack["blocks"][1]["type"], "context");
+        let doc = target_event(State::Down)
+            .render(&notify(NotifyFormat::Json))
+            .unwrap();
+        assert_eq!(doc["event"], "target_state_changed");
+        assert_eq!(doc["to"], "down");
+    }
+
+    #[test]
+    fn drains_are_noticed_with_their_record_and_undrains_resolve() {
+        let at = SystemTime::UNIX_EPOCH;
+        let before = Drains::new();
+        let mut after = Drains::new();
+        after.insert(
+            "regions/eu-west".into(),
+            (Some("alice@ops".into()), Some("maintenance".into()), None),
+        );
+        let on = drain_changes(&before, &after, Some("m1"), at);
+        assert_eq!(on.len(), 1);
+        assert_eq!(
+            (on[0].event, on[0].subject.as_str(), on[0].who.as_deref()),
+            ("drained", "regions/eu-west", Some("alice@ops"))
+        );
+        let text = Event::Drain(on[0].clone()).text(false);
+        assert_eq!(text, "region eu-west drained by alice@ops: maintenance");
+        let off = drain_changes(&after, &before, Some("m1"), at);
+        assert_eq!(off[0].event, "undrained");
+        let pd = Event::Drain(off[0].clone())
+            .render(&notify(NotifyFormat::PagerDuty))
+            .unwrap();
+        assert_eq!(
+            (pd["event_action"].as_str(), pd["dedup_key"].as_str()),
+            (Some("resolve"), Some("meridian/drain/regions/eu-west"))
+        );
+        assert!(drain_changes(&after, &after, None, at).is_empty());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

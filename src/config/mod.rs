@@ -241,6 +241,33 @@ pub struct Notify {
     pub timeout: Duration,
     /// Retries after a failed POST (with backoff).
     pub retries: u32,
+    /// The shape of the POSTed body (default `json`).
+    pub format: NotifyFormat,
+    /// `pagerduty`: the Events API v2 routing (integration) key, read from
+    /// `notify.routing_key_file` when the config is loaded.
+    pub routing_key: Option<String>,
+}
+
+/// `notify.format`: who receives the notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// Meridian's own JSON documents (`crate::notify`).
+    Json,
+    /// A Slack incoming webhook: `text` plus `blocks`.
+    Slack,
+    /// PagerDuty Events API v2: trigger and resolve, one `dedup_key` per target or service.
+    PagerDuty,
+}
+
+impl NotifyFormat {
+    /// Returns the config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyFormat::Json => "json",
+            NotifyFormat::Slack => "slack",
+            NotifyFormat::PagerDuty => "pagerduty",
+        }
+    }
 }
 
 /// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's

@@ -33,6 +33,8 @@ pub struct RawNotify {
     pub webhook_url: String,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
+    pub format: Option<String>,
+    pub routing_key_file: Option<String>,
 }
 
 /// `[rate_limit]`.

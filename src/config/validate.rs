@@ -396,10 +396,62 @@ impl Validator {
             raw.timeout.as_deref(),
             DEFAULT_WEBHOOK_TIMEOUT,
         );
+        let format = match raw.format.as_deref().unwrap_or("json") {
+            "json" => NotifyFormat::Json,
+            "slack" => NotifyFormat::Slack,
+            "pagerduty" => NotifyFormat::PagerDuty,
+            other => {
+                self.err(
+                    "notify.format",
+                    format!("{other:?} is not one of \"json\", \"slack\", \"pagerduty\""),
+                );
+                NotifyFormat::Json
+            }
+        };
+        let routing_key = match (&raw.routing_key_file, format) {
+            (Some(p), NotifyFormat::PagerDuty) => {
+                let path = self.resolve(p);
+                // Messages never quote the file's content (it is a secret).
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            "notify.routing_key_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, NotifyFormat::PagerDuty) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "format \"pagerduty\" needs the file holding the Events API v2 routing key",
+                );
+                None
+            }
+            (Some(_), _) => {
+                self.err(
+                    "notify.routing_key_file",
+                    "is only used with format = \"pagerduty\"",
+                );
+                None
+            }
+            (None, _) => None,
+        };
         Some(Notify {
             webhook_url: raw.webhook_url,
             timeout,
             retries: raw.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+            format,
+            routing_key,
         })
     }
 
@@ -1120,6 +1172,36 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn notify_format_must_be_known_and_pagerduty_needs_a_routing_key_file() {
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"teams\"\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "notify.format: \"teams\" is not one of \"json\", \"slack\", \"pagerduty\""
+            )),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: format \"pagerduty\" needs")),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[notify]\nwebhook_url = \"http://127.0.0.1:9/\"\nformat = \"pagerduty\"\n\
+             routing_key_file = \"missing.key\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("notify.routing_key_file: cannot read")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn fast_interval_defaults_to_a_quarter_and_initial_state_to_unknown() {

@@ -38,7 +38,7 @@ pub(crate) fn check(name: &str, port: u16) -> String {
 }
 
 /// Starts a server whose directory also holds `files` (name, content), written before start.
-fn start_with(config_text: &str, files: &[(&str, &str)]) -> Server {
+pub(crate) fn start_with(config_text: &str, files: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).expect("write file");

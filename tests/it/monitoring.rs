@@ -437,3 +437,205 @@ fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
         "the alert rules name metrics the binary does not expose: {missing:?}"
     );
 }
+
+/// A server posting notifications in `format` to `hook`, probing one target on `backend`
+/// (the only target of its service: it fails open when the backend fails); `extra` goes into
+/// `[notify]`, `files` are written beside the config.
+fn notifying_server(format: &str, hook: &HttpStub, backend: &HttpStub, extra: &str) -> Server {
+    let s = crate::admin::start_with(
+        &cfg(
+            "nsid = \"notify-1\"",
+            &format!(
+                "[notify]\nwebhook_url = \"http://{}/hook\"\ntimeout = \"1s\"\nretries = 2\n\
+                 format = \"{format}\"\n{extra}\n\
+                 {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+                 endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.1\"] }}]\n",
+                hook.addr,
+                check("web", backend.addr.port())
+            ),
+        ),
+        &[("routing.key", "R0UT1NG-KEY\n")],
+    );
+    crate::admin::wait_ready(&s);
+    s
+}
+
+/// The JSON bodies the receiver got so far.
+fn bodies(hook: &HttpStub) -> Vec<serde_json::Value> {
+    hook.requests()
+        .into_iter()
+        .filter_map(|(_, body)| serde_json::from_str(&body).ok())
+        .collect()
+}
+
+#[test]
+fn pagerduty_events_trigger_on_failure_and_the_recovery_resolves_the_same_dedup_key() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(202);
+    let s = notifying_server(
+        "pagerduty",
+        &hook,
+        &backend,
+        "routing_key_file = \"routing.key\"",
+    );
+    let started = Instant::now();
+    backend.set_status(503);
+    let target_key = "meridian/target/127.0.0.1/web";
+    let service_key = "meridian/service/api.example.net./A";
+    let has = |key: &str, action: &str| {
+        bodies(&hook)
+            .into_iter()
+            .find(|b| b["dedup_key"] == key && b["event_action"] == action)
+    };
+    eventually(
+        "PagerDuty triggers for the target and the service",
+        Duration::from_secs(15),
+        || has(target_key, "trigger").is_some() && has(service_key, "trigger").is_some(),
+    );
+    eprintln!(
+        "triggers received {:?} after the backend failed",
+        started.elapsed()
+    );
+    let t = has(target_key, "trigger").unwrap();
+    assert_eq!(t["routing_key"], "R0UT1NG-KEY");
+    assert_eq!(t["payload"]["severity"], "error");
+    assert_eq!(t["payload"]["source"], "notify-1");
+    assert_eq!(t["payload"]["class"], "target_down");
+    assert!(
+        t["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 (check web) is down"),
+        "{t}"
+    );
+    assert_eq!(t["payload"]["custom_details"]["to"], "down");
+    let o = has(service_key, "trigger").unwrap();
+    assert_eq!(o["payload"]["severity"], "critical");
+    assert_eq!(o["payload"]["class"], "service_failing_open");
+    assert!(
+        o["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("failing open"),
+        "{o}"
+    );
+    assert_eq!(has(target_key, "resolve"), None);
+
+    // Recovery resolves both incidents under their own keys.
+    let recovered = Instant::now();
+    backend.set_status(200);
+    eventually(
+        "PagerDuty resolves for the target and the service",
+        Duration::from_secs(15),
+        || has(target_key, "resolve").is_some() && has(service_key, "resolve").is_some(),
+    );
+    eprintln!(
+        "resolves received {:?} after the backend recovered",
+        recovered.elapsed()
+    );
+    assert_eq!(
+        has(target_key, "resolve").unwrap(),
+        serde_json::json!({"routing_key": "R0UT1NG-KEY", "event_action": "resolve",
+                           "dedup_key": target_key})
+    );
+    drop(s);
+}
+
+#[test]
+fn slack_messages_tell_of_failures_failing_open_drains_and_recovery() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(200);
+    let s = notifying_server("slack", &hook, &backend, "");
+    let texts = || {
+        bodies(&hook)
+            .into_iter()
+            .map(|b| {
+                assert_eq!(b["blocks"][0]["text"]["text"], b["text"], "{b}");
+                assert!(
+                    b["blocks"][1]["elements"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("notify-1"),
+                    "{b}"
+                );
+                b["text"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let seen = |needle: &str| texts().iter().any(|t| t.contains(needle));
+    backend.set_status(503);
+    eventually(
+        "Slack messages for down and failing open",
+        Duration::from_secs(15),
+        || {
+            seen(":red_circle: Target *127.0.0.1* (check web) is *down*")
+                && seen(":rotating_light: Service *api.example.net.* (A) is *failing open*")
+        },
+    );
+    let r = http(
+        s.admin(),
+        "POST",
+        "/regions/eu-west/drain",
+        &[],
+        "{\"reason\": \"kernel upgrade\"}",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(
+        "a Slack message for the drain",
+        Duration::from_secs(10),
+        || seen(":construction: region eu-west *drained*"),
+    );
+    let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    backend.set_status(200);
+    eventually(
+        "Slack messages for undrain and recovery",
+        Duration::from_secs(15),
+        || {
+            seen(":construction: region eu-west *undrained*")
+                && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
+                && seen(
+                    ":white_check_mark: Service *api.example.net.* (A) has *a usable target* again",
+                )
+        },
+    );
+}
+
+#[test]
+fn json_notifications_cover_failing_open_and_drains() {
+    let backend = HttpStub::start(200);
+    let hook = HttpStub::start(200);
+    let s = notifying_server("json", &hook, &backend, "");
+    let find = |event: &str| bodies(&hook).into_iter().find(|b| b["event"] == event);
+    backend.set_status(503);
+    eventually(
+        "a service_failing_open document",
+        Duration::from_secs(15),
+        || find("service_failing_open").is_some(),
+    );
+    let o = find("service_failing_open").unwrap();
+    assert_eq!(o["instance"], "notify-1");
+    assert_eq!(o["service"], "api.example.net.");
+    assert_eq!(o["family"], "A");
+    assert_eq!(o["when_all_down"], "all");
+    assert_eq!(
+        (o["targets"].as_u64(), o["down"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let r = http(s.admin(), "POST", "/targets/127.0.0.1/drain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("a drained document", Duration::from_secs(10), || {
+        find("drained").is_some()
+    });
+    let d = find("drained").unwrap();
+    assert_eq!(d["subject"], "targets/127.0.0.1");
+    assert!(d["at"].as_str().unwrap().ends_with('Z'), "{d}");
+    let r = http(s.admin(), "POST", "/targets/127.0.0.1/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    backend.set_status(200);
+    eventually(
+        "undrained and service_recovered documents",
+        Duration::from_secs(15),
+        || find("undrained").is_some() && find("service_recovered").is_some(),
+    );
+}
