@@ -516,18 +516,26 @@ impl CompiledService {
                 break;
             }
             sink.pass(pass);
+            let mut p = Pick {
+                fam,
+                pass,
+                health,
+                max,
+                out: &mut out,
+                sink: &mut *sink,
+            };
             let has_candidate = match self.service.policy {
                 Policy::Weighted => {
-                    self.fill_weighted(fam, pass, health, seed, max, &mut out, sink);
+                    self.fill_weighted(seed, &mut p);
                     true
                 }
                 Policy::All => {
-                    self.fill_all(fam, pass, health, start, max, &mut out, sink);
+                    self.fill_all(start, &mut p);
                     true
                 }
                 _ => {
                     let order = self.order(located, &mut *keys);
-                    self.fill_ordered(order, fam, pass, health, max, &mut out, sink)
+                    self.fill_ordered(order, &mut p)
                 }
             };
             if !has_candidate {
@@ -662,30 +670,24 @@ impl CompiledService {
 
     /// Fills `out` from regions in `order`; returns whether some region had a target of the
     /// family.
-    #[allow(clippy::too_many_arguments)]
     fn fill_ordered<H: HealthSource + ?Sized, S: Sink>(
         &self,
         order: Order<'_>,
-        fam: usize,
-        pass: Pass,
-        health: &H,
-        max: usize,
-        out: &mut Vec<IpAddr>,
-        sink: &mut S,
+        p: &mut Pick<'_, H, S>,
     ) -> bool {
         let mut seen = false;
         for i in order {
             let region = &self.regions[i];
-            if region.targets[fam].is_empty() {
-                sink.region_skipped(i, SkipReason::NoTargetOfFamily);
+            if region.targets[p.fam].is_empty() {
+                p.sink.region_skipped(i, SkipReason::NoTargetOfFamily);
                 continue;
             }
             seen = true;
-            if pass.skips_drained() && health.is_drained(&region.name) {
-                sink.region_skipped(i, SkipReason::Drained);
+            if p.pass.skips_drained() && p.health.is_drained(&region.name) {
+                p.sink.region_skipped(i, SkipReason::Drained);
                 continue;
             }
-            if self.fill_region(i, fam, pass, health, max, out, sink) {
+            if self.fill_region(i, p) {
                 break;
             }
         }
@@ -694,25 +696,19 @@ impl CompiledService {
 
     /// Appends the region's targets of the family that the pass allows; returns true once
     /// `out` holds `max` addresses.
-    #[allow(clippy::too_many_arguments)]
     fn fill_region<H: HealthSource + ?Sized, S: Sink>(
         &self,
         i: usize,
-        fam: usize,
-        pass: Pass,
-        health: &H,
-        max: usize,
-        out: &mut Vec<IpAddr>,
-        sink: &mut S,
+        p: &mut Pick<'_, H, S>,
     ) -> bool {
         let region = &self.regions[i];
-        for &address in region.targets[fam].iter() {
-            if out.len() >= max {
+        for &address in region.targets[p.fam].iter() {
+            if p.out.len() >= p.max {
                 return true;
             }
-            self.offer_target(i, address, pass, health, out, sink);
+            self.offer_target(i, address, p);
         }
-        out.len() >= max
+        p.out.len() >= p.max
     }
 
     /// Takes `address` of region `i` into `out` unless `pass` passes it over (withdrawn by a
@@ -721,34 +717,30 @@ impl CompiledService {
         &self,
         i: usize,
         address: IpAddr,
-        pass: Pass,
-        health: &H,
-        out: &mut Vec<IpAddr>,
-        sink: &mut S,
+        p: &mut Pick<'_, H, S>,
     ) {
-        match self.skip_reason(i, address, pass, health) {
-            Err(reason) => sink.target_skipped(i, address, reason),
+        match self.skip_reason(i, address, p) {
+            Err(reason) => p.sink.target_skipped(i, address, reason),
             Ok(state) => {
-                out.push(address);
-                sink.picked(i, address, state);
+                p.out.push(address);
+                p.sink.picked(i, address, state);
             }
         }
     }
 
     /// Returns the state of `address` of region `i` when `pass` may take it, or why it
     /// passes it over: [`withdrawal`] decides, the pass chooses which of its reasons count.
-    fn skip_reason<H: HealthSource + ?Sized>(
+    fn skip_reason<H: HealthSource + ?Sized, S: Sink>(
         &self,
         i: usize,
         address: IpAddr,
-        pass: Pass,
-        health: &H,
+        p: &Pick<'_, H, S>,
     ) -> Result<State, SkipReason> {
         let region = &self.regions[i];
-        let w = withdrawal(health, &region.name, address, region.check.as_deref());
-        if pass.skips_drained() && w.drain.is_some() {
+        let w = withdrawal(p.health, &region.name, address, region.check.as_deref());
+        if p.pass.skips_drained() && w.drain.is_some() {
             Err(SkipReason::Drained)
-        } else if pass.skips_down() && w.state == State::Down {
+        } else if p.pass.skips_down() && w.state == State::Down {
             Err(SkipReason::Down)
         } else {
             Ok(w.state)
@@ -763,16 +755,10 @@ impl CompiledService {
     /// and draws from exactly the distribution of "by weight among the usable". It also keeps
     /// sticky clients in place when an unrelated region fails: the first draw of a subnet
     /// depends only on the configured weights.
-    #[allow(clippy::too_many_arguments)]
     fn fill_weighted<H: HealthSource + ?Sized, S: Sink>(
         &self,
-        fam: usize,
-        pass: Pass,
-        health: &H,
         mut seed: u64,
-        max: usize,
-        out: &mut Vec<IpAddr>,
-        sink: &mut S,
+        p: &mut Pick<'_, H, S>,
     ) {
         let n = self.regions.len();
         let mut inline = [false; INLINE_REGIONS];
@@ -785,6 +771,7 @@ impl CompiledService {
             &mut heap
         };
         let mut any_usable = false;
+        let fam = p.fam;
         for zero_round in [false, true] {
             if zero_round && any_usable {
                 break;
@@ -804,7 +791,7 @@ impl CompiledService {
                 *o = w > 0;
                 total += w;
             }
-            while total > 0 && out.len() < max {
+            while total > 0 && p.out.len() < p.max {
                 let mut x = below(seed, total);
                 seed = splitmix64(seed);
                 let mut chosen = None;
@@ -821,19 +808,19 @@ impl CompiledService {
                 open[i] = false;
                 total -= weight(&self.regions[i]);
                 let region = &self.regions[i];
-                if pass.skips_drained() && health.is_drained(&region.name) {
-                    sink.region_skipped(i, SkipReason::Drained);
+                if p.pass.skips_drained() && p.health.is_drained(&region.name) {
+                    p.sink.region_skipped(i, SkipReason::Drained);
                     continue;
                 }
-                if region.targets[fam]
+                if region.targets[p.fam]
                     .iter()
-                    .all(|&a| self.skip_reason(i, a, pass, health).is_err())
+                    .all(|&a| self.skip_reason(i, a, p).is_err())
                 {
-                    sink.region_skipped(i, SkipReason::AllTargetsDown);
+                    p.sink.region_skipped(i, SkipReason::AllTargetsDown);
                     continue;
                 }
                 any_usable = true;
-                if self.fill_region(i, fam, pass, health, max, out, sink) {
+                if self.fill_region(i, p) {
                     break;
                 }
             }
@@ -846,29 +833,32 @@ impl CompiledService {
     /// Sticky services start at a position drawn from the subnet hash over the configured
     /// targets (not the usable ones), so a subnet's answer moves only when one of its own
     /// targets fails.
-    #[allow(clippy::too_many_arguments)]
-    fn fill_all<H: HealthSource + ?Sized, S: Sink>(
-        &self,
-        fam: usize,
-        pass: Pass,
-        health: &H,
-        start: usize,
-        max: usize,
-        out: &mut Vec<IpAddr>,
-        sink: &mut S,
-    ) {
-        let flat = &self.flat_targets[fam];
+    fn fill_all<H: HealthSource + ?Sized, S: Sink>(&self, start: usize, p: &mut Pick<'_, H, S>) {
+        let flat = &self.flat_targets[p.fam];
         if start > 0 {
-            sink.rotated(start);
+            p.sink.rotated(start);
         }
         let (tail, head) = flat.split_at(start.min(flat.len()));
         for &(i, address) in head.iter().chain(tail) {
-            if out.len() >= max {
+            if p.out.len() >= p.max {
                 return;
             }
-            self.offer_target(i, address, pass, health, out, sink);
+            self.offer_target(i, address, p);
         }
     }
+}
+
+/// One pass of a decision being filled: what every step reads, and where it writes.
+struct Pick<'a, H: ?Sized, S> {
+    /// The family's index ([`Family::index`]).
+    fam: usize,
+    pass: Pass,
+    health: &'a H,
+    /// Addresses wanted (`max_answers`).
+    max: usize,
+    /// The addresses taken so far.
+    out: &'a mut Vec<IpAddr>,
+    sink: &'a mut S,
 }
 
 /// Region indices in policy order.
