@@ -6,11 +6,14 @@
 #   VERIFY=warn bench/run.sh          # print answer mismatches but time anyway
 #   RATE_LIMIT=100000000 bench/run.sh # Meridian with [rate_limit] on (a rate nothing reaches):
 #                                     # the cost of the shared rate-limit table
+#   QUERY_LOG=0.01 bench/run.sh       # Meridian with [query_log] at this sample (to a file in the
+#                                     # temp dir, no rate cap): the cost of the query log
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per throughput run (10), CLIENTS (dnsperf -c,
 # 8), THREADS (dnsperf -T, 1), OUTSTANDING (dnsperf -q, 200), LAT_QPS (rate of the latency run,
 # 20000), LAT_DURATION (3), QUERIES (size of the query file, 20000), VERIFY (strict|warn),
 # RATE_LIMIT (responses_per_second of a [rate_limit] added to Meridian's config; unset: none),
+# QUERY_LOG (sample of a [query_log] added to Meridian's config; unset: none),
 # MERIDIAN_BIN (a prebuilt binary to time; unset: build this tree).
 #
 # What it does: installs dnsperf, gdnsd and dig if missing; builds Meridian (release, --locked);
@@ -122,6 +125,16 @@ if [ -n "${RATE_LIMIT:-}" ]; then
     printf '\n[rate_limit]\nresponses_per_second = %s\n' "$RATE_LIMIT" >>"$M_CONFIG"
     echo "meridian with [rate_limit] responses_per_second = $RATE_LIMIT"
 fi
+if [ -n "${QUERY_LOG:-}" ]; then
+    # The same config (or the one above) with [query_log] writing every sampled answer.
+    if [ "$M_CONFIG" = bench/meridian.toml ]; then
+        M_CONFIG="$TMP/meridian.toml"
+        sed "s#\"\.\./#\"$ROOT/#" bench/meridian.toml >"$M_CONFIG"
+    fi
+    printf '\n[query_log]\nfile = "%s"\nsample = %s\nmax_per_second = 100000000\nmax_size_mb = 1024\nkeep = 1\n' \
+        "$TMP/queries.log" "$QUERY_LOG" >>"$M_CONFIG"
+    echo "meridian with [query_log] sample = $QUERY_LOG"
+fi
 MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config "$M_CONFIG" \
     >"$TMP/meridian.log" 2>&1 &
 M_PID=$!
@@ -217,3 +230,7 @@ latency gdnsd "$G_PORT"
 for p in "$M_PID" "$G_PID"; do
     kill -0 "$p" 2>/dev/null || { echo "server pid $p died during the bench" >&2; exit 1; }
 done
+if [ -n "${QUERY_LOG:-}" ]; then
+    echo
+    echo "query log: $(wc -l <"$TMP/queries.log") lines written ($(du -h "$TMP/queries.log" | cut -f1))"
+fi

@@ -127,10 +127,14 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
         health.clone(),
         metrics.clone(),
     );
+    let query_log =
+        crate::query_log::QueryLog::start(snapshot.clone(), health.view_cell(), metrics.clone())
+            .context("cannot start the query log thread")?;
     let answerer = Answerer {
         snapshot: snapshot.clone(),
         health: health.view_cell(),
         metrics: metrics.clone(),
+        query_log,
     };
     let dns_tasks = TaskTracker::new();
 
@@ -215,6 +219,12 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
             .await
             .context("admin start-up task failed")??
     };
+    // The file watcher reloads like SIGHUP; it stops with the admin port, last.
+    admin_tasks.spawn(crate::watch::run(
+        reloader.clone(),
+        snapshot.clone(),
+        admin_token.clone(),
+    ));
     admin_tasks.close();
     health.begin_on(&snapshot.load().config, side.handle());
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");

@@ -13,10 +13,12 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
+//! - [`query_log`]: `[query_log]`, one JSON line per sampled answer, written by its own thread.
 //! - [`outage`]: services with no usable target (failing open), WARN logs when that begins
 //!   and ends.
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - `watch`: reloads by itself when the config, a zone file or the GeoIP database changes.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
@@ -36,6 +38,8 @@ pub mod metrics;
 pub mod notify;
 pub mod outage;
 pub mod policy;
+pub mod query_log;
 pub mod rlimit;
 pub mod snapshot;
+mod watch;
 pub mod zone;

@@ -59,6 +59,11 @@ pub const GEOIP_BUILD_TIMESTAMP_SECONDS: &str = "meridian_geoip_build_timestamp_
 pub const BUILD_INFO: &str = "meridian_build_info";
 /// Probes that failed because of our own trouble (not the target's), by reason.
 pub const PROBE_ERRORS_TOTAL: &str = "meridian_probe_errors_total";
+/// Query log lines written (`[query_log]`).
+pub const QUERY_LOG_LINES_TOTAL: &str = "meridian_query_log_lines_total";
+/// Query log lines dropped, by reason (`queue_full`: the writer was behind, `rate_cap`:
+/// over `max_per_second`, `write_error`).
+pub const QUERY_LOG_DROPPED_TOTAL: &str = "meridian_query_log_dropped_total";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
 /// When the config in force was loaded (start or successful reload), Unix seconds.
@@ -190,6 +195,8 @@ pub struct Metrics {
     probe_duration: Family<TwoLabels, Histogram, fn() -> Histogram>,
     probes: Family<TwoLabels, Counter>,
     reloads: Family<OneLabel, Counter>,
+    query_log_lines: Counter,
+    query_log_dropped: Family<OneLabel, Counter>,
     /// Unix seconds (as f64 bits) of the last successful config load.
     config_loaded: AtomicU64,
     rate_limited: Family<OneLabel, Counter>,
@@ -222,6 +229,15 @@ impl Default for Metrics {
             probe_duration: Family::new_with_constructor(new_probe_histogram),
             probes: Family::default(),
             reloads,
+            query_log_lines: Counter::default(),
+            query_log_dropped: {
+                let f = Family::<OneLabel, Counter>::default();
+                // Every reason exists from the start, so that a rate() over them is defined.
+                for reason in ["queue_full", "rate_cap", "write_error"] {
+                    let _ = f.get_or_create(&[("reason", reason.to_string())]);
+                }
+                f
+            },
             config_loaded: AtomicU64::new(0),
             rate_limited,
             rate_limited_drop,
@@ -252,6 +268,19 @@ impl Metrics {
         } else {
             self.ecs_no.inc();
         }
+    }
+
+    /// Counts one query log line written.
+    pub fn count_query_log_line(&self) {
+        self.query_log_lines.inc();
+    }
+
+    /// Counts one query log line dropped for `reason` (`queue_full`, `rate_cap`,
+    /// `write_error`).
+    pub fn count_query_log_drop(&self, reason: &str) {
+        self.query_log_dropped
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
     }
 
     /// Records the current time as when the config in force was loaded.
@@ -335,6 +364,16 @@ impl Metrics {
             counter_name(CONFIG_RELOADS_TOTAL),
             "Config reloads (SIGHUP or POST /reload), by result",
             self.reloads.clone(),
+        );
+        registry.register(
+            counter_name(QUERY_LOG_LINES_TOTAL),
+            "Query log lines written ([query_log])",
+            self.query_log_lines.clone(),
+        );
+        registry.register(
+            counter_name(QUERY_LOG_DROPPED_TOTAL),
+            "Query log lines dropped, by reason (queue_full, rate_cap, write_error)",
+            self.query_log_dropped.clone(),
         );
         registry.register(
             counter_name(DNS_RATE_LIMITED_TOTAL),

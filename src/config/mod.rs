@@ -46,10 +46,21 @@ pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 /// The default cap per client network is `tcp_max_connections` divided by this: one network
 /// can take a sixteenth of the connections (64 of the default 1024).
 pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
+/// Default interval between two looks at the watched files (`server.watch_interval`).
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a webhook POST may take.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
 pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+
+/// Returns the key of the `index`-th `[[service]]`: by its name (`service["api.example.net."]`)
+/// when it has one, else by position (`service[0]`).
+pub fn service_key(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("service[{n:?}]"),
+        None => format!("service[{index}]"),
+    }
+}
 
 /// One problem found in the configuration (or in a file it names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +69,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// The line in that file, where known (zone files).
     pub line: Option<usize>,
-    /// The key, as a dotted path (`service[0].endpoints[1].region`); empty for whole-file errors.
+    /// The key, as a dotted path (`service["api.example.net."].endpoints[1].region`); empty for
+    /// whole-file errors.
     pub key: String,
     /// What is wrong, lowercase, no trailing period.
     pub message: String,
@@ -129,6 +141,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// `[cluster]`, if present: drains and health shared by a fleet through etcd.
     pub cluster: Option<Cluster>,
+    /// `[query_log]`, if present: one JSON line per (sampled) answer.
+    pub query_log: Option<QueryLog>,
     /// `[[zone]]`, in file order.
     pub zones: Vec<ZoneSpec>,
     /// `[region.*]`, in file order.
@@ -153,13 +167,14 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
-        for (i, s) in self.services.iter().enumerate() {
+        for s in &self.services {
+            let service = service_key(0, Some(&s.name));
             for (key, _) in &s.geo.entries {
                 if let GeoKey::Either(code) = key
                     && let Some((country, continent)) = ambiguous_code(code)
                 {
                     out.push(format!(
-                        "{file}: service[{i}].geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
+                        "{file}: {service}.geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
                          it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
                     ));
                 }
@@ -174,7 +189,7 @@ impl Config {
                 && u64::from(s.ttl) > 10 * detect.as_secs().max(1)
             {
                 out.push(format!(
-                    "{file}: service[{i}].ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
+                    "{file}: {service}.ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
                      (interval × fall + timeout): resolvers may keep a dead address for up to {}s",
                     s.ttl,
                     detect.as_secs(),
@@ -230,6 +245,10 @@ pub struct Server {
     /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
     /// `tcp_max_connections / 16` (at least 1).
     pub tcp_max_connections_per_network: usize,
+    /// How often the config file, the zone files and the GeoIP database are checked for
+    /// changes, which reload them (`crate::watch`); `None` (`watch_interval = "0s"`) turns the
+    /// watcher off. Default [`DEFAULT_WATCH_INTERVAL`].
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[notify]`: where state changes are posted.
@@ -269,6 +288,29 @@ impl NotifyFormat {
         }
     }
 }
+
+/// `[query_log]`: one JSON line per answer (sampled and rate-capped) for log aggregation,
+/// written by its own thread (`crate::query_log`), never by the threads that answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLog {
+    /// Where the lines go: a file (rotated by size), or standard output when `None` (`"-"`).
+    pub file: Option<PathBuf>,
+    /// The fraction of answers logged, in (0, 1].
+    pub sample: f64,
+    /// At most this many lines per second; more are dropped and counted.
+    pub max_per_second: u32,
+    /// A file is rotated when it would grow beyond this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`file.1` the newest ... `file.N`).
+    pub keep: u32,
+}
+
+/// Default `query_log.max_per_second`.
+pub const DEFAULT_QUERY_LOG_MAX_PER_SECOND: u32 = 10_000;
+/// Default `query_log.max_size_mb`.
+pub const DEFAULT_QUERY_LOG_MAX_SIZE_MB: u64 = 100;
+/// Default `query_log.keep`.
+pub const DEFAULT_QUERY_LOG_KEEP: u32 = 5;
 
 /// `[rate_limit]`: response rate limiting on UDP, per client network (the idea of BIND's
 /// RRL). Spoofed floods cannot turn the server into an amplifier, while a real client whose

@@ -24,6 +24,7 @@ pub struct RawServer {
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
     pub tcp_max_connections_per_network: Option<usize>,
+    pub watch_interval: Option<String>,
 }
 
 /// `[notify]`.
@@ -35,6 +36,17 @@ pub struct RawNotify {
     pub retries: Option<u32>,
     pub format: Option<String>,
     pub routing_key_file: Option<String>,
+}
+
+/// `[query_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryLog {
+    pub file: Option<String>,
+    pub sample: Option<f64>,
+    pub max_per_second: Option<u32>,
+    pub max_size_mb: Option<u64>,
+    pub keep: Option<u32>,
 }
 
 /// `[rate_limit]`.

@@ -256,6 +256,7 @@ mod tests {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
             metrics: Arc::new(Metrics::default()),
+            query_log: Default::default(),
         }
     }
 

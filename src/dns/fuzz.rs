@@ -298,6 +298,7 @@ fn fuzz_the_query_parser_and_the_answer_function_from_real_queries() {
             snapshot: snapshot.clone(),
             health: Arc::new(ArcSwap::from_pointee(v)),
             metrics: Arc::new(Metrics::default()),
+            query_log: Default::default(),
         })
         .collect();
     let clients: [SocketAddr; 4] = [

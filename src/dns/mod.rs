@@ -81,6 +81,8 @@ pub struct Answerer {
     pub health: Arc<ArcSwap<HealthView>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// `[query_log]`: offered every response sent (off: one atomic load).
+    pub query_log: crate::query_log::QueryLog,
 }
 
 impl Answerer {

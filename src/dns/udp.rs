@@ -119,6 +119,9 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                     out,
                     now,
                 );
+            if send {
+                answerer.query_log.offer(peer, Transport::Udp, out);
+            }
             batch.set_reply(i, send);
         }
         if let Err(e) = batch.send(socket, n) {
@@ -214,9 +217,11 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                 &mut out,
                 Instant::now(),
             )
-            && let Err(e) = socket.send_to(&out, peer)
         {
-            debug!(%peer, error = %e, "udp send failed");
+            answerer.query_log.offer(peer, Transport::Udp, &out);
+            if let Err(e) = socket.send_to(&out, peer) {
+                debug!(%peer, error = %e, "udp send failed");
+            }
         }
     }
 }

@@ -639,3 +639,126 @@ fn json_notifications_cover_failing_open_and_drains() {
         || find("undrained").is_some() && find("service_recovered").is_some(),
     );
 }
+
+#[test]
+fn query_log_writes_one_json_line_per_answer_with_the_region_and_why() {
+    let backend = HttpStub::start(200);
+    let s = Server::start(&cfg(
+        "geoip = \"{GEO}\"",
+        &format!(
+            "[query_log]\nfile = \"queries.log\"\nsample = 1.0\n\
+             {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.1\"] }}, \
+                          {{ region = \"eu-west\", addresses = [\"127.0.0.2\"] }}]\n",
+            check("web", backend.addr.port())
+        ),
+    ));
+    crate::admin::wait_ready(&s);
+    // 127.0.0.2 (eu-west) has no backend: wait until it is down.
+    eventually("eu-west down", Duration::from_secs(15), || {
+        value(
+            &crate::admin::scrape(&s),
+            TARGET_UP,
+            &[
+                ("service", "api.example.net."),
+                ("region", "eu-west"),
+                ("address", "127.0.0.2"),
+            ],
+        ) == Some(0.0)
+    });
+    // Germany by ECS: eu-west is nearest but down, so us-east answers.
+    let mut q = query("api.example.net.", RecordType::A);
+    add_option(&mut q, ecs("198.51.100.0", 24));
+    let answer = Message::from_vec(&s.udp_raw(&q.to_vec().unwrap()).unwrap()).unwrap();
+    assert_eq!(answer.answers.len(), 1);
+    let soa = query("example.net.", RecordType::SOA);
+    crate::harness::tcp_raw(s.dns, &soa.to_vec().unwrap()).expect("tcp answer");
+
+    let path = s.dir().join("queries.log");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    eventually("two query log lines", Duration::from_secs(10), || {
+        lines().len() >= 2
+    });
+    let l = lines();
+    let api = l.iter().find(|x| x["name"] == "api.example.net.").unwrap();
+    assert_eq!(api["client"], "127.0.0.1");
+    assert_eq!(api["transport"], "udp");
+    assert_eq!(api["type"], "A");
+    assert_eq!(api["rcode"], "NOERROR");
+    assert_eq!(api["ecs"], "198.51.100.0/24");
+    assert!(api["scope"].as_u64().unwrap() > 0, "{api}");
+    assert_eq!(api["service"], "api.example.net.");
+    assert_eq!(api["answers"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(api["region"], "us-east");
+    let why = api["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("nearest from the ECS subnet, located by GeoIP in DE (EU)"),
+        "{why}"
+    );
+    assert!(api["time"].as_str().unwrap().ends_with('Z'), "{api}");
+    let soa = l.iter().find(|x| x["type"] == "SOA").unwrap();
+    assert_eq!(soa["transport"], "tcp");
+    assert_eq!(soa["service"], serde_json::Value::Null);
+    assert_eq!(soa["ecs"], serde_json::Value::Null);
+    let m = crate::admin::scrape(&s);
+    assert!(value(&m, "meridian_query_log_lines_total", &[]).unwrap() >= 2.0);
+    assert_eq!(
+        value(
+            &m,
+            "meridian_query_log_dropped_total",
+            &[("reason", "queue_full")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn query_log_over_its_rate_cap_drops_and_counts_every_line_it_does_not_write() {
+    let s = Server::start(&cfg(
+        "",
+        "[query_log]\nfile = \"queries.log\"\nmax_per_second = 5\n",
+    ));
+    let q = query("example.net.", RecordType::SOA).to_vec().unwrap();
+    let started = Instant::now();
+    const SENT: usize = 200;
+    for _ in 0..SENT {
+        s.udp_raw(&q).expect("an answer");
+    }
+    let elapsed = started.elapsed();
+    let counts = || {
+        let m = crate::admin::scrape(&s);
+        (
+            value(&m, "meridian_query_log_lines_total", &[]).unwrap(),
+            value(
+                &m,
+                "meridian_query_log_dropped_total",
+                &[("reason", "rate_cap")],
+            )
+            .unwrap(),
+        )
+    };
+    eventually(
+        "every answer written or dropped",
+        Duration::from_secs(10),
+        || {
+            let (lines, dropped) = counts();
+            lines + dropped == SENT as f64
+        },
+    );
+    let (lines, dropped) = counts();
+    eprintln!("{SENT} answers in {elapsed:?}: {lines} lines, {dropped} dropped by the cap");
+    // At most 5 per started second of sending (plus the one the log was in).
+    assert!(
+        lines <= 5.0 * (elapsed.as_secs_f64().ceil() + 2.0),
+        "{lines}"
+    );
+    assert!(dropped > 0.0);
+    let written = std::fs::read_to_string(s.dir().join("queries.log")).unwrap();
+    assert_eq!(written.lines().count() as f64, lines);
+}
