@@ -26,7 +26,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A failed call to the store.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum EtcdError {
+pub(crate) enum EtcdError {
     /// No endpoint answered.
     #[error("etcd unreachable ({0})")]
     Unreachable(String),
@@ -43,7 +43,7 @@ pub enum EtcdError {
 
 /// One key and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyValue {
+pub(crate) struct KeyValue {
     /// The key.
     pub key: String,
     /// The value.
@@ -52,7 +52,7 @@ pub struct KeyValue {
 
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// The key was written.
     Put(KeyValue),
     /// The key was deleted (or its lease expired).
@@ -61,7 +61,7 @@ pub enum Event {
 
 /// The store client.
 #[derive(Debug)]
-pub struct Etcd {
+pub(crate) struct Etcd {
     client: reqwest::Client,
     endpoints: Vec<String>,
     current: AtomicUsize,
@@ -110,7 +110,7 @@ fn decode_kv(kv: &Value) -> Result<KeyValue, EtcdError> {
 
 impl Etcd {
     /// Returns a client of the endpoints of `cluster` (with its TLS files, when set).
-    pub fn new(cluster: &Cluster) -> Result<Etcd, String> {
+    pub(crate) fn new(cluster: &Cluster) -> Result<Etcd, String> {
         crate::health::probe::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .no_proxy()
@@ -205,7 +205,10 @@ impl Etcd {
     }
 
     /// Reads every key under `prefix`; returns the store's revision and the keys.
-    pub async fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+    pub(crate) async fn range_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<(i64, Vec<KeyValue>), EtcdError> {
         let v = self
             .call(
                 "/v3/kv/range",
@@ -222,7 +225,7 @@ impl Etcd {
 
     /// Writes `key` = `value`, attached to `lease` when given; returns true when the key
     /// did not exist before.
-    pub async fn put(
+    pub(crate) async fn put(
         &self,
         key: &str,
         value: &[u8],
@@ -241,7 +244,7 @@ impl Etcd {
     }
 
     /// Deletes `key`; returns how many keys were deleted.
-    pub async fn delete(&self, key: &str) -> Result<i64, EtcdError> {
+    pub(crate) async fn delete(&self, key: &str) -> Result<i64, EtcdError> {
         let v = self
             .call("/v3/kv/deleterange", json!({ "key": B64.encode(key) }))
             .await?;
@@ -249,7 +252,7 @@ impl Etcd {
     }
 
     /// Grants a lease of `ttl` seconds; returns its id.
-    pub async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
+    pub(crate) async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
         let v = self
             .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
             .await?;
@@ -262,7 +265,7 @@ impl Etcd {
     }
 
     /// Renews lease `id` once; returns false when the lease is gone (expired or revoked).
-    pub async fn keepalive(&self, id: i64) -> Result<bool, EtcdError> {
+    pub(crate) async fn keepalive(&self, id: i64) -> Result<bool, EtcdError> {
         let v = self
             .call("/v3/lease/keepalive", json!({ "ID": id.to_string() }))
             .await?;
@@ -270,14 +273,18 @@ impl Etcd {
     }
 
     /// Revokes lease `id`: every key attached to it is deleted at once.
-    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+    pub(crate) async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
         self.call("/v3/lease/revoke", json!({ "ID": id.to_string() }))
             .await
             .map(|_| ())
     }
 
     /// Starts watching every key under `prefix` from `start_revision`.
-    pub async fn watch(&self, prefix: &str, start_revision: i64) -> Result<Watch, EtcdError> {
+    pub(crate) async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Watch, EtcdError> {
         let body = json!({ "create_request": {
             "key": B64.encode(prefix),
             "range_end": B64.encode(prefix_end(prefix)),
@@ -293,14 +300,14 @@ impl Etcd {
 
 /// A running watch: one long response of newline-separated JSON messages.
 #[derive(Debug)]
-pub struct Watch {
+pub(crate) struct Watch {
     response: reqwest::Response,
     buf: Vec<u8>,
 }
 
 /// One message of a watch: the events and the revision they bring the reader to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchBatch {
+pub(crate) struct WatchBatch {
     /// The store's revision after these events.
     pub revision: i64,
     /// The changes, in order.
@@ -309,7 +316,7 @@ pub struct WatchBatch {
 
 impl Watch {
     /// Returns the next message; an error when the stream ends, breaks or was compacted.
-    pub async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
+    pub(crate) async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
         loop {
             if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();

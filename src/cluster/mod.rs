@@ -27,7 +27,7 @@
 //! An instance whose lease is gone (killed, partitioned, stopped) loses its keys with it: the
 //! others stop counting its votes. A stopping instance revokes its lease at once.
 
-pub mod etcd;
+pub(crate) mod etcd;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -50,17 +50,17 @@ use crate::health::{Health, HealthError, State, TargetKey};
 use etcd::{Etcd, EtcdError, Event};
 
 /// `meridian_cluster_connected`: 1 while the store answers.
-pub const CLUSTER_CONNECTED: &str = "meridian_cluster_connected";
+pub(crate) const CLUSTER_CONNECTED: &str = "meridian_cluster_connected";
 /// `meridian_cluster_peers`: other instances whose lease is alive.
-pub const CLUSTER_PEERS: &str = "meridian_cluster_peers";
+pub(crate) const CLUSTER_PEERS: &str = "meridian_cluster_peers";
 /// `meridian_cluster_store_writes` (a counter, `_total` in the exposition): puts and deletes
 /// this instance sent to the store.
-pub const CLUSTER_STORE_WRITES: &str = "meridian_cluster_store_writes";
+pub(crate) const CLUSTER_STORE_WRITES: &str = "meridian_cluster_store_writes";
 /// `meridian_target_local_up{check,address}`: 1 when this instance's own probes see the target
 /// up (or not yet probed), beside `meridian_target_agreed_up`.
-pub const TARGET_LOCAL_UP: &str = "meridian_target_local_up";
+pub(crate) const TARGET_LOCAL_UP: &str = "meridian_target_local_up";
 /// `meridian_target_agreed_up{check,address}`: 1 when the fleet's agreed state is not down.
-pub const TARGET_AGREED_UP: &str = "meridian_target_agreed_up";
+pub(crate) const TARGET_AGREED_UP: &str = "meridian_target_agreed_up";
 
 /// First wait before reconnecting to the store; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -69,7 +69,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A failed fleet operation.
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub(crate) enum ClusterError {
     /// The store cannot be reached: nothing was changed anywhere.
     #[error(
         "the cluster store is unreachable, nothing was changed (a drain must reach every instance; retry when etcd is back): {0}"
@@ -82,7 +82,7 @@ pub enum ClusterError {
 
 /// One instance's presence record (`instances/NAME`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InstanceRecord {
+pub(crate) struct InstanceRecord {
     /// Its admin URL, for `meridian ctl`.
     #[serde(default)]
     pub admin: Option<String>,
@@ -104,7 +104,7 @@ struct VoteRecord {
 
 /// One instance of the fleet, as `/status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct InstanceStatus {
+pub(crate) struct InstanceStatus {
     /// Its name.
     pub name: String,
     /// True for the instance answering.
@@ -121,7 +121,7 @@ pub struct InstanceStatus {
 
 /// The fleet, as `/status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct FleetStatus {
+pub(crate) struct FleetStatus {
     /// This instance's name.
     pub instance: String,
     /// True while the store answers.
@@ -140,7 +140,7 @@ pub struct FleetStatus {
 
 /// The running fleet membership. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     inner: Arc<Inner>,
 }
 
@@ -181,7 +181,7 @@ enum Key {
 
 impl Cluster {
     /// Builds the handle for `config` over `health`; nothing is sent until [`Cluster::run`].
-    pub fn new(config: &ClusterConfig, health: Health) -> Result<Cluster, String> {
+    pub(crate) fn new(config: &ClusterConfig, health: Health) -> Result<Cluster, String> {
         let etcd = Etcd::new(config)?;
         Ok(Cluster {
             inner: Arc::new(Inner {
@@ -198,22 +198,22 @@ impl Cluster {
 
     /// Sets the admin URL this instance advertises (`cluster.advertise_admin`, else
     /// `http://` + the bound admin address).
-    pub fn set_admin_url(&self, url: Option<String>) {
+    pub(crate) fn set_admin_url(&self, url: Option<String>) {
         self.inner.lock().admin = url;
     }
 
     /// Returns this instance's name.
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.inner.config.instance
     }
 
     /// Returns true while the store answers.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
     }
 
     /// Returns the number of other instances whose lease is alive.
-    pub fn peers(&self) -> usize {
+    pub(crate) fn peers(&self) -> usize {
         let fleet = self.inner.lock();
         fleet
             .instances
@@ -223,7 +223,7 @@ impl Cluster {
     }
 
     /// Returns the fleet for `/status`.
-    pub fn status(&self) -> FleetStatus {
+    pub(crate) fn status(&self) -> FleetStatus {
         let fleet = self.inner.lock();
         let me = &self.inner.config.instance;
         let mut names: Vec<&String> = fleet.instances.keys().collect();
@@ -282,7 +282,7 @@ impl Cluster {
     /// the store ends it even if every instance is down), then applies it here at once (the
     /// others apply it from their watch). Returns whether the fleet's drains changed (the
     /// store says whether the key existed: of several instances asked at once, one says so).
-    pub async fn set_drain(
+    pub(crate) async fn set_drain(
         &self,
         subject: &Subject,
         record: Option<Drain>,
@@ -331,7 +331,7 @@ impl Cluster {
     }
 
     /// Returns the admin URLs of every instance whose lease is alive (for `meridian ctl`).
-    pub async fn discover(config: &ClusterConfig) -> Result<Vec<(String, String)>, String> {
+    pub(crate) async fn discover(config: &ClusterConfig) -> Result<Vec<(String, String)>, String> {
         let etcd = Etcd::new(config)?;
         let prefix = format!("{}/instances/", config.prefix);
         let (_, kvs) = etcd
@@ -351,7 +351,7 @@ impl Cluster {
     }
 
     /// Returns the metrics of the fleet (connected, peers, writes, local and agreed state).
-    pub fn collector(&self) -> Box<dyn Collector> {
+    pub(crate) fn collector(&self) -> Box<dyn Collector> {
         Box::new(FleetCollector {
             cluster: self.clone(),
         })
@@ -359,7 +359,7 @@ impl Cluster {
 
     /// Keeps this instance in step with the store until `token` is cancelled, then revokes
     /// its lease (so the others stop counting its votes at once).
-    pub async fn run(self, token: CancellationToken) {
+    pub(crate) async fn run(self, token: CancellationToken) {
         let inner = &self.inner;
         let mut transitions = inner.health.subscribe();
         let mut session = Session::default();

@@ -13,7 +13,7 @@ use super::ConfigError;
 
 /// Default lease of an instance's keys in the store: when it stops renewing it (killed,
 /// partitioned) its votes vanish this long after.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// `[cluster]` as written.
 #[derive(Debug, Deserialize)]
@@ -89,7 +89,7 @@ pub struct Cluster {
 }
 
 /// Returns the host name (the default instance name), or `"meridian"` when it cannot be read.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -7,7 +7,7 @@
 //! what is wrong. This module does no network I/O; it reads only the config file itself. Zone
 //! files and the GeoIP database are checked when the snapshot is built (`crate::app`).
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod raw;
 mod validate;
 
@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use cluster::{Cluster, Quorum};
-pub use validate::{load, parse_duration, parse_str};
+pub(crate) use cluster::{Cluster, Quorum};
+pub use validate::parse_str;
+pub(crate) use validate::{load, parse_duration};
 
 /// Default DNS listen address when `server.dns_listen` is absent.
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

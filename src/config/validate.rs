@@ -31,7 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// Reads and validates the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             path,
@@ -76,7 +76,7 @@ fn line_of(text: &str, pos: usize) -> usize {
 }
 
 /// Parses a duration such as `500ms`, `2s`, `1m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -29,11 +29,11 @@ use crate::snapshot::Snapshot;
 
 /// Entries kept per cache; when full, the cache is emptied (a flood of random names cannot
 /// grow it without bound, and the hot names come back on their next query).
-pub const MAX_ENTRIES: usize = 4096;
+pub(crate) const MAX_ENTRIES: usize = 4096;
 
 /// Prebuilt static answers for one thread; see the module docs.
 #[derive(Debug, Default)]
-pub struct AnswerCache {
+pub(crate) struct AnswerCache {
     /// The snapshot the entries were built from.
     snapshot: Option<Arc<Snapshot>>,
     /// Lowercased wire name followed by QTYPE -> the response to the plain query, or `None`
@@ -45,25 +45,21 @@ pub struct AnswerCache {
 
 impl AnswerCache {
     /// Returns an empty cache.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
+    #[cfg(test)]
     /// Returns how many (name, type) pairs are known, cacheable or not.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Returns true when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
 impl Answerer {
     /// Like [`Answerer::respond`], but answers static names from `cache` when it can, and
     /// fills it.
-    pub fn respond_cached(
+    pub(crate) fn respond_cached(
         &self,
         query: &[u8],
         client: SocketAddr,

@@ -15,15 +15,15 @@
 //! query had one (RFC 6891 §7), NOTAUTH/BADKEY for TSIG-signed queries since no key is
 //! configured (RFC 8945 §5.2), and DNS cookies on every answer (RFC 7873, RFC 9018, [`cookie`]).
 
-pub mod cache;
-pub mod cookie;
+pub(crate) mod cache;
+pub(crate) mod cookie;
 #[cfg(test)]
 mod fuzz;
-pub mod response;
-pub mod rrl;
-pub mod tcp;
-pub mod udp;
-pub mod wire;
+pub(crate) mod response;
+pub(crate) mod rrl;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+pub(crate) mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -56,7 +56,7 @@ mod rcode {
 
 /// The transport a query came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// UDP: responses are limited to the client's (or 512-byte) payload size.
     Udp,
     /// TCP: no size limit but 65535.
@@ -74,21 +74,21 @@ impl Transport {
 
 /// Answers queries from the current snapshot and health view.
 #[derive(Debug, Clone)]
-pub struct Answerer {
+pub(crate) struct Answerer {
     /// The current configuration, zones, GeoIP and services.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     /// The current health view.
-    pub health: Arc<ArcSwap<HealthView>>,
+    pub(crate) health: Arc<ArcSwap<HealthView>>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// `[query_log]`: offered every response sent (off: one atomic load).
-    pub query_log: crate::query_log::QueryLog,
+    pub(crate) query_log: crate::query_log::QueryLog,
 }
 
 impl Answerer {
     /// Writes the response to `query` (from `client`, over `transport`) into `out`. Returns
     /// false when nothing should be sent (runts and responses are dropped).
-    pub fn respond(
+    pub(crate) fn respond(
         &self,
         query: &[u8],
         client: SocketAddr,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The format version written to the state file.
-pub const STATE_FILE_VERSION: u32 = 1;
+pub(crate) const STATE_FILE_VERSION: u32 = 1;
 
 /// A problem with the state file.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +64,13 @@ pub enum OverridesError {
 /// The operator's overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// The file format version.
     #[serde(default = "current_version")]
-    pub version: u32,
+    pub(crate) version: u32,
     /// Regions withdrawn from every answer, sorted.
     #[serde(default)]
-    pub drained_regions: BTreeSet<String>,
+    pub(crate) drained_regions: BTreeSet<String>,
     /// Target addresses withdrawn from every answer, sorted (absent in files written before
     /// per-target drains: none).
     #[serde(default)]
@@ -83,7 +83,7 @@ pub struct Overrides {
 
 /// What a drain withdraws.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Subject {
+pub(crate) enum Subject {
     /// A region of the config, in every service.
     Region(String),
     /// One endpoint address, in every service.
@@ -93,7 +93,7 @@ pub enum Subject {
 impl Subject {
     /// Returns the key of this subject in drain records, etcd and admin paths:
     /// `regions/NAME` or `targets/ADDRESS`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match self {
             Subject::Region(r) => format!("regions/{r}"),
             Subject::Target(a) => format!("targets/{a}"),
@@ -101,7 +101,7 @@ impl Subject {
     }
 
     /// Parses [`Subject::key`] back.
-    pub fn from_key(key: &str) -> Option<Subject> {
+    pub(crate) fn from_key(key: &str) -> Option<Subject> {
         let (kind, name) = key.split_once('/')?;
         match kind {
             "regions" if !name.is_empty() && !name.contains('/') => {
@@ -125,7 +125,7 @@ impl std::fmt::Display for Subject {
 /// The record of one drain: who made it, when, why, and when it ends by itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Drain {
+pub(crate) struct Drain {
     /// Who asked for it (`ctl` sends `user@host`; otherwise the admin client's address).
     #[serde(default)]
     pub who: String,
@@ -145,7 +145,8 @@ pub struct Drain {
 
 impl Drain {
     /// Returns a record made now by `who`, without reason or expiry.
-    pub fn now(who: impl Into<String>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn now(who: impl Into<String>) -> Self {
         Drain {
             who: who.into(),
             at: SystemTime::now(),
@@ -156,14 +157,14 @@ impl Drain {
     }
 
     /// Returns true when the drain has ended by itself at `now`.
-    pub fn is_expired(&self, now: SystemTime) -> bool {
+    pub(crate) fn is_expired(&self, now: SystemTime) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
 }
 
 /// Parses the RFC 3339 UTC times that [`super::format_rfc3339`] writes
 /// (`2024-05-01T12:00:00.123Z`, fraction optional).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
         return None;
@@ -247,7 +248,7 @@ fn current_version() -> u32 {
 
 impl Overrides {
     /// Returns overrides with nothing drained.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             version: STATE_FILE_VERSION,
             drained_regions: BTreeSet::new(),
@@ -256,17 +257,9 @@ impl Overrides {
         }
     }
 
-    /// Returns true when `subject` is drained.
-    pub fn is_drained(&self, subject: &Subject) -> bool {
-        match subject {
-            Subject::Region(r) => self.drained_regions.contains(r),
-            Subject::Target(a) => self.drained_targets.contains(a),
-        }
-    }
-
     /// Drains `subject` with `record` (`Some`) or undrains it (`None`). Returns true when
     /// whether it is drained changed.
-    pub fn set(&mut self, subject: &Subject, record: Option<Drain>) -> bool {
+    pub(crate) fn set(&mut self, subject: &Subject, record: Option<Drain>) -> bool {
         let changed = match (subject, record.is_some()) {
             (Subject::Region(r), true) => self.drained_regions.insert(r.clone()),
             (Subject::Region(r), false) => self.drained_regions.remove(r),
@@ -285,7 +278,7 @@ impl Overrides {
     }
 
     /// Removes the drains whose expiry is at or before `now`; returns what was removed.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<Subject> {
+    pub(crate) fn expire(&mut self, now: SystemTime) -> Vec<Subject> {
         let gone: Vec<Subject> = self
             .details
             .iter()
@@ -299,7 +292,7 @@ impl Overrides {
     }
 
     /// Reads `path`; a missing file gives empty overrides.
-    pub fn load(path: &Path) -> Result<Self, OverridesError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, OverridesError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty()),
@@ -325,7 +318,7 @@ impl Overrides {
     }
 
     /// Writes the overrides to `path` atomically, creating its directory if needed.
-    pub fn save(&self, path: &Path) -> Result<(), OverridesError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), OverridesError> {
         write_atomically(path, &self.to_json()).map_err(|source| OverridesError::Write {
             path: path.to_path_buf(),
             source,

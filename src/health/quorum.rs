@@ -19,7 +19,7 @@ use crate::health::{State, TargetKey};
 /// How the agreed state was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Basis {
+pub(crate) enum Basis {
     /// No fleet: this instance's own probes decide.
     Local,
     /// Enough fresh observers voted: the quorum decides.
@@ -30,7 +30,7 @@ pub enum Basis {
 
 /// The agreed state of one target and how it was reached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Agreement {
+pub(crate) struct Agreement {
     /// The state answers use.
     pub agreed: State,
     /// This instance's own probed state.
@@ -51,7 +51,7 @@ pub struct Agreement {
 
 /// The latest votes of the fresh peers (this instance excluded).
 #[derive(Debug, Clone, Default)]
-pub struct PeerVotes {
+pub(crate) struct PeerVotes {
     /// The quorum rule; `None` without a fleet (own view only).
     pub quorum: Option<Quorum>,
     /// This instance's name.
@@ -62,7 +62,7 @@ pub struct PeerVotes {
 
 impl PeerVotes {
     /// Returns the state answers use for `key`, given this instance's own `local` state.
-    pub fn agreed_state(&self, key: &TargetKey, local: State) -> State {
+    pub(crate) fn agreed_state(&self, key: &TargetKey, local: State) -> State {
         let Some(quorum) = self.quorum else {
             return local;
         };
@@ -71,7 +71,7 @@ impl PeerVotes {
     }
 
     /// Returns the agreed state of `key` with every instance's view and the reason.
-    pub fn agree(&self, key: &TargetKey, local: State) -> Agreement {
+    pub(crate) fn agree(&self, key: &TargetKey, local: State) -> Agreement {
         let mut views = BTreeMap::new();
         if !self.me.is_empty() {
             views.insert(self.me.clone(), local);

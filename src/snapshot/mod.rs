@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Explanation, Family};
 use crate::zone::Zones;
 
-pub use services::{Dynamic, Services, name_to_wire};
+pub(crate) use services::{Dynamic, Services, name_to_wire};
 
 /// Everything the answer path reads: built whole, never mutated, swapped on reload.
 #[derive(Debug)]
@@ -34,15 +34,15 @@ pub struct Snapshot {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Static zones.
-    pub zones: Zones,
+    pub(crate) zones: Zones,
     /// GeoIP database and CIDR overrides.
-    pub geo: Geo,
+    pub(crate) geo: Geo,
     /// Dynamic names.
-    pub services: Services,
+    pub(crate) services: Services,
 }
 
 /// The live snapshot, shared by the answer path, the admin port and notifications.
-pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SnapshotCell = Arc<ArcSwap<Snapshot>>;
 
 /// Reads, validates and builds a snapshot from the config file at `path`; reports every
 /// problem found (config keys, zone files, GeoIP database).
@@ -70,7 +70,7 @@ pub fn check(path: &Path) -> Result<Snapshot, ConfigErrors> {
 }
 
 /// Builds a snapshot from a validated config.
-pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
+pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let dynamic: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let zones = match Zones::load(&config.zones, &dynamic, &config.source) {
@@ -129,7 +129,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
 /// Builds the widest-ECS-scope maps of `snapshot`'s services on a background thread and
 /// installs them as they are ready (until then answers carry the matched network's scope).
 /// The build stops early when the snapshot is replaced. Called at start and on every reload.
-pub fn start_scope_maps(snapshot: &Snapshot) {
+pub(crate) fn start_scope_maps(snapshot: &Snapshot) {
     let jobs = crate::policy::ScopeJobs::new(snapshot.services.iter());
     if jobs.is_empty() {
         return;
@@ -165,7 +165,7 @@ pub fn start_scope_maps(snapshot: &Snapshot) {
 
 /// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
 #[derive(Debug, Clone)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     config_path: PathBuf,
     snapshot: SnapshotCell,
     health: Health,
@@ -175,7 +175,7 @@ pub struct Reloader {
 impl Reloader {
     /// Returns a reloader of `snapshot` from `config_path`, which also moves `health`'s probes
     /// to each new config and counts reloads in `metrics`.
-    pub fn new(
+    pub(crate) fn new(
         config_path: PathBuf,
         snapshot: SnapshotCell,
         health: Health,
@@ -190,7 +190,7 @@ impl Reloader {
     }
 
     /// Returns the config file reloads read.
-    pub fn config_path(&self) -> &Path {
+    pub(crate) fn config_path(&self) -> &Path {
         &self.config_path
     }
 
@@ -199,7 +199,7 @@ impl Reloader {
     ///
     /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
     /// `meridian_config_reloads_total{result}`.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
+    pub(crate) fn reload(&self) -> Result<(), ConfigErrors> {
         static RELOAD: Mutex<()> = Mutex::new(());
         let _one_at_a_time = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.reload_unlocked();
@@ -256,7 +256,7 @@ pub enum ExplainError {
 
 /// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
 /// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
-pub fn explain_in(
+pub(crate) fn explain_in(
     snapshot: &Snapshot,
     health: &HealthView,
     client: IpAddr,

@@ -46,23 +46,23 @@ impl Node {
 
 /// How many CNAMEs a lookup follows inside our zones; a chain that needs one more, or that
 /// loops, is broken (BIND follows 16; chains this deep are a misconfiguration).
-pub const MAX_CNAME_CHAIN: usize = 8;
+pub(crate) const MAX_CNAME_CHAIN: usize = 8;
 
 /// What the zones answer for a name and type: [`Zones::lookup`]'s result.
 #[derive(Debug, Clone)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// True unless the name asked for is itself at or below a delegation (a referral is not
     /// authoritative, RFC 1034 §4.3.2; one reached through an in-zone CNAME keeps AA for it).
-    pub authoritative: bool,
+    pub(crate) authoritative: bool,
     /// The CNAMEs followed, in order; the first is owned by the name asked for.
-    pub chain: Vec<Record>,
+    pub(crate) chain: Vec<Record>,
     /// Where the chain (or the name itself) ends.
-    pub end: End,
+    pub(crate) end: End,
 }
 
 /// Where a lookup ends.
 #[derive(Debug, Clone)]
-pub enum End {
+pub(crate) enum End {
     /// The RRset asked for (for ANY: one RRset of the name), owned by the last name of the
     /// chain (the name asked for when there is no chain; wildcard matches are synthesised with
     /// it as owner), and the in-zone addresses of the names its NS, MX and SRV records point at
@@ -111,7 +111,7 @@ enum Step {
 
 /// One loaded zone.
 #[derive(Debug, Clone)]
-pub struct Zone {
+pub(crate) struct Zone {
     origin: LowerName,
     nodes: HashMap<LowerName, Node>,
     /// Delegation points below the apex (names with NS that are not the apex).
@@ -120,13 +120,8 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// Returns the zone's origin.
-    pub fn origin(&self) -> &LowerName {
-        &self.origin
-    }
-
     /// Returns the SOA record of the apex.
-    pub fn soa(&self) -> &Record {
+    pub(crate) fn soa(&self) -> &Record {
         // Invariant: `parse::load_zone` refuses a zone without exactly one SOA at the apex.
         &self.nodes[&self.origin]
             .get(RecordType::SOA)
@@ -134,7 +129,7 @@ impl Zone {
     }
 
     /// Returns the TTL to use for the SOA in negative answers (RFC 2308 §3: min(TTL, MINIMUM)).
-    pub fn negative_ttl(&self) -> u32 {
+    pub(crate) fn negative_ttl(&self) -> u32 {
         let soa = self.soa();
         match &soa.data {
             RData::SOA(s) => soa.ttl.min(s.minimum),
@@ -142,15 +137,8 @@ impl Zone {
         }
     }
 
-    /// Returns the NS RRset of the apex.
-    pub fn apex_ns(&self) -> &[Record] {
-        self.nodes[&self.origin]
-            .get(RecordType::NS)
-            .unwrap_or_default()
-    }
-
     /// Returns the SOA with the TTL of negative answers, for the authority section.
-    pub fn negative_soa(&self) -> Record {
+    pub(crate) fn negative_soa(&self) -> Record {
         let mut soa = self.soa().clone();
         soa.ttl = self.negative_ttl();
         soa
@@ -285,14 +273,14 @@ impl Zone {
     }
 
     /// Returns true when the zone has static records of `rtype` at `name`.
-    pub fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
+    pub(crate) fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
         self.nodes.get(name).is_some_and(|n| n.get(rtype).is_some())
     }
 }
 
 /// Every loaded zone.
 #[derive(Debug, Clone, Default)]
-pub struct Zones {
+pub(crate) struct Zones {
     /// Sorted with the longest origin first, so the first match is the closest zone.
     zones: Vec<Zone>,
 }
@@ -300,7 +288,7 @@ pub struct Zones {
 impl Zones {
     /// Loads every zone file; `dynamic` are names answered by services (they exist in their zone
     /// even without static records). Returns every problem found.
-    pub fn load(
+    pub(crate) fn load(
         specs: &[ZoneSpec],
         dynamic: &[String],
         config_file: &Path,
@@ -337,7 +325,7 @@ impl Zones {
 
     /// Looks `qname` up for `qtype` in our zones, following CNAMEs from zone to zone; `None`
     /// when `qname` is in none of them (REFUSED). See the module docs for the rules.
-    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
+    pub(crate) fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
         let mut zone = self.zone_for(qname)?;
         let mut name = qname.clone();
         let mut chain: Vec<Record> = Vec::new();
@@ -372,12 +360,7 @@ impl Zones {
     }
 
     /// Returns the zone `name` belongs to (the one with the longest matching origin).
-    pub fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
+    pub(crate) fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
-    }
-
-    /// Returns every zone.
-    pub fn iter(&self) -> impl Iterator<Item = &Zone> {
-        self.zones.iter()
     }
 }
