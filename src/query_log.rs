@@ -43,7 +43,6 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use tracing::warn;
 
 use crate::config::QueryLog as Settings;
-use crate::dns::Transport;
 use crate::geo::LocationSource;
 use crate::health::{HealthView, withdrawal};
 use crate::metrics::Metrics;
@@ -59,7 +58,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 struct Entry {
     at: SystemTime,
     client: SocketAddr,
-    transport: Transport,
+    /// `udp` or `tcp`.
+    transport: &'static str,
     response: Vec<u8>,
 }
 
@@ -124,7 +124,7 @@ impl QueryLog {
 
     /// Offers one answer to the log: `response` as sent to `client` over `transport`. Never
     /// blocks; drops (and counts) when the writer is behind.
-    pub(crate) fn offer(&self, client: SocketAddr, transport: Transport, response: &[u8]) {
+    pub(crate) fn offer(&self, client: SocketAddr, transport: &'static str, response: &[u8]) {
         let Some(shared) = &self.inner else {
             return;
         };
@@ -408,10 +408,7 @@ fn line(entry: &Entry, snapshot: &Snapshot, view: &HealthView) -> Option<String>
     let l = Line {
         time: entry.at,
         client: entry.client.ip(),
-        transport: match entry.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        },
+        transport: entry.transport,
         name: question.map(|q| q.name().to_ascii()),
         qtype: question.map(|q| q.query_type().to_string()),
         rcode: rcode_name(u16::from(m.metadata.response_code)),

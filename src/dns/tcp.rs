@@ -152,7 +152,9 @@ async fn connection(
         if !answerer.respond(&buf, peer, Transport::Tcp, &mut out) {
             continue;
         }
-        answerer.query_log.offer(peer, Transport::Tcp, &out);
+        answerer
+            .query_log
+            .offer(peer, Transport::Tcp.as_str(), &out);
         // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
         // should it ever not, a wrong length prefix would desynchronize the stream: close.
         let Ok(len) = u16::try_from(out.len()) else {

@@ -120,7 +120,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                     now,
                 );
             if send {
-                answerer.query_log.offer(peer, Transport::Udp, out);
+                answerer.query_log.offer(peer, Transport::Udp.as_str(), out);
             }
             batch.set_reply(i, send);
         }
@@ -218,7 +218,9 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                 Instant::now(),
             )
         {
-            answerer.query_log.offer(peer, Transport::Udp, &out);
+            answerer
+                .query_log
+                .offer(peer, Transport::Udp.as_str(), &out);
             if let Err(e) = socket.send_to(&out, peer) {
                 debug!(%peer, error = %e, "udp send failed");
             }

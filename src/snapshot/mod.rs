@@ -129,7 +129,7 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
 /// Builds the widest-ECS-scope maps of `snapshot`'s services on a background thread and
 /// installs them as they are ready (until then answers carry the matched network's scope).
 /// The build stops early when the snapshot is replaced. Called at start and on every reload.
-pub(crate) fn start_scope_maps(snapshot: &Snapshot) {
+fn start_scope_maps(snapshot: &Snapshot) {
     let jobs = crate::policy::ScopeJobs::new(snapshot.services.iter());
     if jobs.is_empty() {
         return;
@@ -161,6 +161,18 @@ pub(crate) fn start_scope_maps(snapshot: &Snapshot) {
     if let Err(error) = spawned {
         warn!(%error, "cannot start the ecs scope map thread: answers keep the matched network's scope");
     }
+}
+
+/// Readies a loaded snapshot to serve, at start and on every reload: attaches its answer
+/// counters from `metrics`, logs the config's warnings, and starts building its ECS scope maps.
+pub(crate) fn activate(mut snapshot: Snapshot, metrics: &Metrics) -> Arc<Snapshot> {
+    snapshot.services.count_answers_in(metrics);
+    for w in snapshot.config.warnings() {
+        warn!("{w}");
+    }
+    let snapshot = Arc::new(snapshot);
+    start_scope_maps(&snapshot);
+    snapshot
 }
 
 /// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
@@ -208,11 +220,7 @@ impl Reloader {
     }
 
     fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
-        let mut snapshot = load(&self.config_path)?;
-        snapshot.services.count_answers_in(&self.metrics);
-        for w in snapshot.config.warnings() {
-            warn!("{w}");
-        }
+        let snapshot = load(&self.config_path)?;
         let old = self.snapshot.load();
         if old.config.server.dns_listen != snapshot.config.server.dns_listen
             || old.config.server.admin_listen != snapshot.config.server.admin_listen
@@ -231,9 +239,7 @@ impl Reloader {
         // that is down or being probed down. In this order the new snapshot meets the old
         // view: targets both configs have keep their state, and targets only the new one has
         // are `unknown` in either view. Drains are by name and in both views alike.
-        let snapshot = Arc::new(snapshot);
-        start_scope_maps(&snapshot);
-        self.snapshot.store(snapshot);
+        self.snapshot.store(activate(snapshot, &self.metrics));
         let summary = self.health.reload(&config);
         info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
         Ok(())

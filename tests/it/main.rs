@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod dns;
+mod dnssec;
 mod edges;
 mod farm;
 mod fuzz;
