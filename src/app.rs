@@ -146,6 +146,13 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         udp.extend(sockets);
         tcp.push(listener);
     }
+    let mut dot = Vec::new();
+    for addr in &server.tls_listen {
+        let listener =
+            bind_tcp(*addr).with_context(|| format!("failed to bind dns/tls on {addr}"))?;
+        info!("listening dns/tls {}", listener.local_addr()?);
+        dot.push(listener);
+    }
     // One rate limiter for every UDP socket: `[rate_limit]` holds per client network.
     let limiter = Arc::new(dns::rrl::Limiter::new());
     for s in udp {
@@ -162,7 +169,32 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
             max_connections: server.tcp_max_connections,
             max_per_network: server.tcp_max_connections_per_network,
         };
-        dns_tasks.spawn(dns::tcp::serve(l, answerer.clone(), token.clone(), limits));
+        dns_tasks.spawn(dns::tcp::serve(
+            l,
+            answerer.clone(),
+            token.clone(),
+            limits,
+            None,
+        ));
+    }
+    if !dot.is_empty() {
+        let acceptor =
+            dns::tls::acceptor(snapshot.clone()).context("cannot set up DNS over TLS")?;
+        for l in dot {
+            // The same limits as plain TCP, counted per listener.
+            let limits = dns::tcp::Limits {
+                idle_timeout: server.tcp_idle_timeout,
+                max_connections: server.tcp_max_connections,
+                max_per_network: server.tcp_max_connections_per_network,
+            };
+            dns_tasks.spawn(dns::tcp::serve(
+                l,
+                answerer.clone(),
+                token.clone(),
+                limits,
+                Some(acceptor.clone()),
+            ));
+        }
     }
     dns_tasks.close();
     // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook

@@ -250,6 +250,12 @@ pub struct Server {
     /// changes, which reload them (`crate::watch`); `None` (`watch_interval = "0s"`) turns the
     /// watcher off. Default [`DEFAULT_WATCH_INTERVAL`].
     pub watch_interval: Option<Duration>,
+    /// DNS-over-TLS (RFC 7858) listen addresses; empty: no DoT.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain served on `tls_listen` (leaf first); re-read on every reload.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_certificate`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[notify]`: where state changes are posted.

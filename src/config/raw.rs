@@ -25,6 +25,9 @@ pub(crate) struct RawServer {
     pub(crate) tcp_max_connections: Option<usize>,
     pub(crate) tcp_max_connections_per_network: Option<usize>,
     pub(crate) watch_interval: Option<String>,
+    pub(crate) tls_listen: Option<Vec<String>>,
+    pub(crate) tls_certificate: Option<String>,
+    pub(crate) tls_key: Option<String>,
 }
 
 /// `[notify]`.

@@ -331,6 +331,9 @@ impl Validator {
             tcp_max_connections: None,
             tcp_max_connections_per_network: None,
             watch_interval: None,
+            tls_listen: None,
+            tls_certificate: None,
+            tls_key: None,
         });
         let listen = raw
             .dns_listen
@@ -455,7 +458,43 @@ impl Validator {
                 None
             }
         };
+        let mut tls_listen = Vec::new();
+        for (i, a) in raw.tls_listen.iter().flatten().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(sa)
+                    if sa.port() != 0 && (tls_listen.contains(&sa) || dns_listen.contains(&sa)) =>
+                {
+                    self.err(
+                        format!("server.tls_listen[{i}]"),
+                        format!(
+                            "duplicate address {a:?} (also in server.dns_listen or earlier here)"
+                        ),
+                    )
+                }
+                Ok(sa) => tls_listen.push(sa),
+                Err(_) => self.err(
+                    format!("server.tls_listen[{i}]"),
+                    format!(
+                        "invalid socket address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:853\""
+                    ),
+                ),
+            }
+        }
+        let tls_certificate = raw.tls_certificate.map(|p| self.resolve(&p));
+        let tls_key = raw.tls_key.map(|p| self.resolve(&p));
+        match (&tls_certificate, &tls_key) {
+            (Some(_), None) => self.err("server.tls_key", "missing: server.tls_certificate is set"),
+            (None, Some(_)) => self.err("server.tls_certificate", "missing: server.tls_key is set"),
+            (None, None) if !tls_listen.is_empty() => self.err(
+                "server.tls_listen",
+                "needs server.tls_certificate and server.tls_key (PEM files)",
+            ),
+            _ => {}
+        }
         Server {
+            tls_listen,
+            tls_certificate,
+            tls_key,
             dns_listen,
             admin_listen,
             admin_token_file,

@@ -23,6 +23,7 @@ pub(crate) mod response;
 pub(crate) mod rrl;
 mod signed;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 pub(crate) mod udp;
 pub(crate) mod wire;
 
@@ -62,14 +63,17 @@ pub(crate) enum Transport {
     Udp,
     /// TCP: no size limit but 65535.
     Tcp,
+    /// DNS over TLS (RFC 7858): as TCP, inside a TLS session.
+    Tls,
 }
 
 impl Transport {
-    /// Returns the lowercase name (`udp`, `tcp`), as in metric labels and the query log.
+    /// Returns the lowercase name (`udp`, `tcp`, `tls`), as in metric labels and the query log.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -77,6 +81,7 @@ impl Transport {
         match self {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
         }
     }
 }
@@ -432,7 +437,7 @@ impl<'a, 'q> Asked<'a, 'q> {
             // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
             // as "truncated due to length greater than that permitted on the transmission
             // channel", which this is; measured with the OPT appended.
-            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Tcp | Transport::Tls => usize::from(u16::MAX),
         };
         if too_long || out.len() > limit {
             // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT

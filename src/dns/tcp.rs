@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,12 +79,15 @@ impl Drop for NetworkSlot {
 }
 
 /// Accepts connections on `listener` until `token` is cancelled; waits for open connections to
-/// finish their current query before returning.
+/// finish their current query before returning. With `tls`, each connection is DNS over TLS
+/// (RFC 7858): the handshake must finish within [`super::tls::HANDSHAKE_TIMEOUT`] (or the idle
+/// timeout, if shorter), then the same loop runs inside the session, under the same caps.
 pub(crate) async fn serve(
     listener: TcpListener,
     answerer: Answerer,
     token: CancellationToken,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limit = Arc::new(Semaphore::new(limits.max_connections));
     let per_network = PerNetwork::default();
@@ -112,8 +115,33 @@ pub(crate) async fn serve(
         };
         let answerer = answerer.clone();
         let token = token.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            connection(stream, peer, answerer, token, limits.idle_timeout).await;
+            let _ = stream.set_nodelay(true);
+            let idle = limits.idle_timeout;
+            match tls {
+                None => connection(stream, peer, answerer, token, idle, Transport::Tcp).await,
+                Some(acceptor) => {
+                    let limit = idle.min(super::tls::HANDSHAKE_TIMEOUT);
+                    let accepted = tokio::select! {
+                        _ = token.cancelled() => None,
+                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+                            Ok(Ok(s)) => Some(s),
+                            Ok(Err(e)) => {
+                                debug!(%peer, error = %e, "tls handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                debug!(%peer, "tls handshake timed out, closing");
+                                None
+                            }
+                        },
+                    };
+                    if let Some(s) = accepted {
+                        connection(s, peer, answerer, token, idle, Transport::Tls).await;
+                    }
+                }
+            }
             drop(permit);
             drop(slot);
         });
@@ -123,14 +151,15 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
-async fn connection(
-    mut stream: TcpStream,
+/// Serves one connection, plain TCP or a TLS session over it.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     answerer: Answerer,
     token: CancellationToken,
     idle_timeout: Duration,
+    transport: Transport,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -149,12 +178,10 @@ async fn connection(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        if !answerer.respond(&buf, peer, Transport::Tcp, &mut out) {
+        if !answerer.respond(&buf, peer, transport, &mut out) {
             continue;
         }
-        answerer
-            .query_log
-            .offer(peer, Transport::Tcp.as_str(), &out);
+        answerer.query_log.offer(peer, transport.as_str(), &out);
         // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
         // should it ever not, a wrong length prefix would desynchronize the stream: close.
         let Ok(len) = u16::try_from(out.len()) else {
@@ -165,7 +192,12 @@ async fn connection(
         framed.extend(len.to_be_bytes());
         framed.extend_from_slice(&out);
         // A client that stops reading must not hold the connection (and its slot) forever.
-        match tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await {
+        // Flushed: a TLS stream buffers records until then (a no-op on plain TCP).
+        let write = async {
+            stream.write_all(&framed).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(idle_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "tcp write failed");

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub(crate) geo: Geo,
     /// Dynamic names.
     pub(crate) services: Services,
+    /// The DNS-over-TLS certificate and key, read from `server.tls_certificate`/`tls_key`
+    /// when this snapshot was built: a reload re-reads them, and the next handshake uses them.
+    pub(crate) tls: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 /// The live snapshot, shared by the answer path, the admin port and notifications.
@@ -114,6 +117,16 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
             None
         }
     };
+    let tls = match (&config.server.tls_certificate, &config.server.tls_key) {
+        (Some(cert), Some(key)) => match crate::dns::tls::load_certified_key(cert, key) {
+            Ok(k) => Some(Arc::new(k)),
+            Err((key_name, e)) => {
+                errors.push(ConfigError::new(&config.source, key_name, e));
+                None
+            }
+        },
+        _ => None,
+    };
     let (Some(zones), Some(geo), true) = (zones, geo, errors.is_empty()) else {
         return Err(ConfigErrors(errors));
     };
@@ -123,6 +136,7 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         zones,
         geo,
         services,
+        tls,
     })
 }
 

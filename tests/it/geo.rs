@@ -26,7 +26,7 @@ latitude = -23.5
 longitude = -46.6
 "#;
 
-const SERVICES: &str = r#"
+pub const SERVICES: &str = r#"
 [nets]
 "10.20.0.0/16" = "eu-west"
 "198.51.100.128/25" = "ap-northeast"

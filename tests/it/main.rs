@@ -18,5 +18,6 @@ mod health;
 mod monitoring;
 mod reload;
 mod scale;
+mod tls;
 mod watch;
 mod wire;
