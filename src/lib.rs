@@ -23,6 +23,8 @@
 //! - `sd_notify`: tells systemd (`Type=notify`) when the server is ready and when it stops.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`rlimit`]: the open-file limit the config needs, raised at start.
+//! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
+//! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -33,7 +35,9 @@
 
 pub(crate) mod admin;
 pub mod app;
+pub(crate) mod cluster;
 pub mod config;
+pub mod ctl;
 pub(crate) mod dns;
 pub mod dnssec;
 pub mod geo;
