@@ -321,16 +321,15 @@ fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// (utime + stime) in seconds, and VmRSS and VmHWM in MiB, of `pid`.
-fn usage(pid: u32) -> (f64, f64, f64) {
+/// utime and stime in seconds, and VmRSS and VmHWM in MiB, of `pid`.
+fn usage_split(pid: u32) -> (f64, f64, f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     // SAFETY: sysconf reads a constant.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / tck;
+    let user = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / tck;
+    let system = f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / tck;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -340,7 +339,7 @@ fn usage(pid: u32) -> (f64, f64, f64) {
             .unwrap_or(0.0)
             / 1024.0
     };
-    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+    (user, system, kb("VmRSS:"), kb("VmHWM:"))
 }
 
 /// A DNS query for the SOA of example.net., with a 2-byte length prefix.
@@ -464,10 +463,13 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     let mut lat = dns_lat.join().unwrap();
     lat.sort_by(f64::total_cmp);
     m.assert_alive();
-    let (cpu0, _, _) = usage(pid);
+    let (user0, sys0, _, _) = usage_split(pid);
+    let cpu0 = user0 + sys0;
+    let load0 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let (t0, r0) = (Instant::now(), farm.requests());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (cpu1, rss, hwm) = usage(pid);
+    let (user1, sys1, rss, hwm) = usage_split(pid);
+    let cpu1 = user1 + sys1;
     let (t1, r1) = (Instant::now(), farm.requests());
     m.assert_alive();
     let wall = t1.duration_since(t0).as_secs_f64();
@@ -477,7 +479,8 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     println!(
         "load {kind} targets={targets} ready_s={:.2} steady_s={:.2} cpu_share={:.3} \
          rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} connections={} \
-         false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={}",
+         false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={} \
+         user_share={:.3} system_share={:.3} loadavg={}",
         ready_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         steady.map_or(f64::NAN, |d| d.as_secs_f64()),
         (cpu1 - cpu0) / wall,
@@ -489,6 +492,9 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN),
         lat.len(),
+        (user1 - user0) / wall,
+        (sys1 - sys0) / wall,
+        load0.split_whitespace().next().unwrap_or("?"),
     );
 }
 
