@@ -4,14 +4,15 @@
 # Interleaved rounds; reports queries/s and queries per CPU-second of the server (utime+stime
 # from /proc/PID/stat), and the signed/unsigned ratio per round and its median. The signature
 # cache is warmed by one untimed DO=1 pass first. Then the divan bench of raw signing speed.
-# Knobs: ROUNDS (5), DURATION seconds per run (10), ALGORITHM (ecdsap256sha256).
+# Knobs: ROUNDS (5), DURATION seconds per run (10), ALGORITHM (ecdsap256sha256), NO_BUILD=1 (use
+# the existing target/release/meridian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 ALGORITHM=${ALGORITHM:-ecdsap256sha256}
 command -v dnsperf >/dev/null || { apt-get install -y -q dnsperf; }
-cargo build --release --locked -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -q
 BIN=$PWD/target/release/meridian
 
 TMP=$(mktemp -d -t meridian-dnssec.XXXXXX)
@@ -29,7 +30,7 @@ MERIDIAN_LOG=warn,meridian=info "$BIN" serve --config "$TMP/meridian.toml" 2> "$
 PID=$!
 for _ in $(seq 100); do grep -q "meridian started" "$TMP/log" && break; sleep 0.1; done
 PORT=$(sed -n 's/.*listening dns\/udp 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/log" | head -1)
-dig +dnssec +short @127.0.0.1 -p "$PORT" api.example.net A | grep -q RRSIG || { echo "no RRSIG in a DO=1 answer" >&2; exit 1; }
+dig +dnssec +noall +answer @127.0.0.1 -p "$PORT" api.example.net A | grep -q RRSIG || { echo "no RRSIG in a DO=1 answer" >&2; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # blob -> "qps cpu_s"
