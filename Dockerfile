@@ -23,7 +23,8 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && echo 'fn main() {}' > benches/policy.rs \
+ && for b in $(awk '/^\[\[bench\]\]/ {f = 1; next} f && /^name/ {gsub(/"/, "", $3); print $3; f = 0}' Cargo.toml); do \
+      echo 'fn main() {}' > "benches/$b.rs"; done \
  && cargo build --release --locked --bin meridian \
  && rm -rf src benches
 COPY build.rs build.rs
