@@ -10,6 +10,7 @@
 //!   [`health::HealthView`].
 //! - [`policy`]: pure decisions: (service, client location, health view) -> addresses.
 //! - [`dns`]: the only place that speaks DNS: request bytes -> response bytes; UDP/TCP transports.
+//! - [`dnssec`]: online signing (keys, RRSIG/NSEC/DNSKEY bytes, signature cache); used by `dns`.
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
@@ -33,6 +34,7 @@ pub(crate) mod admin;
 pub mod app;
 pub mod config;
 pub(crate) mod dns;
+pub mod dnssec;
 pub mod geo;
 pub mod health;
 pub mod metrics;

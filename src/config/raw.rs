@@ -65,6 +65,18 @@ pub(crate) struct RawRateLimit {
 pub(crate) struct RawZone {
     pub(crate) origin: String,
     pub(crate) file: String,
+    pub(crate) dnssec: Option<RawDnssec>,
+}
+
+/// A zone's `dnssec = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnssec {
+    pub(crate) keys: Vec<String>,
+    pub(crate) published: Option<Vec<String>>,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) signature_validity: Option<String>,
+    pub(crate) inception_offset: Option<String>,
 }
 
 /// One `[region.NAME]`.

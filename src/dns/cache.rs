@@ -10,7 +10,8 @@
 //! A patched answer too large for the client's UDP size goes through [`Answerer::respond`],
 //! which sets TC.
 //!
-//! Not cached (always answered by [`Answerer::respond`]): anything that may reach a service
+//! Not cached (always answered by [`Answerer::respond`]): queries with DO set when a zone is
+//! signed (they get signatures, issue 14), anything that may reach a service
 //! (A/AAAA/ANY for a service name or through a CNAME: such answers depend on location and
 //! health), other opcodes, classes and EDNS versions, errors other than NXDOMAIN, and
 //! meta-types. Each cache belongs to one thread (no lock, no sharing) and holds the snapshot it
@@ -77,7 +78,15 @@ impl Answerer {
             cache.snapshot = Some(snap.clone());
         }
         let q = match wire::parse(query) {
-            Ok(q) if is_cacheable_query(&q) => q,
+            // A DO=1 query for a signed zone needs signatures: answered by `respond`, which
+            // signs (the signature cache makes that cheap).
+            Ok(q)
+                if is_cacheable_query(&q)
+                    && !(q.edns.as_ref().is_some_and(|e| e.dnssec_ok)
+                        && super::signed::any_signed(&snap)) =>
+            {
+                q
+            }
             _ => return self.respond(query, client, transport, out),
         };
         let mut key_buf = [0u8; 258];

@@ -60,6 +60,9 @@ pub(crate) struct Opt<'a> {
     pub(crate) ecs: Option<(u16, u8, u8, [u8; 16])>,
     /// COOKIE to return: the client's cookie and our server cookie (RFC 7873 §5.2.3).
     pub(crate) cookie: Option<[u8; cookie::REPLY_LEN]>,
+    /// EDNS header flags: DO copied from the query (RFC 3225 §3), CO when a compact answer
+    /// is given with NXDOMAIN (RFC 9824 §4).
+    pub(crate) flags: u16,
 }
 
 impl<'a> Opt<'a> {
@@ -77,6 +80,7 @@ impl<'a> Opt<'a> {
         Some(Opt {
             nsid: if e.nsid { nsid } else { None },
             ecs: None,
+            flags: if e.dnssec_ok { 0x8000 } else { 0 },
             cookie: e
                 .cookie
                 .map(|c| cookie::reply(&c, client, secrets, cookie::now())),
@@ -258,7 +262,7 @@ pub(super) fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
     out.extend(MAX_UDP_PAYLOAD.to_be_bytes());
     out.push((rcode >> 4) as u8); // extended RCODE
     out.push(0); // version
-    out.extend(0u16.to_be_bytes()); // flags: DO clear, we do not sign (RFC 3225 §3)
+    out.extend(opt.flags.to_be_bytes());
     let len_at = out.len();
     out.extend(0u16.to_be_bytes());
     if let Some(n) = opt.nsid {

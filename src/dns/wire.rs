@@ -111,6 +111,9 @@ pub(crate) struct Edns {
     pub(crate) version: u8,
     /// DNSSEC OK bit.
     pub(crate) dnssec_ok: bool,
+    /// Compact Answers OK bit (RFC 9824 §4: EDNS header flag bit 1): the client takes an
+    /// NXDOMAIN RCODE with a compact denial.
+    pub(crate) compact_ok: bool,
     /// NSID was requested.
     pub(crate) nsid: bool,
     /// Client subnet, when present.
@@ -371,6 +374,7 @@ fn parse_opt(class: u16, ttl: u32, rdata: &[u8]) -> Option<Edns> {
         udp_size: class,
         version: (ttl >> 16) as u8,
         dnssec_ok: ttl & 0x8000 != 0,
+        compact_ok: ttl & 0x4000 != 0,
         ..Edns::default()
     };
     let mut i = 0;

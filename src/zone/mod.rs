@@ -15,10 +15,12 @@ mod parse;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::config::{ConfigError, ZoneSpec};
+use crate::dnssec::ZoneSigner;
 
 /// One RRset of a node.
 #[derive(Debug, Clone)]
@@ -117,6 +119,8 @@ pub(crate) struct Zone {
     /// Delegation points below the apex (names with NS that are not the apex).
     cuts: Vec<LowerName>,
     has_wildcards: bool,
+    /// The zone's DNSSEC signer, when `dnssec` is configured for it.
+    signer: Option<Arc<ZoneSigner>>,
 }
 
 impl Zone {
@@ -272,6 +276,58 @@ impl Zone {
         out
     }
 
+    /// Returns true when `name` is this zone's apex.
+    pub(crate) fn is_apex(&self, name: &LowerName) -> bool {
+        &self.origin == name
+    }
+
+    /// Returns the zone's DNSSEC signer, when the zone is signed.
+    pub(crate) fn signer(&self) -> Option<&ZoneSigner> {
+        self.signer.as_deref()
+    }
+
+    /// Returns the types that exist at `name` for an NSEC type bitmap: its RRsets (of the
+    /// wildcard it matches when it has no node), A and AAAA for a service name, the DNSKEY,
+    /// CDS and CDNSKEY of a signed apex; at a delegation only NS and DS (the rest is not
+    /// ours, RFC 4035 §2.3).
+    pub(crate) fn types_at(&self, name: &LowerName) -> Vec<u16> {
+        let node = self.nodes.get(name).or_else(|| self.wildcard(name));
+        let Some(node) = node else {
+            return Vec::new();
+        };
+        let mut types: Vec<u16> = node.rrsets.iter().map(|s| u16::from(s.rtype)).collect();
+        if self.cuts.contains(name) {
+            types.retain(|t| matches!(t, 2 | 43));
+            return types;
+        }
+        if node.dynamic {
+            types.extend([1, 28]);
+        }
+        if name == &self.origin && self.signer.is_some() {
+            types.extend([48, 59, 60]);
+        }
+        types
+    }
+
+    /// Returns the label count of the wildcard `name` was synthesised from (RFC 4034 §3.1.3:
+    /// its closest encloser's), or `None` when `name` is a name of the zone.
+    pub(crate) fn wildcard_labels(&self, name: &LowerName) -> Option<u8> {
+        if self.nodes.contains_key(name) || !self.has_wildcards {
+            return None;
+        }
+        let mut encloser = name.base_name();
+        while self.origin.zone_of(&encloser) {
+            if self.nodes.contains_key(&encloser) {
+                return Some(encloser.num_labels());
+            }
+            if encloser.is_root() {
+                break;
+            }
+            encloser = encloser.base_name();
+        }
+        None
+    }
+
     /// Returns true when the zone has static records of `rtype` at `name`.
     pub(crate) fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
         self.nodes.get(name).is_some_and(|n| n.get(rtype).is_some())
@@ -297,7 +353,24 @@ impl Zones {
         let mut errors = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             match parse::load_zone(spec, i, config_file) {
-                Ok(z) => zones.push(z),
+                Ok(mut z) => {
+                    if let Some(d) = &spec.dnssec {
+                        let key_ttl = z.soa().ttl;
+                        match crate::dnssec::load_signer(d, &spec.origin, key_ttl) {
+                            Ok(signer) => z.signer = Some(Arc::new(signer)),
+                            Err(problems) => {
+                                errors.extend(problems.into_iter().map(|(key, message)| {
+                                    ConfigError::new(
+                                        config_file,
+                                        format!("zone[{i}].dnssec.{key}"),
+                                        message,
+                                    )
+                                }))
+                            }
+                        }
+                    }
+                    zones.push(z);
+                }
                 Err(mut e) => errors.append(&mut e),
             }
         }
@@ -362,5 +435,10 @@ impl Zones {
     /// Returns the zone `name` belongs to (the one with the longest matching origin).
     pub(crate) fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
+    }
+
+    /// Returns true when some zone is signed (DNSSEC).
+    pub(crate) fn any_signed(&self) -> bool {
+        self.zones.iter().any(|z| z.signer.is_some())
     }
 }
