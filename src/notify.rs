@@ -466,7 +466,6 @@ impl Event {
 /// caller, so none is missed), of `outages`, and of `health`'s drains, and the sender; both
 /// read the live `snapshot` and health `view`, and stop when `token` is cancelled (queued
 /// notifications are then dropped).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     events: mpsc::UnboundedReceiver<TransitionEvent>,
     outages: broadcast::Receiver<OutageEvent>,
