@@ -170,6 +170,12 @@ pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Resu
             .await
             .context("admin start-up task failed")??;
     }
+    // The file watcher reloads like SIGHUP; it stops with the admin port, last.
+    admin_tasks.spawn(crate::watch::run(
+        reloader.clone(),
+        snapshot.clone(),
+        admin_token.clone(),
+    ));
     admin_tasks.close();
     health.begin_on(&snapshot.load().config, side.handle());
     info!(version = env!("CARGO_PKG_VERSION"), "meridian started");

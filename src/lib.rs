@@ -18,6 +18,7 @@
 //!   and ends.
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
+//! - `watch`: reloads by itself when the config, a zone file or the GeoIP database changes.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //!
@@ -36,4 +37,5 @@ pub mod policy;
 pub mod query_log;
 pub mod rlimit;
 pub mod snapshot;
+mod watch;
 pub mod zone;

@@ -86,8 +86,10 @@ use crate::health::{Health, HealthView, State, TransitionEvent, format_rfc3339, 
 use crate::outage::OutageEvent;
 use crate::snapshot::SnapshotCell;
 
-/// Notifications waiting to be posted; more are dropped (with a warning).
-pub const WEBHOOK_QUEUE_CAPACITY: usize = 256;
+/// Notifications waiting to be posted; more are dropped (with a warning). Large enough for a
+/// burst of every target of a large config changing at once (issue #17: 10,000 transitions
+/// are notified exactly), small enough to bound memory while the webhook is down.
+pub const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
 /// Wait before the first retry of a failed POST; doubled for each further retry.
 pub const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two retries.

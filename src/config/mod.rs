@@ -44,10 +44,21 @@ pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 /// The default cap per client network is `tcp_max_connections` divided by this: one network
 /// can take a sixteenth of the connections (64 of the default 1024).
 pub const DEFAULT_TCP_NETWORK_SHARE: usize = 16;
+/// Default interval between two looks at the watched files (`server.watch_interval`).
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time a webhook POST may take.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
 pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+
+/// Returns the key of the `index`-th `[[service]]`: by its name (`service["api.example.net."]`)
+/// when it has one, else by position (`service[0]`).
+pub fn service_key(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("service[{n:?}]"),
+        None => format!("service[{index}]"),
+    }
+}
 
 /// One problem found in the configuration (or in a file it names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +67,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// The line in that file, where known (zone files).
     pub line: Option<usize>,
-    /// The key, as a dotted path (`service[0].endpoints[1].region`); empty for whole-file errors.
+    /// The key, as a dotted path (`service["api.example.net."].endpoints[1].region`); empty for
+    /// whole-file errors.
     pub key: String,
     /// What is wrong, lowercase, no trailing period.
     pub message: String,
@@ -151,13 +163,14 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
-        for (i, s) in self.services.iter().enumerate() {
+        for s in &self.services {
+            let service = service_key(0, Some(&s.name));
             for (key, _) in &s.geo.entries {
                 if let GeoKey::Either(code) = key
                     && let Some((country, continent)) = ambiguous_code(code)
                 {
                     out.push(format!(
-                        "{file}: service[{i}].geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
+                        "{file}: {service}.geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
                          it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
                     ));
                 }
@@ -172,7 +185,7 @@ impl Config {
                 && u64::from(s.ttl) > 10 * detect.as_secs().max(1)
             {
                 out.push(format!(
-                    "{file}: service[{i}].ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
+                    "{file}: {service}.ttl: {}s is more than ten times the {}s it takes to withdraw a failed target \
                      (interval × fall + timeout): resolvers may keep a dead address for up to {}s",
                     s.ttl,
                     detect.as_secs(),
@@ -228,6 +241,10 @@ pub struct Server {
     /// Cap on concurrent DNS TCP connections from one client network (/24 or /56); default
     /// `tcp_max_connections / 16` (at least 1).
     pub tcp_max_connections_per_network: usize,
+    /// How often the config file, the zone files and the GeoIP database are checked for
+    /// changes, which reload them (`crate::watch`); `None` (`watch_interval = "0s"`) turns the
+    /// watcher off. Default [`DEFAULT_WATCH_INTERVAL`].
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[notify]`: where state changes are posted.

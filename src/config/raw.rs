@@ -24,6 +24,7 @@ pub struct RawServer {
     pub tcp_idle_timeout: Option<String>,
     pub tcp_max_connections: Option<usize>,
     pub tcp_max_connections_per_network: Option<usize>,
+    pub watch_interval: Option<String>,
 }
 
 /// `[notify]`.

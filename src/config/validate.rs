@@ -102,6 +102,116 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Returns the path inside `value` (`.ttl`, `.endpoints[1].weight`) whose value keeps `value`
+/// from deserializing as `T`: the deepest one whose removal makes the error go away or
+/// change. serde's error from a `toml::Value` does not say
+/// where it is; this runs only on the error path.
+fn culprit<T: DeserializeOwned>(value: &toml::Value) -> Option<String> {
+    fn paths(value: &toml::Value, prefix: &mut Vec<PathPart>, out: &mut Vec<Vec<PathPart>>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    prefix.push(PathPart::Key(k.clone()));
+                    paths(v, prefix, out);
+                    out.push(prefix.clone());
+                    prefix.pop();
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    prefix.push(PathPart::Index(i));
+                    paths(v, prefix, out);
+                    out.push(prefix.clone());
+                    prefix.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    fn remove(value: &mut toml::Value, path: &[PathPart]) {
+        let Some((last, parents)) = path.split_last() else {
+            return;
+        };
+        let mut v = value;
+        for p in parents {
+            let next = match (p, v) {
+                (PathPart::Key(k), toml::Value::Table(t)) => t.get_mut(k),
+                (PathPart::Index(i), toml::Value::Array(a)) => a.get_mut(*i),
+                _ => None,
+            };
+            let Some(n) = next else { return };
+            v = n;
+        }
+        match (last, v) {
+            (PathPart::Key(k), toml::Value::Table(t)) => {
+                t.remove(k);
+            }
+            (PathPart::Index(i), toml::Value::Array(a)) if *i < a.len() => {
+                a.remove(*i);
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(value, &mut Vec::new(), &mut all);
+    // Deepest first: `endpoints[1].weight` before `endpoints[1]` before `endpoints`.
+    all.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let original = T::deserialize(value.clone()).err()?.message().to_string();
+    all.into_iter().find_map(|path| {
+        let mut v = value.clone();
+        remove(&mut v, &path);
+        // serde stops at the first error: if it is gone, or another one comes first now, the
+        // removed value was the one it stopped at.
+        let fixed = match T::deserialize(v) {
+            Ok(_) => true,
+            Err(e) => e.message() != original,
+        };
+        fixed.then(|| {
+            path.iter()
+                .map(|p| match p {
+                    PathPart::Key(k) => format!(".{k}"),
+                    PathPart::Index(i) => format!("[{i}]"),
+                })
+                .collect()
+        })
+    })
+}
+
+#[derive(Debug, Clone)]
+enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
+/// Rewrites serde's type errors in the words of a TOML file: `invalid type: string "30",
+/// expected u32` becomes `expected an integer, found string "30"`.
+fn plain_serde_message(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    else {
+        return msg.to_string();
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return msg.to_string();
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "an integer".to_string()
+        }
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a sequence" => "an array".to_string(),
+        "a map" => "a table".to_string(),
+        e if e.starts_with("struct ") => "a table".to_string(),
+        e => e.to_string(),
+    };
+    let found = found
+        .replace("floating point", "number")
+        .replace("map", "table");
+    format!("expected {expected}, found {found}")
+}
+
 struct Validator {
     file: PathBuf,
     dir: PathBuf,
@@ -122,13 +232,20 @@ impl Validator {
         }
     }
 
-    /// Deserializes one table, recording an error under `key` on failure.
+    /// Deserializes one table, recording an error on failure under `key` and the key inside
+    /// the table that is wrong (`service["api.example.net."].ttl`), with the expected type.
     fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
-        match T::deserialize(value) {
+        match T::deserialize(value.clone()) {
             Ok(v) => Some(v),
             Err(e) => {
-                let msg = e.message().trim().to_string();
-                self.err(key, msg);
+                let msg = plain_serde_message(e.message().trim());
+                let mut path = culprit::<T>(&value).unwrap_or_default();
+                // An unknown key is named by the message: the key is its table.
+                if msg.starts_with("unknown field") {
+                    let end = path.rfind(['.', '[']).unwrap_or(0);
+                    path.truncate(end);
+                }
+                self.err(format!("{key}{path}"), msg);
                 None
             }
         }
@@ -206,6 +323,7 @@ impl Validator {
             tcp_idle_timeout: None,
             tcp_max_connections: None,
             tcp_max_connections_per_network: None,
+            watch_interval: None,
         });
         let listen = raw
             .dns_listen
@@ -320,6 +438,16 @@ impl Validator {
             raw.tcp_idle_timeout.as_deref(),
             DEFAULT_TCP_IDLE_TIMEOUT,
         );
+        // "0s" turns the watcher off.
+        let watch_interval = match raw.watch_interval.as_deref().map(parse_duration) {
+            None => Some(DEFAULT_WATCH_INTERVAL),
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                self.err("server.watch_interval", e);
+                None
+            }
+        };
         Server {
             dns_listen,
             admin_listen,
@@ -336,6 +464,7 @@ impl Validator {
             tcp_max_connections_per_network: raw
                 .tcp_max_connections_per_network
                 .unwrap_or((tcp_max_connections / DEFAULT_TCP_NETWORK_SHARE).max(1)),
+            watch_interval,
         }
     }
 
@@ -881,7 +1010,7 @@ impl Validator {
         };
         let mut services: Vec<Service> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            let key = format!("service[{i}]");
+            let key = service_key(i, item.get("name").and_then(toml::Value::as_str));
             let Some(raw) = self.section::<RawService>(&key, item) else {
                 continue;
             };

@@ -44,9 +44,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most bytes of a response head (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// How much later than its deadline a probe's timer may fire before the probe counts as our
-/// own trouble (a starved process) rather than the target's slowness.
-pub const LATE_TIMER_TOLERANCE: Duration = Duration::from_millis(200);
+/// The least share of the timeout a target must have had, since our last step of the probe
+/// (connect, TLS flight, request sent), for a timeout to be the target's fault. Less means our
+/// process was too starved to take the steps in time (a late timer), which is our trouble.
+pub const FAIR_SHARE_OF_TIMEOUT: f64 = 0.5;
 
 /// Descriptors left for everything but probe sockets (DNS over TCP, the admin port, files),
 /// at least: the probe socket budget is the open-file limit minus the larger of this and an
@@ -117,8 +118,12 @@ pub enum OwnError {
     /// The check cannot be turned into a request (a header or host that validation missed).
     #[error("check cannot be set up: {0}")]
     Setup(String),
-    /// The probe's timer fired this much after its deadline: the process was starved.
-    #[error("timer fired {} late (process starved)", HumanDuration(*.0))]
+    /// The probe's timer fired when the target had had only this long since our last step (the
+    /// process was starved: its timer fired late, or it took its steps late).
+    #[error(
+        "probe starved: the target had {} since our last step when the timer fired",
+        HumanDuration(*.0)
+    )]
     LateTimer(Duration),
 }
 
@@ -381,6 +386,8 @@ struct HttpProbe {
     body_contains: Option<String>,
     /// The connection kept from the last probe, if the server kept it open, and its permit.
     conn: Option<(Stream, Permit)>,
+    /// When this probe last took a step (connected, finished TLS, sent the request).
+    last_step: Instant,
 }
 
 impl Prober {
@@ -421,8 +428,15 @@ impl Prober {
         matches!(&self.kind, ProberKind::Http(h) if h.conn.is_some())
     }
 
-    /// Runs one probe, cut at the check's timeout. A timer that fires more than
-    /// [`LATE_TIMER_TOLERANCE`] after the deadline makes the result our own error.
+    /// Runs one probe, cut at the check's timeout. A timeout is the target's only when it had
+    /// at least [`FAIR_SHARE_OF_TIMEOUT`] of the timeout since our last step; otherwise our
+    /// process was starved and the result is our own error.
+    ///
+    /// Why not just "did the timer fire late": tokio polls a timed-out future once more
+    /// before its timer, so an answer that arrived is never lost to a late timer; what a
+    /// starved process loses is the time to take its own steps (send the request after the
+    /// connect, answer a TLS flight). A hung target under a busy process, on the other hand,
+    /// had the whole wait since our request, and must still be withdrawn.
     pub async fn probe(&mut self) -> ProbeOutcome {
         if let ProberKind::Broken(_) = self.kind {
             self.kind = Self::build(self.target, &self.check);
@@ -448,12 +462,16 @@ impl Prober {
             Ok(r) => r,
             Err(_) => {
                 // A connection cut mid-exchange cannot be reused.
-                if let ProberKind::Http(h) = &mut self.kind {
-                    h.conn = None;
-                }
-                let late = start.elapsed().saturating_sub(timeout);
-                if late > LATE_TIMER_TOLERANCE {
-                    Err(ProbeError::Ours(OwnError::LateTimer(late)))
+                let last_step = match &mut self.kind {
+                    ProberKind::Http(h) => {
+                        h.conn = None;
+                        h.last_step.max(start)
+                    }
+                    _ => start,
+                };
+                let share = last_step.elapsed();
+                if share < timeout.mul_f64(FAIR_SHARE_OF_TIMEOUT) {
+                    Err(ProbeError::Ours(OwnError::LateTimer(share)))
                 } else {
                     Err(ProbeError::TimedOut(timeout))
                 }
@@ -563,11 +581,13 @@ impl HttpProbe {
             expect_status: check.expect_status.clone(),
             body_contains: check.body_contains.clone(),
             conn: None,
+            last_step: Instant::now(),
         })
     }
 
-    async fn open(&self) -> Result<Stream, ProbeError> {
+    async fn open(&mut self) -> Result<Stream, ProbeError> {
         let tcp = connect(self.target).await?;
+        self.last_step = Instant::now();
         let Some((name, verify)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
@@ -578,6 +598,7 @@ impl HttpProbe {
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| tls_error(&e))?;
+        self.last_step = Instant::now();
         Ok(Stream::Tls(Box::new(tls)))
     }
 
@@ -588,6 +609,7 @@ impl HttpProbe {
             (Some((mut stream, permit)), _) => {
                 // Err(Stale): the server closed the kept connection (idle timeout, restart),
                 // so reconnect below with the same permit.
+                self.last_step = Instant::now();
                 if let Ok((result, keep)) = self.exchange(&mut stream).await {
                     if keep && SocketBudget::shared().may_keep() {
                         self.conn = Some((stream, permit));
@@ -604,6 +626,7 @@ impl HttpProbe {
             }
         };
         let mut stream = self.open().await?;
+        self.last_step = Instant::now();
         match self.exchange(&mut stream).await {
             Ok((result, keep)) => {
                 if keep && SocketBudget::shared().may_keep() {
@@ -624,7 +647,7 @@ impl HttpProbe {
         if stream.write_all(&self.request).await.is_err() {
             return Err(Stale);
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        let mut buf: Vec<u8> = Vec::with_capacity(2048);
         let head = loop {
             match read_more(stream, &mut buf).await {
                 Ok(0) if buf.is_empty() => return Err(Stale),
@@ -748,13 +771,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
-/// Reads into the spare room of `buf` (growing it by up to 8 KB); returns the bytes read.
+/// Reads into the spare capacity of `buf` (reserving 2 KB more when it is full, without
+/// zeroing it); returns the bytes read.
 async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let start = buf.len();
-    buf.resize(start + 8192, 0);
-    let r = stream.read(&mut buf[start..]).await;
-    buf.truncate(start + *r.as_ref().unwrap_or(&0));
-    r
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(2048);
+    }
+    stream.read_buf(buf).await
 }
 
 /// Reads and discards the body so that the connection can carry the next probe. Returns

@@ -81,7 +81,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         }
     };
     if let Some(zones) = &zones {
-        for (i, s) in config.services.iter().enumerate() {
+        for s in &config.services {
             let Ok(name) = Name::from_ascii(&s.name) else {
                 continue;
             };
@@ -91,7 +91,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
                     if zone.has_static(&lower, t) {
                         errors.push(ConfigError::new(
                             &config.source,
-                            format!("service[{i}].name"),
+                            format!("{}.name", config::service_key(0, Some(&s.name))),
                             format!("{} also has static {t} records in its zone file: remove them, the service answers {t}", s.name),
                         ));
                     }

@@ -786,9 +786,10 @@ fn reloads_under_query_load_lose_no_answer_keep_probe_state_and_stop_removed_pro
         assert!(e.contains("meridian.toml: "), "{e}");
     }
     assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("service[0].endpoints[0].region") && e.contains("mars")),
+        errors.iter().any(
+            |e| e.contains(r#"service["api.example.net."].endpoints[0].region"#)
+                && e.contains("mars")
+        ),
         "{errors:?}"
     );
     assert!(

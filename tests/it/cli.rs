@@ -125,7 +125,12 @@ fn sigterm_shuts_down_cleanly_with_exit_0() {
         .wait_exit(Duration::from_secs(20))
         .expect("exited after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", s.log_text());
-    assert!(s.log_text().contains("stopped"));
+    // The log reader thread may still be behind the exit: wait for the line.
+    assert!(
+        s.wait_log("stopped", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
     // The port is closed: a new TCP connection is refused.
     assert!(std::net::TcpStream::connect_timeout(&s.dns, Duration::from_secs(2)).is_err());
 }
@@ -156,8 +161,13 @@ fn an_unknown_key_in_any_table_of_the_example_config_is_rejected() {
             }
             toml::Value::Table(_) if k != "nets" => targets.push((vec![k.clone()], k.clone())),
             toml::Value::Array(a) => {
-                for i in 0..a.len() {
-                    targets.push((vec![k.clone(), i.to_string()], format!("{k}[{i}]")));
+                for (i, item) in a.iter().enumerate() {
+                    // Services are named by name, other arrays ([[zone]]) by position.
+                    let key = match item.get("name").and_then(toml::Value::as_str) {
+                        Some(name) if k == "service" => format!("{k}[{name:?}]"),
+                        _ => format!("{k}[{i}]"),
+                    };
+                    targets.push((vec![k.clone(), i.to_string()], key));
                 }
             }
             _ => {}
@@ -225,7 +235,7 @@ fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": ok ("), "{out}");
     assert!(
-        err.contains("warning: ") && err.contains("service[0].geo.SA: \"SA\" is the country code of Saudi Arabia and the continent code of South America"),
+        err.contains("warning: ") && err.contains(r#"service["api.example.net."].geo.SA: "SA" is the country code of Saudi Arabia and the continent code of South America"#),
         "{err}"
     );
     assert!(
@@ -233,7 +243,7 @@ fn check_warns_about_ambiguous_geo_codes_and_ttls_longer_than_failover_but_exits
         "an explicit key is not ambiguous: {err}"
     );
     assert!(
-        err.contains("service[0].ttl: 3600s is more than ten times the 7s"),
+        err.contains(r#"service["api.example.net."].ttl: 3600s is more than ten times the 7s"#),
         "{err}"
     );
     // The example config has neither problem.
@@ -258,4 +268,159 @@ fn a_corrupt_state_file_is_reported_by_check_and_refused_by_serve() {
     let (code, _, err) = run(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("corrupt"), "{err}");
+}
+
+/// Issue 11: a type error names the service by name, the key, and the type expected (it used
+/// to say only `service[0]: invalid type`); a service without a name is named by position.
+#[test]
+fn issue_11_check_names_services_by_name_and_type_errors_by_key_and_expected_type() {
+    let text = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\n{ZONE}\n\
+         [region.a]\nlatitude = 1.0\nlongitude = 2.0\n\
+         [check.web]\nkind = \"tcp\"\nport = 80\nrise = true\n\
+         [[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\nttl = \"30\"\n\
+         endpoints = [{{ region = \"a\", addresses = [\"192.0.2.1\"] }}]\n\
+         [[service]]\nname = \"pay.example.net.\"\npolicy = \"nearest\"\n\
+         endpoints = [{{ region = \"a\", addresses = [\"192.0.2.2\"], weight = 1.5 }}]\n\
+         [[service]]\nname = \"cdn.example.net.\"\npolicy = \"nearest\"\n\
+         endpoints = [{{ region = \"mars\", addresses = [\"192.0.2.3\"] }}]\n\
+         [[service]]\npolicy = \"nearest\"\nendpoints = []\n"
+    );
+    let (code, _, err, _d) = check(&[("m.toml", &text)]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        r#"m.toml: service["api.example.net."].ttl: expected an integer, found string "30""#,
+        r#"m.toml: service["pay.example.net."].endpoints[0].weight: expected an integer, found number `1.5`"#,
+        r#"m.toml: service["cdn.example.net."].endpoints[0].region: unknown region "mars""#,
+        "m.toml: check.web.rise: expected an integer, found boolean `true`",
+        "m.toml: service[3]: missing field `name`",
+        "5 problem(s) found",
+    ] {
+        assert!(err.contains(want), "wanted {want:?} in:\n{err}");
+    }
+}
+
+/// Issue 11: `--help` of the command and of every subcommand carries an example, the
+/// environment variables and the signals.
+#[test]
+fn issue_11_every_help_has_an_example_the_environment_and_the_signals() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["explain", "--help"],
+        vec!["geodata", "--help"],
+        vec!["geodata", "build", "--help"],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for want in [
+            "Example",
+            "meridian ",
+            "MERIDIAN_CONFIG",
+            "MERIDIAN_LOG ",
+            "MERIDIAN_LOG_FORMAT",
+            "SIGHUP",
+            "SIGTERM",
+            "Exit status",
+        ] {
+            assert!(out.contains(want), "{args:?} --help lacks {want:?}:\n{out}");
+        }
+    }
+}
+
+/// Issue 11: `--log-format json` (or MERIDIAN_LOG_FORMAT=json) writes one JSON object per line
+/// with stable field names; a config error at start is a JSON line too.
+#[test]
+fn issue_11_json_logs_are_one_object_per_line_with_stable_field_names() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n{ZONE}"
+        )),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::harness::binary())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("MERIDIAN_LOG_FORMAT", "json")
+        .env("MERIDIAN_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    // Bounded: the server logs "meridian started" after a handful of lines.
+    for line in std::io::BufReader::new(stderr).lines().take(100) {
+        let line = line.unwrap();
+        let done = line.contains("meridian started");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("meridian started")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&v["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+    }
+    let listening: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("listening dns/udp 127.0.0.1:"))
+        .map(|_| "udp")
+        .collect();
+    assert_eq!(listening, ["udp"], "{lines:?}");
+    let started: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(
+        started["version"],
+        env!("CARGO_PKG_VERSION"),
+        "event fields are top-level"
+    );
+
+    // A bad config: exit 2, and the error is a JSON line naming the key.
+    std::fs::write(&path, "[server]\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("bogus"))
+        .expect("an error line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `bogus`"),
+        "{line}"
+    );
 }

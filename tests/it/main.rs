@@ -16,4 +16,5 @@ mod health;
 mod monitoring;
 mod reload;
 mod scale;
+mod watch;
 mod wire;

@@ -1,0 +1,426 @@
+//! The probe benchmark (issue #17): runs the real `meridian` binary against a farm of loopback
+//! backends and measures what probing costs. Run through `bench/probes.sh`, which builds in
+//! release mode and raises the open-file limit; see bench/README.md for the figures.
+//!
+//! ```text
+//! probe_bench load MERIDIAN http|tcp TARGETS SECONDS   # CPU, memory, probes/s, time to
+//!                                                       # steady state, DNS/TCP p99 at start
+//! probe_bench flap MERIDIAN TARGETS SECONDS LOSS       # transitions at random probe loss,
+//!                                                       # fast_interval on and off
+//! probe_bench withdraw MERIDIAN TARGETS                # time to withdraw hung targets
+//! ```
+//!
+//! Every run uses interval 1 s; `load` and `withdraw` use timeout 500 ms, rise 2, fall 2.
+
+#![allow(unreachable_pub)]
+
+#[path = "../tests/it/farm.rs"]
+mod farm;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use farm::{Farm, Kind};
+
+const REGIONS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> &str {
+        args.get(i).map(String::as_str).unwrap_or_else(|| {
+            eprintln!("usage: see the top of examples/probe_bench.rs");
+            std::process::exit(2)
+        })
+    };
+    let limit = farm::raise_fd_limit();
+    eprintln!("open-file limit: {limit}");
+    let meridian = PathBuf::from(arg(1));
+    match arg(0) {
+        "load" => {
+            let kind = match arg(2) {
+                "http" => Kind::Http,
+                "tcp" => Kind::Tcp,
+                other => panic!("unknown kind {other}"),
+            };
+            load(
+                &meridian,
+                kind,
+                arg(3).parse().unwrap(),
+                arg(4).parse().unwrap(),
+            );
+        }
+        "flap" => flap(
+            &meridian,
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4).parse().unwrap(),
+        ),
+        "withdraw" => withdraw(&meridian, arg(2).parse().unwrap()),
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+/// A running meridian, killed by pid on drop.
+struct Meridian {
+    child: Child,
+    dir: PathBuf,
+    dns: SocketAddr,
+    admin: SocketAddr,
+    started: Instant,
+}
+
+impl Drop for Meridian {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(farm: &Farm, kind: Kind, check_extra: &str) -> String {
+    let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/example.net.zone");
+    let mut out = format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[zone]]\norigin = \"example.net.\"\nfile = \"{}\"\n",
+        zone.display()
+    );
+    for (i, r) in REGIONS.iter().enumerate() {
+        out.push_str(&format!(
+            "[region.{r}]\nlatitude = {}.0\nlongitude = {}.0\n",
+            10 * i,
+            20 * i
+        ));
+    }
+    let kind = match kind {
+        Kind::Http => "kind = \"http\"\npath = \"/healthz\"",
+        Kind::Tcp => "kind = \"tcp\"",
+    };
+    out.push_str(&format!(
+        "[check.web]\n{kind}\nport = {}\ninterval = \"1s\"\n{check_extra}\n",
+        farm.port
+    ));
+    for (s, chunk) in farm.addrs.chunks(REGIONS.len()).enumerate() {
+        let endpoints: Vec<String> = chunk
+            .iter()
+            .zip(REGIONS)
+            .map(|(a, r)| format!("{{ region = \"{r}\", addresses = [\"{a}\"] }}"))
+            .collect();
+        out.push_str(&format!(
+            "[[service]]\nname = \"p{s}.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             endpoints = [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
+    out
+}
+
+fn start(meridian: &Path, config_text: &str) -> Meridian {
+    let dir = std::env::temp_dir().join(format!(
+        "meridian-probe-bench-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("meridian.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let log = std::fs::File::create(dir.join("meridian.log")).unwrap();
+    let started = Instant::now();
+    let child = Command::new(meridian)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("MERIDIAN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn meridian");
+    let mut m = Meridian {
+        child,
+        dir: dir.clone(),
+        dns: "0.0.0.0:0".parse().unwrap(),
+        admin: "0.0.0.0:0".parse().unwrap(),
+        started,
+    };
+    let find = |text: &str, tag: &str| -> Option<SocketAddr> {
+        text.lines().find_map(|l| {
+            let i = l.find(tag)?;
+            l[i + tag.len()..].split_whitespace().next()?.parse().ok()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(dir.join("meridian.log")).unwrap_or_default();
+        if let (Some(d), Some(a)) = (
+            find(&text, "listening dns/tcp "),
+            find(&text, "listening admin/http "),
+        ) {
+            m.dns = d;
+            m.admin = a;
+            return m;
+        }
+        assert!(Instant::now() < deadline, "meridian did not start:\n{text}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Returns the sum of the samples of `name` whose line contains `labels`.
+fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    get(admin, "/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (utime + stime) in seconds, and VmRSS and VmHWM in MiB, of `pid`.
+fn usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf reads a constant.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / tck;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// A DNS query for the SOA of example.net., with a 2-byte length prefix.
+fn soa_query(id: u16) -> Vec<u8> {
+    let mut q = vec![0u8, 0];
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["example", "net"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 6, 0, 1]);
+    let len = (q.len() - 2) as u16;
+    q[..2].copy_from_slice(&len.to_be_bytes());
+    q
+}
+
+/// Sends TCP queries (a new connection each, as most resolvers do) every 10 ms until `stop`;
+/// returns the round-trip times in milliseconds (a failure counts as 5000).
+fn tcp_latencies(dns: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut id = 0u16;
+        while !stop.load(Ordering::Relaxed) {
+            id = id.wrapping_add(1);
+            let t = Instant::now();
+            let ok = (|| -> std::io::Result<()> {
+                let mut s = TcpStream::connect_timeout(&dns, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.set_nodelay(true)?;
+                s.write_all(&soa_query(id))?;
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len)?;
+                let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+                s.read_exact(&mut body)?;
+                Ok(())
+            })();
+            out.push(if ok.is_ok() {
+                t.elapsed().as_secs_f64() * 1000.0
+            } else {
+                5000.0
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Waits until the probe rate over the trailing second reaches 95 % of `targets` per second;
+/// returns the time since `since`.
+fn wait_steady(farm: &Farm, targets: usize, since: Instant, bound: Duration) -> Option<Duration> {
+    let mut samples: Vec<(Instant, u64)> = vec![(Instant::now(), farm.requests())];
+    while since.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = (Instant::now(), farm.requests());
+        samples.push(now);
+        let window: Vec<&(Instant, u64)> = samples
+            .iter()
+            .filter(|(t, _)| now.0.duration_since(*t) <= Duration::from_secs(1))
+            .collect();
+        let first = window[0];
+        let span = now.0.duration_since(first.0).as_secs_f64();
+        if span >= 0.9 && (now.1 - first.1) as f64 / span >= 0.95 * targets as f64 {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
+fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
+    let farm = Farm::start(targets, kind);
+    let m = start(
+        meridian,
+        &config(&farm, kind, "timeout = \"500ms\"\nrise = 2\nfall = 2\n"),
+    );
+    let pid = m.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dns_lat = tcp_latencies(m.dns, stop.clone());
+    let ready_at = {
+        let mut at = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while at.is_none() && Instant::now() < deadline {
+            if get(m.admin, "/ready").0 == 200 {
+                at = Some(m.started.elapsed());
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        at
+    };
+    let steady = wait_steady(&farm, targets, m.started, Duration::from_secs(60));
+    // DNS latency during the start: from spawn to two intervals after steady.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = dns_lat.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let (cpu0, _, _) = usage(pid);
+    let (t0, r0) = (Instant::now(), farm.requests());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (cpu1, rss, hwm) = usage(pid);
+    let (t1, r1) = (Instant::now(), farm.requests());
+    let wall = t1.duration_since(t0).as_secs_f64();
+    let down = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
+    let errors = metric(m.admin, "meridian_probe_errors_total", "");
+    let kind = if kind == Kind::Http { "http" } else { "tcp" };
+    println!(
+        "load {kind} targets={targets} ready_s={:.2} steady_s={:.2} cpu_share={:.3} \
+         rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} connections={} \
+         false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={}",
+        ready_at.map_or(f64::NAN, |d| d.as_secs_f64()),
+        steady.map_or(f64::NAN, |d| d.as_secs_f64()),
+        (cpu1 - cpu0) / wall,
+        (r1 - r0) as f64 / wall,
+        farm.accepts(),
+        down.abs(),
+        errors.abs(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        lat.len(),
+    );
+}
+
+fn flap(meridian: &Path, targets: usize, seconds: u64, loss: f64) {
+    for (name, fast) in [
+        ("fast_interval=1s (as before)", "1s"),
+        ("fast_interval=250ms (default)", "250ms"),
+    ] {
+        let farm = Farm::start(targets, Kind::Http);
+        let m = start(
+            meridian,
+            &config(
+                &farm,
+                Kind::Http,
+                &format!("timeout = \"500ms\"\nrise = 2\nfall = 2\nfast_interval = \"{fast}\"\n"),
+            ),
+        );
+        wait_steady(&farm, targets, m.started, Duration::from_secs(60));
+        let down0 = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
+        let r0 = farm.requests();
+        farm.set_loss(loss);
+        std::thread::sleep(Duration::from_secs(seconds));
+        let down1 = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
+        let probes = farm.requests() - r0;
+        let per_target_hour = (down1 - down0) / targets as f64 * 3600.0 / seconds as f64;
+        println!(
+            "flap {name} targets={targets} loss={loss} seconds={seconds} withdrawals={} \
+             per_target_per_hour={per_target_hour:.1} probes={probes}",
+            (down1 - down0).abs()
+        );
+    }
+}
+
+fn withdraw(meridian: &Path, targets: usize) {
+    let farm = Farm::start(targets, Kind::Http);
+    let m = start(
+        meridian,
+        &config(
+            &farm,
+            Kind::Http,
+            "timeout = \"500ms\"\nrise = 2\nfall = 2\n",
+        ),
+    );
+    wait_steady(&farm, targets, m.started, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 1000));
+    // Every backend stops answering at once (probes time out: the slow worst case).
+    farm.hang_below(targets as u32);
+    let hung_at = Instant::now();
+    let mut times: Vec<f64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < targets && hung_at.elapsed() < Duration::from_secs(30) {
+        let body = get(m.admin, "/metrics").1;
+        let t = hung_at.elapsed().as_secs_f64();
+        for l in body.lines() {
+            if l.starts_with("meridian_health_transitions_total")
+                && l.contains("to=\"down\"")
+                && let Some(a) = l
+                    .split("address=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                && seen.insert(a.to_string())
+            {
+                times.push(t);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "withdraw targets={targets} interval=1s fall=2 timeout=500ms withdrawn={} \
+         p50_s={:.3} max_s={:.3} (polled every ~10 ms)",
+        times.len(),
+        percentile(&times, 0.5),
+        times.last().copied().unwrap_or(f64::NAN)
+    );
+}
