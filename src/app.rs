@@ -67,22 +67,16 @@ pub enum StartError {
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
-pub async fn serve(config_path: PathBuf, mut snapshot: Snapshot) -> anyhow::Result<()> {
+pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<()> {
     let server = snapshot.config.server.clone();
     let metrics = Arc::new(Metrics::default());
-    snapshot.services.count_answers_in(&metrics);
-    for w in snapshot.config.warnings() {
-        warn!("{w}");
-    }
     let token = CancellationToken::new();
     // Probes stop on their own token, after DNS has stopped answering.
     let health_token = CancellationToken::new();
     // Probes begin once the metrics and the webhook listen (below), so that no transition,
     // not even the first, goes uncounted.
     let health = Health::new(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
-    let snapshot = Arc::new(snapshot);
-    crate::snapshot::start_scope_maps(&snapshot);
-    let snapshot = Arc::new(ArcSwap::new(snapshot));
+    let snapshot = Arc::new(ArcSwap::new(crate::snapshot::activate(snapshot, &metrics)));
     let reloader = Reloader::new(
         config_path,
         snapshot.clone(),

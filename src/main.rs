@@ -144,6 +144,114 @@ enum Command {
         #[command(subcommand)]
         command: GeodataCommand,
     },
+    /// DNSSEC keys: make one, or print the DS of a configured one.
+    Dnssec {
+        #[command(subcommand)]
+        command: DnssecCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnssecCommand {
+    /// Writes a new signing key (PKCS#8 PEM) and prints its DNSKEY and DS (SHA-256).
+    Keygen {
+        /// The zone the key signs (`example.net.`).
+        #[arg(long)]
+        zone: String,
+        /// The algorithm: ecdsap256sha256 (13) or ed25519 (15).
+        #[arg(long, default_value = "ecdsap256sha256")]
+        algorithm: String,
+        /// The key file to write (never overwritten); default `K<zone>+<alg>.pem`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Prints the DNSKEY and DS records of the keys configured for each signed zone (or of
+    /// one key file with --key and --zone).
+    Ds {
+        /// The config file.
+        #[arg(long, env = "MERIDIAN_CONFIG")]
+        config: Option<PathBuf>,
+        /// A key file, instead of the config's keys.
+        #[arg(long, requires = "zone")]
+        key: Option<PathBuf>,
+        /// The zone of --key.
+        #[arg(long)]
+        zone: Option<String>,
+    },
+}
+
+fn dnssec(command: DnssecCommand) -> ExitCode {
+    use meridian::dnssec;
+    match command {
+        DnssecCommand::Keygen {
+            zone,
+            algorithm,
+            out,
+        } => {
+            let Some(alg) = dnssec::Algorithm::from_name(&algorithm) else {
+                eprintln!("error: unknown algorithm {algorithm:?}: use ecdsap256sha256 or ed25519");
+                return ExitCode::from(2);
+            };
+            let out = out.unwrap_or_else(|| {
+                let name = zone.trim_end_matches('.');
+                PathBuf::from(format!("K{name}+{:03}.pem", alg.number()))
+            });
+            match dnssec::keygen(&zone, alg, &out) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        DnssecCommand::Ds { config, key, zone } => {
+            let pairs: Vec<(String, PathBuf)> = match (key, zone, config) {
+                (Some(key), Some(zone), _) => vec![(zone, key)],
+                (None, zone, Some(config)) => {
+                    // The whole check: the keys load as `serve` would load them.
+                    let cfg = match snapshot::check(&config) {
+                        Ok(s) => s.config.clone(),
+                        Err(errors) => {
+                            eprintln!("{errors}");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    cfg.zones
+                        .iter()
+                        .filter(|z| {
+                            zone.as_ref().is_none_or(|n| {
+                                n.trim_end_matches('.')
+                                    .eq_ignore_ascii_case(z.origin.trim_end_matches('.'))
+                            })
+                        })
+                        .filter_map(|z| z.dnssec.as_ref().map(|d| (z, d)))
+                        .flat_map(|(z, d)| d.keys.iter().map(|k| (z.origin.clone(), k.clone())))
+                        .collect()
+                }
+                _ => {
+                    eprintln!("error: give --config (or --key with --zone)");
+                    return ExitCode::from(2);
+                }
+            };
+            if pairs.is_empty() {
+                eprintln!("error: no signed zone in the config");
+                return ExitCode::from(2);
+            }
+            for (zone, key) in pairs {
+                match dnssec::describe(&zone, &key) {
+                    Ok(text) => print!("; {}\n{text}", key.display()),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +422,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Dnssec { command } => dnssec(command),
         Command::Geodata {
             command: GeodataCommand::Build { csv, out },
         } => match meridian::geo::build_database(&csv, &out) {

@@ -13,8 +13,8 @@
 //! the two exposition formats (OpenMetrics and the Prometheus text format 0.0.4) and the
 //! negotiation between them are in [`text`].
 
-pub mod process;
-pub mod text;
+pub(crate) mod process;
+pub(crate) mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,9 +72,9 @@ pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "meridian_config_loaded_timest
 pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
 
 /// Transport labels, in index order.
-pub const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+pub(crate) const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
 /// Query types counted by name, in index order; anything else is "other".
-pub const QTYPES: [(u16, &str); 15] = [
+pub(crate) const QTYPES: [(u16, &str); 15] = [
     (1, "A"),
     (28, "AAAA"),
     (5, "CNAME"),
@@ -92,7 +92,7 @@ pub const QTYPES: [(u16, &str); 15] = [
     (48, "DNSKEY"),
 ];
 /// Response codes counted by name, in index order; anything else is "other".
-pub const RCODES: [(u16, &str); 8] = [
+pub(crate) const RCODES: [(u16, &str); 8] = [
     (0, "NOERROR"),
     (1, "FORMERR"),
     (2, "SERVFAIL"),
@@ -108,7 +108,7 @@ const NR: usize = RCODES.len() + 1;
 
 /// Query counters by (transport, qtype, rcode).
 #[derive(Debug)]
-pub struct DnsCounters {
+pub(crate) struct DnsCounters {
     counts: Vec<AtomicU64>,
 }
 
@@ -124,7 +124,7 @@ impl Default for DnsCounters {
 
 impl DnsCounters {
     /// Counts one answered query; `transport` is an index into [`TRANSPORTS`].
-    pub fn count(&self, transport: usize, qtype: u16, rcode: u16) {
+    pub(crate) fn count(&self, transport: usize, qtype: u16, rcode: u16) {
         let q = QTYPES
             .iter()
             .position(|(t, _)| *t == qtype)
@@ -139,7 +139,7 @@ impl DnsCounters {
     }
 
     /// Returns every non-zero counter as (transport, qtype, rcode, count) labels.
-    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         let mut out = Vec::new();
         for (t, tname) in TRANSPORTS.iter().enumerate() {
             for q in 0..NQ {
@@ -158,13 +158,13 @@ impl DnsCounters {
 }
 
 /// Upper bounds of the probe-duration histogram buckets, in seconds.
-pub const PROBE_DURATION_BUCKETS: [f64; 13] = [
+pub(crate) const PROBE_DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// A counter the answer path increments once per answer: one relaxed atomic add, no lock.
 /// Clones share the count.
-pub type AnswerCounter = Counter;
+pub(crate) type AnswerCounter = Counter;
 
 /// Labels of `meridian_dns_answers_total`: service, region and family.
 type ServiceRegionFamily = [(&'static str, String); 3];
@@ -182,16 +182,16 @@ fn new_probe_histogram() -> Histogram {
 
 /// Every metric the process keeps.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// `meridian_dns_queries_total`.
-    pub dns: DnsCounters,
+    pub(crate) dns: DnsCounters,
     answers: Family<ServiceRegionFamily, Counter>,
     /// Every answer counter handed out, to read them all (the status page's traffic share).
     answer_handles: std::sync::Mutex<Vec<(String, String, Counter)>>,
     /// `meridian_dns_ecs_queries_total{ecs="yes"}`: one atomic add, no lock.
-    pub ecs_yes: Counter,
+    pub(crate) ecs_yes: Counter,
     /// `meridian_dns_ecs_queries_total{ecs="no"}`: one atomic add, no lock.
-    pub ecs_no: Counter,
+    pub(crate) ecs_no: Counter,
     ecs: Family<OneLabel, Counter>,
     transitions: Family<AddressTo, Counter>,
     probe_duration: Family<TwoLabels, Histogram, fn() -> Histogram>,
@@ -203,9 +203,9 @@ pub struct Metrics {
     config_loaded: AtomicU64,
     rate_limited: Family<OneLabel, Counter>,
     /// `meridian_dns_rate_limited_total{action="drop"}`: one atomic add, no lock.
-    pub rate_limited_drop: Counter,
+    pub(crate) rate_limited_drop: Counter,
     /// `meridian_dns_rate_limited_total{action="slip"}`: one atomic add, no lock.
-    pub rate_limited_slip: Counter,
+    pub(crate) rate_limited_slip: Counter,
 }
 
 impl Default for Metrics {
@@ -256,7 +256,12 @@ impl Metrics {
     /// `AAAA`). Takes a lock: call it when a snapshot is built and keep the handle, not per
     /// query. Counters of services removed by a reload keep their last value (Prometheus
     /// counters never go back).
-    pub fn answer_counter(&self, service: &str, region: &str, family: &str) -> AnswerCounter {
+    pub(crate) fn answer_counter(
+        &self,
+        service: &str,
+        region: &str,
+        family: &str,
+    ) -> AnswerCounter {
         let labels = [
             ("service", service.to_string()),
             ("region", region.to_string()),
@@ -275,7 +280,7 @@ impl Metrics {
     }
 
     /// Returns the answers so far by (service, region), both families together.
-    pub fn answer_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+    pub(crate) fn answer_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
         let handles = self
             .answer_handles
             .lock()
@@ -288,7 +293,7 @@ impl Metrics {
     }
 
     /// Counts one answered query that carried an EDNS Client Subnet option (`true`) or not.
-    pub fn count_ecs(&self, with_ecs: bool) {
+    pub(crate) fn count_ecs(&self, with_ecs: bool) {
         if with_ecs {
             self.ecs_yes.inc();
         } else {
@@ -297,20 +302,20 @@ impl Metrics {
     }
 
     /// Counts one query log line written.
-    pub fn count_query_log_line(&self) {
+    pub(crate) fn count_query_log_line(&self) {
         self.query_log_lines.inc();
     }
 
     /// Counts one query log line dropped for `reason` (`queue_full`, `rate_cap`,
     /// `write_error`).
-    pub fn count_query_log_drop(&self, reason: &str) {
+    pub(crate) fn count_query_log_drop(&self, reason: &str) {
         self.query_log_dropped
             .get_or_create(&[("reason", reason.to_string())])
             .inc();
     }
 
     /// Records the current time as when the config in force was loaded.
-    pub fn set_config_loaded(&self) {
+    pub(crate) fn set_config_loaded(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -318,7 +323,7 @@ impl Metrics {
     }
 
     /// Counts a target state change of `address` to `to` (`up`, `down`, `unknown`).
-    pub fn count_transition(&self, address: &str, to: &str) {
+    pub(crate) fn count_transition(&self, address: &str, to: &str) {
         self.transitions
             .get_or_create(&[("address", address.to_string()), ("to", to.to_string())])
             .inc();
@@ -326,7 +331,7 @@ impl Metrics {
 
     /// Records how long one probe of `check` on a target of `region` took, in seconds, and
     /// its `result`: `pass`, `fail` (the target's fault) or `error` (our own).
-    pub fn observe_probe(&self, check: &str, region: &str, seconds: f64, result: &str) {
+    pub(crate) fn observe_probe(&self, check: &str, region: &str, seconds: f64, result: &str) {
         self.probe_duration
             .get_or_create(&[("check", check.to_string()), ("region", region.to_string())])
             .observe(seconds);
@@ -336,7 +341,7 @@ impl Metrics {
     }
 
     /// Counts one config reload (SIGHUP or `POST /reload`) that succeeded or failed.
-    pub fn count_reload(&self, ok: bool) {
+    pub(crate) fn count_reload(&self, ok: bool) {
         if ok {
             self.set_config_loaded();
         }
@@ -346,18 +351,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Returns how many reloads ended with `ok` (true) or an error (false).
-    pub fn reloads(&self, ok: bool) -> u64 {
-        let result = if ok { "ok" } else { "error" };
-        self.reloads
-            .get(&[("result", result.to_string())])
-            .map_or(0, |c| c.get())
-    }
-
     /// Returns a registry holding every metric of this process; `extra` collectors (gauges
     /// computed at scrape time) are added to it. Encode it with
     /// `prometheus_client::encoding::text::encode`.
-    pub fn registry(self: &Arc<Self>, extra: Vec<Box<dyn Collector>>) -> Registry {
+    pub(crate) fn registry(self: &Arc<Self>, extra: Vec<Box<dyn Collector>>) -> Registry {
         let mut registry = Registry::default();
         // prometheus-client appends `_total` to counters itself.
         registry.register_collector(Box::new(DnsCollector(self.clone())));
@@ -421,7 +418,7 @@ fn counter_name(name: &'static str) -> &'static str {
 }
 
 /// The git commit this binary was built from (`build.rs`), or `unknown`.
-pub const BUILD_COMMIT: &str = env!("MERIDIAN_BUILD_COMMIT");
+pub(crate) const BUILD_COMMIT: &str = env!("MERIDIAN_BUILD_COMMIT");
 
 /// Writes `meridian_build_info` and `meridian_config_loaded_timestamp_seconds`.
 #[derive(Debug)]

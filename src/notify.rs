@@ -89,35 +89,35 @@ use crate::snapshot::SnapshotCell;
 /// Notifications waiting to be posted; more are dropped (with a warning). Large enough for a
 /// burst of every target of a large config changing at once (issue #17: 10,000 transitions
 /// are notified exactly), small enough to bound memory while the webhook is down.
-pub const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
+pub(crate) const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
 /// Wait before the first retry of a failed POST; doubled for each further retry.
-pub const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub(crate) const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two retries.
-pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the collector compares the drains in force with the last ones it saw.
-pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The JSON body posted for one state change.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Notification {
+pub(crate) struct Notification {
     /// Always `target_state_changed`.
-    pub event: &'static str,
+    pub(crate) event: &'static str,
     /// This server's `server.nsid`, to tell instances apart.
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// Services with an endpoint on this target (address and check), in config order.
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// The change itself.
     #[serde(flatten)]
-    pub transition: TransitionEvent,
+    pub(crate) transition: TransitionEvent,
     /// Why answers do not use the target now (`region_drained`, `target_drained`, `down`),
     /// when every endpoint listing it withdraws it; `None` when some answer may use it.
-    pub withdrawn: Option<&'static str>,
+    pub(crate) withdrawn: Option<&'static str>,
 }
 
 impl Notification {
     /// Builds the notification of `transition` under `config`, with the health `view` in
     /// force after it.
-    pub fn new(transition: TransitionEvent, config: &Config, view: &HealthView) -> Self {
+    pub(crate) fn new(transition: TransitionEvent, config: &Config, view: &HealthView) -> Self {
         let mut services = Vec::new();
         // The first reason found, unless some endpoint still answers with the target.
         let mut withdrawn = None;
@@ -152,40 +152,40 @@ impl Notification {
 /// The JSON body posted when a service loses its last usable target of a family, or gets one
 /// back.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct OutageNotification {
+pub(crate) struct OutageNotification {
     /// `service_failing_open`, `service_all_down` or `service_recovered`.
-    pub event: &'static str,
+    pub(crate) event: &'static str,
     /// This server's `server.nsid`.
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// The change itself.
     #[serde(flatten)]
-    pub outage: OutageEvent,
+    pub(crate) outage: OutageEvent,
 }
 
 /// The JSON body posted on a drain or an undrain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DrainNotification {
+pub(crate) struct DrainNotification {
     /// `drained` or `undrained`.
-    pub event: &'static str,
+    pub(crate) event: &'static str,
     /// This server's `server.nsid`.
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// `regions/NAME` or `targets/ADDRESS`.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Who drained it, when the drain record says.
-    pub who: Option<String>,
+    pub(crate) who: Option<String>,
     /// Why, when the drain record says.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// When the drain ends by itself, if ever.
     #[serde(serialize_with = "crate::health::serialize_opt_time")]
-    pub expires: Option<SystemTime>,
+    pub(crate) expires: Option<SystemTime>,
     /// When the change was seen.
     #[serde(serialize_with = "crate::health::serialize_time")]
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// One thing to notify, rendered in `notify.format` when it is sent.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     /// A target changed state.
     Target(Notification),
     /// A service lost or regained its last usable target of a family.
@@ -216,7 +216,7 @@ impl Event {
     /// Renders the body of the POST for `notify`'s format; `None` when the format has nothing
     /// to say about this event (Slack and PagerDuty: a target's first result of up; PagerDuty:
     /// any change that neither opens nor closes an incident).
-    pub fn render(&self, notify: &Notify) -> Option<Value> {
+    pub(crate) fn render(&self, notify: &Notify) -> Option<Value> {
         match notify.format {
             NotifyFormat::Json => Some(self.document()),
             // A first probe result of up is not news to a person.
@@ -235,7 +235,7 @@ impl Event {
     /// Returns the bytes to POST for `notify`'s format (the document of [`Event::render`],
     /// with the JSON format's keys in their documented order); `None` when there is nothing to
     /// send.
-    pub fn body(&self, notify: &Notify) -> Option<Vec<u8>> {
+    pub(crate) fn body(&self, notify: &Notify) -> Option<Vec<u8>> {
         let bytes = match (notify.format, self) {
             (NotifyFormat::Json, Event::Target(n)) => serde_json::to_vec(n),
             (NotifyFormat::Json, Event::Outage(n)) => serde_json::to_vec(n),
@@ -467,7 +467,7 @@ impl Event {
 /// read the live `snapshot` and health `view`, and stop when `token` is cancelled (queued
 /// notifications are then dropped).
 #[allow(clippy::too_many_arguments)]
-pub fn start(
+pub(crate) fn start(
     events: mpsc::UnboundedReceiver<TransitionEvent>,
     outages: broadcast::Receiver<OutageEvent>,
     health: Health,
@@ -708,7 +708,7 @@ mod tests {
                     State::Down
                 },
                 to,
-                reason: crate::health::Reason::Rise { successes: 2 },
+                reason: crate::health::state::Reason::Rise { successes: 2 },
                 at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             },
             withdrawn: None,

@@ -27,42 +27,42 @@ use crate::snapshot::SnapshotCell;
 
 /// How often [`watch`] re-assesses the services (drains, reloads and transitions all show
 /// within this time).
-pub const OUTAGE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const OUTAGE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The outage state of one service for one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceOutage {
+pub(crate) struct ServiceOutage {
     /// The service's name.
-    pub service: String,
+    pub(crate) service: String,
     /// The family (`A` or `AAAA`).
-    pub family: Family,
+    pub(crate) family: Family,
     /// Targets of the family in the service.
-    pub targets: usize,
+    pub(crate) targets: usize,
     /// Of them, usable.
-    pub usable: usize,
+    pub(crate) usable: usize,
     /// Of them, down (and not drained).
-    pub down: usize,
+    pub(crate) down: usize,
     /// Of them, drained.
-    pub drained: usize,
+    pub(crate) drained: usize,
     /// What the service answers when nothing is usable.
-    pub when_all_down: WhenAllDown,
+    pub(crate) when_all_down: WhenAllDown,
 }
 
 impl ServiceOutage {
     /// Returns true when no target of the family is usable.
-    pub fn is_all_down(&self) -> bool {
+    pub(crate) fn is_all_down(&self) -> bool {
         self.usable == 0
     }
 
     /// Returns true when the service answers with targets that are down or drained.
-    pub fn is_failing_open(&self) -> bool {
+    pub(crate) fn is_failing_open(&self) -> bool {
         self.is_all_down() && self.when_all_down == WhenAllDown::All
     }
 }
 
 /// Returns the outage state of every (service, family) with at least one target of the
 /// family, in config order (A before AAAA).
-pub fn assess(config: &Config, view: &HealthView) -> Vec<ServiceOutage> {
+pub(crate) fn assess(config: &Config, view: &HealthView) -> Vec<ServiceOutage> {
     let mut out = Vec::new();
     for s in &config.services {
         for family in [Family::V4, Family::V6] {
@@ -98,24 +98,24 @@ pub fn assess(config: &Config, view: &HealthView) -> Vec<ServiceOutage> {
 
 /// An outage that began or ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OutageEvent {
+pub(crate) struct OutageEvent {
     /// The service.
-    pub service: String,
+    pub(crate) service: String,
     /// `A` or `AAAA`.
-    pub family: Family,
+    pub(crate) family: Family,
     /// `all`, `empty` or `servfail`: what the service answers meanwhile.
-    pub when_all_down: &'static str,
+    pub(crate) when_all_down: &'static str,
     /// True when it began, false when it ended.
-    pub active: bool,
+    pub(crate) active: bool,
     /// Targets of the family, down, drained.
-    pub targets: usize,
+    pub(crate) targets: usize,
     /// Down (not drained) targets.
-    pub down: usize,
+    pub(crate) down: usize,
     /// Drained targets.
-    pub drained: usize,
+    pub(crate) drained: usize,
     /// When the watcher saw the change.
     #[serde(serialize_with = "crate::health::serialize_time")]
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// Capacity of the outage event channel (outages change rarely).
@@ -123,7 +123,7 @@ const OUTAGE_CHANNEL_CAPACITY: usize = 64;
 
 /// Spawns [`watch`] over the live snapshot and health view on `tasks` until `token` is
 /// cancelled; returns the sender of its events, to subscribe to.
-pub fn start(
+pub(crate) fn start(
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     tasks: &tokio_util::task::TaskTracker,
@@ -137,7 +137,7 @@ pub fn start(
 /// Polls [`assess`] every [`OUTAGE_POLL_INTERVAL`] until `token` is cancelled; logs a WARN
 /// when a (service, family) becomes all down (failing open or not) and when it recovers, and
 /// sends each change on `events`.
-pub async fn watch(
+pub(crate) async fn watch(
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     events: broadcast::Sender<OutageEvent>,

@@ -43,14 +43,13 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use tracing::warn;
 
 use crate::config::QueryLog as Settings;
-use crate::dns::Transport;
 use crate::geo::LocationSource;
 use crate::health::{HealthView, withdrawal};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotCell};
 
 /// Answers waiting for the writer; more are dropped and counted.
-pub const QUERY_LOG_QUEUE: usize = 8192;
+pub(crate) const QUERY_LOG_QUEUE: usize = 8192;
 /// How often the writer re-reads `[query_log]` and flushes.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -59,14 +58,15 @@ const REFRESH: Duration = Duration::from_secs(1);
 struct Entry {
     at: SystemTime,
     client: SocketAddr,
-    transport: Transport,
+    /// `udp` or `tcp`.
+    transport: &'static str,
     response: Vec<u8>,
 }
 
 /// The answering threads' handle on the query log. Cheap to clone; a default handle is off
 /// and stays off (no writer).
 #[derive(Debug, Clone, Default)]
-pub struct QueryLog {
+pub(crate) struct QueryLog {
     inner: Option<Arc<Shared>>,
 }
 
@@ -93,7 +93,7 @@ fn threshold(settings: Option<&Settings>) -> u64 {
 impl QueryLog {
     /// Starts the writer thread over the live `snapshot` and health `view`; it counts into
     /// `metrics`. Returns the handle for the answering threads.
-    pub fn start(
+    pub(crate) fn start(
         snapshot: SnapshotCell,
         view: Arc<ArcSwap<HealthView>>,
         metrics: Arc<Metrics>,
@@ -124,7 +124,7 @@ impl QueryLog {
 
     /// Offers one answer to the log: `response` as sent to `client` over `transport`. Never
     /// blocks; drops (and counts) when the writer is behind.
-    pub fn offer(&self, client: SocketAddr, transport: Transport, response: &[u8]) {
+    pub(crate) fn offer(&self, client: SocketAddr, transport: &'static str, response: &[u8]) {
         let Some(shared) = &self.inner else {
             return;
         };
@@ -408,10 +408,7 @@ fn line(entry: &Entry, snapshot: &Snapshot, view: &HealthView) -> Option<String>
     let l = Line {
         time: entry.at,
         client: entry.client.ip(),
-        transport: match entry.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        },
+        transport: entry.transport,
         name: question.map(|q| q.name().to_ascii()),
         qtype: question.map(|q| q.query_type().to_string()),
         rcode: rcode_name(u16::from(m.metadata.response_code)),

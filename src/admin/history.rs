@@ -163,7 +163,7 @@ mod tests {
             regions: vec!["us-east".into()],
             from,
             to,
-            reason: crate::health::Reason::Rise { successes: 2 },
+            reason: crate::health::state::Reason::Rise { successes: 2 },
             at,
         }
     }

@@ -34,7 +34,7 @@ mod gauges;
 mod history;
 mod page;
 mod server;
-pub mod status;
+pub(crate) mod status;
 
 pub(crate) use server::MAX_OPEN_CONNECTIONS;
 
@@ -68,7 +68,7 @@ use status::StatusReport;
 /// A failed admin call. Rendered as JSON `{"error": "..."}` with the status of
 /// [`AdminError::status`].
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The bearer token is missing or wrong (401).
     #[error(
         "missing or wrong bearer token: send \"Authorization: Bearer <token>\" with the token from server.admin_token_file"
@@ -126,7 +126,7 @@ pub enum AdminError {
 
 impl AdminError {
     /// Returns the HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::NoToken(_) => StatusCode::FORBIDDEN,
@@ -167,15 +167,15 @@ impl IntoResponse for AdminError {
 
 /// What the admin port needs of the running server.
 #[derive(Debug, Clone)]
-pub struct Handles {
+pub(crate) struct Handles {
     /// The live snapshot (config, services).
-    pub snapshot: SnapshotCell,
+    pub(crate) snapshot: SnapshotCell,
     /// Probes, their state and the operator's drains.
-    pub health: Health,
+    pub(crate) health: Health,
     /// Counters, for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Runs `POST /reload`.
-    pub reloader: Reloader,
+    pub(crate) reloader: Reloader,
 }
 
 /// What every handler shares.
@@ -192,7 +192,7 @@ struct AdminState {
 /// Binds `server.admin_listen` (when set), logs `listening admin/http ADDR` with the real
 /// port, and spawns on `tasks` the HTTP server and the task feeding health events into the
 /// metrics; both stop when `token` is cancelled. Returns the bound address.
-pub async fn start(
+pub(crate) async fn start(
     app: Handles,
     tasks: &TaskTracker,
     token: CancellationToken,

@@ -70,79 +70,79 @@ use crate::health::{HealthView, Observation, State, TargetStatus, withdrawal};
 
 /// The whole `/status` document.
 #[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// The server's version.
-    pub version: &'static str,
+    pub(crate) version: &'static str,
     /// True once the first health round is done (what `/ready` answers).
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// The config file the server runs on.
-    pub config_file: String,
+    pub(crate) config_file: String,
     /// Regions an operator drained, sorted.
-    pub drained_regions: Vec<String>,
+    pub(crate) drained_regions: Vec<String>,
     /// Target addresses an operator drained, sorted.
-    pub drained_targets: Vec<IpAddr>,
+    pub(crate) drained_targets: Vec<IpAddr>,
     /// Services, in config order.
-    pub services: Vec<ServiceReport>,
+    pub(crate) services: Vec<ServiceReport>,
 }
 
 /// One service in `/status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServiceReport {
+pub(crate) struct ServiceReport {
     /// The service's name, fully qualified.
-    pub name: String,
+    pub(crate) name: String,
     /// `nearest`, `failover`, `weighted`, `geo` or `all`.
-    pub policy: &'static str,
+    pub(crate) policy: &'static str,
     /// TTL of answers, seconds.
-    pub ttl: u32,
+    pub(crate) ttl: u32,
     /// `all`, `empty` or `servfail`.
-    pub when_all_down: &'static str,
+    pub(crate) when_all_down: &'static str,
     /// The service's endpoints, in config order.
-    pub regions: Vec<RegionReport>,
+    pub(crate) regions: Vec<RegionReport>,
 }
 
 /// One endpoint (a region's addresses) of a service in `/status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct RegionReport {
+pub(crate) struct RegionReport {
     /// The region's name.
-    pub name: String,
+    pub(crate) name: String,
     /// True when an operator drained the region.
-    pub drained: bool,
+    pub(crate) drained: bool,
     /// The endpoint's weight (`weighted`).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// The endpoint's priority (`failover`, lower first).
-    pub priority: u32,
+    pub(crate) priority: u32,
     /// The endpoint's addresses, in config order.
-    pub targets: Vec<TargetReport>,
+    pub(crate) targets: Vec<TargetReport>,
 }
 
 /// One target (address) of an endpoint in `/status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct TargetReport {
+pub(crate) struct TargetReport {
     /// The target's address.
-    pub address: IpAddr,
+    pub(crate) address: IpAddr,
     /// The check probing it; `None` when it is not probed (always up).
-    pub check: Option<String>,
+    pub(crate) check: Option<String>,
     /// The probed state.
-    pub state: State,
+    pub(crate) state: State,
     /// True when an operator override withdraws it (its region is drained).
-    pub forced: bool,
+    pub(crate) forced: bool,
     /// True when answers may use it: not forced and not down.
-    pub usable: bool,
+    pub(crate) usable: bool,
     /// Why answers do not use it (`region_drained`, `target_drained`, `down`); `None` when
     /// usable.
-    pub withdrawn: Option<&'static str>,
+    pub(crate) withdrawn: Option<&'static str>,
     /// When the current state began.
     #[serde(serialize_with = "crate::health::serialize_opt_time")]
-    pub since: Option<SystemTime>,
+    pub(crate) since: Option<SystemTime>,
     /// The last probe result.
-    pub last_check: Option<Observation>,
+    pub(crate) last_check: Option<Observation>,
 }
 
 impl StatusReport {
     /// Builds the document from `config`, the health `view` (states and drains: whether a
     /// target is withdrawn is [`withdrawal`]'s rule, the one the answers follow) and every
     /// probed target's `targets` status from `Health::status` (for `since` and `last_check`).
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         config_file: &Path,
         ready: bool,

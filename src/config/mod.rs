@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::{load, parse_duration, parse_str};
+pub(crate) use validate::load;
+pub use validate::parse_str;
 
 /// Default DNS listen address when `server.dns_listen` is absent.
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";
@@ -338,6 +339,23 @@ pub struct ZoneSpec {
     pub origin: String,
     /// Zone file (RFC 1035 master file), resolved.
     pub file: PathBuf,
+    /// Online DNSSEC signing, when configured (`dnssec = { keys = [...] }`).
+    pub dnssec: Option<DnssecSpec>,
+}
+
+/// A zone's `dnssec` table: online signing (issue 14).
+#[derive(Debug, Clone)]
+pub struct DnssecSpec {
+    /// PKCS#8 PEM key files that sign (and are published, and listed in CDS/CDNSKEY), resolved.
+    pub keys: Vec<PathBuf>,
+    /// Key files only published in the DNSKEY RRset (key rollover), resolved.
+    pub published: Vec<PathBuf>,
+    /// The algorithm every key must have (default ECDSA P-256 SHA-256, 13).
+    pub algorithm: crate::dnssec::Algorithm,
+    /// How long signatures are valid (default 14 days, at least 1 hour).
+    pub signature_validity: Duration,
+    /// How far before now inception is set (default 1 hour).
+    pub inception_offset: Duration,
 }
 
 /// One `[region.NAME]`: where a region's endpoints live.

@@ -10,115 +10,127 @@ use serde::Deserialize;
 /// `[server]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub dns_listen: Option<Vec<String>>,
-    pub admin_listen: Option<String>,
-    pub admin_token_file: Option<String>,
-    pub state_file: Option<String>,
-    pub geoip: Option<String>,
-    pub ipv6_transition: Option<bool>,
-    pub nat64_prefixes: Option<Vec<String>>,
-    pub nsid: Option<String>,
-    pub cookie_secret_file: Option<String>,
-    pub udp_workers: Option<usize>,
-    pub tcp_idle_timeout: Option<String>,
-    pub tcp_max_connections: Option<usize>,
-    pub tcp_max_connections_per_network: Option<usize>,
-    pub watch_interval: Option<String>,
+pub(crate) struct RawServer {
+    pub(crate) dns_listen: Option<Vec<String>>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) admin_token_file: Option<String>,
+    pub(crate) state_file: Option<String>,
+    pub(crate) geoip: Option<String>,
+    pub(crate) ipv6_transition: Option<bool>,
+    pub(crate) nat64_prefixes: Option<Vec<String>>,
+    pub(crate) nsid: Option<String>,
+    pub(crate) cookie_secret_file: Option<String>,
+    pub(crate) udp_workers: Option<usize>,
+    pub(crate) tcp_idle_timeout: Option<String>,
+    pub(crate) tcp_max_connections: Option<usize>,
+    pub(crate) tcp_max_connections_per_network: Option<usize>,
+    pub(crate) watch_interval: Option<String>,
 }
 
 /// `[notify]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNotify {
-    pub webhook_url: String,
-    pub timeout: Option<String>,
-    pub retries: Option<u32>,
-    pub format: Option<String>,
-    pub routing_key_file: Option<String>,
+pub(crate) struct RawNotify {
+    pub(crate) webhook_url: String,
+    pub(crate) timeout: Option<String>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) format: Option<String>,
+    pub(crate) routing_key_file: Option<String>,
 }
 
 /// `[query_log]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawQueryLog {
-    pub file: Option<String>,
-    pub sample: Option<f64>,
-    pub max_per_second: Option<u32>,
-    pub max_size_mb: Option<u64>,
-    pub keep: Option<u32>,
+pub(crate) struct RawQueryLog {
+    pub(crate) file: Option<String>,
+    pub(crate) sample: Option<f64>,
+    pub(crate) max_per_second: Option<u32>,
+    pub(crate) max_size_mb: Option<u64>,
+    pub(crate) keep: Option<u32>,
 }
 
 /// `[rate_limit]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    pub responses_per_second: u32,
-    pub slip: Option<u32>,
-    pub ipv4_prefix: Option<u8>,
-    pub ipv6_prefix: Option<u8>,
+pub(crate) struct RawRateLimit {
+    pub(crate) responses_per_second: u32,
+    pub(crate) slip: Option<u32>,
+    pub(crate) ipv4_prefix: Option<u8>,
+    pub(crate) ipv6_prefix: Option<u8>,
 }
 
 /// One `[[zone]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawZone {
-    pub origin: String,
-    pub file: String,
+pub(crate) struct RawZone {
+    pub(crate) origin: String,
+    pub(crate) file: String,
+    pub(crate) dnssec: Option<RawDnssec>,
+}
+
+/// A zone's `dnssec = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnssec {
+    pub(crate) keys: Vec<String>,
+    pub(crate) published: Option<Vec<String>>,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) signature_validity: Option<String>,
+    pub(crate) inception_offset: Option<String>,
 }
 
 /// One `[region.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRegion {
-    pub latitude: f64,
-    pub longitude: f64,
-    pub bias: Option<f64>,
+pub(crate) struct RawRegion {
+    pub(crate) latitude: f64,
+    pub(crate) longitude: f64,
+    pub(crate) bias: Option<f64>,
 }
 
 /// One `[check.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCheck {
-    pub kind: String,
-    pub port: Option<u16>,
-    pub path: Option<String>,
-    pub host: Option<String>,
-    pub interval: Option<String>,
-    pub fast_interval: Option<String>,
-    pub timeout: Option<String>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    pub expect_status: Option<Vec<String>>,
-    pub body_contains: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
-    pub tls_verify: Option<bool>,
-    pub initial_state: Option<String>,
+pub(crate) struct RawCheck {
+    pub(crate) kind: String,
+    pub(crate) port: Option<u16>,
+    pub(crate) path: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) fast_interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) rise: Option<u32>,
+    pub(crate) fall: Option<u32>,
+    pub(crate) expect_status: Option<Vec<String>>,
+    pub(crate) body_contains: Option<String>,
+    pub(crate) headers: Option<BTreeMap<String, String>>,
+    pub(crate) tls_verify: Option<bool>,
+    pub(crate) initial_state: Option<String>,
 }
 
 /// One `[[service]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawService {
-    pub name: String,
-    pub policy: String,
-    pub ttl: Option<u32>,
-    pub max_answers: Option<usize>,
-    pub when_all_down: Option<String>,
-    pub check: Option<String>,
-    pub ecs: Option<bool>,
-    pub sticky: Option<bool>,
-    pub geo: Option<toml::Table>,
-    pub endpoints: Vec<RawEndpoint>,
+pub(crate) struct RawService {
+    pub(crate) name: String,
+    pub(crate) policy: String,
+    pub(crate) ttl: Option<u32>,
+    pub(crate) max_answers: Option<usize>,
+    pub(crate) when_all_down: Option<String>,
+    pub(crate) check: Option<String>,
+    pub(crate) ecs: Option<bool>,
+    pub(crate) sticky: Option<bool>,
+    pub(crate) geo: Option<toml::Table>,
+    pub(crate) endpoints: Vec<RawEndpoint>,
 }
 
 /// One entry of a service's `endpoints`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEndpoint {
-    pub region: String,
-    pub addresses: Vec<String>,
-    pub weight: Option<u32>,
-    pub priority: Option<u32>,
-    pub check: Option<String>,
+pub(crate) struct RawEndpoint {
+    pub(crate) region: String,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) weight: Option<u32>,
+    pub(crate) priority: Option<u32>,
+    pub(crate) check: Option<String>,
 }

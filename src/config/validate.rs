@@ -11,10 +11,11 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    RawCheck, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer, RawService,
-    RawZone,
+    RawCheck, RawDnssec, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer,
+    RawService, RawZone,
 };
 use super::*;
+use crate::dnssec::Algorithm;
 
 /// Top-level keys the file may have.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -30,7 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// Reads and validates the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             path,
@@ -74,8 +75,8 @@ fn line_of(text: &str, pos: usize) -> usize {
     text[..pos.min(text.len())].matches('\n').count() + 1
 }
 
-/// Parses a duration such as `500ms`, `2s`, `1m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses a duration such as `500ms`, `2s`, `1m`, `1h`, `14d` (a bare number is seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -89,9 +90,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         other => {
             return Err(format!(
-                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -710,9 +712,74 @@ impl Validator {
                     format!("zone file {} does not exist", file.display()),
                 );
             }
-            zones.push(ZoneSpec { origin, file });
+            let dnssec = raw.dnssec.map(|d| self.dnssec(&format!("{key}.dnssec"), d));
+            zones.push(ZoneSpec {
+                origin,
+                file,
+                dnssec,
+            });
         }
         zones
+    }
+
+    fn dnssec(&mut self, key: &str, raw: RawDnssec) -> DnssecSpec {
+        let algorithm = match raw.algorithm.as_deref() {
+            None => Algorithm::default(),
+            Some(name) => Algorithm::from_name(name).unwrap_or_else(|| {
+                self.err(
+                    format!("{key}.algorithm"),
+                    format!("unknown algorithm {name:?}: use \"ecdsap256sha256\" or \"ed25519\""),
+                );
+                Algorithm::default()
+            }),
+        };
+        if raw.keys.is_empty() {
+            self.err(
+                format!("{key}.keys"),
+                "at least one key is needed (make one with `meridian dnssec keygen`)",
+            );
+        }
+        let mut files = |list: &[String], name: &str| -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                let path = self.resolve(p);
+                if !path.is_file() {
+                    self.err(
+                        format!("{key}.{name}[{i}]"),
+                        format!("key file {} does not exist", path.display()),
+                    );
+                }
+                out.push(path);
+            }
+            out
+        };
+        let keys = files(&raw.keys, "keys");
+        let published = files(raw.published.as_deref().unwrap_or_default(), "published");
+        let signature_validity = self.duration(
+            &format!("{key}.signature_validity"),
+            raw.signature_validity.as_deref(),
+            crate::dnssec::DEFAULT_SIGNATURE_VALIDITY,
+        );
+        let inception_offset = match raw.inception_offset.as_deref() {
+            None => crate::dnssec::DEFAULT_INCEPTION_OFFSET,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(format!("{key}.inception_offset"), e);
+                crate::dnssec::DEFAULT_INCEPTION_OFFSET
+            }),
+        };
+        if signature_validity < Duration::from_secs(3_600) {
+            self.err(
+                format!("{key}.signature_validity"),
+                "must be at least 1h (signatures are reused for a quarter of it)",
+            );
+        }
+        DnssecSpec {
+            keys,
+            published,
+            algorithm,
+            signature_validity,
+            inception_offset,
+        }
     }
 
     fn regions(&mut self, value: Option<toml::Value>) -> Vec<Region> {

@@ -10,7 +10,8 @@
 //! A patched answer too large for the client's UDP size goes through [`Answerer::respond`],
 //! which sets TC.
 //!
-//! Not cached (always answered by [`Answerer::respond`]): anything that may reach a service
+//! Not cached (always answered by [`Answerer::respond`]): queries with DO set when a zone is
+//! signed (they get signatures, issue 14), anything that may reach a service
 //! (A/AAAA/ANY for a service name or through a CNAME: such answers depend on location and
 //! health), other opcodes, classes and EDNS versions, errors other than NXDOMAIN, and
 //! meta-types. Each cache belongs to one thread (no lock, no sharing) and holds the snapshot it
@@ -29,11 +30,11 @@ use crate::snapshot::Snapshot;
 
 /// Entries kept per cache; when full, the cache is emptied (a flood of random names cannot
 /// grow it without bound, and the hot names come back on their next query).
-pub const MAX_ENTRIES: usize = 4096;
+pub(crate) const MAX_ENTRIES: usize = 4096;
 
 /// Prebuilt static answers for one thread; see the module docs.
 #[derive(Debug, Default)]
-pub struct AnswerCache {
+pub(crate) struct AnswerCache {
     /// The snapshot the entries were built from.
     snapshot: Option<Arc<Snapshot>>,
     /// Lowercased wire name followed by QTYPE -> the response to the plain query, or `None`
@@ -45,25 +46,21 @@ pub struct AnswerCache {
 
 impl AnswerCache {
     /// Returns an empty cache.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
+    #[cfg(test)]
     /// Returns how many (name, type) pairs are known, cacheable or not.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Returns true when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
 impl Answerer {
     /// Like [`Answerer::respond`], but answers static names from `cache` when it can, and
     /// fills it.
-    pub fn respond_cached(
+    pub(crate) fn respond_cached(
         &self,
         query: &[u8],
         client: SocketAddr,
@@ -81,7 +78,15 @@ impl Answerer {
             cache.snapshot = Some(snap.clone());
         }
         let q = match wire::parse(query) {
-            Ok(q) if is_cacheable_query(&q) => q,
+            // A DO=1 query for a signed zone needs signatures: answered by `respond`, which
+            // signs (the signature cache makes that cheap).
+            Ok(q)
+                if is_cacheable_query(&q)
+                    && !(q.edns.as_ref().is_some_and(|e| e.dnssec_ok)
+                        && super::signed::any_signed(&snap)) =>
+            {
+                q
+            }
             _ => return self.respond(query, client, transport, out),
         };
         let mut key_buf = [0u8; 258];

@@ -29,24 +29,24 @@ use super::wire::{self, Cookie};
 use crate::config::Config;
 
 /// A server secret (RFC 9018 §4.4): 16 octets, the SipHash-2-4 key.
-pub type Secret = [u8; 16];
+pub(crate) type Secret = [u8; 16];
 
 /// The server cookie version made here (RFC 9018 §4.2).
 const VERSION: u8 = 1;
 
 /// How long a server cookie is valid after its timestamp, in seconds (RFC 9018 §4.3).
-pub const MAX_AGE: u32 = 3600;
+pub(crate) const MAX_AGE: u32 = 3600;
 
 /// How far a server cookie's timestamp may lie in the future, in seconds: clock skew between
 /// instances sharing a secret (RFC 9018 §4.3).
-pub const MAX_SKEW: u32 = 300;
+pub(crate) const MAX_SKEW: u32 = 300;
 
 /// Length of the COOKIE option in a response: client cookie and server cookie.
-pub const REPLY_LEN: usize = 24;
+pub(crate) const REPLY_LEN: usize = 24;
 
 /// Returns the secrets in force: those of `config` (the first makes cookies, all are
 /// accepted), or this process's random secret when none is configured.
-pub fn secrets(config: &Config) -> &[Secret] {
+pub(crate) fn secrets(config: &Config) -> &[Secret] {
     let configured = &config.server.cookie_secrets;
     if configured.is_empty() {
         std::slice::from_ref(random_secret())
@@ -66,7 +66,7 @@ fn random_secret() -> &'static Secret {
 /// On Linux this reads the coarse realtime clock (updated every tick, a few milliseconds): a
 /// cookie needs seconds, and `SystemTime::now` cost 72 ns per call on the bench machine,
 /// about a fifth of a whole cached answer.
-pub fn now() -> u32 {
+pub(crate) fn now() -> u32 {
     #[cfg(target_os = "linux")]
     {
         let mut ts = libc::timespec {
@@ -107,7 +107,7 @@ fn hash(secret: &Secret, client: &[u8; 8], head: &[u8], ip: IpAddr) -> [u8; 8] {
 }
 
 /// Makes the server cookie for `client` (the client cookie) at address `ip`, time `now`.
-pub fn server_cookie(secret: &Secret, client: &[u8; 8], ip: IpAddr, now: u32) -> [u8; 16] {
+pub(crate) fn server_cookie(secret: &Secret, client: &[u8; 8], ip: IpAddr, now: u32) -> [u8; 16] {
     let mut cookie = [0u8; 16];
     cookie[0] = VERSION;
     cookie[4..8].copy_from_slice(&now.to_be_bytes());
@@ -118,7 +118,13 @@ pub fn server_cookie(secret: &Secret, client: &[u8; 8], ip: IpAddr, now: u32) ->
 
 /// Returns whether `server` is a server cookie we made for `client` at `ip`, still within its
 /// lifetime at `now`. The reserved octets are hashed as received (RFC 9018 §4.2).
-pub fn is_valid(secrets: &[Secret], client: &[u8; 8], server: &[u8], ip: IpAddr, now: u32) -> bool {
+pub(crate) fn is_valid(
+    secrets: &[Secret],
+    client: &[u8; 8],
+    server: &[u8],
+    ip: IpAddr,
+    now: u32,
+) -> bool {
     if server.len() != 16 || server[0] != VERSION {
         return false;
     }
@@ -137,7 +143,7 @@ pub fn is_valid(secrets: &[Secret], client: &[u8; 8], server: &[u8], ip: IpAddr,
 
 /// Returns the COOKIE option of a response to a query that carried `cookie`, from `ip`: the
 /// client cookie and a server cookie made now with the first secret.
-pub fn reply(cookie: &Cookie, ip: IpAddr, secrets: &[Secret], now: u32) -> [u8; REPLY_LEN] {
+pub(crate) fn reply(cookie: &Cookie, ip: IpAddr, secrets: &[Secret], now: u32) -> [u8; REPLY_LEN] {
     let client = cookie.client();
     let mut out = [0u8; REPLY_LEN];
     out[..8].copy_from_slice(&client);
@@ -150,7 +156,7 @@ pub fn reply(cookie: &Cookie, ip: IpAddr, secrets: &[Secret], now: u32) -> [u8; 
 /// Returns whether the query `msg` from `ip` carries a valid server cookie now; reads only the
 /// OPT record, so that the rate limiter can ask without a full parse (and the clock only when
 /// there is a server cookie to check).
-pub fn has_valid(msg: &[u8], ip: IpAddr, secrets: &[Secret]) -> bool {
+pub(crate) fn has_valid(msg: &[u8], ip: IpAddr, secrets: &[Secret]) -> bool {
     wire::find_cookie(msg).is_some_and(|c| {
         c.server()
             .is_some_and(|s| is_valid(secrets, &c.client(), s, ip, now()))

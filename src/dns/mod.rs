@@ -15,15 +15,16 @@
 //! query had one (RFC 6891 §7), NOTAUTH/BADKEY for TSIG-signed queries since no key is
 //! configured (RFC 8945 §5.2), and DNS cookies on every answer (RFC 7873, RFC 9018, [`cookie`]).
 
-pub mod cache;
-pub mod cookie;
+pub(crate) mod cache;
+pub(crate) mod cookie;
 #[cfg(test)]
 mod fuzz;
-pub mod response;
-pub mod rrl;
-pub mod tcp;
-pub mod udp;
-pub mod wire;
+pub(crate) mod response;
+pub(crate) mod rrl;
+mod signed;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+pub(crate) mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ mod rcode {
 
 /// The transport a query came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// UDP: responses are limited to the client's (or 512-byte) payload size.
     Udp,
     /// TCP: no size limit but 65535.
@@ -64,6 +65,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Returns the lowercase name (`udp`, `tcp`), as in metric labels and the query log.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Transport::Udp => 0,
@@ -74,21 +83,21 @@ impl Transport {
 
 /// Answers queries from the current snapshot and health view.
 #[derive(Debug, Clone)]
-pub struct Answerer {
+pub(crate) struct Answerer {
     /// The current configuration, zones, GeoIP and services.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     /// The current health view.
-    pub health: Arc<ArcSwap<HealthView>>,
+    pub(crate) health: Arc<ArcSwap<HealthView>>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// `[query_log]`: offered every response sent (off: one atomic load).
-    pub query_log: crate::query_log::QueryLog,
+    pub(crate) query_log: crate::query_log::QueryLog,
 }
 
 impl Answerer {
     /// Writes the response to `query` (from `client`, over `transport`) into `out`. Returns
     /// false when nothing should be sent (runts and responses are dropped).
-    pub fn respond(
+    pub(crate) fn respond(
         &self,
         query: &[u8],
         client: SocketAddr,
@@ -255,24 +264,41 @@ fn answer(
         && let Some(service) = snap.services.by_wire(&q.qname_lower)
     {
         head.aa = true;
+        let mut denial = signed::Denial::None;
         match asked.dynamic(service, qtype, None, &mut s) {
             Served::Addresses => {}
             Served::NoData => {
-                let zone = wire_to_name(&q.qname_lower).and_then(|n| snap.zones.zone_for(&n));
+                let name = wire_to_name(&q.qname_lower);
+                let zone = name.as_ref().and_then(|n| snap.zones.zone_for(n));
                 s.authority.extend(zone.map(Zone::negative_soa));
+                if let Some(name) = name {
+                    denial = signed::Denial::NoData(name);
+                }
             }
             Served::ServFail => return asked.servfail(head, out),
         }
-        return asked.reply(head, &s, out);
+        return asked.reply_signed(head, s, &denial, out);
     }
 
     let Some(qname) = wire_to_name(&q.qname_lower) else {
         return asked.error(head, rcode::FORMERR, out);
     };
+    if let Some(keys) = signed::key_answer(snap, &qname, q.qtype) {
+        // DNSKEY, CDS and CDNSKEY of a signed apex: made from the keys, not the zone file.
+        head.aa = true;
+        s.answer = keys;
+        return asked.reply_signed(head, s, &signed::Denial::None, out);
+    }
     let Some(found) = snap.zones.lookup(&qname, qtype) else {
         return asked.error(head, rcode::REFUSED, out);
     };
     head.aa = found.authoritative;
+    // The name the lookup ended at: the last CNAME's target, or the name asked for.
+    let last = match found.chain.last().map(|c| &c.data) {
+        Some(RData::CNAME(target)) => LowerName::new(&target.0),
+        _ => qname.clone(),
+    };
+    let mut denial = signed::Denial::None;
     // Records owned by the query name are written as pointers to the question.
     let at_qname = found.chain.is_empty();
     s.answer = (found.chain.into_iter().enumerate())
@@ -287,12 +313,19 @@ fn answer(
                 .extend(records.into_iter().map(|r| Answer::Record(r, at_qname)));
             s.additional = additional;
         }
-        End::NoData { soa } => s.authority.push(soa),
+        End::NoData { soa } => {
+            s.authority.push(soa);
+            denial = signed::Denial::NoData(last);
+        }
         End::NxDomain { soa } => {
             head.rcode = rcode::NXDOMAIN;
             s.authority.push(soa);
+            denial = signed::Denial::NxDomain(last);
         }
         End::Referral { ns, glue } => {
+            if let Some(cut) = ns.first() {
+                denial = signed::Denial::Referral(LowerName::new(&cut.name));
+            }
             s.authority = ns;
             s.additional = glue;
         }
@@ -303,7 +336,10 @@ fn answer(
             let served = service.map_or(Served::NoData, |d| asked.dynamic(d, qtype, owner, &mut s));
             match served {
                 Served::Addresses => {}
-                Served::NoData => s.authority.push(soa),
+                Served::NoData => {
+                    s.authority.push(soa);
+                    denial = signed::Denial::NoData(last);
+                }
                 Served::ServFail => return asked.servfail(head, out),
             }
         }
@@ -311,7 +347,7 @@ fn answer(
         End::Outside => {}
         End::Broken => return asked.servfail(head, out),
     }
-    asked.reply(head, &s, out)
+    asked.reply_signed(head, s, &denial, out)
 }
 
 /// What a service answered.
@@ -405,6 +441,26 @@ impl<'a, 'q> Asked<'a, 'q> {
             response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
         }
         head.rcode
+    }
+
+    /// The reply builder for answers that a signed zone signs: with DO set, adds the RRSIGs
+    /// and the denial ([`signed::sign`]); SERVFAIL when signing fails (the signing budget is
+    /// spent). Without DO, exactly [`Asked::reply`].
+    fn reply_signed(
+        &self,
+        mut head: Head,
+        mut s: Sections,
+        denial: &signed::Denial,
+        out: &mut Vec<u8>,
+    ) -> u16 {
+        if self.q.edns.as_ref().is_some_and(|e| e.dnssec_ok) {
+            let now = u64::from(cookie::now());
+            if let Err(error) = signed::sign(self.snap, self.q, &mut head, &mut s, denial, now) {
+                tracing::debug!(%error, "cannot sign an answer: sent SERVFAIL");
+                return self.servfail(head, out);
+            }
+        }
+        self.reply(head, &s, out)
     }
 
     /// Replies `rcode` with no records.

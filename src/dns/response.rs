@@ -16,31 +16,31 @@ use super::cookie::{self, Secret};
 use super::wire::{HEADER_LEN, OPT_COOKIE, OPT_ECS, OPT_NSID, Query, TYPE_OPT, TYPE_TSIG, Tsig};
 
 /// The largest UDP payload we advertise and send (DNS flag day 2020).
-pub const MAX_UDP_PAYLOAD: u16 = 1232;
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
 
 /// Header fields of a response.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Head {
+pub(crate) struct Head {
     /// Message ID.
-    pub id: u16,
+    pub(crate) id: u16,
     /// Opcode.
-    pub opcode: u8,
+    pub(crate) opcode: u8,
     /// RD copied from the query.
-    pub rd: bool,
+    pub(crate) rd: bool,
     /// CD copied from the query.
-    pub cd: bool,
+    pub(crate) cd: bool,
     /// Authoritative answer.
-    pub aa: bool,
+    pub(crate) aa: bool,
     /// Truncated.
-    pub tc: bool,
+    pub(crate) tc: bool,
     /// Full response code (values above 15 go in the OPT).
-    pub rcode: u16,
+    pub(crate) rcode: u16,
 }
 
 impl Head {
     /// Returns the header of a response to `q` with RCODE NOERROR: ID, opcode, RD and CD
     /// copied, AA and TC clear.
-    pub fn answering(q: &Query<'_>) -> Head {
+    pub(crate) fn answering(q: &Query<'_>) -> Head {
         Head {
             id: q.id,
             opcode: q.opcode,
@@ -53,13 +53,16 @@ impl Head {
 
 /// The OPT of a response.
 #[derive(Debug, Clone, Default)]
-pub struct Opt<'a> {
+pub(crate) struct Opt<'a> {
     /// NSID payload to include.
-    pub nsid: Option<&'a [u8]>,
+    pub(crate) nsid: Option<&'a [u8]>,
     /// ECS to echo: (family, source prefix, scope prefix, address octets).
-    pub ecs: Option<(u16, u8, u8, [u8; 16])>,
+    pub(crate) ecs: Option<(u16, u8, u8, [u8; 16])>,
     /// COOKIE to return: the client's cookie and our server cookie (RFC 7873 §5.2.3).
-    pub cookie: Option<[u8; cookie::REPLY_LEN]>,
+    pub(crate) cookie: Option<[u8; cookie::REPLY_LEN]>,
+    /// EDNS header flags: DO copied from the query (RFC 3225 §3), CO when a compact answer
+    /// is given with NXDOMAIN (RFC 9824 §4).
+    pub(crate) flags: u16,
 }
 
 impl<'a> Opt<'a> {
@@ -67,7 +70,7 @@ impl<'a> Opt<'a> {
     /// NSID when asked for and configured, and a fresh server cookie when the query carried a
     /// cookie (valid or not, RFC 7873 §5.2.3-4). ECS is added by the answer, which knows its
     /// scope.
-    pub fn for_query(
+    pub(crate) fn for_query(
         q: &Query<'_>,
         nsid: Option<&'a [u8]>,
         client: IpAddr,
@@ -77,6 +80,7 @@ impl<'a> Opt<'a> {
         Some(Opt {
             nsid: if e.nsid { nsid } else { None },
             ecs: None,
+            flags: if e.dnssec_ok { 0x8000 } else { 0 },
             cookie: e
                 .cookie
                 .map(|c| cookie::reply(&c, client, secrets, cookie::now())),
@@ -89,7 +93,7 @@ impl<'a> Opt<'a> {
 // handful of these, so the size difference is of no consequence.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A record, and whether its owner is the query name (then written as a pointer to it).
     Record(Record, bool),
     /// A service's address, owned by the query name: written straight to the wire, without
@@ -104,17 +108,17 @@ pub enum Answer {
 
 /// The three record sections of a response (the OPT is separate).
 #[derive(Debug, Clone, Default)]
-pub struct Sections {
+pub(crate) struct Sections {
     /// Answer section.
-    pub answer: Vec<Answer>,
+    pub(crate) answer: Vec<Answer>,
     /// Authority section.
-    pub authority: Vec<Record>,
+    pub(crate) authority: Vec<Record>,
     /// Additional section.
-    pub additional: Vec<Record>,
+    pub(crate) additional: Vec<Record>,
 }
 
 /// Writes a full response into `out`. Returns false if a record could not be encoded.
-pub fn write(
+pub(crate) fn write(
     out: &mut Vec<u8>,
     head: Head,
     question: Option<&[u8]>,
@@ -126,7 +130,7 @@ pub fn write(
 
 /// Why a response was not written in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unwritten {
+pub(crate) enum Unwritten {
     /// The records do not fit in a DNS message (65,535 bytes, hickory's encoder limit).
     TooLong,
     /// A record could not be encoded.
@@ -134,7 +138,7 @@ pub enum Unwritten {
 }
 
 /// Writes a full response into `out`, saying why when it could not.
-pub fn try_write(
+pub(crate) fn try_write(
     out: &mut Vec<u8>,
     head: Head,
     question: Option<&[u8]>,
@@ -258,7 +262,7 @@ pub(super) fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
     out.extend(MAX_UDP_PAYLOAD.to_be_bytes());
     out.push((rcode >> 4) as u8); // extended RCODE
     out.push(0); // version
-    out.extend(0u16.to_be_bytes()); // flags: DO clear, we do not sign (RFC 3225 §3)
+    out.extend(opt.flags.to_be_bytes());
     let len_at = out.len();
     out.extend(0u16.to_be_bytes());
     if let Some(n) = opt.nsid {
@@ -285,7 +289,7 @@ pub(super) fn write_opt(out: &mut Vec<u8>, rcode: u16, opt: &Opt<'_>) {
 }
 
 /// Returns the UDP size limit for a response to `q` (RFC 6891 §6.2.5, capped at 1232).
-pub fn udp_limit(q: &Query<'_>) -> usize {
+pub(crate) fn udp_limit(q: &Query<'_>) -> usize {
     match &q.edns {
         Some(e) => e.udp_size.clamp(512, MAX_UDP_PAYLOAD) as usize,
         None => 512,
@@ -295,7 +299,7 @@ pub fn udp_limit(q: &Query<'_>) -> usize {
 /// Appends to the response in `out` the unsigned TSIG record of an error (RFC 8945 §5.3.2):
 /// the query's key and algorithm names, the time now, an empty MAC, the original ID and
 /// `error`. The caller has written the rest; ARCOUNT is counted up here.
-pub fn append_tsig_error(out: &mut Vec<u8>, tsig: &Tsig, error: u16, now: u64) {
+pub(crate) fn append_tsig_error(out: &mut Vec<u8>, tsig: &Tsig, error: u16, now: u64) {
     if out.len() < HEADER_LEN {
         return;
     }
@@ -321,7 +325,7 @@ pub fn append_tsig_error(out: &mut Vec<u8>, tsig: &Tsig, error: u16, now: u64) {
 /// Rewrites the response in `out` as a truncated one: TC set, the question kept, no records but
 /// the OPT (RFC 6891 §7: a response to a query with an OPT carries one, truncated or not).
 /// Returns false if `out` is not a response it can walk.
-pub fn truncate(out: &mut Vec<u8>) -> bool {
+pub(crate) fn truncate(out: &mut Vec<u8>) -> bool {
     let Some((question_end, opt)) = walk(out) else {
         return false;
     };

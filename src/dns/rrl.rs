@@ -30,11 +30,11 @@ use crate::config::RateLimit;
 
 /// Slots in the shared table (a power of two): 2 MiB of atomics, allocated when rate limiting
 /// is first used.
-pub const SLOTS: usize = 1 << 18;
+pub(crate) const SLOTS: usize = 1 << 18;
 
 /// What to do with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Within the rate: send it.
     Send,
     /// Over the rate, but sent truncated so that a real client retries over TCP.
@@ -45,7 +45,7 @@ pub enum Verdict {
 
 /// The token buckets of every UDP thread, one per client network (see the module docs).
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     /// Time zero of the slots' nanosecond clock.
     epoch: Instant,
     /// Keyed hash (random per process), so that nobody can aim at another network's slot.
@@ -64,7 +64,7 @@ impl Default for Limiter {
 
 impl Limiter {
     /// Returns an empty limiter; the table is allocated on the first check.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             epoch: Instant::now(),
             hasher: RandomState::new(),
@@ -80,7 +80,13 @@ impl Limiter {
     /// GCRA: each response moves the slot's arrival time one interval (1 / rate) past
     /// `max(now, arrival)`; a response is within the rate while that stays no more than the
     /// burst (rate intervals, i.e. one second) ahead of `now`.
-    pub fn check(&self, config: &RateLimit, client: IpAddr, now: Instant, exempt: bool) -> Verdict {
+    pub(crate) fn check(
+        &self,
+        config: &RateLimit,
+        client: IpAddr,
+        now: Instant,
+        exempt: bool,
+    ) -> Verdict {
         if exempt {
             return Verdict::Send;
         }
@@ -130,7 +136,7 @@ pub(crate) fn network(client: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> (bool
 /// Rewrites the response in `out` as a truncated one: the header with TC set, the question
 /// and the OPT (if any), no other records. Returns false if `out` is not a response it can
 /// walk.
-pub fn truncate(out: &mut Vec<u8>) -> bool {
+pub(crate) fn truncate(out: &mut Vec<u8>) -> bool {
     super::response::truncate(out)
 }
 

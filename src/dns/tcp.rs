@@ -23,20 +23,20 @@ use super::{Answerer, Transport};
 
 /// Prefix length grouping IPv4 clients into one network for the per-network cap: a /24, the
 /// smallest block routed on the Internet, so one site, not one host.
-pub const NETWORK_V4_PREFIX: u8 = 24;
+pub(crate) const NETWORK_V4_PREFIX: u8 = 24;
 /// Prefix length grouping IPv6 clients into one network: a /56, what one customer site is
 /// usually given (RFC 6177), so one client cannot escape the cap by using many addresses.
-pub const NETWORK_V6_PREFIX: u8 = 56;
+pub(crate) const NETWORK_V6_PREFIX: u8 = 56;
 
 /// The limits of one TCP listener.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Time a connection may wait for the next query, or for one read or write to progress.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Concurrent connections in all.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Concurrent connections from one client network.
-    pub max_per_network: usize,
+    pub(crate) max_per_network: usize,
 }
 
 /// Open connections per client network.
@@ -80,7 +80,7 @@ impl Drop for NetworkSlot {
 
 /// Accepts connections on `listener` until `token` is cancelled; waits for open connections to
 /// finish their current query before returning.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     answerer: Answerer,
     token: CancellationToken,
@@ -152,7 +152,9 @@ async fn connection(
         if !answerer.respond(&buf, peer, Transport::Tcp, &mut out) {
             continue;
         }
-        answerer.query_log.offer(peer, Transport::Tcp, &out);
+        answerer
+            .query_log
+            .offer(peer, Transport::Tcp.as_str(), &out);
         // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
         // should it ever not, a wrong length prefix would desynchronize the stream: close.
         let Ok(len) = u16::try_from(out.len()) else {

@@ -32,13 +32,13 @@ use crate::config::RateLimit;
 const MAX_QUERY: usize = 4096;
 
 /// Datagrams received (and responses sent) per system call at most.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
 /// How often a thread blocked in receive wakes up to check for shutdown.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); port 0 picks one free port for all.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -65,7 +65,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
 /// cancelled; resolves when that thread has stopped. `limiter` is shared by every UDP socket
 /// of the process, so that `[rate_limit]` holds per client network whichever socket the
 /// kernel hands a datagram to.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: UdpSocket,
     answerer: Answerer,
     limiter: Arc<Limiter>,
@@ -120,7 +120,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                     now,
                 );
             if send {
-                answerer.query_log.offer(peer, Transport::Udp, out);
+                answerer.query_log.offer(peer, Transport::Udp.as_str(), out);
             }
             batch.set_reply(i, send);
         }
@@ -218,7 +218,9 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
                 Instant::now(),
             )
         {
-            answerer.query_log.offer(peer, Transport::Udp, &out);
+            answerer
+                .query_log
+                .offer(peer, Transport::Udp.as_str(), &out);
             if let Err(e) = socket.send_to(&out, peer) {
                 debug!(%peer, error = %e, "udp send failed");
             }

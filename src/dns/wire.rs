@@ -10,23 +10,23 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// DNS header length.
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// RR type OPT.
-pub const TYPE_OPT: u16 = 41;
+pub(crate) const TYPE_OPT: u16 = 41;
 /// RR type TSIG (RFC 8945).
-pub const TYPE_TSIG: u16 = 250;
+pub(crate) const TYPE_TSIG: u16 = 250;
 /// EDNS option code NSID (RFC 5001).
-pub const OPT_NSID: u16 = 3;
+pub(crate) const OPT_NSID: u16 = 3;
 /// EDNS option code client subnet (RFC 7871).
-pub const OPT_ECS: u16 = 8;
+pub(crate) const OPT_ECS: u16 = 8;
 /// EDNS option code COOKIE (RFC 7873).
-pub const OPT_COOKIE: u16 = 10;
+pub(crate) const OPT_COOKIE: u16 = 10;
 /// Opcode QUERY, the only one served.
 const OPCODE_QUERY: u8 = 0;
 
 /// Why a packet is not a query we answer normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     /// Not worth an answer: shorter than a header, or a response (QR=1) — answering responses
     /// invites reflection loops.
     Drop,
@@ -59,17 +59,17 @@ pub enum Reject {
 
 /// A client-subnet option, validated (RFC 7871 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientSubnet {
+pub(crate) struct ClientSubnet {
     /// The address; no bit is set beyond `source`.
-    pub addr: IpAddr,
+    pub(crate) addr: IpAddr,
     /// SOURCE PREFIX-LENGTH.
-    pub source: u8,
+    pub(crate) source: u8,
 }
 
 /// A COOKIE option of a query (RFC 7873 §4): a client cookie, and the server cookie when the
 /// client has learnt one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cookie {
+pub(crate) struct Cookie {
     bytes: [u8; 40],
     len: u8,
 }
@@ -77,7 +77,7 @@ pub struct Cookie {
 impl Cookie {
     /// Returns the option if its length is one RFC 7873 §5.2.2 allows: 8 octets (client
     /// cookie only) or 16 to 40 (client and server cookie).
-    pub fn new(data: &[u8]) -> Option<Cookie> {
+    pub(crate) fn new(data: &[u8]) -> Option<Cookie> {
         if !(data.len() == 8 || (16..=40).contains(&data.len())) {
             return None;
         }
@@ -90,71 +90,74 @@ impl Cookie {
     }
 
     /// Returns the client cookie.
-    pub fn client(&self) -> [u8; 8] {
+    pub(crate) fn client(&self) -> [u8; 8] {
         let mut c = [0u8; 8];
         c.copy_from_slice(&self.bytes[..8]);
         c
     }
 
     /// Returns the server cookie (8 to 32 octets), when the client sent one.
-    pub fn server(&self) -> Option<&[u8]> {
+    pub(crate) fn server(&self) -> Option<&[u8]> {
         (self.len > 8).then(|| &self.bytes[8..self.len as usize])
     }
 }
 
 /// The EDNS(0) part of a query.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Edns {
+pub(crate) struct Edns {
     /// Requestor's UDP payload size.
-    pub udp_size: u16,
+    pub(crate) udp_size: u16,
     /// EDNS version.
-    pub version: u8,
+    pub(crate) version: u8,
     /// DNSSEC OK bit.
-    pub dnssec_ok: bool,
+    pub(crate) dnssec_ok: bool,
+    /// Compact Answers OK bit (RFC 9824 §4: EDNS header flag bit 1): the client takes an
+    /// NXDOMAIN RCODE with a compact denial.
+    pub(crate) compact_ok: bool,
     /// NSID was requested.
-    pub nsid: bool,
+    pub(crate) nsid: bool,
     /// Client subnet, when present.
-    pub ecs: Option<ClientSubnet>,
+    pub(crate) ecs: Option<ClientSubnet>,
     /// DNS cookie, when present (the first one, if a client sent several).
-    pub cookie: Option<Cookie>,
+    pub(crate) cookie: Option<Cookie>,
 }
 
 /// A TSIG record of a query (RFC 8945 §4.2): what an error response echoes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tsig {
+pub(crate) struct Tsig {
     /// Key name, uncompressed wire form, case kept.
-    pub key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     /// Algorithm name, uncompressed wire form, case kept.
-    pub algorithm: Vec<u8>,
+    pub(crate) algorithm: Vec<u8>,
     /// Fudge, in seconds.
-    pub fudge: u16,
+    pub(crate) fudge: u16,
     /// Original ID.
-    pub original_id: u16,
+    pub(crate) original_id: u16,
 }
 
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     /// Message ID.
-    pub id: u16,
+    pub(crate) id: u16,
     /// Opcode (always QUERY: other opcodes are [`Reject::NotImp`]).
-    pub opcode: u8,
+    pub(crate) opcode: u8,
     /// RD flag.
-    pub rd: bool,
+    pub(crate) rd: bool,
     /// CD flag.
-    pub cd: bool,
+    pub(crate) cd: bool,
     /// The question section as received (name, type, class): echoed verbatim, keeping its case.
-    pub question: &'a [u8],
+    pub(crate) question: &'a [u8],
     /// The question name in wire format, lowercased.
-    pub qname_lower: Vec<u8>,
+    pub(crate) qname_lower: Vec<u8>,
     /// QTYPE.
-    pub qtype: u16,
+    pub(crate) qtype: u16,
     /// QCLASS.
-    pub qclass: u16,
+    pub(crate) qclass: u16,
     /// EDNS(0), when the query had an OPT record.
-    pub edns: Option<Edns>,
+    pub(crate) edns: Option<Edns>,
     /// TSIG, when the query was signed (the last record of the additional section).
-    pub tsig: Option<Tsig>,
+    pub(crate) tsig: Option<Tsig>,
 }
 
 fn u16_at(b: &[u8], i: usize) -> Option<u16> {
@@ -248,7 +251,7 @@ fn skip_name(b: &[u8], mut pos: usize) -> Option<usize> {
 }
 
 /// Parses a query. Never panics.
-pub fn parse(b: &[u8]) -> Result<Query<'_>, Reject> {
+pub(crate) fn parse(b: &[u8]) -> Result<Query<'_>, Reject> {
     if b.len() < HEADER_LEN {
         return Err(Reject::Drop);
     }
@@ -371,6 +374,7 @@ fn parse_opt(class: u16, ttl: u32, rdata: &[u8]) -> Option<Edns> {
         udp_size: class,
         version: (ttl >> 16) as u8,
         dnssec_ok: ttl & 0x8000 != 0,
+        compact_ok: ttl & 0x4000 != 0,
         ..Edns::default()
     };
     let mut i = 0;
@@ -462,7 +466,7 @@ fn parse_ecs(d: &[u8]) -> Option<ClientSubnet> {
 /// Returns the RDATA of the first OPT record of message `b`, walking every section without
 /// judging anything else: used to tell whether a message we reject still carried an OPT that a
 /// response must mirror (RFC 6891 §7), and by the rate limiter to find a cookie cheaply.
-pub fn opt_rdata(b: &[u8]) -> Option<&[u8]> {
+pub(crate) fn opt_rdata(b: &[u8]) -> Option<&[u8]> {
     let count = |i: usize| u16_at(b, i).map(usize::from);
     let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
     let mut pos = HEADER_LEN;
@@ -484,7 +488,7 @@ pub fn opt_rdata(b: &[u8]) -> Option<&[u8]> {
 }
 
 /// Returns the first COOKIE option of message `b`, if it has one of a valid length.
-pub fn find_cookie(b: &[u8]) -> Option<Cookie> {
+pub(crate) fn find_cookie(b: &[u8]) -> Option<Cookie> {
     let rdata = opt_rdata(b)?;
     let mut i = 0;
     while i < rdata.len() {

@@ -22,13 +22,13 @@ use mmdb_writer::{Value, Writer};
 use super::{Code, GeoError};
 
 /// `database_type` written into the metadata.
-pub const DATABASE_TYPE: &str = "Meridian-Sample-City";
+pub(crate) const DATABASE_TYPE: &str = "Meridian-Sample-City";
 
 /// Build epoch written into the metadata (2026-01-01T00:00:00Z), fixed for reproducible output.
-pub const BUILD_EPOCH: u64 = 1_767_225_600;
+pub(crate) const BUILD_EPOCH: u64 = 1_767_225_600;
 
 /// The CSV header `build_database` expects.
-pub const CSV_HEADER: &str = "network,latitude,longitude,country,continent";
+pub(crate) const CSV_HEADER: &str = "network,latitude,longitude,country,continent";
 
 /// The continent codes GeoIP2 uses.
 const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];

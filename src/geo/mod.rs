@@ -32,11 +32,11 @@ use maxminddb::{Mmap, Reader};
 
 use crate::config::NetOverride;
 
-pub use build::{BUILD_EPOCH, BuildReport, CSV_HEADER, DATABASE_TYPE, build_database};
-pub use prefix::Rule;
+pub use build::{BuildReport, build_database};
+pub(crate) use prefix::Rule;
 use prefix::{Bits, Embedding, Net, Overrides};
 use record::Record;
-pub use scope::{ScopeMap, ScopeStats};
+pub(crate) use scope::{ScopeMap, ScopeStats};
 
 /// Errors opening or building a GeoIP database.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,7 @@ impl Code {
     }
 
     /// Returns the code as a string slice.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // The bytes are ASCII letters by construction, so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
@@ -163,7 +163,7 @@ pub struct Location {
 
 impl Location {
     /// Returns `(latitude, longitude)` in degrees when the location has coordinates.
-    pub fn coordinates(&self) -> Option<(f64, f64)> {
+    pub(crate) fn coordinates(&self) -> Option<(f64, f64)> {
         Some((self.latitude?, self.longitude?))
     }
 
@@ -206,13 +206,13 @@ pub enum LocationSource {
 /// Which IPv6 transition prefixes are located by the IPv4 address they embed
 /// (`server.ipv6_transition`, `server.nat64_prefixes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// NAT64 (`64:ff9b::/96` and `nat64_prefixes`), 6to4 (`2002::/16`) and Teredo
     /// (`2001::/32`) on. IPv4-mapped and IPv4-compatible addresses are always located by their
     /// IPv4 address.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// NAT64 prefixes besides the well-known one (RFC 6052: 32, 40, 48, 56, 64 or 96 bits).
-    pub nat64_prefixes: Vec<Ipv6Net>,
+    pub(crate) nat64_prefixes: Vec<Ipv6Net>,
 }
 
 impl Default for Transition {
@@ -228,14 +228,14 @@ impl Default for Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Via {
     /// The address as queried (ECS address or resolver address).
-    pub queried: IpAddr,
+    pub(crate) queried: IpAddr,
     /// The rule that found the located address in it.
-    pub rule: Rule,
+    pub(crate) rule: Rule,
     /// Prefix length of the embedding network (`2002::/16`: 16); 0 for [`Rule::Direct`].
-    pub prefix_len: u8,
+    pub(crate) prefix_len: u8,
     /// The shortest scope an answer for `queried` may have, in bits of its family: the
     /// embedding network, narrowed by `[nets]` entries inside it; 0 for [`Rule::Direct`].
-    pub min_scope: u8,
+    pub(crate) min_scope: u8,
 }
 
 impl Via {
@@ -252,7 +252,7 @@ impl Via {
     /// Converts a scope in bits of the located address's family into bits of the queried
     /// address's family: an IPv4 scope /s of a 6to4 address is /(16 + s), of an IPv4-mapped or
     /// NAT64 /96 one /(96 + s).
-    pub fn scope(&self, inner: u8) -> u8 {
+    pub(crate) fn scope(&self, inner: u8) -> u8 {
         match self.rule {
             Rule::Direct => inner,
             rule => rule.outer_scope(self.prefix_len, inner).max(self.min_scope),
@@ -302,20 +302,20 @@ pub struct Located {
 
 /// Facts about an open database, for `meridian check` and the status page.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DatabaseInfo {
+pub(crate) struct DatabaseInfo {
     /// `database_type` from the metadata (`GeoLite2-City`, `DBIP-City-Lite`, …).
-    pub database_type: String,
+    pub(crate) database_type: String,
     /// Build time, seconds since the Unix epoch.
-    pub build_epoch: u64,
+    pub(crate) build_epoch: u64,
     /// 4 or 6.
-    pub ip_version: u16,
+    pub(crate) ip_version: u16,
     /// Nodes in the search tree.
-    pub node_count: u32,
+    pub(crate) node_count: u32,
 }
 
 /// A GeoIP database plus CIDR overrides. Cloning shares the open database.
 #[derive(Debug, Clone)]
-pub struct Geo {
+pub(crate) struct Geo {
     inner: Arc<Inner>,
 }
 
@@ -335,7 +335,7 @@ impl Geo {
     ///
     /// The file must not be modified in place while it is open: replace it by renaming a new
     /// file over it (as `geoipupdate` and [`build_database`] do) and reload.
-    pub fn open(
+    pub(crate) fn open(
         path: Option<&Path>,
         nets: &[NetOverride],
         transition: &Transition,
@@ -369,7 +369,7 @@ impl Geo {
     }
 
     /// Returns facts about the open database, or `None` when there is none.
-    pub fn database_info(&self) -> Option<DatabaseInfo> {
+    pub(crate) fn database_info(&self) -> Option<DatabaseInfo> {
         let m = self.inner.reader.as_ref()?.metadata();
         Some(DatabaseInfo {
             database_type: m.database_type.clone(),
@@ -385,7 +385,7 @@ impl Geo {
     /// [`Transition::enabled`]); then non-public addresses (private, loopback, link-local, CGN,
     /// multicast, reserved) have no location; then the database decides. Never fails: a
     /// database error gives no location.
-    pub fn locate(&self, queried: IpAddr) -> Located {
+    pub(crate) fn locate(&self, queried: IpAddr) -> Located {
         let g = &*self.inner;
         if queried.is_ipv6() {
             let bits = Bits::of(queried);
@@ -422,7 +422,7 @@ impl Geo {
     /// called once per distinct database record, `[nets]` entry and for "no location".
     /// `cancelled` is polled now and then: when it returns true the walk stops and `Ok(None)`
     /// is returned. Pure CPU work over the memory-mapped file: meant for a background thread.
-    pub fn scope_maps(
+    pub(crate) fn scope_maps(
         &self,
         n: usize,
         classify: &mut dyn FnMut(&Located, &mut [u32]),
@@ -541,9 +541,10 @@ fn normalise_prefix(ip: IpAddr, net_ip: IpAddr, len: u8) -> u8 {
     }
 }
 
+#[cfg(test)]
 /// Returns the great-circle distance in km between two points given in degrees (haversine on a
 /// sphere of radius 6371 km; error under 0.5% against the ellipsoid, plenty to rank regions).
-pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+pub(crate) fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     const EARTH_RADIUS_KM: f64 = 6371.0;
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = (lat2 - lat1).to_radians();

@@ -212,7 +212,7 @@ pub(super) fn non_public() -> Vec<Net> {
 
 /// How an IPv6 address embeds the IPv4 address that locates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// The address itself.
     Direct,
     /// IPv4-mapped IPv6, `::ffff:a.b.c.d` (`::ffff:0:0/96`).

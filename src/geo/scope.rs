@@ -130,13 +130,6 @@ impl<T: Copy + Ord + Into<u128>> Runs<T> {
         Some(a)
     }
 
-    /// Returns the class of `x`.
-    fn class(&self, x: T, width: u8) -> u32 {
-        self.find(x, width)
-            .and_then(|i| self.ids.get(i).copied())
-            .unwrap_or(OPAQUE)
-    }
-
     fn heap_bytes(&self) -> usize {
         self.starts.capacity() * std::mem::size_of::<T>()
             + self.ids.capacity() * 4
@@ -156,7 +149,7 @@ fn max_value(width: u8) -> u128 {
 /// The widest ECS scopes of one decision function over both families. Built by
 /// [`super::Geo::scope_maps`]; cheap to query (an index, then a short binary search).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ScopeMap {
+pub(crate) struct ScopeMap {
     v4: Runs<u32>,
     v6: Runs<u128>,
 }
@@ -165,7 +158,7 @@ impl ScopeMap {
     /// Returns the widest scope for `located` in bits of the queried address's family: the
     /// widest prefix around it on which the decision function gives the same class
     /// everywhere. `None` where the map cannot tell (then use `located.prefix_len`).
-    pub fn scope(&self, located: &Located) -> Option<u8> {
+    pub(crate) fn scope(&self, located: &Located) -> Option<u8> {
         let inner = match located.ip {
             IpAddr::V4(a) => self.v4.widest(u32::from(a), 32)?,
             IpAddr::V6(a) => self.v6.widest(u128::from(a), 128)?,
@@ -173,33 +166,24 @@ impl ScopeMap {
         Some(located.via.scope(inner))
     }
 
-    /// Returns the class of the located address (`u32::MAX` where unknown); for tests and
-    /// tools.
-    pub fn class(&self, ip: IpAddr) -> u32 {
-        match ip {
-            IpAddr::V4(a) => self.v4.class(u32::from(a), 32),
-            IpAddr::V6(a) => self.v6.class(u128::from(a), 128),
-        }
-    }
-
     /// Returns the number of runs: (IPv4, IPv6).
-    pub fn runs(&self) -> (usize, usize) {
+    pub(crate) fn runs(&self) -> (usize, usize) {
         (self.v4.starts.len(), self.v6.starts.len())
     }
 
     /// Returns the heap memory the map holds, in bytes.
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.v4.heap_bytes() + self.v6.heap_bytes()
     }
 }
 
 /// What a build walked.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ScopeStats {
+pub(crate) struct ScopeStats {
     /// Database networks walked.
-    pub networks: usize,
+    pub(crate) networks: usize,
     /// Distinct database records classified.
-    pub records: usize,
+    pub(crate) records: usize,
 }
 
 /// Builds runs in ascending order, merging a run into the previous one of the same class.

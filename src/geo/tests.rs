@@ -964,7 +964,7 @@ fn issue_13_widest_scope_is_never_wider_than_the_decision_allows() {
     // networks), so a block is uniform when every boundary inside it has the class of its
     // start. Embedding networks count as a class of their own, as the map treats them.
     let dir = TempDir::new();
-    let csv = format!("{TEST_CSV}{}", &WIDE_CSV[CSV_HEADER.len() + 1..]);
+    let csv = format!("{TEST_CSV}{}", &WIDE_CSV[build::CSV_HEADER.len() + 1..]);
     let db = build_in(&dir, &csv);
     let overrides = nets(&[
         ("198.51.100.128/25", "as"),

@@ -2,10 +2,10 @@
 //!
 //! Publishes an immutable [`HealthView`] that the answer path loads without locking.
 //!
-//! - [`state`]: the pure rise/fall state machine ([`TargetState`]); no I/O, caller passes `now`.
-//! - [`probe`]: HTTP, HTTPS and TCP probes ([`Prober`], [`ProbeError`]).
+//! - [`state`]: the pure rise/fall state machine ([`state::TargetState`]); no I/O, caller passes `now`.
+//! - [`probe`]: HTTP, HTTPS and TCP probes ([`probe::Prober`], [`probe::ProbeError`]).
 //! - [`overrides`]: region drains persisted atomically to `server.state_file`.
-//! - [`view`]: [`HealthView`], [`State`], [`TargetKey`], and [`withdrawal`], the one rule for
+//! - [`view`]: [`HealthView`], [`State`], [`view::TargetKey`], and [`withdrawal`], the one rule for
 //!   "is this target withdrawn from answers, and why".
 //! - [`supervisor`]: [`Health`], the handle that runs one probe task per distinct
 //!   (address, check), feeds the state machines, publishes views, and answers `/status`.
@@ -13,24 +13,24 @@
 //! This module does not know about services or DNS beyond reading which (address, check) pairs
 //! and regions the config names.
 
-pub mod overrides;
-pub mod probe;
-pub mod state;
-pub mod supervisor;
-pub mod view;
+pub(crate) mod overrides;
+pub(crate) mod probe;
+pub(crate) mod state;
+pub(crate) mod supervisor;
+pub(crate) mod view;
 
 use std::time::SystemTime;
 
-pub use overrides::{Overrides, OverridesError};
-pub use probe::{ProbeError, ProbeOutcome, Prober};
-pub use state::{Observation, Reason, TargetState, Thresholds, Transition};
-pub use supervisor::{
-    Health, HealthError, ProbeReport, ReloadSummary, TargetStatus, TransitionEvent,
-};
-pub use view::{Drain, HealthSource, HealthView, State, TargetKey, Withdrawal, withdrawal};
+pub(crate) use overrides::Overrides;
+pub use overrides::OverridesError;
+pub(crate) use state::Observation;
+pub use supervisor::HealthError;
+pub(crate) use supervisor::{Health, ProbeReport, TargetStatus, TransitionEvent};
+pub(crate) use view::withdrawal;
+pub use view::{HealthSource, HealthView, State};
 
 /// Formats a wall time as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
-pub fn format_rfc3339(t: SystemTime) -> String {
+pub(crate) fn format_rfc3339(t: SystemTime) -> String {
     let (secs, millis) = match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i64, d.subsec_millis()),
         // Before 1970: only a broken clock gets here; report the epoch rather than panic.

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// The format version written to the state file.
-pub const STATE_FILE_VERSION: u32 = 1;
+pub(crate) const STATE_FILE_VERSION: u32 = 1;
 
 /// A problem with the state file.
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +57,17 @@ pub enum OverridesError {
 /// The operator's overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// The file format version.
     #[serde(default = "current_version")]
-    pub version: u32,
+    pub(crate) version: u32,
     /// Regions withdrawn from every answer, sorted.
     #[serde(default)]
-    pub drained_regions: BTreeSet<String>,
+    pub(crate) drained_regions: BTreeSet<String>,
     /// Target addresses withdrawn from every answer, sorted (absent in files written before
     /// per-target drains: none).
     #[serde(default)]
-    pub drained_targets: BTreeSet<IpAddr>,
+    pub(crate) drained_targets: BTreeSet<IpAddr>,
 }
 
 fn current_version() -> u32 {
@@ -76,7 +76,7 @@ fn current_version() -> u32 {
 
 impl Overrides {
     /// Returns overrides with nothing drained.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             version: STATE_FILE_VERSION,
             drained_regions: BTreeSet::new(),
@@ -85,7 +85,7 @@ impl Overrides {
     }
 
     /// Reads `path`; a missing file gives empty overrides.
-    pub fn load(path: &Path) -> Result<Self, OverridesError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, OverridesError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty()),
@@ -111,7 +111,7 @@ impl Overrides {
     }
 
     /// Writes the overrides to `path` atomically, creating its directory if needed.
-    pub fn save(&self, path: &Path) -> Result<(), OverridesError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), OverridesError> {
         write_atomically(path, &self.to_json()).map_err(|source| OverridesError::Write {
             path: path.to_path_buf(),
             source,

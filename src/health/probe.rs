@@ -39,28 +39,28 @@ use crate::config::{Check, CheckKind, StatusMatch};
 
 /// The most body bytes read when searching for `body_contains` (or skipped to keep a
 /// connection for the next probe; a longer body closes it instead).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The most bytes of a response head (status line and headers).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// The least share of the timeout a target must have had, since our last step of the probe
 /// (connect, TLS flight, request sent), for a timeout to be the target's fault. Less means our
 /// process was too starved to take the steps in time (a late timer), which is our trouble.
-pub const FAIR_SHARE_OF_TIMEOUT: f64 = 0.5;
+pub(crate) const FAIR_SHARE_OF_TIMEOUT: f64 = 0.5;
 
 /// Descriptors left for everything but probe sockets (DNS over TCP, the admin port, files),
 /// at least: the probe socket budget is the open-file limit minus the larger of this and an
 /// eighth of the limit.
-pub const RESERVED_DESCRIPTORS: u64 = 64;
+pub(crate) const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// The `User-Agent` sent by HTTP(S) probes unless the check sets its own.
-pub const DEFAULT_USER_AGENT: &str =
+pub(crate) const DEFAULT_USER_AGENT: &str =
     concat!("meridian/", env!("CARGO_PKG_VERSION"), " (health check)");
 
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// The target refused the TCP connection.
     #[error("connection refused")]
     Refused,
@@ -95,7 +95,7 @@ pub enum ProbeError {
 
 impl ProbeError {
     /// Returns the cause when the failure is ours rather than the target's.
-    pub fn own(&self) -> Option<&OwnError> {
+    pub(crate) fn own(&self) -> Option<&OwnError> {
         match self {
             ProbeError::Ours(e) => Some(e),
             _ => None,
@@ -105,7 +105,7 @@ impl ProbeError {
 
 /// A probe that could not say anything about its target, because of trouble on our side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OwnError {
+pub(crate) enum OwnError {
     /// No file descriptor for a socket (`EMFILE`, `ENFILE`).
     #[error("out of file descriptors: {0}")]
     FileDescriptors(String),
@@ -129,7 +129,7 @@ pub enum OwnError {
 
 impl OwnError {
     /// Every value of [`OwnError::reason`], for metrics.
-    pub const REASONS: [&'static str; 5] = [
+    pub(crate) const REASONS: [&'static str; 5] = [
         "file_descriptors",
         "resources",
         "tls_setup",
@@ -138,12 +138,12 @@ impl OwnError {
     ];
 
     /// Returns the cause as a metrics label (`reason` of `meridian_probe_errors_total`).
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         Self::REASONS[self.index()]
     }
 
     /// Returns the position of [`OwnError::reason`] in [`OwnError::REASONS`].
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         match self {
             OwnError::FileDescriptors(_) => 0,
             OwnError::Resources(_) => 1,
@@ -172,15 +172,15 @@ impl fmt::Display for HumanDuration {
 
 /// The outcome of one probe: how long it took, and whether it passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeOutcome {
+pub(crate) struct ProbeOutcome {
     /// Time from the start of the probe to its verdict (at most about the timeout).
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// `Ok` when the probe passed.
-    pub result: Result<(), ProbeError>,
+    pub(crate) result: Result<(), ProbeError>,
 }
 
 /// Installs ring as the process-wide rustls provider, unless one is installed already.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     // An error means a provider is already installed, which is all we need.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -189,7 +189,7 @@ pub fn install_crypto_provider() {
 /// setting (`tls_verify` on or off), built on first use. A failed build (no root certificates
 /// loaded, e.g. because file descriptors ran out) is not kept: the next probe tries again.
 #[derive(Debug, Default)]
-pub struct TlsConfigs {
+pub(crate) struct TlsConfigs {
     verify: Mutex<Option<Arc<rustls::ClientConfig>>>,
     no_verify: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
@@ -202,12 +202,12 @@ static TLS_CONFIGS: TlsConfigs = TlsConfigs {
 
 impl TlsConfigs {
     /// Returns the process-wide configurations.
-    pub fn shared() -> &'static TlsConfigs {
+    pub(crate) fn shared() -> &'static TlsConfigs {
         &TLS_CONFIGS
     }
 
     /// Returns the configuration for `verify`, building it on first use.
-    pub fn get(&self, verify: bool) -> Result<Arc<rustls::ClientConfig>, OwnError> {
+    pub(crate) fn get(&self, verify: bool) -> Result<Arc<rustls::ClientConfig>, OwnError> {
         let slot = if verify {
             &self.verify
         } else {
@@ -358,7 +358,7 @@ type Permit = tokio::sync::OwnedSemaphorePermit;
 
 /// Probes one target address with one check.
 #[derive(Debug)]
-pub struct Prober {
+pub(crate) struct Prober {
     target: SocketAddr,
     timeout: Duration,
     kind: ProberKind,
@@ -381,6 +381,8 @@ struct HttpProbe {
     tls: Option<(ServerName<'static>, bool)>,
     /// The whole request, built once.
     request: Vec<u8>,
+    /// The URL probed, for tests to check how it is built.
+    #[cfg(test)]
     url: String,
     expect_status: Vec<StatusMatch>,
     body_contains: Option<String>,
@@ -394,7 +396,7 @@ impl Prober {
     /// Returns a prober of `address` with `check`. Setup problems (which validation should have
     /// caught) do not fail here: every probe then retries the setup and, while it fails,
     /// reports a [`OwnError::Setup`].
-    pub fn new(address: IpAddr, check: &Check) -> Self {
+    pub(crate) fn new(address: IpAddr, check: &Check) -> Self {
         let check = Arc::new(check.clone());
         let target = SocketAddr::new(address, check.port);
         Self {
@@ -415,8 +417,9 @@ impl Prober {
         }
     }
 
+    #[cfg(test)]
     /// Returns the URL an HTTP(S) prober requests (`None` for TCP).
-    pub fn url(&self) -> Option<&str> {
+    pub(crate) fn url(&self) -> Option<&str> {
         match &self.kind {
             ProberKind::Http(h) => Some(h.url.as_str()),
             _ => None,
@@ -424,7 +427,7 @@ impl Prober {
     }
 
     /// Returns true when an HTTP(S) prober holds a connection kept from its last probe.
-    pub fn has_kept_connection(&self) -> bool {
+    pub(crate) fn has_kept_connection(&self) -> bool {
         matches!(&self.kind, ProberKind::Http(h) if h.conn.is_some())
     }
 
@@ -437,7 +440,7 @@ impl Prober {
     /// starved process loses is the time to take its own steps (send the request after the
     /// connect, answer a TLS flight). A hung target under a busy process, on the other hand,
     /// had the whole wait since our request, and must still be withdrawn.
-    pub async fn probe(&mut self) -> ProbeOutcome {
+    pub(crate) async fn probe(&mut self) -> ProbeOutcome {
         if let ProberKind::Broken(_) = self.kind {
             self.kind = Self::build(self.target, &self.check);
         }
@@ -508,7 +511,7 @@ struct Stale;
 impl HttpProbe {
     fn new(target: SocketAddr, check: &Check) -> Result<Self, OwnError> {
         let https = check.kind == CheckKind::Https;
-        let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
+        let default_port = if https { 443 } else { 80 };
         let port_suffix = if check.port == default_port {
             String::new()
         } else {
@@ -531,6 +534,9 @@ impl HttpProbe {
             ),
         };
         let host_header = format!("{authority}{port_suffix}");
+        #[cfg(test)]
+        let scheme = if https { "https" } else { "http" };
+        #[cfg(test)]
         let url = match check.host.as_deref() {
             Some(h) if h.parse::<IpAddr>().is_err() => {
                 format!("{scheme}://{h}{port_suffix}{}", check.path)
@@ -577,6 +583,7 @@ impl HttpProbe {
             target,
             tls: https.then_some((server_name, check.tls_verify)),
             request: request.into_bytes(),
+            #[cfg(test)]
             url,
             expect_status: check.expect_status.clone(),
             body_contains: check.body_contains.clone(),

@@ -26,30 +26,30 @@ use std::time::{Duration, SystemTime};
 
 use super::State;
 use super::probe::ProbeError;
-pub use crate::config::InitialState;
+pub(crate) use crate::config::InitialState;
 
 /// How many consecutive results change a known state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Consecutive successes for a `Down` target to go `Up`.
-    pub rise: NonZeroU32,
+    pub(crate) rise: NonZeroU32,
     /// Consecutive failures for an `Up` (or never decided) target to go `Down`.
-    pub fall: NonZeroU32,
+    pub(crate) fall: NonZeroU32,
     /// The state before the first result.
-    pub initial: InitialState,
+    pub(crate) initial: InitialState,
 }
 
 /// The result of one probe, as the state machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// True when the probe passed.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// Wall time at which the probe finished (supplied by the caller).
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
     /// How long the probe took.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// Why the probe failed (`None` when it passed).
-    pub error: Option<ProbeError>,
+    pub(crate) error: Option<ProbeError>,
 }
 
 impl serde::Serialize for Observation {
@@ -69,7 +69,7 @@ impl serde::Serialize for Observation {
 
 impl Observation {
     /// Returns a passing observation.
-    pub fn success(at: SystemTime, latency: Duration) -> Self {
+    pub(crate) fn success(at: SystemTime, latency: Duration) -> Self {
         Self {
             ok: true,
             at,
@@ -79,7 +79,7 @@ impl Observation {
     }
 
     /// Returns `pass`, `fail`, or `error` (our own trouble: says nothing about the target).
-    pub fn result(&self) -> &'static str {
+    pub(crate) fn result(&self) -> &'static str {
         match &self.error {
             None => "pass",
             Some(e) if e.own().is_some() => "error",
@@ -88,12 +88,12 @@ impl Observation {
     }
 
     /// Returns true when the probe failed because of our own trouble, not the target's.
-    pub fn is_own_error(&self) -> bool {
+    pub(crate) fn is_own_error(&self) -> bool {
         self.error.as_ref().is_some_and(|e| e.own().is_some())
     }
 
     /// Returns a failing observation.
-    pub fn failure(at: SystemTime, latency: Duration, error: ProbeError) -> Self {
+    pub(crate) fn failure(at: SystemTime, latency: Duration, error: ProbeError) -> Self {
         Self {
             ok: false,
             at,
@@ -105,7 +105,7 @@ impl Observation {
 
 /// Why a target changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The first probe result of a target decided its state.
     FirstProbe {
         /// The failure, when the first probe failed.
@@ -146,20 +146,20 @@ impl serde::Serialize for Reason {
 
 /// A change of state, returned by [`TargetState::observe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// The state before.
-    pub from: State,
+    pub(crate) from: State,
     /// The state after.
-    pub to: State,
+    pub(crate) to: State,
     /// Why.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// When (the observation's time).
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// The health of one target: its state, since when, and the counters behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetState {
+pub(crate) struct TargetState {
     state: State,
     since: Option<SystemTime>,
     last: Option<Observation>,
@@ -172,7 +172,7 @@ pub struct TargetState {
 impl TargetState {
     /// Returns a target that was never probed: `Unknown`, or `Down` when the check says
     /// `initial_state = "down"`.
-    pub fn new(thresholds: Thresholds) -> Self {
+    pub(crate) fn new(thresholds: Thresholds) -> Self {
         let state = match thresholds.initial {
             InitialState::Unknown => State::Unknown,
             InitialState::Down => State::Down,
@@ -189,44 +189,39 @@ impl TargetState {
     /// Returns true while results disagree with the state without having changed it yet
     /// (failures of an up or unknown target, successes of a down one): the scheduler then
     /// probes at `fast_interval`.
-    pub fn is_deciding(&self) -> bool {
+    pub(crate) fn is_deciding(&self) -> bool {
         self.streak > 0
     }
 
     /// Returns the current state.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
     /// Returns when the current state began (`None` while unknown).
-    pub fn since(&self) -> Option<SystemTime> {
+    pub(crate) fn since(&self) -> Option<SystemTime> {
         self.since
     }
 
     /// Returns the last observation.
-    pub fn last(&self) -> Option<&Observation> {
+    pub(crate) fn last(&self) -> Option<&Observation> {
         self.last.as_ref()
     }
 
     /// Returns true once the target has at least one result.
-    pub fn has_result(&self) -> bool {
+    pub(crate) fn has_result(&self) -> bool {
         self.last.is_some()
-    }
-
-    /// Returns the thresholds in force.
-    pub fn thresholds(&self) -> Thresholds {
-        self.thresholds
     }
 
     /// Changes `rise`/`fall` (after a reload) without touching the state. A streak already at or
     /// beyond a lowered threshold changes the state on the next disagreeing result.
-    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+    pub(crate) fn set_thresholds(&mut self, thresholds: Thresholds) {
         self.thresholds = thresholds;
     }
 
     /// Records one probe result and returns the transition it causes, if any. Our own errors
     /// are recorded as the last result and change nothing else.
-    pub fn observe(&mut self, observation: Observation) -> Option<Transition> {
+    pub(crate) fn observe(&mut self, observation: Observation) -> Option<Transition> {
         let at = observation.at;
         let ok = observation.ok;
         let own = observation.is_own_error();

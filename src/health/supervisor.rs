@@ -61,7 +61,7 @@ use crate::config::{Check, Config};
 
 /// How much earlier than its period each probe may start, at random, as a share of the period
 /// (never later, so that the withdrawal bound `interval + timeout + …` holds).
-pub const RESCHEDULE_JITTER: f64 = 0.05;
+pub(crate) const RESCHEDULE_JITTER: f64 = 0.05;
 
 /// An error of the health subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -79,75 +79,75 @@ pub enum HealthError {
 
 /// A target state change, as sent to subscribers (metrics, webhook).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TransitionEvent {
+pub(crate) struct TransitionEvent {
     /// The target's address.
-    pub address: IpAddr,
+    pub(crate) address: IpAddr,
     /// The check's name.
-    pub check: String,
+    pub(crate) check: String,
     /// The regions whose endpoints list this target (with this check), in config order.
-    pub regions: Vec<String>,
+    pub(crate) regions: Vec<String>,
     /// The state before.
-    pub from: State,
+    pub(crate) from: State,
     /// The state after.
-    pub to: State,
+    pub(crate) to: State,
     /// Why the state changed.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// When (wall time of the deciding probe).
     #[serde(serialize_with = "super::serialize_time")]
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// One probe result, as sent to probe subscribers (for `meridian_probe_duration_seconds`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     /// The probed target.
-    pub key: TargetKey,
+    pub(crate) key: TargetKey,
     /// True when the probe passed.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// The reason ([`OwnError::reason`]) when the probe failed because of our own trouble.
-    pub own_error: Option<&'static str>,
+    pub(crate) own_error: Option<&'static str>,
     /// How long the probe took.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
 }
 
 /// The state of one target, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TargetStatus {
+pub(crate) struct TargetStatus {
     /// The target's address.
-    pub address: IpAddr,
+    pub(crate) address: IpAddr,
     /// The check's name.
-    pub check: String,
+    pub(crate) check: String,
     /// The check's kind (`http`, `https`, `tcp`).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// The regions whose endpoints list this target (with this check), in config order.
-    pub regions: Vec<String>,
+    pub(crate) regions: Vec<String>,
     /// The probed state (drains do not change it; see `forced`).
-    pub state: State,
+    pub(crate) state: State,
     /// True when an operator override withdraws the target (one of its regions is drained).
-    pub forced: bool,
+    pub(crate) forced: bool,
     /// When the current state began (`None` while unknown).
     #[serde(serialize_with = "super::serialize_opt_time")]
-    pub since: Option<SystemTime>,
+    pub(crate) since: Option<SystemTime>,
     /// The last probe result (`None` before the first).
-    pub last_check: Option<Observation>,
+    pub(crate) last_check: Option<Observation>,
 }
 
 /// What a reload changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReloadSummary {
+pub(crate) struct ReloadSummary {
     /// Targets that were new and got a probe task.
-    pub added: usize,
+    pub(crate) added: usize,
     /// Targets that are gone; their tasks were stopped.
-    pub removed: usize,
+    pub(crate) removed: usize,
     /// Targets whose check changed; their tasks were restarted, their state kept.
-    pub restarted: usize,
+    pub(crate) restarted: usize,
     /// Targets left as they were (their `rise`/`fall` may have changed in place).
-    pub kept: usize,
+    pub(crate) kept: usize,
 }
 
 /// The running health subsystem. Cheap to clone; all clones share one set of probe tasks.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     inner: Arc<Inner>,
 }
 
@@ -274,20 +274,21 @@ fn probes_differ(a: &Check, b: &Check) -> bool {
 }
 
 impl Health {
+    #[cfg(test)]
     /// Loads the overrides from `config.server.state_file` and starts one probe task per
     /// distinct (address, check) on the current tokio runtime. The tasks stop when `token` is
     /// cancelled (or on [`Health::shutdown`]). Fails when the state file is unreadable or
     /// corrupt; a missing file means nothing is drained. Must be called within a tokio
     /// runtime; the tasks hold the subsystem alive until `token` is cancelled.
-    pub fn start(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
+    pub(crate) fn start(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
         let health = Self::new(config, token)?;
         health.begin(config);
         Ok(health)
     }
 
-    /// Like [`Health::start`], but starts no probe until [`Health::begin`]: subscribers
+    /// Like `Health::start` (tests), but starts no probe until [`Health::begin`]: subscribers
     /// ([`Health::subscribe`]) attached in between see every transition, the first ones too.
-    pub fn new(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
+    pub(crate) fn new(config: &Config, token: CancellationToken) -> Result<Health, HealthError> {
         let overrides = match &config.server.state_file {
             Some(path) => Overrides::load(path)?,
             None => Overrides::empty(),
@@ -323,21 +324,21 @@ impl Health {
 
     /// Starts the probes of `config` (the config given to [`Health::new`]) on the current
     /// runtime.
-    pub fn begin(&self, config: &Config) {
+    pub(crate) fn begin(&self, config: &Config) {
         let summary = self.apply(config, false);
         info!(targets = summary.added, "health probes started");
     }
 
     /// Like [`Health::begin`], but runs the probe tasks (those of later reloads too) on
     /// `runtime`.
-    pub fn begin_on(&self, config: &Config, runtime: Handle) {
+    pub(crate) fn begin_on(&self, config: &Config, runtime: Handle) {
         *self.inner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
         self.begin(config);
     }
 
     /// Returns how many probes failed because of our own trouble, by reason
     /// ([`OwnError::REASONS`]), since start.
-    pub fn probe_errors(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn probe_errors(&self) -> Vec<(&'static str, u64)> {
         OwnError::REASONS
             .iter()
             .zip(&self.inner.own_errors)
@@ -346,20 +347,20 @@ impl Health {
     }
 
     /// Returns the current view (one atomic load and a reference count increment).
-    pub fn view(&self) -> Arc<HealthView> {
+    pub(crate) fn view(&self) -> Arc<HealthView> {
         self.inner.view.load_full()
     }
 
     /// Returns the shared cell holding the current view, for readers that load it per query
     /// (`cell.load()` does not even touch the reference count).
-    pub fn view_cell(&self) -> Arc<ArcSwap<HealthView>> {
+    pub(crate) fn view_cell(&self) -> Arc<ArcSwap<HealthView>> {
         self.inner.view.clone()
     }
 
     /// Applies a new config: keeps the state of targets that remain, restarts those whose
     /// check changed, starts new ones and stops removed ones. Drains are kept; a changed
     /// `state_file` gets the current drains written to it.
-    pub fn reload(&self, config: &Config) -> ReloadSummary {
+    pub(crate) fn reload(&self, config: &Config) -> ReloadSummary {
         let summary = self.apply(config, true);
         info!(
             added = summary.added,
@@ -372,38 +373,38 @@ impl Health {
     }
 
     /// Withdraws `region` from every answer and persists it. Returns whether anything changed.
-    pub async fn drain(&self, region: &str) -> Result<bool, HealthError> {
+    pub(crate) async fn drain(&self, region: &str) -> Result<bool, HealthError> {
         self.set_drained(region, true).await
     }
 
     /// Puts `region` back into answers and persists it. Returns whether anything changed.
-    pub async fn undrain(&self, region: &str) -> Result<bool, HealthError> {
+    pub(crate) async fn undrain(&self, region: &str) -> Result<bool, HealthError> {
         self.set_drained(region, false).await
     }
 
     /// Withdraws the target `address` from every answer of every service, and persists it.
     /// Returns true when this changed anything; an address no endpoint has is an error.
-    pub async fn drain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
+    pub(crate) async fn drain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
         self.set_target_drained(address, true).await
     }
 
     /// Undoes [`Health::drain_target`].
-    pub async fn undrain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
+    pub(crate) async fn undrain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
         self.set_target_drained(address, false).await
     }
 
     /// Returns the drained target addresses, sorted.
-    pub fn drained_targets(&self) -> Vec<IpAddr> {
+    pub(crate) fn drained_targets(&self) -> Vec<IpAddr> {
         self.inner.lock().drained_targets.iter().copied().collect()
     }
 
     /// Returns the drained regions, sorted.
-    pub fn drained_regions(&self) -> Vec<String> {
+    pub(crate) fn drained_regions(&self) -> Vec<String> {
         self.inner.lock().drained.iter().cloned().collect()
     }
 
     /// Returns every target's state, sorted by check name, then address.
-    pub fn status(&self) -> Vec<TargetStatus> {
+    pub(crate) fn status(&self) -> Vec<TargetStatus> {
         let table = self.inner.lock();
         let mut out: Vec<TargetStatus> = table
             .targets
@@ -425,30 +426,31 @@ impl Health {
     }
 
     /// Returns a receiver of every target state change from now on (unbounded: none is lost).
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TransitionEvent> {
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<TransitionEvent> {
         self.inner.events.subscribe()
     }
 
     /// Returns a receiver of every probe result from now on (unbounded: none is lost).
-    pub fn subscribe_probes(&self) -> mpsc::UnboundedReceiver<ProbeReport> {
+    pub(crate) fn subscribe_probes(&self) -> mpsc::UnboundedReceiver<ProbeReport> {
         self.inner.probes.subscribe()
     }
 
     /// Returns true once every target present at start has at least one probe result. Stays
     /// true afterwards (targets added by a reload do not make the process unready).
-    pub fn first_round_done(&self) -> bool {
+    pub(crate) fn first_round_done(&self) -> bool {
         *self.inner.ready.borrow()
     }
 
+    #[cfg(test)]
     /// Waits until [`Health::first_round_done`] is true.
-    pub async fn wait_first_round(&self) {
+    pub(crate) async fn wait_first_round(&self) {
         let mut rx = self.inner.ready.subscribe();
         // The sender lives in `inner`, which `self` keeps alive: the wait cannot fail.
         let _ = rx.wait_for(|done| *done).await;
     }
 
     /// Stops every probe task and waits for them to finish.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.inner.token.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;

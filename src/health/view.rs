@@ -41,11 +41,11 @@ impl State {
 
 /// One probed target: an address and the check that probes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TargetKey {
+pub(crate) struct TargetKey {
     /// The target's address.
-    pub address: IpAddr,
+    pub(crate) address: IpAddr,
     /// The check's name.
-    pub check: Arc<str>,
+    pub(crate) check: Arc<str>,
 }
 
 /// The health questions asked about targets. [`HealthView`] answers them in production; tests
@@ -65,7 +65,7 @@ pub trait HealthSource {
 /// Which operator drain withdraws a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Drain {
+pub(crate) enum Drain {
     /// Its region is drained (`POST /regions/{region}/drain`).
     Region,
     /// The target itself is drained (`POST /targets/{address}/drain`), in every service.
@@ -77,23 +77,23 @@ pub enum Drain {
 /// Both facts are kept (not just the first reason) because fail-open passes of the policy
 /// look at them separately: one takes drained targets that are not down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Withdrawal {
+pub(crate) struct Withdrawal {
     /// The operator drain in force, if any (a region drain wins over a target drain).
-    pub drain: Option<Drain>,
+    pub(crate) drain: Option<Drain>,
     /// The probed state (`Up` without a check, `Unknown` before the first probe).
-    pub state: State,
+    pub(crate) state: State,
 }
 
 impl Withdrawal {
     /// Returns true when answers must not use the target: drained, or down. `Unknown`
     /// counts as up.
-    pub fn is_withdrawn(&self) -> bool {
+    pub(crate) fn is_withdrawn(&self) -> bool {
         self.drain.is_some() || self.state == State::Down
     }
 
     /// Returns why the target is withdrawn (`region_drained`, `target_drained`, `down`), or
     /// `None` when it is not.
-    pub fn reason(&self) -> Option<&'static str> {
+    pub(crate) fn reason(&self) -> Option<&'static str> {
         match (self.drain, self.state) {
             (Some(Drain::Region), _) => Some("region_drained"),
             (Some(Drain::Target), _) => Some("target_drained"),
@@ -105,7 +105,7 @@ impl Withdrawal {
 
 /// Returns whether the target `address` of an endpoint in `region`, probed by `check`, is
 /// withdrawn from answers, and why. The one place this rule lives.
-pub fn withdrawal<H: HealthSource + ?Sized>(
+pub(crate) fn withdrawal<H: HealthSource + ?Sized>(
     health: &H,
     region: &str,
     address: IpAddr,
@@ -218,7 +218,7 @@ impl HealthView {
 
     /// Returns the state of `address` under `check`: `Up` without a check, `Unknown` before
     /// the first probe.
-    pub fn state(&self, address: IpAddr, check: Option<&str>) -> State {
+    pub(crate) fn state(&self, address: IpAddr, check: Option<&str>) -> State {
         let Some(check) = check else {
             return State::Up;
         };
@@ -229,27 +229,27 @@ impl HealthView {
     }
 
     /// Returns true when the operator drained `region`.
-    pub fn is_drained(&self, region: &str) -> bool {
+    pub(crate) fn is_drained(&self, region: &str) -> bool {
         // Most views drain nothing: skip hashing then (this runs per target per query).
         !self.drained.is_empty() && self.drained.contains(region)
     }
 
     /// Returns the drained regions, sorted.
-    pub fn drained_regions(&self) -> Vec<String> {
+    pub(crate) fn drained_regions(&self) -> Vec<String> {
         let mut v: Vec<String> = self.drained.iter().cloned().collect();
         v.sort();
         v
     }
 
     /// Returns the drained target addresses, sorted.
-    pub fn drained_targets(&self) -> Vec<IpAddr> {
+    pub(crate) fn drained_targets(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self.drained_targets.iter().copied().collect();
         v.sort();
         v
     }
 
     /// Returns true when the operator drained the target `address` (in every service).
-    pub fn is_target_drained(&self, address: IpAddr) -> bool {
+    pub(crate) fn is_target_drained(&self, address: IpAddr) -> bool {
         // Most views drain no target: skip hashing then (this runs per target per query).
         !self.drained_targets.is_empty() && self.drained_targets.contains(&address)
     }

@@ -14,38 +14,38 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Total user and system CPU time, seconds.
-pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub(crate) const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
 /// Resident memory, bytes.
-pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub(crate) const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 /// Virtual memory, bytes.
-pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+pub(crate) const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
 /// Open file descriptors.
-pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub(crate) const PROCESS_OPEN_FDS: &str = "process_open_fds";
 /// The open-file limit (soft `RLIMIT_NOFILE`).
-pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub(crate) const PROCESS_MAX_FDS: &str = "process_max_fds";
 /// Start time of the process, Unix seconds.
-pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+pub(crate) const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 
 /// What `/proc/self` says about this process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     /// User plus system CPU time, seconds.
-    pub cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// Resident set size, bytes.
-    pub resident_bytes: u64,
+    pub(crate) resident_bytes: u64,
     /// Virtual memory size, bytes.
-    pub virtual_bytes: u64,
+    pub(crate) virtual_bytes: u64,
     /// Open file descriptors.
-    pub open_fds: u64,
+    pub(crate) open_fds: u64,
     /// Soft limit on open file descriptors.
-    pub max_fds: u64,
+    pub(crate) max_fds: u64,
     /// Start time, Unix seconds.
-    pub start_time_seconds: f64,
+    pub(crate) start_time_seconds: f64,
 }
 
 /// Reads the current process's statistics; `None` when `/proc` is not there or not as
 /// expected.
-pub fn read() -> Option<ProcessStats> {
+pub(crate) fn read() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let boot_time = std::fs::read_to_string("/proc/stat")
         .ok()?
@@ -118,7 +118,7 @@ fn parse_stat(text: &str) -> Option<StatFields> {
 
 /// Writes the `process_*` metrics at scrape time.
 #[derive(Debug)]
-pub struct ProcessCollector;
+pub(crate) struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {

@@ -13,14 +13,14 @@
 //! no `_created` samples).
 
 /// Content type of OpenMetrics text.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// An exposition format of `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// OpenMetrics 1.0 text.
     OpenMetrics,
     /// The Prometheus text format 0.0.4.
@@ -29,7 +29,7 @@ pub enum Format {
 
 impl Format {
     /// Returns the `Content-Type` of a response in this format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
             Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
@@ -40,7 +40,7 @@ impl Format {
 /// Chooses the format for an `Accept` header: OpenMetrics when the client accepts
 /// `application/openmetrics-text` with a quality at least that of any other type it accepts,
 /// the Prometheus text format otherwise (also without a header).
-pub fn negotiate(accept: Option<&str>) -> Format {
+pub(crate) fn negotiate(accept: Option<&str>) -> Format {
     let Some(accept) = accept else {
         return Format::Prometheus;
     };
@@ -77,7 +77,7 @@ pub fn negotiate(accept: Option<&str>) -> Format {
 
 /// Converts OpenMetrics text (as `prometheus-client` writes it) into the Prometheus text
 /// format 0.0.4.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     // `# HELP` precedes `# TYPE`, and a counter's name changes with its type: hold the HELP
     // line until the TYPE line of the same family is seen.

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-/// Mean Earth radius used for distances, km (the same as [`crate::geo::distance_km`]).
+/// Mean Earth radius used for distances, km (the same as `geo::distance_km` in tests).
 pub(crate) const EARTH_RADIUS_KM: f64 = 6371.0;
 
 /// A point on the unit sphere (x towards 0°N 0°E, z towards the north pole).

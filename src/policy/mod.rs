@@ -71,7 +71,7 @@
 
 mod explain;
 mod geometry;
-pub mod scope;
+pub(crate) mod scope;
 #[cfg(test)]
 mod tests;
 
@@ -86,7 +86,7 @@ use crate::health::{HealthSource, HealthView, State, withdrawal};
 
 pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
 use geometry::{Unit, arc_km, below, chord2, splitmix64, unit_vector};
-pub use scope::{ScopeJobs, ScopeReport, share_scope_maps};
+pub(crate) use scope::{ScopeJobs, share_scope_maps};
 
 /// Regions up to this count are ordered in stack buffers; more use one heap buffer per query.
 const INLINE_REGIONS: usize = 32;
@@ -415,7 +415,7 @@ impl CompiledService {
     }
 
     /// Returns the region whose endpoint lists `address` (for per-region answer metrics).
-    pub fn region_of(&self, address: IpAddr) -> Option<&str> {
+    pub(crate) fn region_of(&self, address: IpAddr) -> Option<&str> {
         let f = Family::of(address).index();
         self.regions
             .iter()
@@ -569,7 +569,7 @@ impl CompiledService {
     }
 
     /// Returns true once the widest-scope map is in use.
-    pub fn has_scope_map(&self) -> bool {
+    pub(crate) fn has_scope_map(&self) -> bool {
         self.scope_map.get().is_some()
     }
 

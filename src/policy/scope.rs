@@ -16,7 +16,7 @@ use crate::geo::{Geo, GeoError, Located, ScopeMap};
 
 /// Gives services with the same decision function one shared scope-map slot, so that the map
 /// is built and held once.
-pub fn share_scope_maps<'a>(services: impl IntoIterator<Item = &'a mut CompiledService>) {
+pub(crate) fn share_scope_maps<'a>(services: impl IntoIterator<Item = &'a mut CompiledService>) {
     let mut slots: HashMap<String, Arc<OnceLock<ScopeMap>>> = HashMap::new();
     for s in services {
         if let Some(fingerprint) = s.decision_fingerprint() {
@@ -30,7 +30,7 @@ pub fn share_scope_maps<'a>(services: impl IntoIterator<Item = &'a mut CompiledS
 
 /// The scope maps a set of services needs, one per distinct decision function.
 #[derive(Debug, Default)]
-pub struct ScopeJobs {
+pub(crate) struct ScopeJobs {
     jobs: Vec<Job>,
 }
 
@@ -44,26 +44,26 @@ struct Job {
 
 /// What [`ScopeJobs::run`] built.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ScopeReport {
+pub(crate) struct ScopeReport {
     /// Distinct decision functions (maps built).
-    pub maps: usize,
+    pub(crate) maps: usize,
     /// Database networks walked.
-    pub networks: usize,
+    pub(crate) networks: usize,
     /// Distinct database records classified.
-    pub records: usize,
+    pub(crate) records: usize,
     /// Distinct region orders, summed over the maps.
-    pub decisions: usize,
+    pub(crate) decisions: usize,
     /// Runs of equal decisions, summed over the maps: IPv4.
-    pub runs_v4: usize,
+    pub(crate) runs_v4: usize,
     /// The same for IPv6.
-    pub runs_v6: usize,
+    pub(crate) runs_v6: usize,
     /// Heap memory of the maps, bytes.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 impl ScopeJobs {
     /// Collects the distinct slots of `services` that are still empty.
-    pub fn new<'a>(services: impl IntoIterator<Item = &'a CompiledService>) -> Self {
+    pub(crate) fn new<'a>(services: impl IntoIterator<Item = &'a CompiledService>) -> Self {
         let mut jobs: Vec<Job> = Vec::new();
         for s in services {
             if s.decision_fingerprint().is_none() || s.scope_map.get().is_some() {
@@ -81,13 +81,13 @@ impl ScopeJobs {
     }
 
     /// Returns true when no map is needed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.jobs.is_empty()
     }
 
     /// Builds every map in one walk over `geo` and installs each in its slot. Returns `None`
     /// when every service that would use them is gone (the walk stops early).
-    pub fn run(&self, geo: &Geo) -> Result<Option<ScopeReport>, GeoError> {
+    pub(crate) fn run(&self, geo: &Geo) -> Result<Option<ScopeReport>, GeoError> {
         let n = self.jobs.len();
         let mut interned: Vec<HashMap<Vec<usize>, u32>> = vec![HashMap::new(); n];
         let most = self

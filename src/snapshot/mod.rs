@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Explanation, Family};
 use crate::zone::Zones;
 
-pub use services::{Dynamic, Services, name_to_wire};
+pub(crate) use services::{Dynamic, Services, name_to_wire};
 
 /// Everything the answer path reads: built whole, never mutated, swapped on reload.
 #[derive(Debug)]
@@ -34,15 +34,15 @@ pub struct Snapshot {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Static zones.
-    pub zones: Zones,
+    pub(crate) zones: Zones,
     /// GeoIP database and CIDR overrides.
-    pub geo: Geo,
+    pub(crate) geo: Geo,
     /// Dynamic names.
-    pub services: Services,
+    pub(crate) services: Services,
 }
 
 /// The live snapshot, shared by the answer path, the admin port and notifications.
-pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SnapshotCell = Arc<ArcSwap<Snapshot>>;
 
 /// Reads, validates and builds a snapshot from the config file at `path`; reports every
 /// problem found (config keys, zone files, GeoIP database).
@@ -70,7 +70,7 @@ pub fn check(path: &Path) -> Result<Snapshot, ConfigErrors> {
 }
 
 /// Builds a snapshot from a validated config.
-pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
+pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let dynamic: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let zones = match Zones::load(&config.zones, &dynamic, &config.source) {
@@ -129,7 +129,7 @@ pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
 /// Builds the widest-ECS-scope maps of `snapshot`'s services on a background thread and
 /// installs them as they are ready (until then answers carry the matched network's scope).
 /// The build stops early when the snapshot is replaced. Called at start and on every reload.
-pub fn start_scope_maps(snapshot: &Snapshot) {
+fn start_scope_maps(snapshot: &Snapshot) {
     let jobs = crate::policy::ScopeJobs::new(snapshot.services.iter());
     if jobs.is_empty() {
         return;
@@ -163,9 +163,21 @@ pub fn start_scope_maps(snapshot: &Snapshot) {
     }
 }
 
+/// Readies a loaded snapshot to serve, at start and on every reload: attaches its answer
+/// counters from `metrics`, logs the config's warnings, and starts building its ECS scope maps.
+pub(crate) fn activate(mut snapshot: Snapshot, metrics: &Metrics) -> Arc<Snapshot> {
+    snapshot.services.count_answers_in(metrics);
+    for w in snapshot.config.warnings() {
+        warn!("{w}");
+    }
+    let snapshot = Arc::new(snapshot);
+    start_scope_maps(&snapshot);
+    snapshot
+}
+
 /// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
 #[derive(Debug, Clone)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     config_path: PathBuf,
     snapshot: SnapshotCell,
     health: Health,
@@ -175,7 +187,7 @@ pub struct Reloader {
 impl Reloader {
     /// Returns a reloader of `snapshot` from `config_path`, which also moves `health`'s probes
     /// to each new config and counts reloads in `metrics`.
-    pub fn new(
+    pub(crate) fn new(
         config_path: PathBuf,
         snapshot: SnapshotCell,
         health: Health,
@@ -190,7 +202,7 @@ impl Reloader {
     }
 
     /// Returns the config file reloads read.
-    pub fn config_path(&self) -> &Path {
+    pub(crate) fn config_path(&self) -> &Path {
         &self.config_path
     }
 
@@ -199,7 +211,7 @@ impl Reloader {
     ///
     /// Both paths (SIGHUP and `POST /reload`) come here: reloads are serialized and counted in
     /// `meridian_config_reloads_total{result}`.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
+    pub(crate) fn reload(&self) -> Result<(), ConfigErrors> {
         static RELOAD: Mutex<()> = Mutex::new(());
         let _one_at_a_time = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.reload_unlocked();
@@ -208,11 +220,7 @@ impl Reloader {
     }
 
     fn reload_unlocked(&self) -> Result<(), ConfigErrors> {
-        let mut snapshot = load(&self.config_path)?;
-        snapshot.services.count_answers_in(&self.metrics);
-        for w in snapshot.config.warnings() {
-            warn!("{w}");
-        }
+        let snapshot = load(&self.config_path)?;
         let old = self.snapshot.load();
         if old.config.server.dns_listen != snapshot.config.server.dns_listen
             || old.config.server.admin_listen != snapshot.config.server.admin_listen
@@ -228,9 +236,7 @@ impl Reloader {
         // that is down or being probed down. In this order the new snapshot meets the old
         // view: targets both configs have keep their state, and targets only the new one has
         // are `unknown` in either view. Drains are by name and in both views alike.
-        let snapshot = Arc::new(snapshot);
-        start_scope_maps(&snapshot);
-        self.snapshot.store(snapshot);
+        self.snapshot.store(activate(snapshot, &self.metrics));
         let summary = self.health.reload(&config);
         info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
         Ok(())
@@ -253,7 +259,7 @@ pub enum ExplainError {
 
 /// Explains how `name`/`qtype` would be answered for a client at `client` (taken as the
 /// resolver's address, or an ECS subnet's), from `snapshot` and `health`.
-pub fn explain_in(
+pub(crate) fn explain_in(
     snapshot: &Snapshot,
     health: &HealthView,
     client: IpAddr,

@@ -14,13 +14,13 @@ use crate::policy::CompiledService;
 
 /// The dynamic names of a snapshot, keyed by their lowercase wire form.
 #[derive(Debug, Default)]
-pub struct Services {
+pub(crate) struct Services {
     by_wire: HashMap<Vec<u8>, Dynamic>,
 }
 
 /// One dynamic name: its compiled service and its answer counters by region.
 #[derive(Debug)]
-pub struct Dynamic {
+pub(crate) struct Dynamic {
     service: CompiledService,
     /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
     /// and AAAA (empty until [`Services::count_answers_in`]).
@@ -29,12 +29,12 @@ pub struct Dynamic {
 
 impl Dynamic {
     /// Returns the compiled service.
-    pub fn service(&self) -> &CompiledService {
+    pub(crate) fn service(&self) -> &CompiledService {
         &self.service
     }
 
     /// Counts an answer once for each region its addresses come from.
-    pub fn count(&self, addrs: &[IpAddr]) {
+    pub(crate) fn count(&self, addrs: &[IpAddr]) {
         for (i, a) in addrs.iter().enumerate() {
             let Some(region) = self.service.region_of(*a) else {
                 continue;
@@ -51,7 +51,7 @@ impl Dynamic {
 
 impl Services {
     /// Compiles every service of `config`.
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let mut by_wire: HashMap<Vec<u8>, Dynamic> = config
             .services
             .iter()
@@ -72,7 +72,7 @@ impl Services {
 
     /// Obtains the answer counters of every service and region from `metrics` (this takes a
     /// lock: done once per snapshot, never per query).
-    pub fn count_answers_in(&mut self, metrics: &Metrics) {
+    pub(crate) fn count_answers_in(&mut self, metrics: &Metrics) {
         for d in self.by_wire.values_mut() {
             let s = d.service.service();
             d.answers = s
@@ -88,23 +88,23 @@ impl Services {
     }
 
     /// Returns the service whose name has the lowercase wire form `wire`.
-    pub fn by_wire(&self, wire: &[u8]) -> Option<&Dynamic> {
+    pub(crate) fn by_wire(&self, wire: &[u8]) -> Option<&Dynamic> {
         self.by_wire.get(wire)
     }
 
     /// Returns the service answering `name` (any case, with or without the final dot).
-    pub fn get(&self, name: &str) -> Option<&CompiledService> {
+    pub(crate) fn get(&self, name: &str) -> Option<&CompiledService> {
         self.by_wire.get(&name_to_wire(name)?).map(|d| &d.service)
     }
     /// Returns every service.
-    pub fn iter(&self) -> impl Iterator<Item = &CompiledService> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &CompiledService> {
         self.by_wire.values().map(|d| &d.service)
     }
 }
 
 /// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
 /// `None` when it is not a valid name.
-pub fn name_to_wire(name: &str) -> Option<Vec<u8>> {
+pub(crate) fn name_to_wire(name: &str) -> Option<Vec<u8>> {
     let name = name.strip_suffix('.').unwrap_or(name);
     let mut wire = Vec::with_capacity(name.len() + 2);
     if !name.is_empty() {

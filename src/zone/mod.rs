@@ -15,10 +15,12 @@ mod parse;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::config::{ConfigError, ZoneSpec};
+use crate::dnssec::ZoneSigner;
 
 /// One RRset of a node.
 #[derive(Debug, Clone)]
@@ -46,23 +48,23 @@ impl Node {
 
 /// How many CNAMEs a lookup follows inside our zones; a chain that needs one more, or that
 /// loops, is broken (BIND follows 16; chains this deep are a misconfiguration).
-pub const MAX_CNAME_CHAIN: usize = 8;
+pub(crate) const MAX_CNAME_CHAIN: usize = 8;
 
 /// What the zones answer for a name and type: [`Zones::lookup`]'s result.
 #[derive(Debug, Clone)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// True unless the name asked for is itself at or below a delegation (a referral is not
     /// authoritative, RFC 1034 §4.3.2; one reached through an in-zone CNAME keeps AA for it).
-    pub authoritative: bool,
+    pub(crate) authoritative: bool,
     /// The CNAMEs followed, in order; the first is owned by the name asked for.
-    pub chain: Vec<Record>,
+    pub(crate) chain: Vec<Record>,
     /// Where the chain (or the name itself) ends.
-    pub end: End,
+    pub(crate) end: End,
 }
 
 /// Where a lookup ends.
 #[derive(Debug, Clone)]
-pub enum End {
+pub(crate) enum End {
     /// The RRset asked for (for ANY: one RRset of the name), owned by the last name of the
     /// chain (the name asked for when there is no chain; wildcard matches are synthesised with
     /// it as owner), and the in-zone addresses of the names its NS, MX and SRV records point at
@@ -111,22 +113,19 @@ enum Step {
 
 /// One loaded zone.
 #[derive(Debug, Clone)]
-pub struct Zone {
+pub(crate) struct Zone {
     origin: LowerName,
     nodes: HashMap<LowerName, Node>,
     /// Delegation points below the apex (names with NS that are not the apex).
     cuts: Vec<LowerName>,
     has_wildcards: bool,
+    /// The zone's DNSSEC signer, when `dnssec` is configured for it.
+    signer: Option<Arc<ZoneSigner>>,
 }
 
 impl Zone {
-    /// Returns the zone's origin.
-    pub fn origin(&self) -> &LowerName {
-        &self.origin
-    }
-
     /// Returns the SOA record of the apex.
-    pub fn soa(&self) -> &Record {
+    pub(crate) fn soa(&self) -> &Record {
         // Invariant: `parse::load_zone` refuses a zone without exactly one SOA at the apex.
         &self.nodes[&self.origin]
             .get(RecordType::SOA)
@@ -134,7 +133,7 @@ impl Zone {
     }
 
     /// Returns the TTL to use for the SOA in negative answers (RFC 2308 §3: min(TTL, MINIMUM)).
-    pub fn negative_ttl(&self) -> u32 {
+    pub(crate) fn negative_ttl(&self) -> u32 {
         let soa = self.soa();
         match &soa.data {
             RData::SOA(s) => soa.ttl.min(s.minimum),
@@ -142,15 +141,8 @@ impl Zone {
         }
     }
 
-    /// Returns the NS RRset of the apex.
-    pub fn apex_ns(&self) -> &[Record] {
-        self.nodes[&self.origin]
-            .get(RecordType::NS)
-            .unwrap_or_default()
-    }
-
     /// Returns the SOA with the TTL of negative answers, for the authority section.
-    pub fn negative_soa(&self) -> Record {
+    pub(crate) fn negative_soa(&self) -> Record {
         let mut soa = self.soa().clone();
         soa.ttl = self.negative_ttl();
         soa
@@ -284,15 +276,67 @@ impl Zone {
         out
     }
 
+    /// Returns true when `name` is this zone's apex.
+    pub(crate) fn is_apex(&self, name: &LowerName) -> bool {
+        &self.origin == name
+    }
+
+    /// Returns the zone's DNSSEC signer, when the zone is signed.
+    pub(crate) fn signer(&self) -> Option<&ZoneSigner> {
+        self.signer.as_deref()
+    }
+
+    /// Returns the types that exist at `name` for an NSEC type bitmap: its RRsets (of the
+    /// wildcard it matches when it has no node), A and AAAA for a service name, the DNSKEY,
+    /// CDS and CDNSKEY of a signed apex; at a delegation only NS and DS (the rest is not
+    /// ours, RFC 4035 §2.3).
+    pub(crate) fn types_at(&self, name: &LowerName) -> Vec<u16> {
+        let node = self.nodes.get(name).or_else(|| self.wildcard(name));
+        let Some(node) = node else {
+            return Vec::new();
+        };
+        let mut types: Vec<u16> = node.rrsets.iter().map(|s| u16::from(s.rtype)).collect();
+        if self.cuts.contains(name) {
+            types.retain(|t| matches!(t, 2 | 43));
+            return types;
+        }
+        if node.dynamic {
+            types.extend([1, 28]);
+        }
+        if name == &self.origin && self.signer.is_some() {
+            types.extend([48, 59, 60]);
+        }
+        types
+    }
+
+    /// Returns the label count of the wildcard `name` was synthesised from (RFC 4034 §3.1.3:
+    /// its closest encloser's), or `None` when `name` is a name of the zone.
+    pub(crate) fn wildcard_labels(&self, name: &LowerName) -> Option<u8> {
+        if self.nodes.contains_key(name) || !self.has_wildcards {
+            return None;
+        }
+        let mut encloser = name.base_name();
+        while self.origin.zone_of(&encloser) {
+            if self.nodes.contains_key(&encloser) {
+                return Some(encloser.num_labels());
+            }
+            if encloser.is_root() {
+                break;
+            }
+            encloser = encloser.base_name();
+        }
+        None
+    }
+
     /// Returns true when the zone has static records of `rtype` at `name`.
-    pub fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
+    pub(crate) fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
         self.nodes.get(name).is_some_and(|n| n.get(rtype).is_some())
     }
 }
 
 /// Every loaded zone.
 #[derive(Debug, Clone, Default)]
-pub struct Zones {
+pub(crate) struct Zones {
     /// Sorted with the longest origin first, so the first match is the closest zone.
     zones: Vec<Zone>,
 }
@@ -300,7 +344,7 @@ pub struct Zones {
 impl Zones {
     /// Loads every zone file; `dynamic` are names answered by services (they exist in their zone
     /// even without static records). Returns every problem found.
-    pub fn load(
+    pub(crate) fn load(
         specs: &[ZoneSpec],
         dynamic: &[String],
         config_file: &Path,
@@ -309,7 +353,24 @@ impl Zones {
         let mut errors = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             match parse::load_zone(spec, i, config_file) {
-                Ok(z) => zones.push(z),
+                Ok(mut z) => {
+                    if let Some(d) = &spec.dnssec {
+                        let key_ttl = z.soa().ttl;
+                        match crate::dnssec::load_signer(d, &spec.origin, key_ttl) {
+                            Ok(signer) => z.signer = Some(Arc::new(signer)),
+                            Err(problems) => {
+                                errors.extend(problems.into_iter().map(|(key, message)| {
+                                    ConfigError::new(
+                                        config_file,
+                                        format!("zone[{i}].dnssec.{key}"),
+                                        message,
+                                    )
+                                }))
+                            }
+                        }
+                    }
+                    zones.push(z);
+                }
                 Err(mut e) => errors.append(&mut e),
             }
         }
@@ -337,7 +398,7 @@ impl Zones {
 
     /// Looks `qname` up for `qtype` in our zones, following CNAMEs from zone to zone; `None`
     /// when `qname` is in none of them (REFUSED). See the module docs for the rules.
-    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
+    pub(crate) fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
         let mut zone = self.zone_for(qname)?;
         let mut name = qname.clone();
         let mut chain: Vec<Record> = Vec::new();
@@ -372,12 +433,12 @@ impl Zones {
     }
 
     /// Returns the zone `name` belongs to (the one with the longest matching origin).
-    pub fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
+    pub(crate) fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
     }
 
-    /// Returns every zone.
-    pub fn iter(&self) -> impl Iterator<Item = &Zone> {
-        self.zones.iter()
+    /// Returns true when some zone is signed (DNSSEC).
+    pub(crate) fn any_signed(&self) -> bool {
+        self.zones.iter().any(|z| z.signer.is_some())
     }
 }

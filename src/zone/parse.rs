@@ -229,6 +229,7 @@ pub(super) fn load_zone(
         nodes,
         cuts,
         has_wildcards,
+        signer: None,
     };
     let names: Vec<LowerName> = zone.nodes.keys().cloned().collect();
     for n in &names {

@@ -7,6 +7,7 @@ mod backend;
 mod cli;
 mod clients;
 mod dns;
+mod dnssec;
 mod edges;
 mod farm;
 mod fuzz;
