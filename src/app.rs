@@ -64,6 +64,37 @@ pub enum StartError {
     /// The health subsystem refused its state (a corrupt state file): a config problem (exit 2).
     #[error("{0}")]
     Health(crate::health::HealthError),
+    /// The cluster store client cannot be set up (unreadable TLS files): exit 2.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// Returns the admin URL this instance advertises to the fleet: `cluster.advertise_admin`,
+/// else `http://` + the bound admin address.
+fn advertised_admin(config: &crate::config::Config, bound: Option<SocketAddr>) -> Option<String> {
+    config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.advertise_admin.clone())
+        .or_else(|| bound.map(|a| format!("http://{a}")))
+}
+
+/// How often drains are checked for expiry.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ends expired drains until `token` is cancelled.
+async fn expire_drains(health: Health, token: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(error) = health.expire_drains(std::time::SystemTime::now()).await {
+                    warn!(%error, "cannot end expired drains");
+                }
+            }
+        }
+    }
 }
 
 /// Runs the server on an already loaded snapshot until SIGTERM or SIGINT.
@@ -76,6 +107,13 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     // Probes begin once the metrics and the webhook listen (below), so that no transition,
     // not even the first, goes uncounted.
     let health = Health::new(&snapshot.config, health_token.clone()).map_err(StartError::Health)?;
+    let cluster = match &snapshot.config.cluster {
+        Some(c) => Some(
+            crate::cluster::Cluster::new(c, health.clone())
+                .map_err(|e| StartError::Cluster(format!("cluster: {e}")))?,
+        ),
+        None => None,
+    };
     let snapshot = Arc::new(ArcSwap::new(crate::snapshot::activate(snapshot, &metrics)));
     let reloader = Reloader::new(
         config_path,
@@ -137,13 +175,24 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         health: health.clone(),
         metrics: metrics.clone(),
         reloader: reloader.clone(),
+        cluster: cluster.clone(),
     };
-    {
+    let cluster_token = CancellationToken::new();
+    let cluster_task = {
         let (health, snapshot) = (health.clone(), snapshot.clone());
         let (tasks, token) = (admin_tasks.clone(), admin_token.clone());
+        let (cluster, cluster_token) = (cluster.clone(), cluster_token.clone());
         side.handle()
             .spawn(async move {
-                crate::admin::start(admin, &tasks, token.clone()).await?;
+                let admin_addr = crate::admin::start(admin, &tasks, token.clone()).await?;
+                // Drains with an expiry end by themselves, on every instance, store or no store.
+                tasks.spawn(expire_drains(health.clone(), token.clone()));
+                // The fleet task subscribes to transitions before probes begin, like the
+                // metrics feed; it stops after the probes (it revokes the lease).
+                let cluster_task = cluster.map(|c| {
+                    c.set_admin_url(advertised_admin(&snapshot.load().config, admin_addr));
+                    tokio::spawn(c.run(cluster_token))
+                });
                 let outages = crate::outage::start(
                     snapshot.clone(),
                     health.view_cell(),
@@ -159,11 +208,11 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
                     &tasks,
                     token,
                 );
-                anyhow::Ok(())
+                anyhow::Ok(cluster_task)
             })
             .await
-            .context("admin start-up task failed")??;
-    }
+            .context("admin start-up task failed")??
+    };
     // The file watcher reloads like SIGHUP; it stops with the admin port, last.
     admin_tasks.spawn(crate::watch::run(
         reloader.clone(),
@@ -188,6 +237,13 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         .is_err()
     {
         warn!("health probes did not stop in time");
+    }
+    // Leaving the fleet revokes the lease: the others stop counting this instance's votes.
+    cluster_token.cancel();
+    if let Some(task) = cluster_task
+        && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+    {
+        warn!("cluster task did not stop in time");
     }
     admin_token.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, admin_tasks.wait())

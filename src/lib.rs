@@ -22,6 +22,8 @@
 //! - `watch`: reloads by itself when the config, a zone file or the GeoIP database changes.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`rlimit`]: the open-file limit the config needs, raised at start.
+//! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
+//! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
 //! `geo`, `policy` and the health state machine do no I/O and never read the clock.
 
@@ -32,7 +34,9 @@
 
 pub(crate) mod admin;
 pub mod app;
+pub(crate) mod cluster;
 pub mod config;
+pub mod ctl;
 pub(crate) mod dns;
 pub mod dnssec;
 pub mod geo;

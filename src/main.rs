@@ -128,6 +128,9 @@ enum Command {
         #[arg(default_value = "A")]
         qtype: String,
     },
+    /// Talks to running instances (one, or the whole fleet): status, drain, undrain, reload,
+    /// explain. Exit 1 when any instance failed.
+    Ctl(meridian::ctl::CtlArgs),
     /// GeoIP sample data.
     #[command(after_help = concat!(
         "Example:
@@ -422,6 +425,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Ctl(args) => ExitCode::from(meridian::ctl::run(args)),
         Command::Dnssec { command } => dnssec(command),
         Command::Geodata {
             command: GeodataCommand::Build { csv, out },

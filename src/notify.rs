@@ -498,14 +498,25 @@ type DrainRecord = (Option<String>, Option<String>, Option<SystemTime>);
 /// The drains in force: subject key -> record.
 type Drains = BTreeMap<String, DrainRecord>;
 
-/// Returns the drains in force.
+/// Returns the drains in force, with who, why and until when from their records.
 fn current_drains(health: &Health) -> Drains {
+    let drains = health.drains();
+    let record = |key: &str| -> DrainRecord {
+        drains.details.get(key).map_or((None, None, None), |d| {
+            let who = (!d.who.is_empty()).then(|| d.who.clone());
+            (who, d.reason.clone(), d.expires)
+        })
+    };
     let mut out = Drains::new();
-    for r in health.drained_regions() {
-        out.insert(format!("regions/{r}"), (None, None, None));
+    for r in &drains.drained_regions {
+        let key = format!("regions/{r}");
+        let rec = record(&key);
+        out.insert(key, rec);
     }
-    for a in health.drained_targets() {
-        out.insert(format!("targets/{a}"), (None, None, None));
+    for a in &drains.drained_targets {
+        let key = format!("targets/{a}");
+        let rec = record(&key);
+        out.insert(key, rec);
     }
     out
 }

@@ -26,7 +26,12 @@
 //! `server.admin_token_file`, re-read on every call (so rotating the file needs no restart) and
 //! compared in constant time. Without a token file they are allowed only when the admin
 //! listener is bound to a loopback address, and refused with 403 otherwise. Drain and undrain
-//! take an optional JSON body `{"reason": "..."}` that is logged.
+//! take an optional JSON body `{"reason": "...", "expires": "30m", "who": "..."}`: the drain
+//! record (who, when, why, until when) is kept with the drain, shown in `/status` under
+//! `drains`, and a drain with `expires` ends by itself. With `[cluster]` a drain is written to
+//! the etcd store first and reaches every instance; while the store is unreachable drains are
+//! refused with 503 and nothing changes (`changed` then says whether the fleet's drains
+//! changed). Answers in a fleet carry `"instance"`.
 //!
 //! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
@@ -58,7 +63,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::ConfigErrors;
+use crate::health::overrides::{Drain, Subject as DrainSubject};
 use crate::health::{Health, HealthError, ProbeReport, TransitionEvent};
 use crate::metrics::text::{Format, negotiate, to_prometheus_text};
 use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL};
@@ -122,6 +129,9 @@ pub(crate) enum AdminError {
     /// Something inside failed (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The cluster store is unreachable, so a fleet-wide change was refused (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AdminError {
@@ -141,6 +151,7 @@ impl AdminError {
             AdminError::TokenFile { .. } | AdminError::Health(_) | AdminError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -175,7 +186,9 @@ pub(crate) struct Handles {
     /// Counters, for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
     /// Runs `POST /reload`.
-    pub(crate) reloader: Reloader,
+    pub reloader: Reloader,
+    /// The fleet, with `[cluster]`: drains go through the store.
+    pub cluster: Option<Cluster>,
 }
 
 /// What every handler shares.
@@ -230,9 +243,11 @@ fn router(app: Handles, local: SocketAddr, history: Arc<history::History>) -> Ro
     let probe_errors = ProbeErrorsCollector {
         health: app.health.clone(),
     };
-    let registry = app
-        .metrics
-        .registry(vec![Box::new(gauges), Box::new(probe_errors)]);
+    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(gauges), Box::new(probe_errors)];
+    if let Some(c) = &app.cluster {
+        collectors.push(c.collector());
+    }
+    let registry = app.metrics.registry(collectors);
     let state = AdminState {
         app,
         registry: Arc::new(registry),
@@ -274,12 +289,53 @@ async fn explain(
     let snapshot = s.app.snapshot.load();
     let view = s.app.health.view();
     match crate::snapshot::explain_in(&snapshot, &view, client, name, qtype) {
-        Ok(e) => Ok(axum::Json(e).into_response()),
+        Ok(e) => {
+            let mut doc = serde_json::to_value(&e).unwrap_or_default();
+            if let Some(service) = snapshot.config.services.iter().find(|sv| {
+                sv.name
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(name.trim_end_matches('.'))
+            }) {
+                doc["targets"] = explain_targets(service, &s.app.health);
+            }
+            if let Some(c) = &s.app.cluster {
+                doc["instance"] = json!(c.instance());
+            }
+            Ok(axum::Json(doc).into_response())
+        }
         Err(ExplainError::NotAService(n)) => Err(AdminError::NotAService(format!(
             "{n} is not a service name (static names are answered from the zone file)"
         ))),
         Err(e) => Err(AdminError::BadParameter(e.to_string())),
     }
+}
+
+/// Per target of `service`: the local probe result, each instance's view and the agreed state.
+fn explain_targets(
+    service: &crate::config::Service,
+    health: &crate::health::Health,
+) -> serde_json::Value {
+    let status = health.status();
+    let drains = health.drains();
+    let mut out = Vec::new();
+    for e in &service.endpoints {
+        for a in &e.addresses {
+            let t = e
+                .check
+                .as_deref()
+                .and_then(|c| status.iter().find(|t| t.address == *a && t.check == c.name));
+            out.push(json!({
+                "region": e.region.name,
+                "address": a,
+                "check": e.check_name(),
+                "local": t.map_or("up", |t| t.state.as_str()),
+                "agreed": t.map_or("up", |t| t.fleet.as_ref().map_or(t.state, |f| f.agreed).as_str()),
+                "fleet": t.and_then(|t| t.fleet.clone()),
+                "drained": drains.drained_regions.contains(&e.region.name) || drains.drained_targets.contains(a),
+            }));
+        }
+    }
+    serde_json::Value::Array(out)
 }
 
 /// `GET /`: the status page, rendered here (see [`page`]).
@@ -294,6 +350,8 @@ async fn index(State(s): State<AdminState>) -> impl IntoResponse {
         &s.app.health.status(),
     );
     let outages = crate::outage::assess(&snapshot.config, &view);
+    // Who drained what, why and until when (the drain records).
+    let records = s.app.health.drains().details;
     let drains: Vec<page::DrainLine> = report
         .drained_regions
         .iter()
@@ -304,11 +362,14 @@ async fn index(State(s): State<AdminState>) -> impl IntoResponse {
                 .iter()
                 .map(|a| format!("targets/{a}")),
         )
-        .map(|subject| page::DrainLine {
-            subject,
-            who: None,
-            reason: None,
-            expires: None,
+        .map(|subject| {
+            let record = records.get(&subject);
+            page::DrainLine {
+                who: record.map(|r| r.who.clone()).filter(|w| !w.is_empty()),
+                reason: record.and_then(|r| r.reason.clone()),
+                expires: record.and_then(|r| r.expires),
+                subject,
+            }
         })
         .collect();
     let now = std::time::SystemTime::now();
@@ -357,7 +418,12 @@ async fn status(State(s): State<AdminState>) -> Response {
         &s.app.health.view(),
         &s.app.health.status(),
     );
-    axum::Json(report).into_response()
+    let mut doc = serde_json::to_value(&report).unwrap_or_default();
+    doc["drains"] = serde_json::to_value(&s.app.health.drains().details).unwrap_or_default();
+    if let Some(c) = &s.app.cluster {
+        doc["fleet"] = serde_json::to_value(c.status()).unwrap_or_default();
+    }
+    axum::Json(doc).into_response()
 }
 
 /// `GET /metrics`: OpenMetrics when the `Accept` header asks for it, else the Prometheus text
@@ -388,16 +454,35 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Result<Resp
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrainBody {
-    /// Why, for the log.
+    /// Why (logged, kept with the drain).
     reason: Option<String>,
+    /// How long the drain lasts (`"30m"`, `"2h"`); without it, until undrained.
+    expires: Option<String>,
+    /// Who asks (`meridian ctl` sends `user@host`); default: the client's address.
+    who: Option<String>,
 }
 
 fn parse_drain_body(body: &Bytes) -> Result<DrainBody, AdminError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DrainBody::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| AdminError::BadBody(format!("expected JSON {{\"reason\": \"...\"}}: {e}")))
+    let body: DrainBody = serde_json::from_slice(body).map_err(|e| {
+        AdminError::BadBody(format!(
+            "expected JSON {{\"reason\": \"...\", \"expires\": \"30m\", \"who\": \"...\"}}: {e}"
+        ))
+    })?;
+    if let Some(e) = &body.expires {
+        match crate::config::parse_duration(e) {
+            Ok(d) if !d.is_zero() => {}
+            Ok(_) => {
+                return Err(AdminError::BadBody(
+                    "expires: must be greater than zero".into(),
+                ));
+            }
+            Err(msg) => return Err(AdminError::BadBody(format!("expires: {msg}"))),
+        }
+    }
+    Ok(body)
 }
 
 /// What an operator override names.
@@ -458,7 +543,7 @@ async fn set_override(
     authorize(&s, peer, &headers).await?;
     let body = parse_drain_body(&body)?;
     let health = &s.app.health;
-    let (key, changed) = match subject {
+    let (key, target) = match subject {
         Subject::Region => {
             // Undraining a region the config no longer has is allowed while it is still
             // drained (a leftover in the state file); otherwise an unknown name is a 404.
@@ -466,40 +551,74 @@ async fn set_override(
             if !known && (drain || !health.drained_regions().contains(&name)) {
                 return Err(AdminError::UnknownRegion(name));
             }
-            let result = if drain {
-                health.drain(&name).await
-            } else {
-                health.undrain(&name).await
-            };
-            ("region", result)
+            ("region", DrainSubject::Region(name.clone()))
         }
         Subject::Target => {
             let ip: std::net::IpAddr = name.parse().map_err(|_| {
                 AdminError::BadParameter(format!("target {name:?} is not an IP address"))
             })?;
-            let result = if drain {
-                health.drain_target(ip).await
-            } else {
-                health.undrain_target(ip).await
-            };
-            ("target", result)
+            ("target", DrainSubject::Target(ip))
         }
     };
-    let changed = changed.map_err(|e| match e {
-        HealthError::UnknownRegion(r) => AdminError::UnknownRegion(r),
-        HealthError::UnknownTarget(a) => AdminError::UnknownTarget(a.to_string()),
-        e => AdminError::Health(e),
-    })?;
+    let record = drain.then(|| {
+        let now = std::time::SystemTime::now();
+        Drain {
+            who: body
+                .who
+                .clone()
+                .unwrap_or_else(|| format!("admin client {peer}")),
+            at: now,
+            reason: body.reason.clone(),
+            // Checked by parse_drain_body.
+            expires: body
+                .expires
+                .as_deref()
+                .and_then(|e| crate::config::parse_duration(e).ok())
+                .map(|d| now + d),
+            instance: s.app.cluster.as_ref().map(|c| c.instance().to_string()),
+        }
+    });
+    let result = match &s.app.cluster {
+        Some(cluster) => cluster
+            .set_drain(&target, record.clone())
+            .await
+            .map_err(|e| match e {
+                ClusterError::Unavailable(_) => {
+                    warn!(%peer, error = %e, "admin: drain refused, the cluster store is unreachable");
+                    AdminError::Unavailable(e.to_string())
+                }
+                ClusterError::Health(h) => health_error(h),
+            }),
+        None => health
+            .set_drain(&target, record.clone())
+            .await
+            .map_err(health_error),
+    };
+    let changed = result?;
     info!(
         subject = key,
         name = %name,
         drained = drain,
         changed,
         %peer,
+        who = record.as_ref().map_or("", |r| r.who.as_str()),
         reason = body.reason.as_deref().unwrap_or(""),
+        expires = body.expires.as_deref().unwrap_or(""),
         "admin: {key} override set"
     );
-    Ok(axum::Json(json!({ key: name, "drained": drain, "changed": changed })).into_response())
+    let mut answer = json!({ key: name, "drained": drain, "changed": changed });
+    if let Some(c) = &s.app.cluster {
+        answer["instance"] = json!(c.instance());
+    }
+    Ok(axum::Json(answer).into_response())
+}
+
+fn health_error(e: HealthError) -> AdminError {
+    match e {
+        HealthError::UnknownRegion(r) => AdminError::UnknownRegion(r),
+        HealthError::UnknownTarget(a) => AdminError::UnknownTarget(a.to_string()),
+        e => AdminError::Health(e),
+    }
 }
 
 async fn reload(
@@ -517,13 +636,16 @@ async fn reload(
         Ok(()) => {
             let snapshot = s.app.snapshot.load();
             info!(%peer, "admin: configuration reloaded");
-            Ok(axum::Json(json!({
+            let mut answer = json!({
                 "reloaded": true,
                 "config_file": s.app.reloader.config_path().display().to_string(),
                 "services": snapshot.config.services.len(),
                 "regions": snapshot.config.regions.len(),
-            }))
-            .into_response())
+            });
+            if let Some(c) = &s.app.cluster {
+                answer["instance"] = json!(c.instance());
+            }
+            Ok(axum::Json(answer).into_response())
         }
         Err(errors) => {
             for e in &errors.0 {

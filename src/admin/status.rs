@@ -48,6 +48,11 @@
 //! }
 //! ```
 //!
+//! - `fleet` (only with `[cluster]`): `{"agreed", "local", "basis": "quorum"|"fallback",
+//!   "observers", "down", "needed", "views": {"instance": "up"|"down"|"unknown"}, "why"}`:
+//!   this instance's own probed state, every instance's view of the target and the state the
+//!   fleet agreed on. In a fleet `state` (and so `usable` and `withdrawn`) is the agreed state,
+//!   the one answers use.
 //! - `state`: the probed state, `up`, `down` or `unknown` (not probed yet, answered as up). A
 //!   target without a check is always `up`, with `check`, `since` and `last_check` null.
 //! - `forced`: an operator override withdraws the target (its region is drained); `state`
@@ -135,7 +140,11 @@ pub(crate) struct TargetReport {
     #[serde(serialize_with = "crate::health::serialize_opt_time")]
     pub(crate) since: Option<SystemTime>,
     /// The last probe result.
-    pub(crate) last_check: Option<Observation>,
+    pub last_check: Option<Observation>,
+    /// In a fleet (`[cluster]`): each instance's view and the agreed state, which answers use
+    /// (absent without a fleet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::health::quorum::Agreement>,
 }
 
 impl StatusReport {
@@ -185,6 +194,7 @@ impl StatusReport {
                                     withdrawn: w.reason(),
                                     since: status.and_then(|t| t.since),
                                     last_check: status.and_then(|t| t.last_check.clone()),
+                                    fleet: status.and_then(|t| t.fleet.clone()),
                                 }
                             })
                             .collect(),
@@ -235,6 +245,7 @@ mod tests {
             forced: false,
             since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             last_check: None,
+            fleet: None,
         }
     }
 

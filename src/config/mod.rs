@@ -7,6 +7,7 @@
 //! what is wrong. This module does no network I/O; it reads only the config file itself. Zone
 //! files and the GeoIP database are checked when the snapshot is built (`crate::app`).
 
+pub(crate) mod cluster;
 pub mod raw;
 mod validate;
 
@@ -19,8 +20,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub(crate) use validate::load;
+pub(crate) use cluster::{Cluster, Quorum};
 pub use validate::parse_str;
+pub(crate) use validate::{load, parse_duration};
 
 /// Default DNS listen address when `server.dns_listen` is absent.
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";
@@ -138,6 +140,8 @@ pub struct Config {
     pub notify: Option<Notify>,
     /// `[rate_limit]`, if present: response rate limiting on UDP.
     pub rate_limit: Option<RateLimit>,
+    /// `[cluster]`, if present: drains and health shared by a fleet through etcd.
+    pub cluster: Option<Cluster>,
     /// `[query_log]`, if present: one JSON line per (sampled) answer.
     pub query_log: Option<QueryLog>,
     /// `[[zone]]`, in file order.
@@ -454,6 +458,8 @@ pub struct Check {
     pub headers: Vec<(String, String)>,
     /// Verify the server certificate (https); default true.
     pub tls_verify: bool,
+    /// Local address probes are sent from (default: chosen by the system).
+    pub source: Option<IpAddr>,
     /// The state of a target before its first result; default `unknown`.
     pub initial_state: InitialState,
 }

@@ -91,21 +91,22 @@ pub(crate) struct RawRegion {
 /// One `[check.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawCheck {
-    pub(crate) kind: String,
-    pub(crate) port: Option<u16>,
-    pub(crate) path: Option<String>,
-    pub(crate) host: Option<String>,
-    pub(crate) interval: Option<String>,
-    pub(crate) fast_interval: Option<String>,
-    pub(crate) timeout: Option<String>,
-    pub(crate) rise: Option<u32>,
-    pub(crate) fall: Option<u32>,
-    pub(crate) expect_status: Option<Vec<String>>,
-    pub(crate) body_contains: Option<String>,
-    pub(crate) headers: Option<BTreeMap<String, String>>,
-    pub(crate) tls_verify: Option<bool>,
-    pub(crate) initial_state: Option<String>,
+pub struct RawCheck {
+    pub kind: String,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub interval: Option<String>,
+    pub fast_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub expect_status: Option<Vec<String>>,
+    pub body_contains: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub tls_verify: Option<bool>,
+    pub source: Option<String>,
+    pub initial_state: Option<String>,
 }
 
 /// One `[[service]]`.

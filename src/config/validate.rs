@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "notify",
     "rate_limit",
+    "cluster",
     "query_log",
     "zone",
     "region",
@@ -284,6 +285,9 @@ impl Validator {
         let server = self.server(table.remove("server"));
         let notify = table.remove("notify").and_then(|v| self.notify(v));
         let rate_limit = table.remove("rate_limit").and_then(|v| self.rate_limit(v));
+        let cluster = table
+            .remove("cluster")
+            .and_then(|v| super::cluster::validate(&self.file, &self.dir, v, &mut self.errors));
         let query_log = table.remove("query_log").and_then(|v| self.query_log(v));
         let zones = self.zones(table.remove("zone"));
         let regions: Vec<Arc<Region>> = (self.regions(table.remove("region")).into_iter())
@@ -300,6 +304,7 @@ impl Validator {
             server,
             notify,
             rate_limit,
+            cluster,
             query_log,
             zones,
             regions,
@@ -1042,6 +1047,20 @@ impl Validator {
                 );
             }
         }
+        let source = match raw.source.as_deref().map(str::parse::<IpAddr>) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => {
+                self.err(
+                    format!("{key}.source"),
+                    format!(
+                        "{:?} is not an IP address (the local address probes are sent from)",
+                        raw.source.as_deref().unwrap_or("")
+                    ),
+                );
+                None
+            }
+        };
         Some(Check {
             name,
             kind,
@@ -1057,6 +1076,7 @@ impl Validator {
             body_contains: raw.body_contains,
             headers,
             tls_verify: raw.tls_verify.unwrap_or(true),
+            source,
             initial_state,
         })
     }

@@ -4,7 +4,9 @@
 //!
 //! - [`state`]: the pure rise/fall state machine ([`state::TargetState`]); no I/O, caller passes `now`.
 //! - [`probe`]: HTTP, HTTPS and TCP probes ([`probe::Prober`], [`probe::ProbeError`]).
-//! - [`overrides`]: region drains persisted atomically to `server.state_file`.
+//! - [`overrides`]: region and target drains (with who/when/why/expiry) persisted atomically to
+//!   `server.state_file` (in a fleet: the cache of the drains in etcd).
+//! - [`quorum`]: the fleet's vote on each target ([`quorum::PeerVotes`]); pure.
 //! - [`view`]: [`HealthView`], [`State`], [`view::TargetKey`], and [`withdrawal`], the one rule for
 //!   "is this target withdrawn from answers, and why".
 //! - [`supervisor`]: [`Health`], the handle that runs one probe task per distinct
@@ -15,6 +17,7 @@
 
 pub(crate) mod overrides;
 pub(crate) mod probe;
+pub(crate) mod quorum;
 pub(crate) mod state;
 pub(crate) mod supervisor;
 pub(crate) mod view;
@@ -26,8 +29,8 @@ pub use overrides::OverridesError;
 pub(crate) use state::Observation;
 pub use supervisor::HealthError;
 pub(crate) use supervisor::{Health, ProbeReport, TargetStatus, TransitionEvent};
-pub(crate) use view::withdrawal;
 pub use view::{HealthSource, HealthView, State};
+pub(crate) use view::{TargetKey, withdrawal};
 
 /// Formats a wall time as RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
 pub(crate) fn format_rfc3339(t: SystemTime) -> String {

@@ -1,18 +1,25 @@
-//! Operator overrides (region drains), persisted to `server.state_file`.
+//! Operator overrides (region and target drains), persisted to `server.state_file`.
 //!
 //! The file is JSON (`{"version": 1, "drained_regions": ["eu-west"], "drained_targets":
-//! ["192.0.2.10"]}`), written atomically: a
+//! ["192.0.2.10"], "details": {"regions/eu-west": {"who": ..., "at": ..., "reason": ...,
+//! "expires": ...}}}`), written atomically: a
 //! temporary file in the same directory is written and fsynced, renamed over the old file, and
 //! the directory is fsynced, so a crash leaves either the old or the new file, never half of one.
 //! A missing file means "nothing drained"; a file that cannot be read or parsed is an error, so
 //! a process never silently forgets a drain an operator made.
 //!
+//! With a `[cluster]` table the drains live in etcd (`crate::cluster`) and this file is the
+//! instance's cache of them: an instance that starts while etcd is down serves the last known
+//! drains. Each drain carries a [`Drain`] record (who, when, why, optional expiry), keyed by
+//! [`Subject::key`] (`regions/NAME`, `targets/ADDRESS`, as in the admin paths and etcd keys).
+//!
 //! This module does blocking file I/O; callers in async code run it on a blocking thread.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The format version written to the state file.
 pub(crate) const STATE_FILE_VERSION: u32 = 1;
@@ -67,7 +74,172 @@ pub(crate) struct Overrides {
     /// Target addresses withdrawn from every answer, sorted (absent in files written before
     /// per-target drains: none).
     #[serde(default)]
-    pub(crate) drained_targets: BTreeSet<IpAddr>,
+    pub drained_targets: BTreeSet<IpAddr>,
+    /// Who drained what, when, why and until when, by [`Subject::key`] (absent in files
+    /// written before drain records: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, Drain>,
+}
+
+/// What a drain withdraws.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Subject {
+    /// A region of the config, in every service.
+    Region(String),
+    /// One endpoint address, in every service.
+    Target(IpAddr),
+}
+
+impl Subject {
+    /// Returns the key of this subject in drain records, etcd and admin paths:
+    /// `regions/NAME` or `targets/ADDRESS`.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            Subject::Region(r) => format!("regions/{r}"),
+            Subject::Target(a) => format!("targets/{a}"),
+        }
+    }
+
+    /// Parses [`Subject::key`] back.
+    pub(crate) fn from_key(key: &str) -> Option<Subject> {
+        let (kind, name) = key.split_once('/')?;
+        match kind {
+            "regions" if !name.is_empty() && !name.contains('/') => {
+                Some(Subject::Region(name.to_string()))
+            }
+            "targets" => name.parse().ok().map(Subject::Target),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Region(r) => write!(f, "region {r}"),
+            Subject::Target(a) => write!(f, "target {a}"),
+        }
+    }
+}
+
+/// The record of one drain: who made it, when, why, and when it ends by itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Drain {
+    /// Who asked for it (`ctl` sends `user@host`; otherwise the admin client's address).
+    #[serde(default)]
+    pub who: String,
+    /// When it was made (RFC 3339).
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// Why, as the operator wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it ends by itself (RFC 3339), if ever.
+    #[serde(default, with = "opt_rfc3339", skip_serializing_if = "Option::is_none")]
+    pub expires: Option<SystemTime>,
+    /// The instance that took the call (in a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+impl Drain {
+    /// Returns a record made now by `who`, without reason or expiry.
+    #[cfg(test)]
+    pub(crate) fn now(who: impl Into<String>) -> Self {
+        Drain {
+            who: who.into(),
+            at: SystemTime::now(),
+            reason: None,
+            expires: None,
+            instance: None,
+        }
+    }
+
+    /// Returns true when the drain has ended by itself at `now`.
+    pub(crate) fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+}
+
+/// Parses the RFC 3339 UTC times that [`super::format_rfc3339`] writes
+/// (`2024-05-01T12:00:00.123Z`, fraction optional).
+pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis = match s.get(19..s.len() - 1)? {
+        "" => 0,
+        frac if frac.starts_with('.') && frac.len() > 1 => {
+            let digits = &frac[1..frac.len().min(4)];
+            digits.parse::<u64>().ok()? * 10u64.pow(3 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let secs = u64::try_from(secs).ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(secs)
+            + std::time::Duration::from_millis(millis),
+    )
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::health::format_rfc3339(*t))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<SystemTime, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        super::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 UTC time")))
+    }
+}
+
+mod opt_rfc3339 {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let s: Option<String> = serde::Deserialize::deserialize(d)?;
+        s.map(|s| {
+            super::parse_rfc3339(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not an RFC 3339 UTC time"))
+            })
+        })
+        .transpose()
+    }
 }
 
 fn current_version() -> u32 {
@@ -81,7 +253,42 @@ impl Overrides {
             version: STATE_FILE_VERSION,
             drained_regions: BTreeSet::new(),
             drained_targets: BTreeSet::new(),
+            details: BTreeMap::new(),
         }
+    }
+
+    /// Drains `subject` with `record` (`Some`) or undrains it (`None`). Returns true when
+    /// whether it is drained changed.
+    pub(crate) fn set(&mut self, subject: &Subject, record: Option<Drain>) -> bool {
+        let changed = match (subject, record.is_some()) {
+            (Subject::Region(r), true) => self.drained_regions.insert(r.clone()),
+            (Subject::Region(r), false) => self.drained_regions.remove(r),
+            (Subject::Target(a), true) => self.drained_targets.insert(*a),
+            (Subject::Target(a), false) => self.drained_targets.remove(a),
+        };
+        match record {
+            Some(d) => {
+                self.details.insert(subject.key(), d);
+            }
+            None => {
+                self.details.remove(&subject.key());
+            }
+        }
+        changed
+    }
+
+    /// Removes the drains whose expiry is at or before `now`; returns what was removed.
+    pub(crate) fn expire(&mut self, now: SystemTime) -> Vec<Subject> {
+        let gone: Vec<Subject> = self
+            .details
+            .iter()
+            .filter(|(_, d)| d.is_expired(now))
+            .filter_map(|(k, _)| Subject::from_key(k))
+            .collect();
+        for s in &gone {
+            self.set(s, None);
+        }
+        gone
     }
 
     /// Reads `path`; a missing file gives empty overrides.
@@ -165,6 +372,55 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn rfc3339_round_trips_through_the_formatter() {
+        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            let t = SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(secs)
+                + std::time::Duration::from_millis(secs % 1000);
+            let s = crate::health::format_rfc3339(t);
+            assert_eq!(parse_rfc3339(&s), Some(t), "{s}");
+        }
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20Z"),
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+        for bad in [
+            "",
+            "2023-11-14 22:13:20Z",
+            "2023-13-14T22:13:20Z",
+            "yesterday",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn drain_records_round_trip_and_expire() {
+        let dir = scratch("records");
+        let path = dir.join("state.json");
+        let mut o = Overrides::empty();
+        let now = SystemTime::now();
+        let mut d = Drain::now("alice@ops");
+        d.reason = Some("maintenance".into());
+        d.expires = Some(now + std::time::Duration::from_secs(60));
+        assert!(o.set(&Subject::Region("eu-west".into()), Some(d)));
+        assert!(o.set(
+            &Subject::Target("192.0.2.10".parse().unwrap()),
+            Some(Drain::now("bob"))
+        ));
+        o.save(&path).unwrap();
+        let mut back = Overrides::load(&path).unwrap();
+        assert_eq!(back.details.len(), 2);
+        assert_eq!(back.details["regions/eu-west"].who, "alice@ops");
+        assert!(back.expire(now).is_empty());
+        let gone = back.expire(now + std::time::Duration::from_secs(61));
+        assert_eq!(gone, [Subject::Region("eu-west".into())]);
+        assert!(back.drained_regions.is_empty());
+        assert_eq!(back.drained_targets.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -388,6 +388,8 @@ struct HttpProbe {
     body_contains: Option<String>,
     /// The connection kept from the last probe, if the server kept it open, and its permit.
     conn: Option<(Stream, Permit)>,
+    /// The local address probes leave from (`check.source`).
+    source: Option<IpAddr>,
     /// When this probe last took a step (connected, finished TLS, sent the request).
     last_step: Instant,
 }
@@ -488,18 +490,32 @@ impl Prober {
 
     async fn probe_inner(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
         match &mut self.kind {
-            ProberKind::Tcp => connect(self.target).await.map(drop),
+            ProberKind::Tcp => connect(self.target, self.check.source).await.map(drop),
             ProberKind::Http(h) => h.probe(permit).await,
             ProberKind::Broken(e) => Err(ProbeError::Ours(e.clone())),
         }
     }
 }
 
-/// Connects to `target`, mapping errors to the target's or our own.
-async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(|e| connect_error(&e))?;
+/// Connects to `target`, from `source` when set (so that each instance of a fleet can probe
+/// from its own address, and a backend can tell the instances apart), mapping errors to the
+/// target's or our own.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ProbeError> {
+    let stream = match source {
+        None => TcpStream::connect(target).await,
+        Some(source) => {
+            let socket = if target.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            match socket.and_then(|s| s.bind(SocketAddr::new(source, 0)).map(|()| s)) {
+                Ok(s) => s.connect(target).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(|e| connect_error(&e))?;
     // One small request and response per probe: do not wait to fill a segment.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -588,12 +604,13 @@ impl HttpProbe {
             expect_status: check.expect_status.clone(),
             body_contains: check.body_contains.clone(),
             conn: None,
+            source: check.source,
             last_step: Instant::now(),
         })
     }
 
     async fn open(&mut self) -> Result<Stream, ProbeError> {
-        let tcp = connect(self.target).await?;
+        let tcp = connect(self.target, self.source).await?;
         self.last_step = Instant::now();
         let Some((name, verify)) = &self.tls else {
             return Ok(Stream::Plain(tcp));
@@ -1185,6 +1202,7 @@ pub(crate) mod tests {
             headers: Vec::new(),
             tls_verify: true,
             initial_state: crate::config::InitialState::Unknown,
+            source: None,
         }
     }
 

@@ -38,7 +38,7 @@
 //! targets and stops removed ones. A result from a stopped task is ignored (each task carries
 //! a generation number).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,8 +53,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::overrides::{Overrides, OverridesError};
+use super::overrides::{Drain, Overrides, OverridesError, Subject};
 use super::probe::{OwnError, ProbeOutcome, Prober};
+use super::quorum::{Agreement, PeerVotes};
 use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
 use crate::config::{Check, Config};
@@ -129,7 +130,10 @@ pub(crate) struct TargetStatus {
     #[serde(serialize_with = "super::serialize_opt_time")]
     pub(crate) since: Option<SystemTime>,
     /// The last probe result (`None` before the first).
-    pub(crate) last_check: Option<Observation>,
+    pub last_check: Option<Observation>,
+    /// In a fleet: each instance's view and the agreed state (what answers use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Agreement>,
 }
 
 /// What a reload changed.
@@ -156,6 +160,8 @@ struct Inner {
     view: Arc<ArcSwap<HealthView>>,
     /// Taken to change the view; holds the epoch of the last full rebuild.
     view_lock: Mutex<u64>,
+    /// The fleet's votes (empty without `[cluster]`): published views hold the agreed state.
+    peers: ArcSwap<PeerVotes>,
     table: Mutex<Table>,
     /// Serializes state-file writes (drain/undrain).
     write_lock: tokio::sync::Mutex<()>,
@@ -212,8 +218,8 @@ struct Table {
     known_regions: HashSet<String>,
     /// Every endpoint address of the config, probed or not (drainable targets).
     known_addresses: HashSet<IpAddr>,
-    drained: BTreeSet<String>,
-    drained_targets: BTreeSet<IpAddr>,
+    /// The operator's drains with their records.
+    overrides: Overrides,
     state_file: Option<PathBuf>,
     next_generation: u64,
     /// Bumped by every full rebuild of the view.
@@ -293,18 +299,22 @@ impl Health {
             Some(path) => Overrides::load(path)?,
             None => Overrides::empty(),
         };
-        if !overrides.drained_regions.is_empty() {
-            info!(regions = ?overrides.drained_regions, "drained regions loaded from state file");
+        if !overrides.drained_regions.is_empty() || !overrides.drained_targets.is_empty() {
+            info!(
+                regions = ?overrides.drained_regions,
+                targets = ?overrides.drained_targets,
+                "drains loaded from state file"
+            );
         }
         let inner = Arc::new(Inner {
             view: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
             view_lock: Mutex::new(0),
+            peers: ArcSwap::from_pointee(PeerVotes::default()),
             table: Mutex::new(Table {
                 targets: HashMap::new(),
                 known_regions: HashSet::new(),
                 known_addresses: HashSet::new(),
-                drained: overrides.drained_regions,
-                drained_targets: overrides.drained_targets,
+                overrides,
                 state_file: config.server.state_file.clone(),
                 next_generation: 0,
                 epoch: 0,
@@ -373,38 +383,110 @@ impl Health {
     }
 
     /// Withdraws `region` from every answer and persists it. Returns whether anything changed.
+    #[cfg(test)]
     pub(crate) async fn drain(&self, region: &str) -> Result<bool, HealthError> {
-        self.set_drained(region, true).await
+        let subject = Subject::Region(region.to_string());
+        self.set_drain(&subject, Some(Drain::now(""))).await
     }
 
     /// Puts `region` back into answers and persists it. Returns whether anything changed.
+    #[cfg(test)]
     pub(crate) async fn undrain(&self, region: &str) -> Result<bool, HealthError> {
-        self.set_drained(region, false).await
+        self.set_drain(&Subject::Region(region.to_string()), None)
+            .await
     }
 
-    /// Withdraws the target `address` from every answer of every service, and persists it.
-    /// Returns true when this changed anything; an address no endpoint has is an error.
-    pub(crate) async fn drain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
-        self.set_target_drained(address, true).await
+    /// Returns an error when `subject` cannot be drained: a region the config does not define
+    /// or an address no endpoint has.
+    pub(crate) fn check_drainable(&self, subject: &Subject) -> Result<(), HealthError> {
+        let table = self.inner.lock();
+        match subject {
+            Subject::Region(r) if !table.known_regions.contains(r) => {
+                Err(HealthError::UnknownRegion(r.clone()))
+            }
+            Subject::Target(a) if !table.known_addresses.contains(a) => {
+                Err(HealthError::UnknownTarget(*a))
+            }
+            _ => Ok(()),
+        }
     }
 
-    /// Undoes [`Health::drain_target`].
-    pub(crate) async fn undrain_target(&self, address: IpAddr) -> Result<bool, HealthError> {
-        self.set_target_drained(address, false).await
+    /// Drains `subject` with `record` (`Some`, after [`Health::check_drainable`]) or undrains
+    /// it (`None`), writes the state file, then publishes. Returns whether it changed.
+    pub(crate) async fn set_drain(
+        &self,
+        subject: &Subject,
+        record: Option<Drain>,
+    ) -> Result<bool, HealthError> {
+        if record.is_some() {
+            self.check_drainable(subject)?;
+        }
+        let drained = record.is_some();
+        let changed = self.update_overrides(|o| o.set(subject, record)).await?;
+        if changed {
+            let what = if drained { "drained" } else { "undrained" };
+            info!(%subject, "{what}");
+        }
+        Ok(changed)
     }
 
-    /// Returns the drained target addresses, sorted.
-    pub(crate) fn drained_targets(&self) -> Vec<IpAddr> {
-        self.inner.lock().drained_targets.iter().copied().collect()
+    /// Replaces every drain with `overrides` (the fleet's, read from the store), writes the
+    /// state file (the cache) and publishes. Returns whether any drain changed.
+    pub(crate) async fn replace_drains(&self, overrides: Overrides) -> Result<bool, HealthError> {
+        self.update_overrides(move |o| {
+            let changed = o.drained_regions != overrides.drained_regions
+                || o.drained_targets != overrides.drained_targets;
+            *o = overrides;
+            changed
+        })
+        .await
+    }
+
+    /// Ends the drains whose expiry has passed at `now`; returns what ended.
+    pub(crate) async fn expire_drains(&self, now: SystemTime) -> Result<Vec<Subject>, HealthError> {
+        let mut gone = Vec::new();
+        self.update_overrides(|o| {
+            gone = o.expire(now);
+            !gone.is_empty()
+        })
+        .await?;
+        for s in &gone {
+            info!(subject = %s, "drain expired");
+        }
+        Ok(gone)
+    }
+
+    /// Returns the drains with their records.
+    pub(crate) fn drains(&self) -> Overrides {
+        self.inner.lock().overrides.clone()
     }
 
     /// Returns the drained regions, sorted.
     pub(crate) fn drained_regions(&self) -> Vec<String> {
-        self.inner.lock().drained.iter().cloned().collect()
+        let table = self.inner.lock();
+        table.overrides.drained_regions.iter().cloned().collect()
+    }
+
+    /// Sets the fleet's votes and republishes the view with the agreed states.
+    pub(crate) fn set_peer_votes(&self, votes: PeerVotes) {
+        self.inner.peers.store(Arc::new(votes));
+        let mut table = self.inner.lock();
+        self.inner.publish(&mut table);
+    }
+
+    /// Returns this instance's own state of every probed target (for publishing to the fleet).
+    pub(crate) fn local_states(&self) -> Vec<(TargetKey, State, Option<SystemTime>)> {
+        let table = self.inner.lock();
+        table
+            .targets
+            .iter()
+            .map(|(k, t)| (k.clone(), t.state.state(), t.state.since()))
+            .collect()
     }
 
     /// Returns every target's state, sorted by check name, then address.
     pub(crate) fn status(&self) -> Vec<TargetStatus> {
+        let peers = self.inner.peers.load();
         let table = self.inner.lock();
         let mut out: Vec<TargetStatus> = table
             .targets
@@ -415,10 +497,16 @@ impl Health {
                 kind: t.check.kind.as_str(),
                 regions: t.regions.clone(),
                 state: t.state.state(),
-                forced: table.drained_targets.contains(&key.address)
-                    || t.regions.iter().any(|r| table.drained.contains(r)),
+                forced: table.overrides.drained_targets.contains(&key.address)
+                    || t.regions
+                        .iter()
+                        .any(|r| table.overrides.drained_regions.contains(r)),
                 since: t.state.since(),
                 last_check: t.state.last().cloned(),
+                fleet: peers
+                    .quorum
+                    .is_some()
+                    .then(|| peers.agree(key, t.state.state())),
             })
             .collect();
         out.sort_by(|a, b| (&a.check, a.address).cmp(&(&b.check, b.address)));
@@ -456,75 +544,25 @@ impl Health {
         self.inner.tracker.wait().await;
     }
 
-    async fn set_drained(&self, region: &str, drained: bool) -> Result<bool, HealthError> {
-        let changed = self
-            .update_overrides(|table| {
-                if drained && !table.known_regions.contains(region) {
-                    return Err(HealthError::UnknownRegion(region.to_string()));
-                }
-                let mut next = table.drained.clone();
-                let changed = if drained {
-                    next.insert(region.to_string())
-                } else {
-                    next.remove(region)
-                };
-                Ok(changed.then(|| (next, table.drained_targets.clone())))
-            })
-            .await?;
-        if changed {
-            let what = if drained { "drained" } else { "undrained" };
-            info!(region = %region, "region {what}");
-        }
-        Ok(changed)
-    }
-
-    async fn set_target_drained(
-        &self,
-        address: IpAddr,
-        drained: bool,
-    ) -> Result<bool, HealthError> {
-        let changed = self
-            .update_overrides(|table| {
-                if drained && !table.known_addresses.contains(&address) {
-                    return Err(HealthError::UnknownTarget(address));
-                }
-                let mut next = table.drained_targets.clone();
-                let changed = if drained {
-                    next.insert(address)
-                } else {
-                    next.remove(&address)
-                };
-                Ok(changed.then(|| (table.drained.clone(), next)))
-            })
-            .await?;
-        if changed {
-            let what = if drained { "drained" } else { "undrained" };
-            info!(target = %address, "target {what}");
-        }
-        Ok(changed)
-    }
-
-    /// Computes new drains with `change` (None: nothing changes), writes them to the state
-    /// file first (so a failed write changes nothing), then publishes them. Returns whether
-    /// anything changed.
+    /// Changes the drains with `change` (which returns whether anything changed) on a copy,
+    /// writes the copy to the state file first (so a failed write changes nothing), then
+    /// publishes it. Returns whether the drained sets changed.
     async fn update_overrides(
         &self,
-        change: impl FnOnce(&Table) -> Result<Option<(BTreeSet<String>, BTreeSet<IpAddr>)>, HealthError>,
+        change: impl FnOnce(&mut Overrides) -> bool,
     ) -> Result<bool, HealthError> {
         let _write = self.inner.write_lock.lock().await;
-        let (regions, targets, path) = {
+        let (next, path) = {
             let table = self.inner.lock();
-            match change(&table)? {
-                None => return Ok(false),
-                Some((regions, targets)) => (regions, targets, table.state_file.clone()),
+            let mut next = table.overrides.clone();
+            let changed = change(&mut next);
+            if !changed && next == table.overrides {
+                return Ok(false);
             }
+            (next, table.state_file.clone())
         };
         if let Some(path) = path {
-            let overrides = Overrides {
-                drained_regions: regions.clone(),
-                drained_targets: targets.clone(),
-                ..Overrides::empty()
-            };
+            let overrides = next.clone();
             tokio::task::spawn_blocking(move || overrides.save(&path))
                 .await
                 .map_err(|e| OverridesError::Write {
@@ -533,10 +571,11 @@ impl Health {
                 })??;
         }
         let mut table = self.inner.lock();
-        table.drained = regions;
-        table.drained_targets = targets;
+        let changed = table.overrides.drained_regions != next.drained_regions
+            || table.overrides.drained_targets != next.drained_targets;
+        table.overrides = next;
         self.inner.publish_drains(&table);
-        Ok(true)
+        Ok(changed)
     }
 
     fn apply(&self, config: &Config, is_reload: bool) -> ReloadSummary {
@@ -601,11 +640,7 @@ impl Health {
         if is_reload && table.state_file != config.server.state_file {
             table.state_file = config.server.state_file.clone();
             if let Some(path) = &table.state_file {
-                let overrides = Overrides {
-                    drained_regions: table.drained.clone(),
-                    drained_targets: table.drained_targets.clone(),
-                    ..Overrides::empty()
-                };
+                let overrides = table.overrides.clone();
                 // Reload is rare; a short blocking write keeps the new file in step at once.
                 if let Err(error) = overrides.save(path) {
                     warn!(%error, "cannot write drains to the new state file");
@@ -650,15 +685,17 @@ impl Inner {
 
     /// Builds a whole view from the table and swaps it in (start, reload: O(targets)).
     fn publish(&self, table: &mut Table) {
+        let peers = self.peers.load();
         let mut view = HealthView::with_capacity(table.targets.len());
         for (key, t) in &table.targets {
-            let state = t.state.state();
+            // In a fleet the view holds the agreed state: the one withdrawal rule follows it.
+            let state = peers.agreed_state(key, t.state.state());
             if state != State::Unknown {
                 view.set_state(key.address, &key.check, state);
             }
         }
-        view.set_drained(table.drained.iter().cloned());
-        view.set_drained_targets(table.drained_targets.iter().copied());
+        view.set_drained(table.overrides.drained_regions.iter().cloned());
+        view.set_drained_targets(table.overrides.drained_targets.iter().copied());
         let mut epoch = self.lock_view();
         table.epoch += 1;
         *epoch = table.epoch;
@@ -669,8 +706,8 @@ impl Inner {
     fn publish_drains(&self, table: &Table) {
         let _epoch = self.lock_view();
         let mut view = HealthView::clone(&self.view.load());
-        view.set_drained(table.drained.iter().cloned());
-        view.set_drained_targets(table.drained_targets.iter().copied());
+        view.set_drained(table.overrides.drained_regions.iter().cloned());
+        view.set_drained_targets(table.overrides.drained_targets.iter().copied());
         self.view.store(Arc::new(view));
     }
 
@@ -681,6 +718,7 @@ impl Inner {
         if *current != epoch {
             return;
         }
+        let state = self.peers.load().agreed_state(key, state);
         let mut view = HealthView::clone(&self.view.load());
         view.set_state(key.address, &key.check, state);
         self.view.store(Arc::new(view));

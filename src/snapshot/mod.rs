@@ -227,6 +227,9 @@ impl Reloader {
         {
             warn!("listen addresses changed: they take effect at the next restart");
         }
+        if old.config.cluster != snapshot.config.cluster {
+            warn!("[cluster] changed: it takes effect at the next restart");
+        }
         let config = snapshot.config.clone();
         // The snapshot first, then the health view derived from its config. The answer path
         // loads the two cells independently, so between the two stores it pairs one new cell

@@ -1,8 +1,10 @@
 //! Real local backends for health checks: HTTP servers and TCP listeners on 127.0.0.x that a
-//! test can stop, restart, slow down, or switch to a failing status or a wrong body.
+//! test can stop, restart, slow down, or switch to a failing status or a wrong body, and that
+//! can fail only the probes coming from some source addresses (one instance of a fleet).
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,6 +29,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     hits: Arc<AtomicUsize>,
+    refused: Arc<Mutex<HashSet<IpAddr>>>,
     running: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
@@ -37,6 +40,7 @@ impl Backend {
             addr,
             mode: Arc::new(Mutex::new(Mode::Healthy)),
             hits: Arc::new(AtomicUsize::new(0)),
+            refused: Arc::new(Mutex::new(HashSet::new())),
             running: None,
         };
         b.up()?;
@@ -46,6 +50,11 @@ impl Backend {
     /// Switches what it answers.
     pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Answers 503 to requests from these source addresses (and as `mode` says to the rest).
+    pub fn refuse_from(&self, sources: &[&str]) {
+        *self.refused.lock().unwrap() = sources.iter().map(|s| s.parse().unwrap()).collect();
     }
 
     /// Returns the number of requests served so far.
@@ -71,6 +80,7 @@ impl Backend {
         let listener = TcpListener::bind(self.addr)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (mode, hits, flag) = (self.mode.clone(), self.hits.clone(), stop.clone());
+        let refused = self.refused.clone();
         let handle = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if flag.load(Ordering::SeqCst) {
@@ -78,6 +88,9 @@ impl Backend {
                 }
                 let Ok(mut conn) = conn else { continue };
                 let (mode, hits) = (mode.clone(), hits.clone());
+                let refuse = conn
+                    .peer_addr()
+                    .is_ok_and(|p| refused.lock().unwrap().contains(&p.ip()));
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut buf = [0u8; 2048];
@@ -91,6 +104,7 @@ impl Backend {
                     hits.fetch_add(1, Ordering::SeqCst);
                     let mode = mode.lock().unwrap().clone();
                     let (status, body) = match mode {
+                        _ if refuse => (503, "refused"),
                         Mode::Healthy => (200, "ok"),
                         Mode::Status(s) => (s, "ok"),
                         Mode::WrongBody => (200, "maintenance"),

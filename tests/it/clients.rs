@@ -165,6 +165,59 @@ fn issue_9_a_client_network_holding_its_tcp_cap_does_not_keep_another_network_ou
     }
 }
 
+#[test]
+fn issue_9_a_tcp_client_that_stops_reading_loses_its_connection_after_the_write_timeout() {
+    // One connection per network, 1 s timeouts: a client that never reads its answers holds
+    // its network's only slot until the server gives up writing.
+    let dir = tempfile::tempdir().unwrap();
+    let zone = big_zone(dir.path(), 240);
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\
+         tcp_idle_timeout = \"1s\"\ntcp_max_connections_per_network = 1\n{zone}"
+    ));
+    let q = query("big.example.org.", RecordType::TXT).to_vec().unwrap();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    // A small receive window, so that the server's writes stall soon.
+    let stalled = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stalled.set_recv_buffer_size(4096).unwrap();
+    stalled
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    stalled
+        .connect_timeout(&s.dns.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stalled: TcpStream = stalled.into();
+    // 200 queries for ~63 kB answers (12 MB): far more than the socket buffers hold.
+    stalled
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for _ in 0..200 {
+        if stalled.write_all(&framed).is_err() {
+            break;
+        }
+    }
+    let t = Instant::now();
+    let small = query("example.org.", RecordType::SOA).to_vec().unwrap();
+    loop {
+        let mut c = connect_from("127.0.0.3".parse().unwrap(), s.dns).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if ask_on(&mut c, &small).is_ok() {
+            break;
+        }
+        assert!(
+            t.elapsed() < BOUND,
+            "the stalled connection still holds the slot after {BOUND:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "slot freed {:?} after the client stopped reading",
+        t.elapsed()
+    );
+    drop(stalled);
+}
+
 /// A zone with one TXT RRset of `count` 250-byte strings at `big.example.org.`.
 fn big_zone(dir: &std::path::Path, count: usize) -> String {
     let mut z = String::from(
@@ -351,6 +404,9 @@ fn issue_9_admin_errors_are_json_for_every_status_including_413() {
     // 404, 405 and a 400 from a handler.
     check(404, http(admin, "GET", "/nope", &[], ""));
     check(405, http(admin, "GET", "/reload", &[], ""));
+    // axum's own path rejection (plain text from axum: not UTF-8) comes out as JSON too.
+    let e = check(400, http(admin, "POST", "/regions/%FF/drain", &[], ""));
+    assert!(!e.contains("required"), "{e}");
     check(
         400,
         http(admin, "POST", "/regions/us-east/drain", &[], "{not json"),

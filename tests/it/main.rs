@@ -6,6 +6,7 @@ mod admin;
 mod backend;
 mod cli;
 mod clients;
+mod cluster;
 mod dns;
 mod dnssec;
 mod edges;
