@@ -535,7 +535,8 @@ impl Inner {
             .map(|(k, s, since)| (k, (s, since)))
             .collect();
         let keys: Vec<TargetKey> = session.dirty.iter().cloned().collect();
-        for k in keys {
+        let mut ops = Vec::with_capacity(keys.len());
+        for k in &keys {
             let key = format!(
                 "{}/health/{}/{}/{}",
                 self.prefix(),
@@ -543,7 +544,7 @@ impl Inner {
                 k.check,
                 k.address
             );
-            match states.get(&k) {
+            match states.get(k) {
                 // Not probed yet: no vote.
                 Some((State::Unknown, _)) => {}
                 Some((state, since)) => {
@@ -553,15 +554,15 @@ impl Inner {
                     };
                     // Serializing two strings cannot fail.
                     let value = serde_json::to_vec(&record).expect("vote serializes");
-                    self.writes.fetch_add(1, Ordering::Relaxed);
-                    self.etcd.put(&key, &value, session.lease).await?;
+                    ops.push((key, Some(value)));
                 }
                 // No longer probed here (a reload removed it): withdraw the vote.
-                None => {
-                    self.writes.fetch_add(1, Ordering::Relaxed);
-                    self.etcd.delete(&key).await?;
-                }
+                None => ops.push((key, None)),
             }
+        }
+        self.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        self.etcd.put_many(&ops, session.lease).await?;
+        for k in keys {
             session.dirty.remove(&k);
         }
         Ok(())
