@@ -35,7 +35,7 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 use crate::health::HealthView;
 use crate::metrics::Metrics;
-use crate::policy::{Client, Family, Outcome};
+use crate::policy::{Family, Outcome};
 use crate::snapshot::{Dynamic, Snapshot, name_to_wire};
 use crate::zone::{End, Zone};
 use response::{Answer, Head, Opt, Sections};
@@ -497,14 +497,14 @@ impl<'a, 'q> Asked<'a, 'q> {
             .as_ref()
             .and_then(|e| e.ecs)
             .filter(|e| e.source > 0 && d.service().service().ecs);
-        let located = self.snap.geo.locate(ecs.map_or(self.client, |e| e.addr));
-        let client = Client {
-            located: &located,
-            ecs_source_prefix: ecs.map(|e| e.source),
-        };
-        let decision = d
-            .service()
-            .decide(&client, family, self.health, rand::random());
+        let decision = d.service().decide_at(
+            &self.snap.geo,
+            ecs.map_or(self.client, |e| e.addr),
+            ecs.map(|e| e.source),
+            family,
+            self.health,
+            rand::random(),
+        );
         if ecs.is_some() {
             self.echo_ecs(decision.scope);
         }

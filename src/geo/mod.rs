@@ -387,32 +387,24 @@ impl Geo {
     /// database error gives no location.
     pub(crate) fn locate(&self, queried: IpAddr) -> Located {
         let g = &*self.inner;
-        if queried.is_ipv6() {
-            let bits = Bits::of(queried);
-            if let Some(e) = g.embeddings.iter().find(|e| e.net.contains(bits))
-                && (e.rule == Rule::Ipv4Mapped || g.nets.longest_match(bits).is_none())
-            {
-                let v4 = Ipv4Addr::from(e.rule.extract(bits.bits));
-                let mut located = g.locate_direct(IpAddr::V4(v4));
-                // `[nets]` entries and other embedding networks inside this one answer
-                // differently (IPv4-mapped addresses never reach `[nets]` as IPv6).
-                let mut min_scope = e.net.len;
-                if e.rule != Rule::Ipv4Mapped {
-                    min_scope = g.nets.narrow(min_scope, bits, None);
-                    for o in g.embeddings.iter().filter(|o| o.net != e.net) {
-                        min_scope = prefix::narrow(min_scope, bits, &o.net);
-                    }
-                }
-                located.via = Via {
-                    queried,
-                    rule: e.rule,
-                    prefix_len: e.net.len,
-                    min_scope,
-                };
-                return located;
-            }
+        if let Some((v4, via)) = g.embedded(queried) {
+            let mut located = g.locate_direct(IpAddr::V4(v4));
+            located.via = via;
+            return located;
         }
         g.locate_direct(queried)
+    }
+
+    /// Returns the class `map` gives `queried` and its widest scope (in bits of `queried`'s
+    /// family) without looking at the database: what `map.class` and `map.scope` give for
+    /// `locate(queried)`. `None` where the map cannot tell (then locate).
+    pub(crate) fn class_of(&self, map: &ScopeMap, queried: IpAddr) -> Option<(u32, u8)> {
+        if let Some(hit) = map.lookup(queried) {
+            return Some(hit);
+        }
+        let (v4, via) = self.inner.embedded(queried)?;
+        let (class, inner) = map.lookup(IpAddr::V4(v4))?;
+        Some((class, via.scope(inner)))
     }
 
     /// Returns the scope maps of `n` decision functions; see [`ScopeMap`].
@@ -433,6 +425,35 @@ impl Geo {
 }
 
 impl Inner {
+    /// Returns the IPv4 address `queried` embeds and how, when an embedding rule locates it
+    /// (see [`Geo::locate`]).
+    fn embedded(&self, queried: IpAddr) -> Option<(Ipv4Addr, Via)> {
+        if !queried.is_ipv6() {
+            return None;
+        }
+        let bits = Bits::of(queried);
+        let e = self.embeddings.iter().find(|e| e.net.contains(bits))?;
+        if e.rule != Rule::Ipv4Mapped && self.nets.longest_match(bits).is_some() {
+            return None;
+        }
+        // `[nets]` entries and other embedding networks inside this one answer differently
+        // (IPv4-mapped addresses never reach `[nets]` as IPv6).
+        let mut min_scope = e.net.len;
+        if e.rule != Rule::Ipv4Mapped {
+            min_scope = self.nets.narrow(min_scope, bits, None);
+            for o in self.embeddings.iter().filter(|o| o.net != e.net) {
+                min_scope = prefix::narrow(min_scope, bits, &o.net);
+            }
+        }
+        let via = Via {
+            queried,
+            rule: e.rule,
+            prefix_len: e.net.len,
+            min_scope,
+        };
+        Some((Ipv4Addr::from(e.rule.extract(bits.bits)), via))
+    }
+
     /// Locates `ip` as itself (an IPv6 `ip` is not in an embedding network, or a `[nets]`
     /// entry holds it).
     fn locate_direct(&self, ip: IpAddr) -> Located {

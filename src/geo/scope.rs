@@ -100,6 +100,11 @@ impl<T: Copy + Ord + Into<u128>> Runs<T> {
     /// around `x` inside `x`'s run, or `None` when the run is opaque.
     fn widest(&self, x: T, width: u8) -> Option<u8> {
         let i = self.find(x, width)?;
+        self.widest_at(i, x, width)
+    }
+
+    /// Like [`Runs::widest`] for the run `i` that holds `x`.
+    fn widest_at(&self, i: usize, x: T, width: u8) -> Option<u8> {
         let id = *self.ids.get(i)?;
         if id == OPAQUE {
             return None;
@@ -164,6 +169,25 @@ impl ScopeMap {
             IpAddr::V6(a) => self.v6.widest(u128::from(a), 128)?,
         };
         Some(located.via.scope(inner))
+    }
+
+    /// Returns the class of `ip` itself and the widest scope around it, or `None` where the map
+    /// cannot tell (an embedding network, or a gap the walk did not see).
+    pub(super) fn lookup(&self, ip: IpAddr) -> Option<(u32, u8)> {
+        match ip {
+            IpAddr::V4(a) => {
+                let x = u32::from(a);
+                let i = self.v4.find(x, 32)?;
+                let widest = self.v4.widest_at(i, x, 32)?;
+                Some((self.v4.ids[i], widest))
+            }
+            IpAddr::V6(a) => {
+                let x = u128::from(a);
+                let i = self.v6.find(x, 128)?;
+                let widest = self.v6.widest_at(i, x, 128)?;
+                Some((self.v6.ids[i], widest))
+            }
+        }
     }
 
     /// Returns the number of runs: (IPv4, IPv6).

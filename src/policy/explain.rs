@@ -213,7 +213,7 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         passes: Vec::new(),
         notes: Vec::new(),
     };
-    let decision = svc.run(client, family, health, random, &mut sink);
+    let decision = svc.run(client, family, health, random, None, &mut sink);
     let located = client.located;
     let service = &svc.service;
     let loc = located.location.as_ref();

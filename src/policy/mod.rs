@@ -76,12 +76,12 @@ pub(crate) mod scope;
 mod tests;
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::{Config, Policy, Service, WhenAllDown};
-use crate::geo::{Located, Location, ScopeMap};
+use crate::geo::{Geo, Located, Location, LocationSource, Via};
 use crate::health::{HealthSource, HealthView, State, withdrawal};
 
 pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
@@ -312,7 +312,7 @@ pub struct CompiledService {
     location_independent: bool,
     /// The widest-scope map, once built; shared by services with the same decision function
     /// ([`share_scope_maps`]).
-    scope_map: Arc<OnceLock<ScopeMap>>,
+    scope_map: Arc<scope::Slot>,
 }
 
 impl CompiledService {
@@ -432,7 +432,49 @@ impl CompiledService {
         health: &HealthView,
         random: u64,
     ) -> Decision {
-        self.run(client, family, health, random, &mut NoTrace)
+        self.run(client, family, health, random, None, &mut NoTrace)
+    }
+
+    /// Decides for the client at `addr` (the ECS address, or the resolver's): like locating
+    /// `addr` in `geo` and calling [`CompiledService::decide`], but once the service's scope
+    /// map is built, its class and scope come from the map and the region order from the
+    /// class, without a database lookup (the same answer and scope, by construction).
+    pub(crate) fn decide_at<H: HealthSource + ?Sized>(
+        &self,
+        geo: &Geo,
+        addr: IpAddr,
+        ecs_source_prefix: Option<u8>,
+        family: Family,
+        health: &H,
+        random: u64,
+    ) -> Decision {
+        if let Some(d) = self.scope_map.get()
+            && let Some((class, scope)) = geo.class_of(&d.map, addr)
+            && let Some(order) = d.orders.get(class as usize)
+        {
+            // Only the order and the scope depend on the location for these services
+            // (nearest or geo, not sticky): the rest of the client is a placeholder.
+            let located = Located {
+                ip: addr,
+                location: None,
+                region: None,
+                source: LocationSource::None,
+                prefix_len: scope,
+                via: Via::direct(addr),
+            };
+            let client = Client {
+                located: &located,
+                ecs_source_prefix,
+            };
+            let known = Some((&order[..], scope));
+            return self.run(&client, family, health, random, known, &mut NoTrace);
+        }
+        let located = geo.locate(addr);
+        let client = Client {
+            located: &located,
+            ecs_source_prefix,
+        };
+        self.run(&client, family, health, random, None, &mut NoTrace)
     }
 
     /// Like [`CompiledService::decide`], with any [`HealthSource`].
@@ -443,7 +485,7 @@ impl CompiledService {
         health: &H,
         random: u64,
     ) -> Decision {
-        self.run(client, family, health, random, &mut NoTrace)
+        self.run(client, family, health, random, None, &mut NoTrace)
     }
 
     /// Decides like [`CompiledService::decide`] and records why: the client's location, the
@@ -470,20 +512,22 @@ impl CompiledService {
         explain::explain(self, client, family, health, random)
     }
 
-    /// The decision itself, generic over what records it.
+    /// The decision itself, generic over what records it. `known` is the region order and
+    /// scope when the scope map already gave them (nearest and geo only).
     fn run<H: HealthSource + ?Sized, S: Sink>(
         &self,
         client: &Client<'_>,
         family: Family,
         health: &H,
         random: u64,
+        known: Option<(&[usize], u8)>,
         sink: &mut S,
     ) -> Decision {
         let located = client.located;
         let decision = |outcome| Decision {
             outcome,
             ttl: self.service.ttl,
-            scope: self.scope(located),
+            scope: known.map_or_else(|| self.scope(located), |(_, scope)| scope),
         };
         let fam = family.index();
         if self.family_targets[fam] == 0 {
@@ -534,7 +578,10 @@ impl CompiledService {
                     true
                 }
                 _ => {
-                    let order = self.order(located, &mut *keys);
+                    let order = match known {
+                        Some((order, _)) => Order::list(None, order),
+                        None => self.order(located, &mut *keys),
+                    };
                     self.fill_ordered(order, &mut p)
                 }
             };
@@ -560,7 +607,7 @@ impl CompiledService {
             0
         } else if self.service.sticky {
             located.via.scope(geometry::sticky_prefix(located.ip))
-        } else if let Some(widest) = self.scope_map.get().and_then(|m| m.scope(located)) {
+        } else if let Some(widest) = self.scope_map.get().and_then(|d| d.map.scope(located)) {
             widest
         } else {
             let bits = if located.ip.is_ipv4() { 32 } else { 128 };

@@ -14,10 +14,22 @@ use std::sync::{Arc, OnceLock, Weak};
 use super::CompiledService;
 use crate::geo::{Geo, GeoError, Located, ScopeMap};
 
+/// A built scope map and the region order of each of its classes: with both, a decision needs
+/// no database lookup ([`CompiledService::decide_at`]).
+#[derive(Debug)]
+pub(crate) struct Decisions {
+    pub(crate) map: ScopeMap,
+    /// Class number -> region order (endpoint indices), as `order` gives it.
+    pub(crate) orders: Vec<Box<[usize]>>,
+}
+
+/// A service's slot for its [`Decisions`], filled once by [`ScopeJobs::run`].
+pub(crate) type Slot = OnceLock<Decisions>;
+
 /// Gives services with the same decision function one shared scope-map slot, so that the map
 /// is built and held once.
 pub(crate) fn share_scope_maps<'a>(services: impl IntoIterator<Item = &'a mut CompiledService>) {
-    let mut slots: HashMap<String, Arc<OnceLock<ScopeMap>>> = HashMap::new();
+    let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
     for s in services {
         if let Some(fingerprint) = s.decision_fingerprint() {
             let slot = slots
@@ -39,7 +51,7 @@ pub(crate) struct ScopeJobs {
 struct Job {
     service: CompiledService,
     /// Weak, so that a replaced snapshot's build notices and stops.
-    slot: Weak<OnceLock<ScopeMap>>,
+    slot: Weak<Slot>,
 }
 
 /// What [`ScopeJobs::run`] built.
@@ -117,14 +129,19 @@ impl ScopeJobs {
             decisions: interned.iter().map(HashMap::len).sum(),
             ..ScopeReport::default()
         };
-        for (job, map) in self.jobs.iter().zip(maps) {
+        for ((job, map), ids) in self.jobs.iter().zip(maps).zip(interned) {
             let (v4, v6) = map.runs();
             report.runs_v4 += v4;
             report.runs_v6 += v6;
+            let mut orders: Vec<Box<[usize]>> = vec![Box::default(); ids.len()];
+            for (order, id) in ids {
+                report.bytes += order.len() * std::mem::size_of::<usize>();
+                orders[id as usize] = order.into();
+            }
             report.bytes += map.heap_bytes();
             if let Some(slot) = job.slot.upgrade() {
                 // Only this build fills the slot; a second set would be the same map.
-                let _ = slot.set(map);
+                let _ = slot.set(Decisions { map, orders });
             }
         }
         Ok(Some(report))

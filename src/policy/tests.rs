@@ -1206,3 +1206,88 @@ fn issue_13_sticky_scope_of_an_ipv4_mapped_client_is_in_ipv6_bits() {
     let d = decide(&svc, &mapped, Family::V4, &Health::default());
     assert_eq!(d.scope, 120, "96 + the sticky /24");
 }
+
+/// Issue 13: once the map is built, `decide_at` answers from the map (no database lookup);
+/// it must give exactly what locating and deciding gives, answer and scope, for every kind
+/// of client: database, `[nets]`, no location, IPv4-mapped, 6to4, Teredo, NAT64.
+#[test]
+fn issue_13_decide_at_from_the_map_equals_locate_then_decide() {
+    let text = format!(
+        "{BASE}\n[nets]\n\"10.20.0.0/16\" = \"ap-south\"\n\"2a01:4f8:8::/48\" = \"us-west\"\n\
+         [[service]]\nname = \"a.example.net.\"\npolicy = \"nearest\"\n{FOUR}\n\
+         [[service]]\nname = \"c.example.net.\"\npolicy = \"geo\"\n\
+         geo = {{ \"EU\" = [\"eu-west\"], \"JP\" = [\"ap-south\", \"us-west\"], default = [\"us-east\"] }}\n{FOUR}"
+    );
+    let config = crate::config::parse_str(&config_path(), &text).unwrap();
+    let mut services: Vec<CompiledService> = config
+        .services
+        .iter()
+        .map(|s| CompiledService::new(s, &config))
+        .collect();
+    share_scope_maps(services.iter_mut());
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("geodata/sample.mmdb");
+    let geo = crate::geo::Geo::open(
+        Some(&sample),
+        &config.nets,
+        &crate::geo::Transition::default(),
+    )
+    .unwrap();
+    ScopeJobs::new(services.iter()).run(&geo).unwrap().unwrap();
+    let health = Health::down(&[EU_WEST]);
+    let mut addrs: Vec<IpAddr> = [
+        "2.16.0.1",
+        "2.18.5.5",
+        "24.0.0.1",
+        "126.0.0.1",
+        "10.20.1.1",
+        "10.21.1.1",
+        "8.8.8.8",
+        "198.51.100.7",
+        "::ffff:2.16.0.1",
+        "::2.16.0.1",
+        "2002:210::1",
+        "64:ff9b::2.16.0.1",
+        "2001:0:4136:e378:8000:63bf:fdef:fffe",
+        "2a01:4f8::1",
+        "2a01:4f8:8::1",
+        "2001:db8:1::1",
+        "2804:14c::1",
+        "fd00::1",
+        "::1",
+    ]
+    .iter()
+    .map(|a| ip(a))
+    .collect();
+    // And a spread over both families.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..500 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        addrs.push(IpAddr::V4(std::net::Ipv4Addr::from((x >> 32) as u32)));
+        addrs.push(IpAddr::V6(std::net::Ipv6Addr::from(
+            (u128::from(x) << 64 | u128::from(x.rotate_left(17))) >> 3 | (1 << 125),
+        )));
+    }
+    for svc in &services {
+        // The fast path is taken for nearly all of them (not for gaps the walk did not see).
+        let d = svc.scope_map.get().expect("built");
+        let known = addrs
+            .iter()
+            .filter(|a| geo.class_of(&d.map, **a).is_some())
+            .count();
+        assert!(known * 10 > addrs.len() * 9, "{known} of {}", addrs.len());
+        for &addr in &addrs {
+            for family in [Family::V4, Family::V6] {
+                let located = geo.locate(addr);
+                let client = Client {
+                    located: &located,
+                    ecs_source_prefix: Some(24),
+                };
+                let slow = svc.decide_with(&client, family, &health, 7);
+                let fast = svc.decide_at(&geo, addr, Some(24), family, &health, 7);
+                assert_eq!(fast, slow, "{} {addr} {family:?}", svc.service().name);
+            }
+        }
+    }
+}
