@@ -37,8 +37,7 @@ fn main() {
             std::process::exit(2)
         })
     };
-    let limit = farm::raise_fd_limit();
-    eprintln!("open-file limit: {limit}");
+    farm::raise_fd_limit();
     let meridian = PathBuf::from(arg(1));
     match arg(0) {
         "load" => {
@@ -61,7 +60,111 @@ fn main() {
             arg(4).parse().unwrap(),
         ),
         "withdraw" => withdraw(&meridian, arg(2).parse().unwrap()),
+        // A second farm process: backends FIRST..FIRST+COUNT on PORT (see `Farms`).
+        "farm" => {
+            let kind = if arg(4) == "http" {
+                Kind::Http
+            } else {
+                Kind::Tcp
+            };
+            let farm = Farm::start_at(
+                arg(1).parse().unwrap(),
+                arg(2).parse().unwrap(),
+                kind,
+                Some(arg(3).parse().unwrap()),
+            );
+            println!("started");
+            let mut out = std::io::stdout();
+            loop {
+                if writeln!(out, "{} {}", farm.requests(), farm.accepts()).is_err() {
+                    return;
+                }
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         other => panic!("unknown mode {other}"),
+    }
+}
+
+/// Backends split over this process and, past [`LOCAL_BACKENDS`], a second one (each HTTP
+/// backend needs two descriptors in the farm: its listener and the kept connection, and one
+/// process may not have 20,000).
+struct Farms {
+    local: Farm,
+    remote: Option<(Child, Arc<[std::sync::atomic::AtomicU64; 2]>)>,
+    addrs: Vec<std::net::IpAddr>,
+}
+
+/// Backends served by this process.
+const LOCAL_BACKENDS: usize = 5000;
+
+impl Farms {
+    fn start(count: usize, kind: Kind) -> Farms {
+        let local = Farm::start(count.min(LOCAL_BACKENDS), kind);
+        let mut addrs = local.addrs.clone();
+        let mut remote = None;
+        if count > LOCAL_BACKENDS {
+            let rest = count - LOCAL_BACKENDS;
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "farm",
+                    &LOCAL_BACKENDS.to_string(),
+                    &rest.to_string(),
+                    &local.port.to_string(),
+                    if kind == Kind::Http { "http" } else { "tcp" },
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn the second farm");
+            let counts = Arc::new([
+                std::sync::atomic::AtomicU64::new(0),
+                std::sync::atomic::AtomicU64::new(0),
+            ]);
+            let mut lines =
+                std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+            assert_eq!(lines.next().unwrap().unwrap(), "started");
+            let c = counts.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    let mut it = line.split(' ').map(|v| v.parse::<u64>().unwrap_or(0));
+                    c[0].store(it.next().unwrap_or(0), Ordering::Relaxed);
+                    c[1].store(it.next().unwrap_or(0), Ordering::Relaxed);
+                }
+            });
+            addrs.extend((LOCAL_BACKENDS..count).map(farm::farm_addr));
+            remote = Some((child, counts));
+        }
+        Farms {
+            local,
+            remote,
+            addrs,
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.local.requests()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |(_, c)| c[0].load(Ordering::Relaxed))
+    }
+
+    fn accepts(&self) -> u64 {
+        self.local.accepts()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |(_, c)| c[1].load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Farms {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.remote {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -74,6 +177,20 @@ struct Meridian {
     started: Instant,
 }
 
+impl Meridian {
+    /// Panics with the end of meridian's log when it is no longer running.
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(self.dir.join("meridian.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "meridian exited with {status}; its last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
 impl Drop for Meridian {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -83,6 +200,10 @@ impl Drop for Meridian {
 }
 
 fn config(farm: &Farm, kind: Kind, check_extra: &str) -> String {
+    config_for(&farm.addrs, farm.port, kind, check_extra)
+}
+
+fn config_for(addrs: &[std::net::IpAddr], port: u16, kind: Kind, check_extra: &str) -> String {
     let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/example.net.zone");
     let mut out = format!(
         "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
@@ -101,10 +222,9 @@ fn config(farm: &Farm, kind: Kind, check_extra: &str) -> String {
         Kind::Tcp => "kind = \"tcp\"",
     };
     out.push_str(&format!(
-        "[check.web]\n{kind}\nport = {}\ninterval = \"1s\"\n{check_extra}\n",
-        farm.port
+        "[check.web]\n{kind}\nport = {port}\ninterval = \"1s\"\n{check_extra}\n"
     ));
-    for (s, chunk) in farm.addrs.chunks(REGIONS.len()).enumerate() {
+    for (s, chunk) in addrs.chunks(REGIONS.len()).enumerate() {
         let endpoints: Vec<String> = chunk
             .iter()
             .zip(REGIONS)
@@ -201,16 +321,15 @@ fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// (utime + stime) in seconds, and VmRSS and VmHWM in MiB, of `pid`.
-fn usage(pid: u32) -> (f64, f64, f64) {
+/// utime and stime in seconds, and VmRSS and VmHWM in MiB, of `pid`.
+fn usage_split(pid: u32) -> (f64, f64, f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     // SAFETY: sysconf reads a constant.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / tck;
+    let user = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / tck;
+    let system = f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / tck;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -220,7 +339,7 @@ fn usage(pid: u32) -> (f64, f64, f64) {
             .unwrap_or(0.0)
             / 1024.0
     };
-    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+    (user, system, kb("VmRSS:"), kb("VmHWM:"))
 }
 
 /// A DNS query for the SOA of example.net., with a 2-byte length prefix.
@@ -279,10 +398,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Waits until the probe rate over the trailing second reaches 95 % of `targets` per second;
 /// returns the time since `since`.
 fn wait_steady(farm: &Farm, targets: usize, since: Instant, bound: Duration) -> Option<Duration> {
-    let mut samples: Vec<(Instant, u64)> = vec![(Instant::now(), farm.requests())];
+    wait_steady_by(&|| farm.requests(), targets, since, bound)
+}
+
+fn wait_steady_by(
+    requests: &dyn Fn() -> u64,
+    targets: usize,
+    since: Instant,
+    bound: Duration,
+) -> Option<Duration> {
+    let mut samples: Vec<(Instant, u64)> = vec![(Instant::now(), requests())];
     while since.elapsed() < bound {
         std::thread::sleep(Duration::from_millis(50));
-        let now = (Instant::now(), farm.requests());
+        let now = (Instant::now(), requests());
         samples.push(now);
         let window: Vec<&(Instant, u64)> = samples
             .iter()
@@ -298,10 +426,15 @@ fn wait_steady(farm: &Farm, targets: usize, since: Instant, bound: Duration) -> 
 }
 
 fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
-    let farm = Farm::start(targets, kind);
-    let m = start(
+    let farm = Farms::start(targets, kind);
+    let mut m = start(
         meridian,
-        &config(&farm, kind, "timeout = \"500ms\"\nrise = 2\nfall = 2\n"),
+        &config_for(
+            &farm.addrs,
+            farm.local.port,
+            kind,
+            "timeout = \"500ms\"\nrise = 2\nfall = 2\n",
+        ),
     );
     let pid = m.child.id();
     let stop = Arc::new(AtomicBool::new(false));
@@ -318,17 +451,27 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
         }
         at
     };
-    let steady = wait_steady(&farm, targets, m.started, Duration::from_secs(60));
+    let steady = wait_steady_by(
+        &|| farm.requests(),
+        targets,
+        m.started,
+        Duration::from_secs(60),
+    );
     // DNS latency during the start: from spawn to two intervals after steady.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let mut lat = dns_lat.join().unwrap();
     lat.sort_by(f64::total_cmp);
-    let (cpu0, _, _) = usage(pid);
+    m.assert_alive();
+    let (user0, sys0, _, _) = usage_split(pid);
+    let cpu0 = user0 + sys0;
+    let load0 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let (t0, r0) = (Instant::now(), farm.requests());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (cpu1, rss, hwm) = usage(pid);
+    let (user1, sys1, rss, hwm) = usage_split(pid);
+    let cpu1 = user1 + sys1;
     let (t1, r1) = (Instant::now(), farm.requests());
+    m.assert_alive();
     let wall = t1.duration_since(t0).as_secs_f64();
     let down = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
     let errors = metric(m.admin, "meridian_probe_errors_total", "");
@@ -336,7 +479,8 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     println!(
         "load {kind} targets={targets} ready_s={:.2} steady_s={:.2} cpu_share={:.3} \
          rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} connections={} \
-         false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={}",
+         false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={} \
+         user_share={:.3} system_share={:.3} loadavg={}",
         ready_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         steady.map_or(f64::NAN, |d| d.as_secs_f64()),
         (cpu1 - cpu0) / wall,
@@ -348,6 +492,9 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN),
         lat.len(),
+        (user1 - user0) / wall,
+        (sys1 - sys0) / wall,
+        load0.split_whitespace().next().unwrap_or("?"),
     );
 }
 

@@ -221,10 +221,9 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     ));
     admin_tasks.close();
     health.begin_on(&snapshot.load().config, side.handle());
-    info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
-
     wait_for_signals(&reloader).await?;
     info!("shutting down");
+    crate::sd_notify::notify("STOPPING=1");
     token.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, dns_tasks.wait())
         .await
@@ -304,6 +303,11 @@ async fn wait_for_signals(reloader: &Reloader) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    // Started only now that the signals are handled: a SIGTERM or SIGHUP sent by whoever waits
+    // for this line (tests, systemd's Type=notify) must not meet the default action, which
+    // kills the process.
+    info!(version = env!("CARGO_PKG_VERSION"), "meridian started");
+    crate::sd_notify::notify("READY=1");
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

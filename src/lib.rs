@@ -20,6 +20,7 @@
 //! - [`snapshot`]: the immutable [`snapshot::Snapshot`] (config, zones, GeoIP, services keyed by
 //!   wire name), its load/check, reload and `explain`; below `dns`, `admin` and `notify`.
 //! - `watch`: reloads by itself when the config, a zone file or the GeoIP database changes.
+//! - `sd_notify`: tells systemd (`Type=notify`) when the server is ready and when it stops.
 //! - [`app`]: binds, spawns, handles signals and shuts down in order.
 //! - [`rlimit`]: the open-file limit the config needs, raised at start.
 //! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
@@ -47,6 +48,7 @@ pub(crate) mod outage;
 pub mod policy;
 pub(crate) mod query_log;
 pub mod rlimit;
+mod sd_notify;
 pub mod snapshot;
 mod watch;
 pub(crate) mod zone;

@@ -424,3 +424,37 @@ fn issue_11_json_logs_are_one_object_per_line_with_stable_field_names() {
         "{line}"
     );
 }
+
+/// Issue 11: under systemd (`Type=notify`) the server says READY=1 once it answers, and
+/// STOPPING=1 on SIGTERM, on the datagram socket `$NOTIFY_SOCKET` names.
+#[test]
+fn issue_11_serve_notifies_systemd_when_ready_and_when_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n{ZONE}"
+        )),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::harness::binary())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("MERIDIAN_LOG_FORMAT")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // SAFETY: kill(2) with the pid of a child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let n = sock.recv(&mut buf).expect("STOPPING=1 within 30 s");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

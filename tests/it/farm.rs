@@ -78,16 +78,22 @@ pub fn raise_fd_limit() -> u64 {
 impl Farm {
     /// Starts `count` backends of `kind`. Panics when no common port is free after a few tries.
     pub fn start(count: usize, kind: Kind) -> Farm {
+        Self::start_at(0, count, kind, None)
+    }
+
+    /// Starts backends `first..first + count` of `kind`, on `port` when given (else on a free
+    /// one). Panics when that fails (after a few tries for a free port).
+    pub fn start_at(first: usize, count: usize, kind: Kind, port: Option<u16>) -> Farm {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("farm")
             .enable_all()
             .build()
             .expect("farm runtime");
-        let addrs: Vec<IpAddr> = (0..count).map(farm_addr).collect();
+        let addrs: Vec<IpAddr> = (first..first + count).map(farm_addr).collect();
         let shared = Arc::new(Shared::default());
         for _attempt in 0..20 {
-            let first = std::net::TcpListener::bind(SocketAddr::new(addrs[0], 0)).unwrap();
+            let first = bind(SocketAddr::new(addrs[0], port.unwrap_or(0))).unwrap();
             let port = first.local_addr().unwrap().port();
             let mut listeners = vec![first];
             let mut ok = true;

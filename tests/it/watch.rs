@@ -113,6 +113,8 @@ endpoints = [
             .log_text()
             .contains("watched files changed, reloading")
     );
+    // The answer moves when the snapshot is swapped; the line comes just after.
+    assert!(server.wait_log("configuration reloaded", WAIT));
     assert_eq!(count(&server, "configuration reloaded"), 1);
 }
 
@@ -195,6 +197,10 @@ fn issue_11_a_swapped_configmap_data_symlink_is_reloaded_and_a_broken_one_is_ref
     version(&d, "..v4", &service_config("192.0.2.4", "30"));
     swap_data(&d, "..v4");
     wait_for_answer(&server, "api.example.net", "192.0.2.0", "192.0.2.4");
+    let start = Instant::now();
+    while count(&server, "configuration reloaded") < 2 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(count(&server, "automatic reload failed"), 1);
     assert_eq!(count(&server, "configuration reloaded"), 2);
 }
