@@ -186,6 +186,8 @@ pub(crate) struct Metrics {
     /// `meridian_dns_queries_total`.
     pub(crate) dns: DnsCounters,
     answers: Family<ServiceRegionFamily, Counter>,
+    /// Every answer counter handed out, to read them all (the status page's traffic share).
+    answer_handles: std::sync::Mutex<Vec<(String, String, Counter)>>,
     /// `meridian_dns_ecs_queries_total{ecs="yes"}`: one atomic add, no lock.
     pub(crate) ecs_yes: Counter,
     /// `meridian_dns_ecs_queries_total{ecs="no"}`: one atomic add, no lock.
@@ -222,6 +224,7 @@ impl Default for Metrics {
         let metrics = Self {
             dns: DnsCounters::default(),
             answers: Family::default(),
+            answer_handles: std::sync::Mutex::new(Vec::new()),
             ecs_yes,
             ecs_no,
             ecs,
@@ -259,11 +262,34 @@ impl Metrics {
         region: &str,
         family: &str,
     ) -> AnswerCounter {
-        self.answers.get_or_create_owned(&[
+        let labels = [
             ("service", service.to_string()),
             ("region", region.to_string()),
             ("family", family.to_string()),
-        ])
+        ];
+        let is_new = self.answers.get(&labels).is_none();
+        let counter = self.answers.get_or_create_owned(&labels);
+        if is_new {
+            let mut handles = self
+                .answer_handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            handles.push((service.to_string(), region.to_string(), counter.clone()));
+        }
+        counter
+    }
+
+    /// Returns the answers so far by (service, region), both families together.
+    pub(crate) fn answer_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+        let handles = self
+            .answer_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = std::collections::BTreeMap::new();
+        for (service, region, c) in handles.iter() {
+            *out.entry((service.clone(), region.clone())).or_insert(0) += c.get();
+        }
+        out
     }
 
     /// Counts one answered query that carried an EDNS Client Subnet option (`true`) or not.

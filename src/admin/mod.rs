@@ -36,6 +36,8 @@
 //! | `GET /explain?name=&type=&client=` |   | the policy's decision trace (`meridian explain`) as JSON; 400 bad parameters, 404 not a service |
 
 mod gauges;
+mod history;
+mod page;
 mod server;
 pub(crate) mod status;
 
@@ -69,9 +71,6 @@ use crate::metrics::text::{Format, negotiate, to_prometheus_text};
 use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL};
 use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
-
-/// The status page, served at `/`: one HTML file with inline CSS and JS that polls `/status`.
-const STATUS_PAGE: &str = include_str!("status.html");
 
 /// A failed admin call. Rendered as JSON `{"error": "..."}` with the status of
 /// [`AdminError::status`].
@@ -197,6 +196,8 @@ pub(crate) struct Handles {
 struct AdminState {
     app: Handles,
     registry: Arc<Registry>,
+    /// Transitions and answer counts of the recent past, for the status page.
+    history: Arc<history::History>,
     /// The bound address: mutating calls without a token file need it to be loopback.
     local: SocketAddr,
 }
@@ -219,20 +220,22 @@ pub(crate) async fn start(
     let local = listener.local_addr()?;
     info!("listening admin/http {local}");
     // Subscribe before returning, so that no transition after start is missed.
+    let history = Arc::new(history::History::default());
     tasks.spawn(feed_metrics(
         app.metrics.clone(),
         app.snapshot.clone(),
+        history.clone(),
         app.health.subscribe(),
         app.health.subscribe_probes(),
         token.clone(),
     ));
     // Connection cap, timeouts and JSON errors: server.rs.
-    tasks.spawn(server::serve(listener, router(app, local), token));
+    tasks.spawn(server::serve(listener, router(app, local, history), token));
     Ok(Some(local))
 }
 
 /// Returns the admin router over `app`, bound at `local`.
-fn router(app: Handles, local: SocketAddr) -> Router {
+fn router(app: Handles, local: SocketAddr, history: Arc<history::History>) -> Router {
     let gauges = gauges::HealthCollector {
         snapshot: app.snapshot.clone(),
         view: app.health.view_cell(),
@@ -248,6 +251,7 @@ fn router(app: Handles, local: SocketAddr) -> Router {
     let state = AdminState {
         app,
         registry: Arc::new(registry),
+        history,
         local,
     };
     Router::new()
@@ -334,10 +338,55 @@ fn explain_targets(
     serde_json::Value::Array(out)
 }
 
-async fn index() -> impl IntoResponse {
+/// `GET /`: the status page, rendered here (see [`page`]).
+async fn index(State(s): State<AdminState>) -> impl IntoResponse {
+    let snapshot = s.app.snapshot.load();
+    let view = s.app.health.view();
+    let report = StatusReport::build(
+        &snapshot.config,
+        s.app.reloader.config_path(),
+        s.app.health.first_round_done(),
+        &view,
+        &s.app.health.status(),
+    );
+    let outages = crate::outage::assess(&snapshot.config, &view);
+    // Who drained what, why and until when (the drain records).
+    let records = s.app.health.drains().details;
+    let drains: Vec<page::DrainLine> = report
+        .drained_regions
+        .iter()
+        .map(|r| format!("regions/{r}"))
+        .chain(
+            report
+                .drained_targets
+                .iter()
+                .map(|a| format!("targets/{a}")),
+        )
+        .map(|subject| {
+            let record = records.get(&subject);
+            page::DrainLine {
+                who: record.map(|r| r.who.clone()).filter(|w| !w.is_empty()),
+                reason: record.and_then(|r| r.reason.clone()),
+                expires: record.and_then(|r| r.expires),
+                subject,
+            }
+        })
+        .collect();
+    let now = std::time::SystemTime::now();
+    let (answers, answers_window) = s.history.answers_since(&s.app.metrics.answer_counts(), now);
+    let html = page::render(&page::PageData {
+        report: &report,
+        config: &snapshot.config,
+        outages: &outages,
+        drains: &drains,
+        history: &s.history,
+        answers: &answers,
+        answers_window,
+        now,
+    });
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Html(STATUS_PAGE),
+        Html(html),
     )
 }
 
@@ -672,19 +721,30 @@ fn is_same_token(given: &str, expected: &str) -> bool {
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-/// Feeds health transitions and probe durations into the metrics until `token` is cancelled.
+/// Feeds health transitions and probe durations into the metrics, and transitions and
+/// samples of the answer counters into the status page's `history`, until `token` is
+/// cancelled.
 async fn feed_metrics(
     metrics: Arc<Metrics>,
     snapshot: SnapshotCell,
+    history: Arc<history::History>,
     mut events: mpsc::UnboundedReceiver<TransitionEvent>,
     mut probes: mpsc::UnboundedReceiver<ProbeReport>,
     token: CancellationToken,
 ) {
+    let mut sample = tokio::time::interval(history::SHARE_SAMPLE_INTERVAL);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
+            _ = sample.tick() => {
+                history.sample_answers(std::time::SystemTime::now(), metrics.answer_counts());
+            }
             e = events.recv() => match e {
-                Some(e) => metrics.count_transition(&e.address.to_string(), e.to.as_str()),
+                Some(e) => {
+                    metrics.count_transition(&e.address.to_string(), e.to.as_str());
+                    history.record(&e);
+                }
                 None => return,
             },
             p = probes.recv() => match p {

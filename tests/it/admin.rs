@@ -842,7 +842,7 @@ fn reloads_under_query_load_lose_no_answer_keep_probe_state_and_stop_removed_pro
 
 /// Loads `url` in headless Chromium, lets its scripts run for up to 5 s of virtual time, and
 /// returns the serialized DOM.
-fn rendered_dom(browser: &Path, url: &str, profile: &Path) -> String {
+pub(crate) fn rendered_dom(browser: &Path, url: &str, profile: &Path) -> String {
     let child = std::process::Command::new(browser)
         .args([
             "--headless",
@@ -898,7 +898,7 @@ fn rendered_dom(browser: &Path, url: &str, profile: &Path) -> String {
 }
 
 /// Returns the start tag of the element carrying `attr` in `dom`.
-fn tag_with<'a>(dom: &'a str, attr: &str) -> &'a str {
+pub(crate) fn tag_with<'a>(dom: &'a str, attr: &str) -> &'a str {
     let i = dom
         .find(attr)
         .unwrap_or_else(|| panic!("no {attr} in:\n{dom}"));
@@ -951,24 +951,25 @@ fn status_page_renders_health_colours_and_shows_a_drained_region_in_headless_chr
     );
     assert!(
         tag_with(&dom, "<body").contains("data-loaded=\"true\""),
-        "scripts did not render:\n{dom}"
+        "the page did not render:\n{dom}"
     );
     assert!(dom.contains("api.example.net."), "{dom}");
-    let eu = tag_with(&dom, "data-region=\"eu-west\"");
+    // The service card's region rows (the map has its own `data-region` groups).
+    let eu = tag_with(&dom, "data-region=\"eu-west\" data-drained");
     assert!(
         eu.contains("class=\"region drained") && eu.contains("data-drained=\"true\""),
         "{eu}"
     );
     assert!(dom.contains(">DRAINED<"), "{dom}");
-    let us = tag_with(&dom, "data-region=\"us-east\"");
+    let us = tag_with(&dom, "data-region=\"us-east\" data-drained");
     assert!(
         us.contains("data-drained=\"false\"") && !us.contains("drained "),
         "{us}"
     );
     // Targets are coloured by state: 127.0.0.1 up, 127.0.0.2 (nothing listening) down.
-    assert!(tag_with(&dom, ">127.0.0.1<").contains("target up"), "{dom}");
+    assert!(tag_with(&dom, ">127.0.0.1<").contains("addr up"), "{dom}");
     let t2 = tag_with(&dom, ">127.0.0.2<");
-    assert!(t2.contains("target down forced"), "{t2}");
+    assert!(t2.contains("addr down forced"), "{t2}");
 }
 
 #[test]

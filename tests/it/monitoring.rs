@@ -762,3 +762,183 @@ fn query_log_over_its_rate_cap_drops_and_counts_every_line_it_does_not_write() {
     let written = std::fs::read_to_string(s.dir().join("queries.log")).unwrap();
     assert_eq!(written.lines().count() as f64, lines);
 }
+
+/// Takes a screenshot of `url` with headless Chromium into `png`; tries twice (Chromium
+/// sometimes exits without a picture on a loaded machine).
+fn screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) {
+    let _ = std::fs::remove_file(png);
+    if !try_screenshot(browser, url, png, profile) {
+        eprintln!("chromium made no screenshot, trying again");
+        assert!(
+            try_screenshot(browser, url, png, profile),
+            "chromium made no screenshot of {url}"
+        );
+    }
+}
+
+/// One attempt of [`screenshot`] (Chromium killed by pid if it hangs); returns whether a
+/// full-page PNG was written.
+fn try_screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) -> bool {
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,1500",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display()));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish the screenshot in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let bytes = std::fs::read(png).unwrap_or_default();
+    let ok = status.success() && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000;
+    eprintln!(
+        "screenshot: {} ({} bytes, chromium {status})",
+        png.display(),
+        bytes.len()
+    );
+    ok
+}
+
+#[test]
+fn status_page_paints_on_the_server_and_screenshots_show_healthy_drained_and_failing_open() {
+    let Some(browser) = tool(
+        "status page screenshots",
+        &["chromium", "chromium-browser"],
+        "chromium",
+    ) else {
+        return;
+    };
+    use crate::backend::{Mode, backends};
+    let (port, backends) = backends(&["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+         geoip = \"{{GEO}}\"\nnsid = \"status-page-1\"\n{}\n\
+         [region.us-east]\nlatitude = 39.0\nlongitude = -77.5\n\
+         [region.eu-west]\nlatitude = 53.3\nlongitude = -6.3\n\
+         [region.ap-northeast]\nlatitude = 35.7\nlongitude = 139.7\n\
+         {}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+         endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.11\"] }}, \
+                      {{ region = \"eu-west\", addresses = [\"127.0.0.12\"] }}, \
+                      {{ region = \"ap-northeast\", addresses = [\"127.0.0.13\"] }}]\n",
+        crate::harness::ZONE,
+        check("web", port)
+    ));
+    crate::admin::wait_ready(&s);
+    // Traffic from three continents: Philadelphia, Berlin (twice as much), Osaka.
+    let ask = |subnet: &str, times: usize| {
+        for _ in 0..times {
+            let mut q = query("api.example.net.", RecordType::A);
+            add_option(&mut q, ecs(subnet, 24));
+            s.udp_raw(&q.to_vec().unwrap()).expect("an answer");
+        }
+    };
+    ask("24.0.0.0", 10);
+    ask("198.51.100.0", 20);
+    ask("126.0.0.0", 10);
+    let dir = std::env::var_os("MERIDIAN_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/status-page-screenshots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", s.admin());
+    let page = || {
+        let r = http(s.admin(), "GET", "/", &[], "");
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").unwrap().starts_with("text/html"));
+        r.body
+    };
+
+    // Healthy: no banner; every region healthy on the map with its share of the answers.
+    let html = page();
+    assert!(
+        html.contains("<meta http-equiv=\"refresh\""),
+        "refreshes itself"
+    );
+    assert!(!html.contains("<script"), "paints without JavaScript");
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("src="),
+        "no external assets"
+    );
+    assert!(!html.contains("data-banner="), "{html}");
+    for region in ["us-east", "eu-west", "ap-northeast"] {
+        let g = crate::admin::tag_with(&html, &format!("<g data-region=\"{region}\""));
+        assert!(g.contains("data-health=\"healthy\""), "{g}");
+    }
+    let eu = crate::admin::tag_with(&html, "<g data-region=\"eu-west\"");
+    assert!(eu.contains("data-share=\"50.0\""), "{eu}");
+    assert!(html.contains("data-share-region=\"eu-west\""), "{html}");
+    assert!(html.contains("Nothing is drained."));
+    screenshot(&browser, &url, &dir.join("healthy.png"), profile.path());
+
+    // Drained: eu-west out, listed with why; its target shows why it is withdrawn.
+    let r = http(
+        s.admin(),
+        "POST",
+        "/regions/eu-west/drain",
+        &[],
+        "{\"reason\": \"kernel upgrade\"}",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let html = page();
+    let eu = crate::admin::tag_with(&html, "<g data-region=\"eu-west\"");
+    assert!(eu.contains("data-health=\"drained\""), "{eu}");
+    assert!(
+        html.contains("<tr data-drain=\"regions/eu-west\">"),
+        "{html}"
+    );
+    assert!(html.contains("data-why=\"region_drained\""), "{html}");
+    screenshot(&browser, &url, &dir.join("drained.png"), profile.path());
+    let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Failing open: every backend answers 503; a banner, and each target says why.
+    for b in &backends {
+        b.set(Mode::Status(503));
+    }
+    eventually("the failing-open banner", Duration::from_secs(20), || {
+        page().contains("data-banner=\"failing-open\"")
+    });
+    let html = page();
+    assert!(
+        html.contains("api.example.net. (A) is failing open"),
+        "{html}"
+    );
+    for region in ["us-east", "eu-west", "ap-northeast"] {
+        let g = crate::admin::tag_with(&html, &format!("<g data-region=\"{region}\""));
+        assert!(g.contains("data-health=\"down\""), "{g}");
+    }
+    let why = crate::admin::tag_with(&html, "data-why=\"down\"");
+    assert!(why.contains("class=\"why\""), "{why}");
+    assert!(html.contains("503"), "the probe error is shown: {html}");
+    // The timeline has the change from up to down.
+    let timeline = crate::admin::tag_with(&html, "<svg class=\"timeline\"");
+    assert!(!timeline.contains("data-changes=\"0\""), "{timeline}");
+    screenshot(
+        &browser,
+        &url,
+        &dir.join("failing-open.png"),
+        profile.path(),
+    );
+}
