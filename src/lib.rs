@@ -10,7 +10,9 @@
 //!   [`health::HealthView`].
 //! - [`policy`]: pure decisions: (service, client location, health view) -> addresses.
 //! - [`dns`]: the only place that speaks DNS: request bytes -> response bytes; UDP/TCP transports.
-//! - [`dnssec`]: online signing (keys, RRSIG/NSEC/DNSKEY bytes, signature cache); used by `dns`.
+//! - [`dnssec`]: online signing (keys, RRSIG/NSEC/DNSKEY bytes, signature cache); used by `dns`;
+//!   below `zone` and `snapshot` (its algorithm names and defaults live in `config`).
+//! - [`names`]: a domain name's wire form, shared by `dnssec`, `snapshot` and `dns`.
 //! - [`admin`]: the admin HTTP port.
 //! - [`metrics`]: metric names and the registry.
 //! - [`notify`]: webhook POSTs on target state changes (bounded queue, retries).
@@ -26,7 +28,8 @@
 //! - [`cluster`]: a fleet sharing drains and health votes through etcd (`[cluster]`).
 //! - [`ctl`]: `meridian ctl`, the operator's command against one instance or the fleet.
 //!
-//! `geo`, `policy` and the health state machine do no I/O and never read the clock.
+//! `geo`, `policy` and the health state machine do no I/O and never read the clock. No two
+//! modules import each other, directly or through others.
 
 // Items are `pub(crate)` unless `main.rs`, the benches or the integration tests need them, so
 // public docs link to private items; CI builds the docs with `--document-private-items`, where
@@ -43,6 +46,7 @@ pub mod dnssec;
 pub mod geo;
 pub mod health;
 pub mod metrics;
+pub(crate) mod names;
 pub(crate) mod notify;
 pub(crate) mod outage;
 pub mod policy;

@@ -8,6 +8,7 @@
 //! files and the GeoIP database are checked when the snapshot is built (`crate::app`).
 
 pub(crate) mod cluster;
+mod dnssec;
 pub mod raw;
 mod validate;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub(crate) use cluster::{Cluster, Quorum};
+pub use dnssec::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
 pub use validate::parse_str;
 pub(crate) use validate::{load, parse_duration};
 
@@ -361,7 +363,7 @@ pub struct DnssecSpec {
     /// Key files only published in the DNSKEY RRset (key rollover), resolved.
     pub published: Vec<PathBuf>,
     /// The algorithm every key must have (default ECDSA P-256 SHA-256, 13).
-    pub algorithm: crate::dnssec::Algorithm,
+    pub algorithm: Algorithm,
     /// How long signatures are valid (default 14 days, at least 1 hour).
     pub signature_validity: Duration,
     /// How far before now inception is set (default 1 hour).

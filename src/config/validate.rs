@@ -15,7 +15,7 @@ use super::raw::{
     RawService, RawZone,
 };
 use super::*;
-use crate::dnssec::Algorithm;
+use super::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
 
 /// Top-level keys the file may have.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -802,13 +802,13 @@ impl Validator {
         let signature_validity = self.duration(
             &format!("{key}.signature_validity"),
             raw.signature_validity.as_deref(),
-            crate::dnssec::DEFAULT_SIGNATURE_VALIDITY,
+            DEFAULT_SIGNATURE_VALIDITY,
         );
         let inception_offset = match raw.inception_offset.as_deref() {
-            None => crate::dnssec::DEFAULT_INCEPTION_OFFSET,
+            None => DEFAULT_INCEPTION_OFFSET,
             Some(s) => parse_duration(s).unwrap_or_else(|e| {
                 self.err(format!("{key}.inception_offset"), e);
-                crate::dnssec::DEFAULT_INCEPTION_OFFSET
+                DEFAULT_INCEPTION_OFFSET
             }),
         };
         if signature_validity < Duration::from_secs(3_600) {

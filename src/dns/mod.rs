@@ -36,8 +36,9 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 use crate::health::HealthView;
 use crate::metrics::Metrics;
+use crate::names::name_to_wire;
 use crate::policy::{Family, Outcome};
-use crate::snapshot::{Dynamic, Snapshot, name_to_wire};
+use crate::snapshot::{Dynamic, Snapshot};
 use crate::zone::{End, Zone};
 use response::{Answer, Head, Opt, Sections};
 use wire::{Query, Reject};

@@ -9,12 +9,9 @@
 //! The certificate comes from the live snapshot ([`Snapshot::tls`]): a reload that re-reads
 //! the PEM files changes the certificate of the next handshake, and open sessions go on.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -23,52 +20,6 @@ use crate::snapshot::{Snapshot, SnapshotCell};
 /// Longest time a client may take to finish the TLS handshake (capped further by
 /// `server.tcp_idle_timeout`); a client that never finishes holds its slot no longer.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads a PEM certificate chain and its private key; on error returns the config key at
-/// fault and what is wrong.
-pub(crate) fn load_certified_key(
-    cert: &Path,
-    key: &Path,
-) -> Result<CertifiedKey, (&'static str, String)> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            (
-                "server.tls_certificate",
-                format!("cannot read PEM certificates from {}: {e}", cert.display()),
-            )
-        })?;
-    if chain.is_empty() {
-        return Err((
-            "server.tls_certificate",
-            format!("{} holds no PEM certificate", cert.display()),
-        ));
-    }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            "server.tls_key",
-            format!("cannot read a PEM private key from {}: {e}", key.display()),
-        )
-    })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
-        (
-            "server.tls_key",
-            format!("unsupported private key in {}: {e}", key.display()),
-        )
-    })?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        (
-            "server.tls_key",
-            format!(
-                "{} does not match the certificate in {}: {e}",
-                key.display(),
-                cert.display()
-            ),
-        )
-    })?;
-    Ok(certified)
-}
 
 /// Hands rustls the certificate of the current snapshot.
 #[derive(Debug)]

@@ -12,43 +12,7 @@ use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
-/// A DNSSEC signing algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Algorithm {
-    /// ECDSA with curve P-256 and SHA-256 (RFC 6605), number 13.
-    #[default]
-    EcdsaP256Sha256,
-    /// Ed25519 (RFC 8080), number 15.
-    Ed25519,
-}
-
-impl Algorithm {
-    /// Returns the algorithm number (IANA DNSSEC algorithm numbers).
-    pub fn number(self) -> u8 {
-        match self {
-            Algorithm::EcdsaP256Sha256 => 13,
-            Algorithm::Ed25519 => 15,
-        }
-    }
-
-    /// Parses a config name: `ecdsap256sha256` or `ed25519` (any case), or the number.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        match name.to_ascii_lowercase().as_str() {
-            "ecdsap256sha256" | "13" => Some(Algorithm::EcdsaP256Sha256),
-            "ed25519" | "15" => Some(Algorithm::Ed25519),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::EcdsaP256Sha256 => "ecdsap256sha256",
-            Algorithm::Ed25519 => "ed25519",
-        })
-    }
-}
+pub use crate::config::Algorithm;
 
 /// Why a key could not be made, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +181,7 @@ impl Key {
 
     /// Returns the DS (SHA-256) in presentation format, owned by `origin` (`example.net.`).
     pub fn ds_text(&self, origin: &str, ttl: u32) -> String {
-        let wire = crate::snapshot::name_to_wire(origin).unwrap_or_default();
+        let wire = crate::names::name_to_wire(origin).unwrap_or_default();
         let ds = self.ds_rdata(&wire);
         let digest: String = ds[4..].iter().map(|b| format!("{b:02X}")).collect();
         format!(

@@ -43,7 +43,7 @@ pub fn load_signer(
     };
     let active = load(&spec.keys, "keys");
     let published = load(&spec.published, "published");
-    let Some(wire) = crate::snapshot::name_to_wire(origin) else {
+    let Some(wire) = crate::names::name_to_wire(origin) else {
         problems.push(("keys".into(), format!("invalid zone origin {origin:?}")));
         return Err(problems);
     };
@@ -111,7 +111,7 @@ fn fqdn(zone: &str) -> Result<String, String> {
     } else {
         format!("{}.", zone.to_ascii_lowercase())
     };
-    crate::snapshot::name_to_wire(&origin)
+    crate::names::name_to_wire(&origin)
         .map(|_| origin)
         .ok_or_else(|| format!("invalid zone name {zone:?}"))
 }

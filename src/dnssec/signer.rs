@@ -7,12 +7,7 @@ use std::time::Duration;
 use super::cache::{self, SignError};
 use super::key::Key;
 
-/// Default `dnssec.signature_validity`: 14 days.
-pub const DEFAULT_SIGNATURE_VALIDITY: Duration = Duration::from_secs(14 * 86_400);
-
-/// Default `dnssec.inception_offset`: 1 hour (signatures valid for resolvers whose clock is
-/// behind).
-pub const DEFAULT_INCEPTION_OFFSET: Duration = Duration::from_secs(3_600);
+pub use crate::config::{DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
 
 /// RR type numbers used here.
 pub mod rtype {

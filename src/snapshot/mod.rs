@@ -9,6 +9,7 @@
 //! Key types: [`Snapshot`], [`Services`] (the dynamic names keyed by wire form),
 //! [`Reloader`], [`ExplainError`].
 
+mod certs;
 mod services;
 
 use std::net::IpAddr;
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Explanation, Family};
 use crate::zone::Zones;
 
-pub(crate) use services::{Dynamic, Services, name_to_wire};
+pub(crate) use services::{Dynamic, Services};
 
 /// Everything the answer path reads: built whole, never mutated, swapped on reload.
 #[derive(Debug)]
@@ -118,7 +119,7 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         }
     };
     let tls = match (&config.server.tls_certificate, &config.server.tls_key) {
-        (Some(cert), Some(key)) => match crate::dns::tls::load_certified_key(cert, key) {
+        (Some(cert), Some(key)) => match certs::load_certified_key(cert, key) {
             Ok(k) => Some(Arc::new(k)),
             Err((key_name, e)) => {
                 errors.push(ConfigError::new(&config.source, key_name, e));

@@ -5,6 +5,7 @@
 //! Key types: [`Services`], [`Dynamic`]. Knows nothing of DNS messages: `dns/` looks names up
 //! here and writes the answer.
 
+use crate::names::name_to_wire;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -100,22 +101,4 @@ impl Services {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &CompiledService> {
         self.by_wire.values().map(|d| &d.service)
     }
-}
-
-/// Returns the lowercase wire form of a domain name written in ASCII (`api.example.net.`);
-/// `None` when it is not a valid name.
-pub(crate) fn name_to_wire(name: &str) -> Option<Vec<u8>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut wire = Vec::with_capacity(name.len() + 2);
-    if !name.is_empty() {
-        for label in name.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return None;
-            }
-            wire.push(label.len() as u8);
-            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
-    }
-    wire.push(0);
-    (wire.len() <= 255).then_some(wire)
 }
