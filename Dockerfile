@@ -38,7 +38,8 @@ RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin meridian \
  && install -D -m 0755 target/release/meridian /out/usr/local/bin/meridian
 # The example config, made to listen on every IPv4 address of the container and to keep its
-# state under /var/lib/meridian (the only place the process writes).
+# state under /var/lib/meridian (the only place the process writes). It is checked here, with
+# the database linked to where the runtime image has it.
 COPY zones /out/etc/meridian
 COPY geodata/sample.mmdb /out/usr/share/meridian/sample.mmdb
 RUN cd /out/etc/meridian \
@@ -51,6 +52,8 @@ RUN cd /out/etc/meridian \
  && grep -q '^state_file .*/var/lib/meridian/' meridian.toml \
  && grep -q '^geoip .*/usr/share/meridian/' meridian.toml \
  && mkdir -p /out/var/lib/meridian \
+ && mkdir -p /usr/share/meridian \
+ && ln -s /out/usr/share/meridian/sample.mmdb /usr/share/meridian/sample.mmdb \
  && /out/usr/local/bin/meridian check --config meridian.toml
 
 FROM ${RUNTIME_IMAGE}
