@@ -840,11 +840,12 @@ fn reloads_under_query_load_lose_no_answer_keep_probe_state_and_stop_removed_pro
     );
 }
 
-/// Loads `url` in headless Chromium, lets its scripts run for up to 5 s of virtual time, and
+/// Loads `url` in headless Chromium, lets its scripts run for up to 2 s of virtual time (the
+/// page reloads itself after 5 s: a budget that reaches it dumps a page mid-navigation), and
 /// returns the serialized DOM.
 pub(crate) fn rendered_dom(browser: &Path, url: &str, profile: &Path) -> String {
-    // Chromium now and then exits 0 without printing a page when the machine is loaded (seen
-    // in full parallel runs, never alone): one more try before calling it a failure.
+    // Chromium has exited 0 without printing a page (mostly when the virtual time reached the
+    // page's own reload; now and then under load): one more try before calling it a failure.
     let (status, dom, stderr) = match dump_dom(browser, url, profile) {
         (status, dom, _) if status.success() && dom.contains("</html>") => return dom,
         _ => dump_dom(browser, url, profile),
@@ -862,6 +863,7 @@ fn dump_dom(
     url: &str,
     profile: &Path,
 ) -> (std::process::ExitStatus, String, String) {
+    let _turn = crate::harness::chromium_turn();
     let child = std::process::Command::new(browser)
         .args([
             "--headless",
@@ -872,7 +874,7 @@ fn dump_dom(
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
-            "--virtual-time-budget=5000",
+            "--virtual-time-budget=2000",
             "--dump-dom",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))

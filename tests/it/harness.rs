@@ -630,3 +630,12 @@ pub fn tool(test: &str, names: &[&str], package: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED {message}");
     None
 }
+
+/// Held while a test runs headless Chromium: two Chromiums started at once by parallel tests
+/// sometimes exit 0 without a page (seen in CI runs), so the browser tests take turns.
+pub static CHROMIUM: Mutex<()> = Mutex::new(());
+
+/// Takes the [`CHROMIUM`] turn, whatever a panicking holder left behind.
+pub fn chromium_turn() -> std::sync::MutexGuard<'static, ()> {
+    CHROMIUM.lock().unwrap_or_else(|p| p.into_inner())
+}

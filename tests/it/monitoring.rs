@@ -779,6 +779,7 @@ fn screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) {
 /// One attempt of [`screenshot`] (Chromium killed by pid if it hangs); returns whether a
 /// full-page PNG was written.
 fn try_screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) -> bool {
+    let _turn = crate::harness::chromium_turn();
     let mut child = Command::new(browser)
         .args([
             "--headless",
