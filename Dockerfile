@@ -10,7 +10,8 @@
 # it), the admin port on 127.0.0.1:8053 unless your config says otherwise.
 #
 # Without access to a public registry, deploy/images/make-base-images.sh makes local stand-ins
-# for both base images, and `buildah bud --isolation chroot --pull=never -t meridian .` builds.
+# for both base images, and `buildah bud --isolation chroot --pull=never --format docker -t
+# meridian .` builds (`--format docker`: buildah's default OCI format drops HEALTHCHECK).
 
 ARG RUST_IMAGE=docker.io/library/rust:1-slim-bookworm
 ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim

@@ -12,7 +12,7 @@
 # Then the Dockerfile builds unchanged, without pulling:
 #
 #   deploy/images/make-base-images.sh
-#   buildah bud --isolation chroot --pull=never -t meridian:dev .
+#   buildah bud --isolation chroot --pull=never --format docker -t meridian:dev .
 #
 # Needs root, debootstrap and buildah. Takes a few minutes (two debootstraps). Run it again to
 # replace the images.
