@@ -163,12 +163,13 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
             token.clone(),
         ));
     }
+    // The same limits for plain TCP and DoT, counted per listener.
+    let limits = dns::tcp::Limits {
+        idle_timeout: server.tcp_idle_timeout,
+        max_connections: server.tcp_max_connections,
+        max_per_network: server.tcp_max_connections_per_network,
+    };
     for l in tcp {
-        let limits = dns::tcp::Limits {
-            idle_timeout: server.tcp_idle_timeout,
-            max_connections: server.tcp_max_connections,
-            max_per_network: server.tcp_max_connections_per_network,
-        };
         dns_tasks.spawn(dns::tcp::serve(
             l,
             answerer.clone(),
@@ -181,12 +182,6 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         let acceptor =
             dns::tls::acceptor(snapshot.clone()).context("cannot set up DNS over TLS")?;
         for l in dot {
-            // The same limits as plain TCP, counted per listener.
-            let limits = dns::tcp::Limits {
-                idle_timeout: server.tcp_idle_timeout,
-                max_connections: server.tcp_max_connections,
-                max_per_network: server.tcp_max_connections_per_network,
-            };
             dns_tasks.spawn(dns::tcp::serve(
                 l,
                 answerer.clone(),
