@@ -865,18 +865,8 @@ fn dump_dom(
 ) -> (std::process::ExitStatus, String, String) {
     let _turn = crate::harness::chromium_turn();
     let child = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=2000",
-            "--dump-dom",
-        ])
+        .args(crate::harness::CHROMIUM_HEADLESS)
+        .args(["--virtual-time-budget=2000", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdout(std::process::Stdio::piped())

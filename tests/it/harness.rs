@@ -631,6 +631,19 @@ pub fn tool(test: &str, names: &[&str], package: &str) -> Option<PathBuf> {
     None
 }
 
+/// The flags every browser test starts Chromium with: headless as root, and no connection of
+/// its own to the outside (this machine's network refuses them).
+pub const CHROMIUM_HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+];
+
 /// Held while a test runs headless Chromium: two Chromiums started at once by parallel tests
 /// sometimes exit 0 without a page (seen in CI runs), so the browser tests take turns.
 pub static CHROMIUM: Mutex<()> = Mutex::new(());

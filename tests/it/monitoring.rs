@@ -781,18 +781,8 @@ fn screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) {
 fn try_screenshot(browser: &Path, url: &str, png: &Path, profile: &Path) -> bool {
     let _turn = crate::harness::chromium_turn();
     let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,1500",
-        ])
+        .args(crate::harness::CHROMIUM_HEADLESS)
+        .args(["--hide-scrollbars", "--window-size=1280,1500"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--screenshot={}", png.display()))
         .arg(url)
