@@ -334,6 +334,9 @@ impl Validator {
             tls_listen: None,
             tls_certificate: None,
             tls_key: None,
+            admin_tls_certificate: None,
+            admin_tls_key: None,
+            admin_client_ca: None,
         });
         let listen = raw
             .dns_listen
@@ -421,11 +424,9 @@ impl Validator {
         {
             self.err("server.nsid", "must be 1 to 255 bytes long");
         }
-        let cookie_secrets = match &raw.cookie_secret_file {
-            Some(p) => {
-                let path = self.resolve(p);
-                self.cookie_secrets(&path)
-            }
+        let cookie_secret_file = raw.cookie_secret_file.map(|p| self.resolve(&p));
+        let cookie_secrets = match &cookie_secret_file {
+            Some(path) => self.cookie_secrets(path),
             None => Vec::new(),
         };
         if raw.udp_workers == Some(0) {
@@ -491,7 +492,29 @@ impl Validator {
             ),
             _ => {}
         }
+        let admin_tls_certificate = raw.admin_tls_certificate.map(|p| self.resolve(&p));
+        let admin_tls_key = raw.admin_tls_key.map(|p| self.resolve(&p));
+        let admin_client_ca = raw.admin_client_ca.map(|p| self.resolve(&p));
+        match (&admin_tls_certificate, &admin_tls_key) {
+            (Some(_), None) => self.err(
+                "server.admin_tls_key",
+                "missing: server.admin_tls_certificate is set",
+            ),
+            (None, Some(_)) => self.err(
+                "server.admin_tls_certificate",
+                "missing: server.admin_tls_key is set",
+            ),
+            (None, None) if admin_client_ca.is_some() => self.err(
+                "server.admin_client_ca",
+                "needs server.admin_tls_certificate and server.admin_tls_key: client certificates are asked for over HTTPS only",
+            ),
+            _ => {}
+        }
         Server {
+            admin_tls_certificate,
+            admin_tls_key,
+            admin_client_ca,
+            cookie_secret_file,
             tls_listen,
             tls_certificate,
             tls_key,
