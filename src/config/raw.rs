@@ -31,6 +31,7 @@ pub(crate) struct RawServer {
     pub(crate) admin_tls_certificate: Option<String>,
     pub(crate) admin_tls_key: Option<String>,
     pub(crate) admin_client_ca: Option<String>,
+    pub(crate) quic_listen: Option<Vec<String>>,
 }
 
 /// `[notify]`.

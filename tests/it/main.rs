@@ -17,6 +17,7 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod quic;
 mod reload;
 mod scale;
 mod tls;
