@@ -58,13 +58,16 @@ pub(crate) mod code {
 /// asks servers not to limit clients to fewer than 100.
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
+/// How much longer than the idle timeout QUIC's own (silent) idle timeout is.
+const IDLE_SLACK: Duration = Duration::from_secs(1);
+
 /// How long shutdown lets closed connections tell their peers (CONNECTION_CLOSE) before the
 /// socket goes.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Builds the QUIC endpoint of a DoQ listener on `socket`: TLS 1.3 only (RFC 9001), ALPN
 /// `doq`, the certificate of the live snapshot, no unidirectional streams, no datagrams, and
-/// the idle timeout of `limits`. Needs a tokio runtime.
+/// QUIC's idle timeout just past that of `limits`. Needs a tokio runtime.
 pub(crate) fn endpoint(
     socket: std::net::UdpSocket,
     snapshot: SnapshotCell,
@@ -78,7 +81,9 @@ pub(crate) fn endpoint(
         // RFC 9250 §4.2: DoQ uses client-initiated bidirectional streams only.
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
-        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
+        // A little beyond our own idle close, which then comes first and says DOQ_NO_ERROR;
+        // QUIC's silent idle timeout only ends connections whose peer vanished.
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout + IDLE_SLACK).ok());
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
     Ok(quinn::Endpoint::new(
