@@ -18,6 +18,7 @@ mod health;
 mod monitoring;
 mod reload;
 mod scale;
+mod spill;
 mod tls;
 mod watch;
 mod wire;
