@@ -364,6 +364,13 @@ fn issue_16_unknown_load_never_withdraws_and_load_falling_gives_every_subnet_bac
 }
 
 #[test]
+fn issue_16_the_readme_example_config_checks() {
+    let path = crate::harness::repo().join("zones/spill.toml");
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
 fn issue_16_check_reports_every_load_mistake_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
