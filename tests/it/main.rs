@@ -3,6 +3,7 @@
 //! over real UDP and TCP (see `harness`).
 
 mod admin;
+mod admin_tls;
 mod backend;
 mod cli;
 mod clients;
@@ -16,6 +17,7 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod quic;
 mod reload;
 mod scale;
 mod tls;
