@@ -101,7 +101,7 @@ impl Answerer {
                 <= match transport {
                     Transport::Udp => response::udp_limit(&q),
                     // The 16-bit length prefix: longer gets TC from `answer_guarded`.
-                    Transport::Tcp | Transport::Tls => usize::from(u16::MAX),
+                    Transport::Tcp | Transport::Tls | Transport::Quic => usize::from(u16::MAX),
                 }
         {
             let rcode = u16::from(out[3] & 0x0F);
