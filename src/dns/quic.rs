@@ -5,10 +5,12 @@
 //!
 //! Served with quinn directly rather than hickory-server's QUIC listener: hickory's
 //! `ResponseHandler::send_response` takes a `MessageResponse` it encodes itself (no way to hand
-//! it our wire answer), its `ServerContext` decodes the query and answers undecodable ones
-//! before any handler sees them, and its `QuicServer::next` awaits each handshake (up to 5 s)
-//! inside the accept loop, so one client that never finishes a handshake holds up every new
-//! connection; it has no connection caps (docs/DESIGN.md, "why not hickory-server").
+//! it our wire answer: it would write the first owner name in full where ours points to the
+//! question), its `ServerContext` decodes the query and answers undecodable ones (FORMERR
+//! without an OPT) before any handler sees them, and its `QuicServer::next` awaits each
+//! handshake (up to 5 s) inside the accept loop, so one client that never finishes a handshake
+//! holds up every new connection; it has no connection caps (docs/DESIGN.md, "Why not
+//! hickory-server's listeners").
 //!
 //! Limits are those of the TCP listeners ([`Limits`]): the caps in all and per client network
 //! (the same [`PerNetwork`] table type as TCP), the idle timeout (no new query for that long
