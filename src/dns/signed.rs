@@ -10,7 +10,7 @@
 //! Referral NS records and the additional section are not signed (RFC 4035 §2.2: NS at a cut
 //! and glue are not authoritative). Answers to queries without DO never come here.
 //!
-//! [`write`] keeps, per thread, each signed answer as written (header, question, records; not
+//! [`write()`] keeps, per thread, each signed answer as written (header, question, records; not
 //! the OPT, which is made per query: cookie, ECS scope, NSID), keyed by the unsigned answer in
 //! the same form with the client's ID, RD, CD and question case taken out, plus CO and the
 //! denial. The key holds the per-client choice (the addresses a service chose for this client
@@ -69,7 +69,7 @@ thread_local! {
     static ANSWERS: RefCell<Answers> = RefCell::new(Answers::default());
 }
 
-/// Why [`write`] wrote no signed answer.
+/// Why [`write()`] wrote no signed answer.
 pub(super) enum Unsigned {
     /// Signing failed (the signing budget is spent, or a record cannot be encoded): the caller
     /// answers SERVFAIL.
