@@ -18,6 +18,7 @@
 //! Over HTTPS each new connection handshakes with the live snapshot's setup ([`AdminTls`]):
 //! a reload that re-reads the PEM files changes the certificate (and client CA) of the next
 //! connection, and open connections go on with the one they began with.
+//!
 //! Every response with an error status is JSON `{"error": "..."}`, also those that axum
 //! writes itself (extractor rejections: 400, 413, 415, 422).
 
