@@ -895,9 +895,18 @@ impl Inner {
     }
 
     fn check_ready(&self, table: &Table) {
-        if !*self.ready.borrow() && table.unresolved == 0 {
-            self.ready.send_replace(true);
-            info!(targets = table.targets.len(), "first health round complete");
+        if table.unresolved == 0 {
+            self.set_ready(table.targets.len());
+        }
+    }
+
+    /// Marks the first round done (once).
+    fn set_ready(&self, targets: usize) {
+        let changed = self
+            .ready
+            .send_if_modified(|ready| !std::mem::replace(ready, true));
+        if changed {
+            info!(targets, "first health round complete");
         }
     }
 
@@ -954,12 +963,17 @@ impl Inner {
             at: tr.at,
         };
         let epoch = table.epoch;
-        if first {
+        let round_done = first && {
             table.unresolved -= 1;
-            self.check_ready(&table);
-        }
+            table.unresolved == 0
+        };
+        let targets = table.targets.len();
         drop(table);
         self.publish_change(key, event.to, epoch);
+        // Ready only once the view holds this first result too.
+        if round_done {
+            self.set_ready(targets);
+        }
         info!(
             address = %event.address,
             check = %event.check,
