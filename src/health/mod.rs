@@ -24,8 +24,8 @@ pub(crate) mod view;
 
 use std::time::SystemTime;
 
-pub(crate) use overrides::Overrides;
 pub use overrides::OverridesError;
+pub(crate) use overrides::{DrainEvent, Overrides};
 pub(crate) use state::Observation;
 pub use supervisor::HealthError;
 pub(crate) use supervisor::{Health, ProbeReport, TargetStatus, TransitionEvent};

@@ -468,6 +468,49 @@ fn bodies(hook: &HttpStub) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A drain's record as the admin API takes it (who, why, expiry).
+fn drain_body(who: &str, reason: &str, expires: &str) -> String {
+    serde_json::json!({"who": who, "reason": reason, "expires": expires}).to_string()
+}
+
+/// POSTs `action` (`drain`, `undrain`) of `subject` (`regions/NAME`, `targets/ADDRESS`).
+fn set_drain(s: &Server, subject: &str, action: &str, body: &str) {
+    let r = http(
+        s.admin(),
+        "POST",
+        &format!("/{subject}/{action}"),
+        &[],
+        body,
+    );
+    assert_eq!(r.status, 200, "{action} {subject}: {}", r.body);
+}
+
+/// Asserts that `t` is an RFC 3339 UTC time about `ahead` from now (within a minute).
+fn assert_time_ahead(t: &serde_json::Value, ahead: Duration) {
+    let t = t.as_str().unwrap_or_else(|| panic!("not a time: {t}"));
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ` to Unix seconds (Howard Hinnant's days_from_civil).
+    let secs = |s: &str| -> i64 {
+        assert!(
+            s.len() == 24 && s.ends_with('Z'),
+            "not an RFC 3339 UTC time: {s}"
+        );
+        let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+        let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+        days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let delta = secs(t) - now - ahead.as_secs() as i64;
+    assert!(delta.abs() < 60, "{t} is not {ahead:?} from now");
+}
+
 #[test]
 fn pagerduty_events_trigger_on_failure_and_the_recovery_resolves_the_same_dedup_key() {
     let backend = HttpStub::start(200);
@@ -538,6 +581,62 @@ fn pagerduty_events_trigger_on_failure_and_the_recovery_resolves_the_same_dedup_
         serde_json::json!({"routing_key": "R0UT1NG-KEY", "event_action": "resolve",
                            "dedup_key": target_key})
     );
+
+    // A planned drain is an `info` alert (low urgency: it does not page) under its own key,
+    // with who, why and the expiry; lifting it resolves it, and so does its expiry.
+    let drain_key = "meridian/drain/regions/eu-west";
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
+    );
+    set_drain(&s, "regions/eu-west", "undrain", "");
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("bob@ops", "disk swap", "2s"),
+    );
+    let expiring_key = "meridian/drain/targets/127.0.0.1";
+    eventually(
+        "PagerDuty triggers and resolves for a lifted and an expired drain",
+        Duration::from_secs(15),
+        || {
+            has(drain_key, "trigger").is_some()
+                && has(drain_key, "resolve").is_some()
+                && has(expiring_key, "trigger").is_some()
+                && has(expiring_key, "resolve").is_some()
+        },
+    );
+    let d = has(drain_key, "trigger").unwrap();
+    assert_eq!(d["payload"]["severity"], "info");
+    assert_eq!(d["payload"]["class"], "drain");
+    assert_eq!(d["payload"]["component"], "regions/eu-west");
+    let summary = d["payload"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("Region eu-west drained by alice@ops: kernel upgrade (until "),
+        "{summary}"
+    );
+    let details = &d["payload"]["custom_details"];
+    assert_eq!(
+        (&details["who"], &details["reason"]),
+        (
+            &serde_json::json!("alice@ops"),
+            &serde_json::json!("kernel upgrade")
+        )
+    );
+    assert_time_ahead(&details["expires"], Duration::from_secs(7200));
+    // Each resolve comes after its trigger.
+    let order = |key: &str| -> Vec<String> {
+        bodies(&hook)
+            .into_iter()
+            .filter(|b| b["dedup_key"] == key)
+            .map(|b| b["event_action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(order(drain_key), ["trigger", "resolve"]);
+    assert_eq!(order(expiring_key), ["trigger", "resolve"]);
     drop(s);
 }
 
@@ -572,28 +671,38 @@ fn slack_messages_tell_of_failures_failing_open_drains_and_recovery() {
                 && seen(":rotating_light: Service *api.example.net.* (A) is *failing open*")
         },
     );
-    let r = http(
-        s.admin(),
-        "POST",
-        "/regions/eu-west/drain",
-        &[],
-        "{\"reason\": \"kernel upgrade\"}",
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
     );
-    assert_eq!(r.status, 200, "{}", r.body);
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("bob@ops", "disk swap", "2s"),
+    );
     eventually(
-        "a Slack message for the drain",
-        Duration::from_secs(10),
-        || seen(":construction: region eu-west *drained*"),
+        "Slack messages for both drains and the expiry of one",
+        Duration::from_secs(15),
+        || {
+            seen(":construction: Region *eu-west* *drained* by alice@ops: kernel upgrade (until ")
+                && seen(":construction: Target *127.0.0.1* *drained* by bob@ops: disk swap (until ")
+                && seen(
+                    ":hourglass: Target *127.0.0.1* *drain expired* (the drain by bob@ops: disk swap, until ",
+                )
+        },
     );
-    let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
+    set_drain(&s, "regions/eu-west", "undrain", "");
     backend.set_status(200);
     eventually(
         "Slack messages for undrain and recovery",
         Duration::from_secs(15),
         || {
-            seen(":construction: region eu-west *undrained*")
-                && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
+            seen(
+                ":white_check_mark: Region *eu-west* *undrained* (the drain by alice@ops: kernel upgrade, until ",
+            ) && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
                 && seen(
                     ":white_check_mark: Service *api.example.net.* (A) has *a usable target* again",
                 )
@@ -622,21 +731,79 @@ fn json_notifications_cover_failing_open_and_drains() {
         (o["targets"].as_u64(), o["down"].as_u64()),
         (Some(1), Some(1))
     );
-    let r = http(s.admin(), "POST", "/targets/127.0.0.1/drain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
-    eventually("a drained document", Duration::from_secs(10), || {
-        find("drained").is_some()
-    });
-    let d = find("drained").unwrap();
-    assert_eq!(d["subject"], "targets/127.0.0.1");
-    assert!(d["at"].as_str().unwrap().ends_with('Z'), "{d}");
-    let r = http(s.admin(), "POST", "/targets/127.0.0.1/undrain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
+    // A drain lifted right after it was made: both are notified, in order, with the record.
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "1h"),
+    );
+    set_drain(&s, "targets/127.0.0.1", "undrain", "");
+    // A drain that ends by itself.
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("bob@ops", "network change", "2s"),
+    );
+    eventually(
+        "drained, undrained and drain_expired documents",
+        Duration::from_secs(15),
+        || find("undrained").is_some() && find("drain_expired").is_some(),
+    );
+    let drains: Vec<(String, String)> = bodies(&hook)
+        .into_iter()
+        .filter(|b| b["subject"].is_string())
+        .map(|b| {
+            let (e, s) = (b["event"].as_str(), b["subject"].as_str());
+            (e.unwrap().to_string(), s.unwrap().to_string())
+        })
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        drains,
+        pairs(&[
+            ("drained", "targets/127.0.0.1"),
+            ("undrained", "targets/127.0.0.1"),
+            ("drained", "regions/eu-west"),
+            ("drain_expired", "regions/eu-west"),
+        ])
+    );
+    for event in ["drained", "undrained"] {
+        let d = find(event).unwrap();
+        assert_eq!(d["instance"], "notify-1");
+        assert_eq!(d["subject"], "targets/127.0.0.1");
+        assert_eq!(
+            (d["who"].as_str(), d["reason"].as_str()),
+            (Some("alice@ops"), Some("kernel upgrade"))
+        );
+        assert_time_ahead(&d["expires"], Duration::from_secs(3600));
+        assert_time_ahead(&d["since"], Duration::ZERO);
+        assert_time_ahead(&d["at"], Duration::ZERO);
+    }
+    let e = find("drain_expired").unwrap();
+    assert_eq!(
+        (e["who"].as_str(), e["reason"].as_str()),
+        (Some("bob@ops"), Some("network change"))
+    );
     backend.set_status(200);
     eventually(
-        "undrained and service_recovered documents",
+        "a service_recovered document",
         Duration::from_secs(15),
-        || find("undrained").is_some() && find("service_recovered").is_some(),
+        || find("service_recovered").is_some(),
+    );
+    let r = find("service_recovered").unwrap();
+    assert_eq!(
+        (
+            r["service"].as_str(),
+            r["family"].as_str(),
+            r["active"].as_bool()
+        ),
+        (Some("api.example.net."), Some("A"), Some(false))
     );
 }
 
