@@ -438,6 +438,117 @@ fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
     );
 }
 
+#[test]
+fn readme_lists_every_metric_the_binary_exposes_with_its_type() {
+    let backend = HttpStub::start(200);
+    let s = exercised_server(&backend);
+    s.ask("api.example.net.", RecordType::A);
+    let (_, text) = scrape_text(&s, None);
+    // Family -> type, from the `# TYPE` lines of the Prometheus text format.
+    let exposed: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.trim().to_string()))
+        .collect();
+    assert!(exposed.len() >= 20, "{exposed:?}");
+
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Metrics section");
+    let mut listed = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        // `| metric | type | labels | meaning |` (no cell holds a `|`).
+        let cells: Vec<&str> = row.split('|').skip(1).map(str::trim).collect();
+        let names = metric_names(cells[0]);
+        assert!(!names.is_empty(), "{row}");
+        for name in &names {
+            match exposed.get(name) {
+                // The type column, where the row has one, is the exposed type.
+                Some(t) => assert!(
+                    cells[1].is_empty() || cells[1] == t,
+                    "README says {name} is a {}, the binary says {t}",
+                    cells[1]
+                ),
+                // Only a fleet has the cluster metrics; the row says so.
+                None => assert!(
+                    row.contains("with `[cluster]`"),
+                    "README lists {name}, which the binary does not expose: {row}"
+                ),
+            }
+        }
+        listed.extend(names);
+    }
+    let missing: Vec<_> = exposed.keys().filter(|n| !listed.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "README's metric table misses {missing:?}"
+    );
+}
+
+#[test]
+fn status_page_banner_says_servfail_or_nodata_when_a_service_has_nothing_usable() {
+    use crate::backend::{Mode, backends};
+    let (port, backends) = backends(&["127.0.0.11", "127.0.0.12"]);
+    let s = Server::start(&cfg(
+        "",
+        &format!(
+            "{}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             when_all_down = \"empty\"\n\
+             endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.11\"] }}]\n\
+             [[service]]\nname = \"pay.example.net.\"\npolicy = \"failover\"\ncheck = \"web\"\n\
+             when_all_down = \"servfail\"\n\
+             endpoints = [{{ region = \"eu-west\", addresses = [\"127.0.0.12\"] }}]\n",
+            check("web", port)
+        ),
+    ));
+    crate::admin::wait_ready(&s);
+    let page = || http(s.admin(), "GET", "/", &[], "").body;
+    eventually("both services usable", Duration::from_secs(20), || {
+        !page().contains("data-banner=")
+    });
+    for b in &backends {
+        b.set(Mode::Status(503));
+    }
+    eventually("two all-down banners", Duration::from_secs(20), || {
+        page().matches("data-banner=\"all-down\"").count() == 2
+    });
+    let html = page();
+    // The banner's element, its text included.
+    let banner = |service: &str| -> &str {
+        let attr = format!("data-banner=\"all-down\" data-service=\"{service}\"");
+        let i = html
+            .find(&attr)
+            .unwrap_or_else(|| panic!("no {attr}: {html}"));
+        let end = i + html[i..].find("</div>").unwrap();
+        &html[i..end]
+    };
+    assert!(
+        banner("pay.example.net.").contains("clients get SERVFAIL"),
+        "{html}"
+    );
+    assert!(
+        banner("api.example.net.").contains("clients get NODATA"),
+        "{html}"
+    );
+    assert!(!html.contains("data-banner=\"failing-open\""), "{html}");
+    // What the banners say is what clients get.
+    let pay = s.ask("pay.example.net.", RecordType::A);
+    assert_eq!(
+        pay.metadata.response_code,
+        hickory_proto::op::ResponseCode::ServFail
+    );
+    let api = s.ask("api.example.net.", RecordType::A);
+    assert_eq!(
+        api.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    assert!(api.answers.is_empty(), "{api:?}");
+}
+
 /// A server posting notifications in `format` to `hook`, probing one target on `backend`
 /// (the only target of its service: it fails open when the backend fails); `extra` goes into
 /// `[notify]`, `files` are written beside the config.
@@ -1050,22 +1161,32 @@ fn status_page_paints_on_the_server_and_screenshots_show_healthy_drained_and_fai
     assert!(html.contains("Nothing is drained."));
     screenshot(&browser, &url, &dir.join("healthy.png"), profile.path());
 
-    // Drained: eu-west out, listed with why; its target shows why it is withdrawn.
+    // Drained: eu-west out, listed with who, why and until when; its target shows why it is
+    // withdrawn.
     let r = http(
         s.admin(),
         "POST",
         "/regions/eu-west/drain",
         &[],
-        "{\"reason\": \"kernel upgrade\"}",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let html = page();
     let eu = crate::admin::tag_with(&html, "<g data-region=\"eu-west\"");
     assert!(eu.contains("data-health=\"drained\""), "{eu}");
-    assert!(
-        html.contains("<tr data-drain=\"regions/eu-west\">"),
-        "{html}"
-    );
+    let row = html
+        .split("<tr data-drain=\"regions/eu-west\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no drain row for eu-west: {html}"));
+    let cells: Vec<&str> = row
+        .split("<td>")
+        .skip(1)
+        .map(|c| c.trim_end_matches("</td>"))
+        .collect();
+    assert_eq!(cells.len(), 4, "{row}");
+    assert_eq!(cells[1..3], ["alice@ops", "kernel upgrade"], "{row}");
+    assert_time_ahead(&serde_json::json!(cells[3]), Duration::from_secs(7200));
     assert!(html.contains("data-why=\"region_drained\""), "{html}");
     screenshot(&browser, &url, &dir.join("drained.png"), profile.path());
     let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
