@@ -72,7 +72,7 @@ pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "meridian_config_loaded_timest
 pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
 
 /// Transport labels, in index order.
-pub(crate) const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+pub(crate) const TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "quic"];
 /// Query types counted by name, in index order; anything else is "other".
 pub(crate) const QTYPES: [(u16, &str); 15] = [
     (1, "A"),

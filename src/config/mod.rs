@@ -258,6 +258,9 @@ pub struct Server {
     pub tls_certificate: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_certificate`.
     pub tls_key: Option<PathBuf>,
+    /// DNS-over-QUIC (RFC 9250) listen addresses (UDP), served with `tls_certificate`;
+    /// empty: no DoQ.
+    pub quic_listen: Vec<SocketAddr>,
 }
 
 /// `[notify]`: where state changes are posted.

@@ -28,6 +28,7 @@ pub(crate) struct RawServer {
     pub(crate) tls_listen: Option<Vec<String>>,
     pub(crate) tls_certificate: Option<String>,
     pub(crate) tls_key: Option<String>,
+    pub(crate) quic_listen: Option<Vec<String>>,
 }
 
 /// `[notify]`.

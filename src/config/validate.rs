@@ -334,6 +334,7 @@ impl Validator {
             tls_listen: None,
             tls_certificate: None,
             tls_key: None,
+            quic_listen: None,
         });
         let listen = raw
             .dns_listen
@@ -480,6 +481,31 @@ impl Validator {
                 ),
             }
         }
+        // DoQ listens on UDP: its addresses may equal DoT's (853/tcp and 853/udp), not a DNS
+        // (UDP) listener's.
+        let mut quic_listen = Vec::new();
+        for (i, a) in raw.quic_listen.iter().flatten().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(sa)
+                    if sa.port() != 0
+                        && (quic_listen.contains(&sa) || dns_listen.contains(&sa)) =>
+                {
+                    self.err(
+                        format!("server.quic_listen[{i}]"),
+                        format!(
+                            "duplicate address {a:?} (also in server.dns_listen or earlier here)"
+                        ),
+                    )
+                }
+                Ok(sa) => quic_listen.push(sa),
+                Err(_) => self.err(
+                    format!("server.quic_listen[{i}]"),
+                    format!(
+                        "invalid socket address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:853\""
+                    ),
+                ),
+            }
+        }
         let tls_certificate = raw.tls_certificate.map(|p| self.resolve(&p));
         let tls_key = raw.tls_key.map(|p| self.resolve(&p));
         match (&tls_certificate, &tls_key) {
@@ -491,8 +517,16 @@ impl Validator {
             ),
             _ => {}
         }
+        let wants_quic = raw.quic_listen.as_ref().is_some_and(|l| !l.is_empty());
+        if tls_certificate.is_none() && tls_key.is_none() && wants_quic {
+            self.err(
+                "server.quic_listen",
+                "needs server.tls_certificate and server.tls_key (PEM files)",
+            );
+        }
         Server {
             tls_listen,
+            quic_listen,
             tls_certificate,
             tls_key,
             dns_listen,

@@ -16,6 +16,7 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod quic;
 mod reload;
 mod scale;
 mod tls;
