@@ -70,13 +70,18 @@ pub enum StartError {
 }
 
 /// Returns the admin URL this instance advertises to the fleet: `cluster.advertise_admin`,
-/// else `http://` + the bound admin address.
+/// else `http://` (`https://` with admin TLS) + the bound admin address.
 fn advertised_admin(config: &crate::config::Config, bound: Option<SocketAddr>) -> Option<String> {
+    let scheme = if config.server.admin_tls_certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     config
         .cluster
         .as_ref()
         .and_then(|c| c.advertise_admin.clone())
-        .or_else(|| bound.map(|a| format!("http://{a}")))
+        .or_else(|| bound.map(|a| format!("{scheme}://{a}")))
 }
 
 /// How often drains are checked for expiry.

@@ -165,11 +165,22 @@ impl Config {
     }
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
-    /// them, `serve` logs them at WARN): geo keys that are both a country and a continent code,
-    /// and TTLs so long that they, not the health checks, decide how long a failover takes.
+    /// them, `serve` logs them at WARN): an admin port reachable from other hosts without TLS,
+    /// geo keys that are both a country and a continent code, and TTLs so long that they, not
+    /// the health checks, decide how long a failover takes.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
+        if let Some(admin) = self.server.admin_listen
+            && !admin.ip().is_loopback()
+            && self.server.admin_tls_certificate.is_none()
+        {
+            out.push(format!(
+                "{file}: server.admin_listen: {admin} is reachable from other hosts over plain HTTP: \
+                 the bearer token and every answer travel in clear; set server.admin_tls_certificate \
+                 and server.admin_tls_key (and server.admin_client_ca to require client certificates)"
+            ));
+        }
         for s in &self.services {
             let service = service_key(0, Some(&s.name));
             for (key, _) in &s.geo.entries {
@@ -225,6 +236,14 @@ pub struct Server {
     pub admin_listen: Option<SocketAddr>,
     /// File holding the bearer token for mutating admin calls.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the admin port (leaf first): set, the admin port speaks HTTPS
+    /// only. Re-read on every reload (new connections get the new certificate).
+    pub admin_tls_certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `admin_tls_certificate`.
+    pub admin_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: set, the admin port requires a client certificate signed by one of
+    /// these CAs (needs `admin_tls_certificate`).
+    pub admin_client_ca: Option<PathBuf>,
     /// File where operator overrides (drains) are persisted.
     pub state_file: Option<PathBuf>,
     /// MaxMind-format GeoIP database.
@@ -239,6 +258,8 @@ pub struct Server {
     /// cookies, every one is accepted (so a secret can be rolled over). Empty: each process
     /// draws a random secret at start.
     pub cookie_secrets: Vec<[u8; 16]>,
+    /// The file `cookie_secrets` was read from (watched for changes by `crate::watch`).
+    pub cookie_secret_file: Option<PathBuf>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
     /// Idle time after which a DNS TCP connection is closed.

@@ -28,6 +28,9 @@ pub(crate) struct RawServer {
     pub(crate) tls_listen: Option<Vec<String>>,
     pub(crate) tls_certificate: Option<String>,
     pub(crate) tls_key: Option<String>,
+    pub(crate) admin_tls_certificate: Option<String>,
+    pub(crate) admin_tls_key: Option<String>,
+    pub(crate) admin_client_ca: Option<String>,
     pub(crate) quic_listen: Option<Vec<String>>,
 }
 

@@ -334,6 +334,9 @@ impl Validator {
             tls_listen: None,
             tls_certificate: None,
             tls_key: None,
+            admin_tls_certificate: None,
+            admin_tls_key: None,
+            admin_client_ca: None,
             quic_listen: None,
         });
         let listen = raw
@@ -422,11 +425,9 @@ impl Validator {
         {
             self.err("server.nsid", "must be 1 to 255 bytes long");
         }
-        let cookie_secrets = match &raw.cookie_secret_file {
-            Some(p) => {
-                let path = self.resolve(p);
-                self.cookie_secrets(&path)
-            }
+        let cookie_secret_file = raw.cookie_secret_file.map(|p| self.resolve(&p));
+        let cookie_secrets = match &cookie_secret_file {
+            Some(path) => self.cookie_secrets(path),
             None => Vec::new(),
         };
         if raw.udp_workers == Some(0) {
@@ -517,6 +518,24 @@ impl Validator {
             ),
             _ => {}
         }
+        let admin_tls_certificate = raw.admin_tls_certificate.map(|p| self.resolve(&p));
+        let admin_tls_key = raw.admin_tls_key.map(|p| self.resolve(&p));
+        let admin_client_ca = raw.admin_client_ca.map(|p| self.resolve(&p));
+        match (&admin_tls_certificate, &admin_tls_key) {
+            (Some(_), None) => self.err(
+                "server.admin_tls_key",
+                "missing: server.admin_tls_certificate is set",
+            ),
+            (None, Some(_)) => self.err(
+                "server.admin_tls_certificate",
+                "missing: server.admin_tls_key is set",
+            ),
+            (None, None) if admin_client_ca.is_some() => self.err(
+                "server.admin_client_ca",
+                "needs server.admin_tls_certificate and server.admin_tls_key: client certificates are asked for over HTTPS only",
+            ),
+            _ => {}
+        }
         let wants_quic = raw.quic_listen.as_ref().is_some_and(|l| !l.is_empty());
         if tls_certificate.is_none() && tls_key.is_none() && wants_quic {
             self.err(
@@ -525,6 +544,10 @@ impl Validator {
             );
         }
         Server {
+            admin_tls_certificate,
+            admin_tls_key,
+            admin_client_ca,
+            cookie_secret_file,
             tls_listen,
             quic_listen,
             tls_certificate,

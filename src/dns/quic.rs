@@ -5,10 +5,12 @@
 //!
 //! Served with quinn directly rather than hickory-server's QUIC listener: hickory's
 //! `ResponseHandler::send_response` takes a `MessageResponse` it encodes itself (no way to hand
-//! it our wire answer), its `ServerContext` decodes the query and answers undecodable ones
-//! before any handler sees them, and its `QuicServer::next` awaits each handshake (up to 5 s)
-//! inside the accept loop, so one client that never finishes a handshake holds up every new
-//! connection; it has no connection caps (docs/DESIGN.md, "why not hickory-server").
+//! it our wire answer: it would write the first owner name in full where ours points to the
+//! question), its `ServerContext` decodes the query and answers undecodable ones (FORMERR
+//! without an OPT) before any handler sees them, and its `QuicServer::next` awaits each
+//! handshake (up to 5 s) inside the accept loop, so one client that never finishes a handshake
+//! holds up every new connection; it has no connection caps (docs/DESIGN.md, "Why not
+//! hickory-server's listeners").
 //!
 //! Limits are those of the TCP listeners ([`Limits`]): the caps in all and per client network
 //! (the same [`PerNetwork`] table type as TCP), the idle timeout (no new query for that long
@@ -58,13 +60,16 @@ pub(crate) mod code {
 /// asks servers not to limit clients to fewer than 100.
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
+/// How much longer than the idle timeout QUIC's own (silent) idle timeout is.
+const IDLE_SLACK: Duration = Duration::from_secs(1);
+
 /// How long shutdown lets closed connections tell their peers (CONNECTION_CLOSE) before the
 /// socket goes.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Builds the QUIC endpoint of a DoQ listener on `socket`: TLS 1.3 only (RFC 9001), ALPN
 /// `doq`, the certificate of the live snapshot, no unidirectional streams, no datagrams, and
-/// the idle timeout of `limits`. Needs a tokio runtime.
+/// QUIC's idle timeout just past that of `limits`. Needs a tokio runtime.
 pub(crate) fn endpoint(
     socket: std::net::UdpSocket,
     snapshot: SnapshotCell,
@@ -78,7 +83,9 @@ pub(crate) fn endpoint(
         // RFC 9250 §4.2: DoQ uses client-initiated bidirectional streams only.
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
-        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
+        // A little beyond our own idle close, which then comes first and says DOQ_NO_ERROR;
+        // QUIC's silent idle timeout only ends connections whose peer vanished.
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout + IDLE_SLACK).ok());
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
     Ok(quinn::Endpoint::new(

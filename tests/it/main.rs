@@ -3,6 +3,7 @@
 //! over real UDP and TCP (see `harness`).
 
 mod admin;
+mod admin_tls;
 mod backend;
 mod cli;
 mod clients;

@@ -1,9 +1,10 @@
 //! DNS over QUIC (issue 15, RFC 9250): `kdig +quic` gets answers; a quinn client gets the very
 //! bytes a TCP client gets for the same query (ECS scope, OPT, NSID, cookie, AA; NOERROR,
-//! NXDOMAIN and SERVFAIL); a non-zero message ID closes the connection with
-//! DOQ_PROTOCOL_ERROR; a reload serves a new certificate on the next connection while open
+//! NXDOMAIN and SERVFAIL); a non-zero message ID, a stream finished inside its message and a
+//! runt close the connection with DOQ_PROTOCOL_ERROR; a reload serves a new certificate on the next connection while open
 //! ones go on; a client that never finishes its handshake holds its slot for a bounded time;
-//! connections are capped per client network as for TCP. Certificates are generated in the
+//! connections are capped per client network as for TCP; idle connections and shutdown close
+//! with DOQ_NO_ERROR. Certificates are generated in the
 //! test with the openssl CLI (as for DoT).
 //!
 //! No timed assertions: waits are bounded generously; measured times are printed
@@ -155,7 +156,7 @@ fn issue_15_doq_answers_kdig_and_matches_tcp_bytes_rejects_nonzero_ids_and_reloa
         "tcp_idle_timeout = \"60s\"\n[[zone]]\norigin = \"example.org.\"\nfile = {:?}\n",
         zone.display().to_string()
     );
-    let s = Server::start(&config(&crt1, &key1, &extra));
+    let mut s = Server::start(&config(&crt1, &key1, &extra));
     let doq = quic_port(&s);
 
     // 1. kdig over QUIC, verifying the certificate against the generated CA.
@@ -268,11 +269,22 @@ fn issue_15_doq_answers_kdig_and_matches_tcp_bytes_rejects_nonzero_ids_and_reloa
         let mut m = query("example.net.", RecordType::SOA);
         m.metadata.id = 0x1234;
         assert!(ask(&bad, &m.to_vec().unwrap()).await.is_err());
-        match tokio::time::timeout(STEP, bad.closed()).await {
-            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
-                assert_eq!(c.error_code, quinn::VarInt::from_u32(2), "{c:?}")
-            }
-            other => panic!("expected DOQ_PROTOCOL_ERROR, got {other:?}"),
+        assert_protocol_error(&bad, "a non-zero message ID").await;
+        // So do a stream finished inside its message (§4.3.3) and a runt that is no query.
+        for (what, raw) in [
+            ("a FIN inside the message", {
+                let mut v = 100u16.to_be_bytes().to_vec();
+                v.extend([0u8; 10]);
+                v
+            }),
+            ("a 5-byte message", vec![0, 5, 0, 0, 1, 0, 0]),
+        ] {
+            let bad = connect(&ep, doq).await.expect("another connection");
+            let (mut send, mut recv) = bad.open_bi().await.unwrap();
+            send.write_all(&raw).await.unwrap();
+            send.finish().unwrap();
+            assert!(recv.read_to_end(65537).await.is_err(), "{what}: no answer");
+            assert_protocol_error(&bad, what).await;
         }
         // The first connection is not affected.
         let m = {
@@ -317,17 +329,38 @@ fn issue_15_doq_answers_kdig_and_matches_tcp_bytes_rejects_nonzero_ids_and_reloa
                 .metadata
                 .authoritative
         );
-        conn.close(quinn::VarInt::from_u32(0), b"");
         next.close(quinn::VarInt::from_u32(0), b"");
-    });
 
-    // 6. Counted by transport.
-    let metrics = http(s.admin(), "GET", "/metrics", &[], "").body;
-    assert!(
-        metrics
-            .contains(r#"meridian_dns_queries_total{transport="quic",qtype="A",rcode="NOERROR"}"#),
-        "{metrics}"
-    );
+        // 6. Counted by transport.
+        let metrics = http(s.admin(), "GET", "/metrics", &[], "").body;
+        assert!(
+            metrics.contains(
+                r#"meridian_dns_queries_total{transport="quic",qtype="A",rcode="NOERROR"}"#
+            ),
+            "{metrics}"
+        );
+
+        // 7. SIGTERM: the open connection is closed with DOQ_NO_ERROR, the server exits 0.
+        s.signal(libc::SIGTERM);
+        match tokio::time::timeout(STEP, conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(c.error_code, quinn::VarInt::from_u32(0), "{c:?}")
+            }
+            other => panic!("expected DOQ_NO_ERROR at shutdown, got {other:?}"),
+        }
+    });
+    let status = s.wait_exit(STEP).expect("exited after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+}
+
+/// Asserts that the server closed `conn` with DOQ_PROTOCOL_ERROR (0x2) after `what`.
+async fn assert_protocol_error(conn: &quinn::Connection, what: &str) {
+    match tokio::time::timeout(STEP, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(2), "{what}: {c:?}")
+        }
+        other => panic!("{what}: expected DOQ_PROTOCOL_ERROR, got {other:?}"),
+    }
 }
 
 /// Forwards the first datagram a client sends to `server` and drops everything after, both
@@ -425,7 +458,18 @@ fn issue_15_doq_stalled_handshakes_cost_a_bounded_slot_and_connections_are_cappe
             other => panic!("expected CONNECTION_REFUSED at the cap: {other:?}"),
         }
         assert!(ask(&conn, &m).await.is_ok(), "the open connection goes on");
-        conn.close(quinn::VarInt::from_u32(0), b"");
+        // 5. No query for the idle timeout: closed with DOQ_NO_ERROR (RFC 9250 §5.5).
+        let idle_from = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(60), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(c.error_code, quinn::VarInt::from_u32(0), "{c:?}")
+            }
+            other => panic!("expected DOQ_NO_ERROR on an idle connection, got {other:?}"),
+        }
+        eprintln!(
+            "idle connection closed after {:?} (tcp_idle_timeout 6 s)",
+            idle_from.elapsed()
+        );
     });
 }
 
