@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    RawCheck, RawDnssec, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer,
-    RawService, RawZone,
+    RawCheck, RawDnssec, RawEndpoint, RawLoad, RawNotify, RawQueryLog, RawRateLimit, RawRegion,
+    RawServer, RawService, RawZone,
 };
 use super::*;
 use super::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
@@ -1027,6 +1027,7 @@ impl Validator {
                 ("body_contains", raw.body_contains.is_some()),
                 ("headers", raw.headers.is_some()),
                 ("tls_verify", raw.tls_verify.is_some()),
+                ("load", raw.load.is_some()),
             ] {
                 if set {
                     self.err(
@@ -1157,6 +1158,10 @@ impl Validator {
                 None
             }
         };
+        let load = match raw.load {
+            Some(l) if is_http => self.load_signal(&format!("{key}.load"), l),
+            _ => None,
+        };
         Some(Check {
             name,
             kind,
@@ -1174,7 +1179,75 @@ impl Validator {
             tls_verify: raw.tls_verify.unwrap_or(true),
             source,
             initial_state,
+            load,
         })
+    }
+
+    /// Validates a check's `load = { header | json, capacity }` (issue 16).
+    fn load_signal(&mut self, key: &str, raw: RawLoad) -> Option<LoadSignal> {
+        let before = self.errors.len();
+        let source = match (raw.header, raw.json) {
+            (Some(h), None) => {
+                let ok = !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !ok {
+                    self.err(
+                        format!("{key}.header"),
+                        format!("{h:?} is not a valid header name"),
+                    );
+                }
+                LoadSource::Header(h)
+            }
+            (None, Some(p)) => {
+                if let Err(e) = check_json_pointer(&p) {
+                    self.err(
+                        format!("{key}.json"),
+                        format!("{p:?} is not a JSON pointer (RFC 6901): {e}"),
+                    );
+                }
+                LoadSource::Json(p)
+            }
+            (Some(_), Some(_)) => {
+                self.err(key, "set either header or json, not both");
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    key,
+                    "needs header = \"NAME\" or json = \"/pointer\": where the health response carries the load",
+                );
+                return None;
+            }
+        };
+        if let Some(c) = raw.capacity
+            && !(c.is_finite() && c > 0.0)
+        {
+            self.err(
+                format!("{key}.capacity"),
+                format!("{c} must be a number greater than zero (the figure at full load)"),
+            );
+        }
+        (self.errors.len() == before).then_some(LoadSignal {
+            source,
+            capacity: raw.capacity,
+        })
+    }
+
+    /// Validates a `high_watermark` (a load in (0, 1]) at `key`.
+    fn high_watermark(&mut self, key: &str, value: Option<f64>) -> Option<f64> {
+        let w = value?;
+        if w.is_finite() && w > 0.0 && w <= 1.0 {
+            Some(w)
+        } else {
+            self.err(
+                key,
+                format!(
+                    "{w} is outside (0, 1]: the load (0 idle, 1 full) above which clients spill"
+                ),
+            );
+            None
+        }
     }
 
     fn services(
@@ -1283,10 +1356,22 @@ impl Validator {
                 "must list at least one endpoint",
             );
         }
+        let spills = matches!(policy, Policy::Nearest | Policy::Geo | Policy::Failover);
+        let has_watermark = raw.high_watermark.is_some()
+            || raw.endpoints.iter().any(|e| e.high_watermark.is_some());
+        if has_watermark && !spills {
+            self.err(
+                format!("{key}.high_watermark"),
+                "applies only to the nearest, geo and failover policies (weighted scales weights by free capacity)",
+            );
+        }
+        let watermark = self
+            .high_watermark(&format!("{key}.high_watermark"), raw.high_watermark)
+            .unwrap_or(DEFAULT_HIGH_WATERMARK);
         let mut endpoints = Vec::new();
         for (j, ep) in raw.endpoints.into_iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), regions, checks);
+            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), watermark, regions, checks);
             if let Some(e) = endpoint {
                 if endpoints
                     .iter()
@@ -1334,6 +1419,7 @@ impl Validator {
         key: &str,
         raw: RawEndpoint,
         service_check: Option<&Arc<Check>>,
+        service_watermark: f64,
         regions: &[Arc<Region>],
         checks: &[Arc<Check>],
     ) -> Option<Endpoint> {
@@ -1365,12 +1451,16 @@ impl Validator {
             Some(c) => self.resolve_check(&format!("{key}.check"), c, checks),
             None => service_check.cloned(),
         };
+        let high_watermark = self
+            .high_watermark(&format!("{key}.high_watermark"), raw.high_watermark)
+            .unwrap_or(service_watermark);
         Some(Endpoint {
             region: region?,
             addresses,
             weight: raw.weight.unwrap_or(1),
             priority: raw.priority.unwrap_or(1),
             check,
+            high_watermark,
         })
     }
 
@@ -1454,6 +1544,21 @@ impl Validator {
         }
         map
     }
+}
+
+/// Checks a JSON pointer (RFC 6901 §3): empty, or `/`-separated tokens where `~` is
+/// followed only by `0` or `1`.
+fn check_json_pointer(p: &str) -> Result<(), &'static str> {
+    if !p.is_empty() && !p.starts_with('/') {
+        return Err("it must be empty or start with '/'");
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err("'~' must be followed by 0 or 1");
+        }
+    }
+    Ok(())
 }
 
 /// Returns true for a two-letter code.

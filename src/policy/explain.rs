@@ -139,6 +139,26 @@ pub enum Step {
         /// The first position, 0-based.
         start: usize,
     },
+    /// A region above its high watermark spills a share of its clients to their next region
+    /// (issue 16); `moved` says whether this client is one of them.
+    Spill {
+        /// The region.
+        region: String,
+        /// Its load (mean of its usable targets that reported one); `None`: unknown.
+        load: Option<f64>,
+        /// The load above which it spills.
+        high_watermark: f64,
+        /// The share of its clients moved.
+        fraction: f64,
+        /// This client's subnet hash in [0, 1): moved when below `fraction`.
+        client_hash: f64,
+        /// True when this client is answered with its next region instead (the region is
+        /// taken only if no later one is usable).
+        moved: bool,
+        /// The same in words: "eu-west at 0.93 > 0.80, 14 % of its clients moved; this
+        /// client's hash 0.07 < 0.14: answered with its next usable region".
+        why: String,
+    },
 }
 
 /// Records steps into passes.
@@ -195,8 +215,52 @@ impl Sink for TraceSink<'_> {
         self.push(Step::Rotate { start });
     }
 
+    fn spilled(
+        &mut self,
+        region: usize,
+        load: &crate::health::RegionLoad,
+        point: f64,
+        moved: bool,
+    ) {
+        let region = self.name(region);
+        let why = spill_why(&region, load, point, moved);
+        self.push(Step::Spill {
+            region,
+            why,
+            load: load.load,
+            high_watermark: load.high_watermark,
+            fraction: load.spill_fraction,
+            client_hash: point,
+            moved,
+        });
+    }
+
     fn note(&mut self, note: &'static str) {
         self.notes.push(note);
+    }
+}
+
+/// Says in words why a client was or was not moved from a spilling region.
+fn spill_why(region: &str, load: &crate::health::RegionLoad, point: f64, moved: bool) -> String {
+    let (high, fraction) = (load.high_watermark, load.spill_fraction);
+    let at = match load.load {
+        Some(l) if l > high => format!("at {l:.2} > {high:.2}"),
+        Some(l) => {
+            format!("at {l:.2} <= {high:.2} (under its mark again: the share holds or shrinks)")
+        }
+        None => "load unknown (the share shrinks back to 0)".to_string(),
+    };
+    let pct = fraction * 100.0;
+    if moved {
+        format!(
+            "{region} {at}, {pct:.0} % of its clients moved; this client's hash {point:.2} < \
+             {fraction:.2}: answered with its next usable region"
+        )
+    } else {
+        format!(
+            "{region} {at}, {pct:.0} % of its clients moved; this client's hash {point:.2} >= \
+             {fraction:.2}: stays"
+        )
     }
 }
 
@@ -214,6 +278,17 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         notes: Vec::new(),
     };
     let decision = svc.run(client, family, health, random, None, &mut sink);
+    if sink
+        .passes
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| matches!(s, Step::Spill { .. }))
+    {
+        sink.notes.push(
+            "a region spills (load above its high watermark): the answer depends on the \
+             client's /24 or /56, so the ECS scope is at least that",
+        );
+    }
     let located = client.located;
     let service = &svc.service;
     let loc = located.location.as_ref();
@@ -382,6 +457,7 @@ impl fmt::Display for Explanation {
                     Step::Rotate { start } => {
                         writeln!(f, "  start at target {} (sticky rotation)", start + 1)?
                     }
+                    Step::Spill { why, .. } => writeln!(f, "  spill: {why}")?,
                 }
             }
         }

@@ -20,6 +20,7 @@ mod monitoring;
 mod quic;
 mod reload;
 mod scale;
+mod spill;
 mod tls;
 mod watch;
 mod wire;
