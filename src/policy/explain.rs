@@ -34,6 +34,14 @@ pub struct Explanation {
     pub client: ClientTrace,
     /// The sticky subnet (`203.0.113.0/24`) when the service is sticky.
     pub sticky_subnet: Option<String>,
+    /// The client's spill hash in [0, 1) when a region of the service reads load and the
+    /// policy spills (`nearest`, `geo`, `failover`; issue 16): the client is moved from a
+    /// region whose spill fraction exceeds it. Its subnet (/24, /56) is `spill_subnet`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_hash: Option<f64>,
+    /// The subnet the spill hash is taken over (`87.32.21.0/24`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_subnet: Option<String>,
     /// The `geo` entry the client matched (`country:DE`, `EU`, `default`), for policy `geo`.
     pub geo_match: Option<String>,
     /// The candidate regions in policy order (`weighted`: config order, drawn by weight).
@@ -331,6 +339,23 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         GeoMatch::Country(i) | GeoMatch::Continent(i) => svc.geo.entries[i].label.clone(),
         GeoMatch::Default => "default".to_string(),
     });
+    let spills = matches!(
+        service.policy,
+        Policy::Nearest | Policy::Geo | Policy::Failover
+    ) && service.endpoints.iter().any(|e| e.has_load());
+    let spill_hash = spills.then(|| {
+        crate::health::spill::spill_point(super::geometry::sticky_hash(
+            svc.sticky_basis,
+            located.ip,
+        ))
+    });
+    let spill_subnet = spills.then(|| {
+        format!(
+            "{}/{}",
+            sticky_subnet(located.ip),
+            sticky_prefix(located.ip)
+        )
+    });
     let sticky_subnet = service.sticky.then(|| {
         format!(
             "{}/{}",
@@ -359,6 +384,8 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
             scope_map: svc.has_scope_map(),
         },
         sticky_subnet,
+        spill_hash,
+        spill_subnet,
         geo_match,
         order,
         passes: sink.passes,
@@ -402,6 +429,14 @@ impl fmt::Display for Explanation {
         writeln!(f, ", network /{}", c.prefix_len)?;
         if let Some(s) = &self.sticky_subnet {
             writeln!(f, "sticky subnet {s}")?;
+        }
+        if let (Some(h), Some(n)) = (self.spill_hash, &self.spill_subnet) {
+            writeln!(
+                f,
+                "spill hash {h:.3} (of {n}): moved from a region over its high watermark once \
+                 more than {:.1} % of its clients are",
+                h * 100.0
+            )?;
         }
         if let Some(g) = &self.geo_match {
             writeln!(f, "geo entry {g}")?;

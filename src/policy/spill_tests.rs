@@ -349,7 +349,11 @@ fn issue_16_explain_says_when_and_why_a_client_was_spilled() {
     );
     let text = kept.to_string();
     assert!(text.contains(">= 0.14: stays"), "{text}");
+    assert!(text.contains("spill hash 0."), "{text}");
     let json = serde_json::to_value(&moved).unwrap();
+    let hash = json["spill_hash"].as_f64().unwrap();
+    assert!(hash < 0.14, "{json}");
+    assert_eq!(json["passes"][0]["steps"][0]["client_hash"], hash);
     let step = &json["passes"][0]["steps"][0];
     assert_eq!(step["step"], "spill");
     assert_eq!(step["moved"], true);
