@@ -188,6 +188,9 @@ struct PlanEntry {
     high_watermark: f64,
     /// The service's TTL: how long a moved client may still use its old answer.
     ttl: Duration,
+    /// The interval of the endpoint's check: how often its region gets a fresh load (and so
+    /// a step).
+    interval: Duration,
     targets: Vec<TargetKey>,
 }
 
@@ -304,6 +307,7 @@ impl LoadState {
                     policy: s.policy,
                     high_watermark: e.high_watermark,
                     ttl: Duration::from_secs(u64::from(s.ttl)),
+                    interval: check.interval,
                     targets,
                 });
             }
@@ -364,7 +368,8 @@ impl LoadState {
                     .control
                     .entry((e.service.clone(), e.region.clone()))
                     .or_default();
-                let window = window(e.ttl, self.period.unwrap_or(e.ttl));
+                // A region steps when its targets report, once per interval of its check.
+                let window = window(e.ttl, e.interval.max(self.period.unwrap_or(e.interval)));
                 if fresh {
                     if matches!(e.policy, Policy::Nearest | Policy::Geo | Policy::Failover) {
                         c.step(load, e.high_watermark, window);
@@ -619,5 +624,110 @@ mod tests {
             .filter(|&p| p < 0.25)
             .count();
         assert!((2300..2700).contains(&below), "{below} of {n} below 0.25");
+    }
+
+    fn config(policy: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let text = format!(
+            r#"[[zone]]
+origin = "example.net."
+file = "z"
+[region.a]
+latitude = 1.0
+longitude = 2.0
+[region.b]
+latitude = 3.0
+longitude = 4.0
+[check.web]
+kind = "http"
+interval = "1s"
+timeout = "500ms"
+load = {{ header = "X-Load" }}
+[check.plain]
+kind = "http"
+[[service]]
+name = "api.example.net."
+policy = "{policy}"
+ttl = 3
+endpoints = [
+  {{ region = "a", addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3"], check = "web" }},
+  {{ region = "b", addresses = ["192.0.2.9"], check = "plain" }},
+]
+"#
+        );
+        crate::config::parse_str(&dir.path().join("m.toml"), &text).unwrap()
+    }
+
+    fn key(last: u8) -> TargetKey {
+        TargetKey {
+            address: IpAddr::from([192, 0, 2, last]),
+            check: Arc::from("web"),
+        }
+    }
+
+    #[test]
+    fn a_round_averages_usable_targets_and_steps_only_on_fresh_samples() {
+        let mut st = LoadState::default();
+        st.configure(&config("nearest"));
+        assert_eq!(st.period(), Some(Duration::from_secs(1)));
+        // 192.0.2.3 is down: its (high) load is left out; 192.0.2.2 reports nothing.
+        let view = HealthView::empty().with_state(key(3).address, "web", super::super::State::Down);
+        st.record(&key(1), Some(0.9));
+        st.record(&key(2), None);
+        st.record(&key(3), Some(5.0));
+        let lv = st.round(&view).unwrap();
+        let svc = lv.service("api.example.net.").unwrap();
+        let a = svc.region(0, "a").unwrap();
+        assert_eq!(a.load, Some(0.9));
+        assert!(a.spill_fraction > 0.0, "{a:?}");
+        assert_eq!(a.free, None, "free capacity is for weighted only");
+        // The endpoint without load has a placeholder that matches no name.
+        assert!(svc.region(1, "b").is_none());
+        assert_eq!(lv.target(key(1).address, "web"), Some(0.9));
+        assert_eq!(lv.target(key(2).address, "web"), None);
+        // No probe since: the fraction holds.
+        let before = a.spill_fraction;
+        let lv = st.round(&view).unwrap();
+        assert_eq!(
+            lv.service("api.example.net.").unwrap().regions[0].spill_fraction,
+            before
+        );
+        // The region drained: every target left out, load unknown, the fraction shrinks.
+        let drained = view.clone().with_drained("a");
+        st.record(&key(1), Some(0.9));
+        let lv = st.round(&drained).unwrap();
+        let a = &lv.service("api.example.net.").unwrap().regions[0];
+        assert_eq!(a.load, None);
+        assert!(a.spill_fraction < before);
+    }
+
+    #[test]
+    fn weighted_regions_get_free_capacity_and_no_fraction() {
+        let mut st = LoadState::default();
+        st.configure(&config("weighted"));
+        st.record(&key(1), Some(0.6));
+        let lv = st.round(&HealthView::empty()).unwrap();
+        let a = &lv.service("api.example.net.").unwrap().regions[0];
+        assert_eq!((a.spill_fraction, a.free), (0.0, Some(0.4)));
+        st.record(&key(1), Some(1.0));
+        let lv = st.round(&HealthView::empty()).unwrap();
+        let a = &lv.service("api.example.net.").unwrap().regions[0];
+        // Smoothed: half way from 0.6 to 1.0.
+        assert!((a.free.unwrap() - 0.2).abs() < 1e-9, "{a:?}");
+    }
+
+    #[test]
+    fn without_load_nothing_is_published() {
+        let mut st = LoadState::default();
+        let mut c = config("nearest");
+        for s in &mut c.services {
+            for e in &mut s.endpoints {
+                e.check = None;
+            }
+        }
+        st.configure(&c);
+        assert_eq!(st.period(), None);
+        assert!(st.round(&HealthView::empty()).is_none());
     }
 }
