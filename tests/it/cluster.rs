@@ -527,6 +527,11 @@ fn issue_10_a_target_is_withdrawn_only_when_a_majority_of_the_fleet_sees_it_down
             "one dissenter withdraws nothing"
         );
     }
+    // On a loaded machine c's first vote may reach a after the answers above settled.
+    wait_until("a sees c's up vote", &fleet, || {
+        let st = status(fleet.get(0));
+        st["services"][0]["regions"][0]["targets"][0]["fleet"]["views"]["c"] == "up"
+    });
     let ex = http(
         fleet.get(0).admin(),
         "GET",
