@@ -132,6 +132,8 @@ pub(crate) async fn serve(
         let token = token.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
+            // On Linux the listener's TCP_NODELAY is inherited (`app::bind_tcp`).
+            #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
             let idle = limits.idle_timeout;
             match tls {
