@@ -70,13 +70,18 @@ pub enum StartError {
 }
 
 /// Returns the admin URL this instance advertises to the fleet: `cluster.advertise_admin`,
-/// else `http://` + the bound admin address.
+/// else `http://` (`https://` with admin TLS) + the bound admin address.
 fn advertised_admin(config: &crate::config::Config, bound: Option<SocketAddr>) -> Option<String> {
+    let scheme = if config.server.admin_tls_certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     config
         .cluster
         .as_ref()
         .and_then(|c| c.advertise_admin.clone())
-        .or_else(|| bound.map(|a| format!("http://{a}")))
+        .or_else(|| bound.map(|a| format!("{scheme}://{a}")))
 }
 
 /// How often drains are checked for expiry.
@@ -153,6 +158,13 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         info!("listening dns/tls {}", listener.local_addr()?);
         dot.push(listener);
     }
+    let mut doq = Vec::new();
+    for addr in &server.quic_listen {
+        let socket =
+            bind_udp(*addr).with_context(|| format!("failed to bind dns/quic on {addr}"))?;
+        info!("listening dns/quic {}", socket.local_addr()?);
+        doq.push(socket);
+    }
     // One rate limiter for every UDP socket: `[rate_limit]` holds per client network.
     let limiter = Arc::new(dns::rrl::Limiter::new());
     for s in udp {
@@ -190,6 +202,18 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
                 Some(acceptor.clone()),
             ));
         }
+    }
+    // DoQ on the runtime of TCP and DoT (never the UDP threads' nor the probes'), with their
+    // limits, per listener.
+    for socket in doq {
+        let endpoint = dns::quic::endpoint(socket, snapshot.clone(), limits)
+            .context("cannot set up DNS over QUIC")?;
+        dns_tasks.spawn(dns::quic::serve(
+            endpoint,
+            answerer.clone(),
+            token.clone(),
+            limits,
+        ));
     }
     dns_tasks.close();
     // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook
@@ -322,6 +346,20 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket for DoQ (IPv6 only on an IPv6 address, as [`bind_tcp`]).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Waits for SIGTERM or SIGINT; reloads on SIGHUP meanwhile.

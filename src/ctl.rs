@@ -8,6 +8,10 @@
 //! one table row (or, with `--json`, one JSON object) per instance, and the exit code is 1 when
 //! any instance failed (2 for a bad config or no instance to ask).
 //!
+//! HTTPS admin ports (`server.admin_tls_certificate`): `--ca` trusts only the CAs of a PEM
+//! bundle (else the system's roots), `--cert`/`--key` present a client certificate (for
+//! `server.admin_client_ca`); a TLS failure is told in the operator's terms ([`tls_hint`]).
+//!
 //! In a fleet a drain is stored once for everyone, so sending it to every instance is
 //! harmless (each write is the same) and tells the operator which instances took it.
 
@@ -33,6 +37,29 @@ pub struct CtlArgs {
     /// Prints JSON (one object per instance) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM CA bundle that signed the admin ports' certificates (https:// URLs); only these CAs
+    /// are trusted. Default: the system's trusted roots.
+    #[arg(long, env = "MERIDIAN_ADMIN_CA", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate presented to admin ports that require one
+    /// (server.admin_client_ca); with --key.
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -146,16 +173,11 @@ async fn run_async(args: CtlArgs) -> u8 {
             return 2;
         }
     };
-    crate::health::probe::install_crypto_provider();
-    let client = match reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CALL_TIMEOUT)
-        .build()
-    {
+    let client = match client(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return 1;
+            return 2;
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -199,6 +221,31 @@ async fn run_async(args: CtlArgs) -> u8 {
     u8::from(outcomes.iter().any(|o| !o.ok))
 }
 
+/// Returns the HTTP client of the admin calls: trusting only `--ca` when given, presenting
+/// `--cert`/`--key` when given.
+fn client(args: &CtlArgs) -> Result<reqwest::Client, String> {
+    crate::health::probe::install_crypto_provider();
+    let mut builder = reqwest::Client::builder().no_proxy().timeout(CALL_TIMEOUT);
+    if let Some(ca) = &args.ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("--ca {}: holds no PEM certificate", ca.display()));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let mut pem = std::fs::read(cert).map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(key).map_err(|e| format!("--key {}: {e}", key.display()))?);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("--cert {} / --key {}: {e}", cert.display(), key.display()))?;
+        builder = builder.identity(id);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 /// Returns the admin URLs to ask.
 async fn instances(
     given: &[String],
@@ -229,10 +276,15 @@ async fn instances(
             return Ok(cluster.admin_urls.clone());
         }
     }
+    let scheme = if config.server.admin_tls_certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     Ok(config
         .server
         .admin_listen
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("{scheme}://{a}"))
         .into_iter()
         .collect())
 }
@@ -367,6 +419,9 @@ async fn call(client: &reqwest::Client, admin: &str, r: &Request, token: Option<
                 msg = format!("{msg}: {s}");
                 source = s.source();
             }
+            if let Some(h) = tls_hint(&msg) {
+                msg = format!("{msg} ({h})");
+            }
             outcome.error = Some(msg);
         }
         Ok(resp) => {
@@ -387,6 +442,33 @@ async fn call(client: &reqwest::Client, admin: &str, r: &Request, token: Option<
         }
     }
     outcome
+}
+
+/// Says in the operator's terms what a TLS failure of an admin call means (rustls names
+/// the alert or the verification error only).
+fn tls_hint(error: &str) -> Option<&'static str> {
+    if error.contains("UnknownIssuer") || error.contains("BadSignature") {
+        Some(
+            "the admin port's certificate is not signed by a CA of --ca (without --ca: of the system's trusted roots)",
+        )
+    } else if error.contains("NotValidForName") {
+        Some("the admin port's certificate does not name the host of the URL")
+    } else if error.contains("Expired") || error.contains("NotValidYet") {
+        Some("the admin port's certificate is outside its validity dates")
+    } else if error.contains("CertificateRequired") {
+        Some("the admin port requires a client certificate: give --cert and --key")
+    } else if error.contains("received fatal alert: UnknownCA")
+        || error.contains("received fatal alert: BadCertificate")
+        || error.contains("received fatal alert: DecryptError")
+    {
+        Some(
+            "the admin port refused the client certificate: it is not signed by its server.admin_client_ca",
+        )
+    } else if error.contains("InvalidContentType") || error.contains("CorruptMessage") {
+        Some("the admin port does not speak TLS: try an http:// URL")
+    } else {
+        None
+    }
 }
 
 /// Renders the outcomes as a table, one row per instance.

@@ -36,6 +36,14 @@ pub const DNS_ECS_QUERIES_TOTAL: &str = "meridian_dns_ecs_queries_total";
 /// 1 when the probes find a target up (or not probed yet), 0 when down; drains do not change
 /// it. By service, region and address.
 pub const TARGET_UP: &str = "meridian_target_up";
+/// The load a target's last probe read (0 idle, 1 full), by service, region and address;
+/// only targets whose check reads load and that reported one (issue 16).
+pub const TARGET_LOAD: &str = "meridian_target_load";
+/// The load of a region (mean of its usable targets that reported one), by service and region.
+pub const REGION_LOAD: &str = "meridian_region_load";
+/// The share of a region's clients answered with their next region (spill-over, issue 16),
+/// by service and region.
+pub const REGION_SPILL_FRACTION: &str = "meridian_region_spill_fraction";
 /// 1 when an operator drained a target (its region or the address), by service, region and
 /// address.
 pub const TARGET_DRAINED: &str = "meridian_target_drained";
@@ -72,7 +80,7 @@ pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "meridian_config_loaded_timest
 pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
 
 /// Transport labels, in index order.
-pub(crate) const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+pub(crate) const TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "quic"];
 /// Query types counted by name, in index order; anything else is "other".
 pub(crate) const QTYPES: [(u16, &str); 15] = [
     (1, "A"),

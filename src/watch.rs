@@ -1,5 +1,7 @@
-//! Automatic reload: watches the config file, every zone file and the GeoIP database, and runs
-//! the same reload as SIGHUP when one of them changes.
+//! Automatic reload: watches the config file, every zone file, the GeoIP database, the PEM
+//! certificates, keys and client CA of DoT and of the admin port, and the DNS cookie secret
+//! file, and runs the same reload as SIGHUP when one of them changes (so a certificate
+//! renewed by cert-manager or certbot is served without a signal).
 //!
 //! It polls a content hash of each file every `server.watch_interval` (default 5 s) instead of
 //! asking the kernel for events, as CoreDNS's `reload` plugin does: Kubernetes updates a mounted
@@ -15,7 +17,8 @@
 //!
 //! The watcher does not own reloading: [`Reloader`] does (serialized with SIGHUP and
 //! `POST /reload`, counted in `meridian_config_reloads_total`). The admin token file is not
-//! watched: it is re-read on every call.
+//! watched: it is re-read on every call. The `[cluster]` TLS files are not either: the store
+//! client is set up at start only.
 //!
 //! Key types: [`Fingerprint`] (what the files looked like), [`Hasher`] (the per-file cache).
 
@@ -132,12 +135,27 @@ fn hash_file(path: &Path) -> Option<u64> {
     }
 }
 
-/// Returns the files a snapshot of `config` was built from: the config file, the zone files
-/// and the GeoIP database.
+/// Returns the files a snapshot of `config` was built from: the config file, the zone files,
+/// the GeoIP database, the PEM files of DoT and of the admin port, and the cookie secrets.
 pub(crate) fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let server = &config.server;
     let mut files = vec![config.source.clone()];
     files.extend(config.zones.iter().map(|z| z.file.clone()));
-    files.extend(config.server.geoip.iter().cloned());
+    for f in [
+        &server.geoip,
+        &server.tls_certificate,
+        &server.tls_key,
+        &server.admin_tls_certificate,
+        &server.admin_tls_key,
+        &server.admin_client_ca,
+        &server.cookie_secret_file,
+    ] {
+        if let Some(f) = f
+            && !files.contains(f)
+        {
+            files.push(f.clone());
+        }
+    }
     files
 }
 
@@ -234,7 +252,7 @@ pub(crate) async fn run(reloader: Reloader, snapshot: SnapshotCell, token: Cance
         info!(
             files = watch.current.0.len(),
             interval = ?every,
-            "watching the config, zone and GeoIP files for changes"
+            "watching the config, zone, GeoIP, PEM and cookie secret files for changes"
         );
     }
     let mut next = Next::Wait;
@@ -325,6 +343,36 @@ mod tests {
         let after = h.fingerprint(std::slice::from_ref(&file));
         assert_ne!(after, before);
         assert_eq!(after.changed(&before), vec![file]);
+    }
+
+    #[test]
+    fn the_pem_files_and_the_cookie_secrets_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(&d.join("zone"), "");
+        write(&d.join("cookie.secret"), &"ab".repeat(16));
+        write(
+            &d.join("meridian.toml"),
+            "[server]\ntls_listen = [\"127.0.0.1:0\"]\ntls_certificate = \"dot.crt\"\n\
+             tls_key = \"dot.key\"\nadmin_tls_certificate = \"admin.crt\"\n\
+             admin_tls_key = \"admin.key\"\nadmin_client_ca = \"ca.crt\"\n\
+             cookie_secret_file = \"cookie.secret\"\n\
+             [[zone]]\norigin = \"example.net.\"\nfile = \"zone\"\n",
+        );
+        let config = crate::config::load(&d.join("meridian.toml")).unwrap();
+        let files = watched_files(&config);
+        for f in [
+            "meridian.toml",
+            "zone",
+            "dot.crt",
+            "dot.key",
+            "admin.crt",
+            "admin.key",
+            "ca.crt",
+            "cookie.secret",
+        ] {
+            assert!(files.contains(&d.join(f)), "{f} not in {files:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Gauges computed at scrape time from the current snapshot and health view (nothing is kept
 //! between scrapes): `meridian_target_up`, `meridian_target_drained`,
 //! `meridian_service_all_down`, `meridian_service_failing_open`, `meridian_check_targets` and
-//! `meridian_geoip_build_timestamp_seconds`.
+//! `meridian_geoip_build_timestamp_seconds`, and where checks read load (issue 16)
+//! `meridian_target_load`, `meridian_region_load` and `meridian_region_spill_fraction`.
 //!
 //! `meridian_target_up` is the probe result alone (1 up or not probed yet, 0 down) and
 //! `meridian_target_drained` the operator's drain, so that an alert on targets down does not
@@ -19,8 +20,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::health::{HealthView, State, withdrawal};
 use crate::metrics::{
-    CHECK_TARGETS, GEOIP_BUILD_TIMESTAMP_SECONDS, SERVICE_ALL_DOWN, SERVICE_FAILING_OPEN,
-    TARGET_DRAINED, TARGET_UP,
+    CHECK_TARGETS, GEOIP_BUILD_TIMESTAMP_SECONDS, REGION_LOAD, REGION_SPILL_FRACTION,
+    SERVICE_ALL_DOWN, SERVICE_FAILING_OPEN, TARGET_DRAINED, TARGET_LOAD, TARGET_UP,
 };
 use crate::outage::assess;
 use crate::snapshot::SnapshotCell;
@@ -77,6 +78,54 @@ impl Collector for HealthCollector {
                     ];
                     ConstGauge::new(i64::from(value)).encode(metric.encode_family(&labels)?)?;
                 }
+            }
+        }
+
+        if let Some(load) = view.load() {
+            let mut metric = encoder.encode_descriptor(
+                TARGET_LOAD,
+                "The load a target's last probe read (0 idle, 1 full); only targets that reported one.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (service, region, address, check) in &targets {
+                if let Some(l) = check.and_then(|c| load.target(*address, c)) {
+                    let address = address.to_string();
+                    let labels = [
+                        ("service", *service),
+                        ("region", *region),
+                        ("address", address.as_str()),
+                    ];
+                    ConstGauge::new(l).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+            let regions: Vec<(&str, &crate::health::RegionLoad)> = config
+                .services
+                .iter()
+                .filter_map(|s| Some((s.name.as_str(), load.service(&s.name)?)))
+                .flat_map(|(s, l)| l.regions.iter().filter(|r| r.has_load).map(move |r| (s, r)))
+                .collect();
+            let mut metric = encoder.encode_descriptor(
+                REGION_LOAD,
+                "The load of a region: the mean of its usable targets that reported one.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (service, r) in &regions {
+                if let Some(l) = r.load {
+                    let labels = [("service", *service), ("region", &*r.region)];
+                    ConstGauge::new(l).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+            let mut metric = encoder.encode_descriptor(
+                REGION_SPILL_FRACTION,
+                "The share of a region's clients answered with their next region (load above its high_watermark).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (service, r) in &regions {
+                let labels = [("service", *service), ("region", &*r.region)];
+                ConstGauge::new(r.spill_fraction).encode(metric.encode_family(&labels)?)?;
             }
         }
 

@@ -3,7 +3,7 @@
 //!
 //! Owns the HTTP surface only: state lives in the [`Handles`] it is given (the snapshot cell,
 //! the health subsystem, the metrics and the reloader). Key items: [`start`] (binds `server.admin_listen`, logs
-//! `listening admin/http ADDR`, spawns the server and the metrics feed), the router,
+//! `listening admin/http ADDR` or `listening admin/https ADDR`, spawns the server and the metrics feed), the router,
 //! [`AdminError`] (every error is JSON `{"error": "..."}` with a fitting status) and
 //! [`status::StatusReport`] (the `/status` document).
 //!
@@ -203,7 +203,7 @@ struct AdminState {
 }
 
 /// Binds `server.admin_listen` (when set), logs `listening admin/http ADDR` with the real
-/// port, and spawns on `tasks` the HTTP server and the task feeding health events into the
+/// port (`admin/https` when `server.admin_tls_certificate` is set), and spawns on `tasks` the HTTP server and the task feeding health events into the
 /// metrics; both stop when `token` is cancelled. Returns the bound address.
 pub(crate) async fn start(
     app: Handles,
@@ -218,7 +218,12 @@ pub(crate) async fn start(
         .await
         .with_context(|| format!("failed to bind admin/http on {addr}"))?;
     let local = listener.local_addr()?;
-    info!("listening admin/http {local}");
+    let tls = server::AdminTls::of(&app.snapshot);
+    if tls.is_some() {
+        info!("listening admin/https {local}");
+    } else {
+        info!("listening admin/http {local}");
+    }
     // Subscribe before returning, so that no transition after start is missed.
     let history = Arc::new(history::History::default());
     tasks.spawn(feed_metrics(
@@ -230,7 +235,12 @@ pub(crate) async fn start(
         token.clone(),
     ));
     // Connection cap, timeouts and JSON errors: server.rs.
-    tasks.spawn(server::serve(listener, router(app, local, history), token));
+    tasks.spawn(server::serve(
+        listener,
+        router(app, local, history),
+        tls,
+        token,
+    ));
     Ok(Some(local))
 }
 

@@ -353,6 +353,27 @@ fn service(b: &mut String, d: &PageData<'_>, s: &super::status::ServiceReport) {
             },
             n = esc(&r.name),
         );
+        if let Some(l) = &r.load {
+            // Issue 16: the region's load and how many of its clients spill.
+            let load = l
+                .load
+                .map_or("unknown".to_string(), |x| format!("{:.0} %", x * 100.0));
+            let spill = if l.spill_fraction > 0.0 {
+                format!(
+                    " · <span class=\"spill\">{:.0} % of its clients spill to their next region</span>",
+                    l.spill_fraction * 100.0
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                b,
+                "<span class=\"load\" data-load=\"{}\" data-spill=\"{:.3}\">load {load} (mark {:.0} %){spill}</span>",
+                l.load.map_or(String::new(), |x| format!("{x:.3}")),
+                l.spill_fraction,
+                l.high_watermark * 100.0,
+            );
+        }
         for t in &r.targets {
             target(b, d, t);
         }
@@ -382,6 +403,9 @@ fn target(b: &mut String, d: &PageData<'_>, t: &super::status::TargetReport) {
             if o.ok { "ok" } else { "failed" },
             o.latency.as_secs_f64() * 1000.0
         );
+    }
+    if let Some(l) = t.load {
+        let _ = write!(b, " · load {:.0} %", l * 100.0);
     }
     if let Some(w) = t.withdrawn {
         let why = match w {

@@ -10,8 +10,14 @@
 //!   wait for the next request on a kept-alive connection);
 //! - hold it by sending a body slowly or not reading the response: [`IDLE_TIMEOUT`] without
 //!   progress in either direction closes it;
-//! - send a large body: [`MAX_BODY`], 413.
+//! - send a large body: [`MAX_BODY`], 413;
+//! - over HTTPS (`server.admin_tls_certificate`), hold a connection by never finishing the TLS
+//!   handshake: [`HANDSHAKE_TIMEOUT`]. The handshake runs in the connection's own task, after
+//!   the caps above are taken, so a slow one holds one slot, never the accept loop.
 //!
+//! Over HTTPS each new connection handshakes with the live snapshot's setup ([`AdminTls`]):
+//! a reload that re-reads the PEM files changes the certificate (and client CA) of the next
+//! connection, and open connections go on with the one they began with.
 //! Every response with an error status is JSON `{"error": "..."}`, also those that axum
 //! writes itself (extractor rejections: 400, 413, 415, 422).
 
@@ -38,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::snapshot::SnapshotCell;
+
 /// Admin connections served at once; a new one past this closes the oldest.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// Admin connections open at once, counting those closing after eviction; past this, new
@@ -53,6 +61,38 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const EVICT_GRACE: Duration = Duration::from_secs(1);
 /// Largest request body taken (drain reasons are a few hundred bytes).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Time a client has to finish the TLS handshake on the HTTPS admin port.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin port's TLS: the setup of the live snapshot for each new connection. A reload
+/// that turned admin TLS off keeps the last setup (the scheme of a running port does not
+/// change; the reload warns that it takes effect at restart).
+pub(super) struct AdminTls {
+    snapshot: SnapshotCell,
+    last: Mutex<Arc<rustls::ServerConfig>>,
+}
+
+impl AdminTls {
+    /// Returns the admin TLS of `snapshot`, when its config sets it.
+    pub(super) fn of(snapshot: &SnapshotCell) -> Option<Self> {
+        let first = snapshot.load().admin_tls.clone()?;
+        Some(Self {
+            snapshot: snapshot.clone(),
+            last: Mutex::new(first),
+        })
+    }
+
+    /// Returns the acceptor of the next connection.
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = &self.snapshot.load().admin_tls
+            && !Arc::ptr_eq(current, &last)
+        {
+            *last = current.clone();
+        }
+        tokio_rustls::TlsAcceptor::from(last.clone())
+    }
+}
 
 /// The connections being served, oldest first, each with the token that evicts it.
 #[derive(Default)]
@@ -61,8 +101,13 @@ struct Open {
     by_age: BTreeMap<u64, CancellationToken>,
 }
 
-/// Serves `router` on `listener` until `token` is cancelled.
-pub(super) async fn serve(listener: TcpListener, router: Router, token: CancellationToken) {
+/// Serves `router` on `listener` (over TLS with `tls`) until `token` is cancelled.
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<AdminTls>,
+    token: CancellationToken,
+) {
     let router = router
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors));
@@ -101,8 +146,24 @@ pub(super) async fn serve(listener: TcpListener, router: Router, token: Cancella
         };
         let router = router.clone();
         let open = open.clone();
+        let acceptor = tls.as_ref().map(AdminTls::acceptor);
         tracker.spawn(async move {
-            connection(stream, peer, router, evict).await;
+            match acceptor {
+                None => connection(stream, peer, router, evict).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        r = handshake => r,
+                        _ = evict.cancelled() => Ok(Err(io::ErrorKind::ConnectionAborted.into())),
+                    };
+                    match stream {
+                        Ok(Ok(stream)) => connection(stream, peer, router, evict).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "admin TLS handshake failed"),
+                        Err(_) => debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                }
+            }
             open.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .by_age
@@ -117,12 +178,10 @@ pub(super) async fn serve(listener: TcpListener, router: Router, token: Cancella
 
 /// Serves one connection until it closes, times out, or `evict` is cancelled (then it gets
 /// [`EVICT_GRACE`] to finish).
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    evict: CancellationToken,
-) {
+async fn connection<S>(stream: S, peer: SocketAddr, router: Router, evict: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();

@@ -62,6 +62,11 @@
 //!   usable: [`crate::health::withdrawal`], the rule the answers follow.
 //! - `since`: when the current state began (null while unknown); `last_check`: the last probe
 //!   result (null before the first).
+//! - `load` (issue 16, only where the check reads load): on a target, the load its last probe
+//!   read (absent when unknown); on a region, `{"load", "high_watermark", "spill_fraction",
+//!   "free"}`: the mean load of its usable targets (null when unknown), the mark, the share
+//!   of its clients answered with their next region, and (`weighted`) the share of its
+//!   weight kept.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -118,6 +123,22 @@ pub(crate) struct RegionReport {
     pub(crate) priority: u32,
     /// The endpoint's addresses, in config order.
     pub(crate) targets: Vec<TargetReport>,
+    /// Load and spill-over, when the endpoint's check reads load (issue 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) load: Option<RegionLoadReport>,
+}
+
+/// A region's load in `/status` (issue 16).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RegionLoadReport {
+    /// The mean load of its usable targets that reported one; `None`: unknown.
+    pub(crate) load: Option<f64>,
+    /// The load above which clients spill (`nearest`, `geo`, `failover`).
+    pub(crate) high_watermark: f64,
+    /// The share of the region's clients answered with their next region.
+    pub(crate) spill_fraction: f64,
+    /// `weighted`: the share of its weight kept (1 - smoothed load); `None`: unknown.
+    pub(crate) free: Option<f64>,
 }
 
 /// One target (address) of an endpoint in `/status`.
@@ -145,6 +166,9 @@ pub(crate) struct TargetReport {
     /// (absent without a fleet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::health::quorum::Agreement>,
+    /// The load its last probe read (0 idle, 1 full; absent when unknown or not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) load: Option<f64>,
 }
 
 impl StatusReport {
@@ -173,7 +197,19 @@ impl StatusReport {
                 regions: s
                     .endpoints
                     .iter()
-                    .map(|e| RegionReport {
+                    .enumerate()
+                    .map(|(i, e)| RegionReport {
+                        load: e.has_load().then(|| {
+                            let r = view
+                                .service_load(&s.name)
+                                .and_then(|l| l.region(i, &e.region.name));
+                            RegionLoadReport {
+                                load: r.and_then(|r| r.load),
+                                high_watermark: e.high_watermark,
+                                spill_fraction: r.map_or(0.0, |r| r.spill_fraction),
+                                free: r.and_then(|r| r.free),
+                            }
+                        }),
                         name: e.region.name.clone(),
                         drained: view.is_drained(&e.region.name),
                         weight: e.weight,
@@ -195,6 +231,9 @@ impl StatusReport {
                                     since: status.and_then(|t| t.since),
                                     last_check: status.and_then(|t| t.last_check.clone()),
                                     fleet: status.and_then(|t| t.fleet.clone()),
+                                    load: check.and_then(|c| {
+                                        view.load().and_then(|l| l.target(address, c))
+                                    }),
                                 }
                             })
                             .collect(),

@@ -9,6 +9,8 @@
 
 pub(crate) mod cluster;
 mod dnssec;
+#[cfg(test)]
+mod load_tests;
 pub mod raw;
 mod validate;
 
@@ -55,6 +57,9 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of retries of a failed webhook POST.
 pub const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
+/// Default `high_watermark` of a region whose check reports load (issue 16): above this load,
+/// `nearest`, `geo` and `failover` move a share of its clients to their next region.
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.8;
 
 /// Returns the key of the `index`-th `[[service]]`: by its name (`service["api.example.net."]`)
 /// when it has one, else by position (`service[0]`).
@@ -165,11 +170,22 @@ impl Config {
     }
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
-    /// them, `serve` logs them at WARN): geo keys that are both a country and a continent code,
-    /// and TTLs so long that they, not the health checks, decide how long a failover takes.
+    /// them, `serve` logs them at WARN): an admin port reachable from other hosts without TLS,
+    /// geo keys that are both a country and a continent code, and TTLs so long that they, not
+    /// the health checks, decide how long a failover takes.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
+        if let Some(admin) = self.server.admin_listen
+            && !admin.ip().is_loopback()
+            && self.server.admin_tls_certificate.is_none()
+        {
+            out.push(format!(
+                "{file}: server.admin_listen: {admin} is reachable from other hosts over plain HTTP: \
+                 the bearer token and every answer travel in clear; set server.admin_tls_certificate \
+                 and server.admin_tls_key (and server.admin_client_ca to require client certificates)"
+            ));
+        }
         for s in &self.services {
             let service = service_key(0, Some(&s.name));
             for (key, _) in &s.geo.entries {
@@ -225,6 +241,14 @@ pub struct Server {
     pub admin_listen: Option<SocketAddr>,
     /// File holding the bearer token for mutating admin calls.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the admin port (leaf first): set, the admin port speaks HTTPS
+    /// only. Re-read on every reload (new connections get the new certificate).
+    pub admin_tls_certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `admin_tls_certificate`.
+    pub admin_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: set, the admin port requires a client certificate signed by one of
+    /// these CAs (needs `admin_tls_certificate`).
+    pub admin_client_ca: Option<PathBuf>,
     /// File where operator overrides (drains) are persisted.
     pub state_file: Option<PathBuf>,
     /// MaxMind-format GeoIP database.
@@ -239,6 +263,8 @@ pub struct Server {
     /// cookies, every one is accepted (so a secret can be rolled over). Empty: each process
     /// draws a random secret at start.
     pub cookie_secrets: Vec<[u8; 16]>,
+    /// The file `cookie_secrets` was read from (watched for changes by `crate::watch`).
+    pub cookie_secret_file: Option<PathBuf>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
     /// Idle time after which a DNS TCP connection is closed.
@@ -258,6 +284,9 @@ pub struct Server {
     pub tls_certificate: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_certificate`.
     pub tls_key: Option<PathBuf>,
+    /// DNS-over-QUIC (RFC 9250) listen addresses (UDP), served with `tls_certificate`;
+    /// empty: no DoQ.
+    pub quic_listen: Vec<SocketAddr>,
 }
 
 /// `[notify]`: where state changes are posted.
@@ -470,6 +499,56 @@ pub struct Check {
     pub source: Option<IpAddr>,
     /// The state of a target before its first result; default `unknown`.
     pub initial_state: InitialState,
+    /// Where the probe reads the target's load (http/https; issue 16); `None`: no load.
+    pub load: Option<LoadSignal>,
+}
+
+/// Where a check reads a target's load from its health response (`load = { ... }`): the
+/// same response that decides health, no second request.
+#[derive(Debug, Clone)]
+pub struct LoadSignal {
+    /// The header or the JSON pointer into the body.
+    pub source: LoadSource,
+    /// When set, the figure read is raw (connections, requests per second) and the load is
+    /// figure / capacity; without it the figure is the load itself (0 idle, 1 full).
+    pub capacity: Option<f64>,
+}
+
+impl PartialEq for LoadSignal {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+            && self.capacity.map(f64::to_bits) == other.capacity.map(f64::to_bits)
+    }
+}
+
+impl Eq for LoadSignal {}
+
+impl std::hash::Hash for LoadSignal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.source.hash(state);
+        self.capacity.map(f64::to_bits).hash(state);
+    }
+}
+
+impl LoadSignal {
+    /// Returns the load a read `figure` stands for: figure / capacity, or the figure itself;
+    /// `None` (unknown) for a negative or non-finite figure.
+    pub fn load_of(&self, figure: f64) -> Option<f64> {
+        let load = match self.capacity {
+            Some(c) => figure / c,
+            None => figure,
+        };
+        (load.is_finite() && load >= 0.0).then_some(load)
+    }
+}
+
+/// Which part of the health response carries the load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LoadSource {
+    /// A response header (`load = { header = "X-Load" }`), matched case-insensitively.
+    Header(String),
+    /// A JSON pointer (RFC 6901) into the body (`load = { json = "/load" }`).
+    Json(String),
 }
 
 /// The state of a target before its first probe result (`initial_state` of a check).
@@ -604,11 +683,20 @@ pub struct Endpoint {
     /// The check probing this endpoint's targets: its own `check`, else the service's (one
     /// of `checks`, resolved by validation); `None`: the targets are always up.
     pub check: Option<Arc<Check>>,
+    /// Load above which clients spill to their next region (0 < w <= 1; issue 16): the
+    /// endpoint's own `high_watermark`, else the service's, else
+    /// [`DEFAULT_HIGH_WATERMARK`]. Used only when the check reports load.
+    pub high_watermark: f64,
 }
 
 impl Endpoint {
     /// Returns the name of the check probing this endpoint's targets, if any.
     pub fn check_name(&self) -> Option<&str> {
         self.check.as_ref().map(|c| c.name.as_str())
+    }
+
+    /// Returns true when the endpoint's check reads a load from its targets.
+    pub fn has_load(&self) -> bool {
+        self.check.as_ref().is_some_and(|c| c.load.is_some())
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct RawServer {
     pub(crate) tls_listen: Option<Vec<String>>,
     pub(crate) tls_certificate: Option<String>,
     pub(crate) tls_key: Option<String>,
+    pub(crate) admin_tls_certificate: Option<String>,
+    pub(crate) admin_tls_key: Option<String>,
+    pub(crate) admin_client_ca: Option<String>,
+    pub(crate) quic_listen: Option<Vec<String>>,
 }
 
 /// `[notify]`.
@@ -110,6 +114,16 @@ pub struct RawCheck {
     pub tls_verify: Option<bool>,
     pub source: Option<String>,
     pub initial_state: Option<String>,
+    pub load: Option<RawLoad>,
+}
+
+/// A check's `load = { header = "X-Load" }` or `load = { json = "/load", capacity = 1000 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoad {
+    pub header: Option<String>,
+    pub json: Option<String>,
+    pub capacity: Option<f64>,
 }
 
 /// One `[[service]]`.
@@ -125,6 +139,7 @@ pub(crate) struct RawService {
     pub(crate) ecs: Option<bool>,
     pub(crate) sticky: Option<bool>,
     pub(crate) geo: Option<toml::Table>,
+    pub(crate) high_watermark: Option<f64>,
     pub(crate) endpoints: Vec<RawEndpoint>,
 }
 
@@ -137,4 +152,5 @@ pub(crate) struct RawEndpoint {
     pub(crate) weight: Option<u32>,
     pub(crate) priority: Option<u32>,
     pub(crate) check: Option<String>,
+    pub(crate) high_watermark: Option<f64>,
 }

@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::raw::{
-    RawCheck, RawDnssec, RawEndpoint, RawNotify, RawQueryLog, RawRateLimit, RawRegion, RawServer,
-    RawService, RawZone,
+    RawCheck, RawDnssec, RawEndpoint, RawLoad, RawNotify, RawQueryLog, RawRateLimit, RawRegion,
+    RawServer, RawService, RawZone,
 };
 use super::*;
 use super::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
@@ -334,6 +334,10 @@ impl Validator {
             tls_listen: None,
             tls_certificate: None,
             tls_key: None,
+            admin_tls_certificate: None,
+            admin_tls_key: None,
+            admin_client_ca: None,
+            quic_listen: None,
         });
         let listen = raw
             .dns_listen
@@ -421,11 +425,9 @@ impl Validator {
         {
             self.err("server.nsid", "must be 1 to 255 bytes long");
         }
-        let cookie_secrets = match &raw.cookie_secret_file {
-            Some(p) => {
-                let path = self.resolve(p);
-                self.cookie_secrets(&path)
-            }
+        let cookie_secret_file = raw.cookie_secret_file.map(|p| self.resolve(&p));
+        let cookie_secrets = match &cookie_secret_file {
+            Some(path) => self.cookie_secrets(path),
             None => Vec::new(),
         };
         if raw.udp_workers == Some(0) {
@@ -480,6 +482,31 @@ impl Validator {
                 ),
             }
         }
+        // DoQ listens on UDP: its addresses may equal DoT's (853/tcp and 853/udp), not a DNS
+        // (UDP) listener's.
+        let mut quic_listen = Vec::new();
+        for (i, a) in raw.quic_listen.iter().flatten().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(sa)
+                    if sa.port() != 0
+                        && (quic_listen.contains(&sa) || dns_listen.contains(&sa)) =>
+                {
+                    self.err(
+                        format!("server.quic_listen[{i}]"),
+                        format!(
+                            "duplicate address {a:?} (also in server.dns_listen or earlier here)"
+                        ),
+                    )
+                }
+                Ok(sa) => quic_listen.push(sa),
+                Err(_) => self.err(
+                    format!("server.quic_listen[{i}]"),
+                    format!(
+                        "invalid socket address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:853\""
+                    ),
+                ),
+            }
+        }
         let tls_certificate = raw.tls_certificate.map(|p| self.resolve(&p));
         let tls_key = raw.tls_key.map(|p| self.resolve(&p));
         match (&tls_certificate, &tls_key) {
@@ -491,8 +518,38 @@ impl Validator {
             ),
             _ => {}
         }
+        let admin_tls_certificate = raw.admin_tls_certificate.map(|p| self.resolve(&p));
+        let admin_tls_key = raw.admin_tls_key.map(|p| self.resolve(&p));
+        let admin_client_ca = raw.admin_client_ca.map(|p| self.resolve(&p));
+        match (&admin_tls_certificate, &admin_tls_key) {
+            (Some(_), None) => self.err(
+                "server.admin_tls_key",
+                "missing: server.admin_tls_certificate is set",
+            ),
+            (None, Some(_)) => self.err(
+                "server.admin_tls_certificate",
+                "missing: server.admin_tls_key is set",
+            ),
+            (None, None) if admin_client_ca.is_some() => self.err(
+                "server.admin_client_ca",
+                "needs server.admin_tls_certificate and server.admin_tls_key: client certificates are asked for over HTTPS only",
+            ),
+            _ => {}
+        }
+        let wants_quic = raw.quic_listen.as_ref().is_some_and(|l| !l.is_empty());
+        if tls_certificate.is_none() && tls_key.is_none() && wants_quic {
+            self.err(
+                "server.quic_listen",
+                "needs server.tls_certificate and server.tls_key (PEM files)",
+            );
+        }
         Server {
+            admin_tls_certificate,
+            admin_tls_key,
+            admin_client_ca,
+            cookie_secret_file,
             tls_listen,
+            quic_listen,
             tls_certificate,
             tls_key,
             dns_listen,
@@ -970,6 +1027,7 @@ impl Validator {
                 ("body_contains", raw.body_contains.is_some()),
                 ("headers", raw.headers.is_some()),
                 ("tls_verify", raw.tls_verify.is_some()),
+                ("load", raw.load.is_some()),
             ] {
                 if set {
                     self.err(
@@ -1100,6 +1158,10 @@ impl Validator {
                 None
             }
         };
+        let load = match raw.load {
+            Some(l) if is_http => self.load_signal(&format!("{key}.load"), l),
+            _ => None,
+        };
         Some(Check {
             name,
             kind,
@@ -1117,7 +1179,75 @@ impl Validator {
             tls_verify: raw.tls_verify.unwrap_or(true),
             source,
             initial_state,
+            load,
         })
+    }
+
+    /// Validates a check's `load = { header | json, capacity }` (issue 16).
+    fn load_signal(&mut self, key: &str, raw: RawLoad) -> Option<LoadSignal> {
+        let before = self.errors.len();
+        let source = match (raw.header, raw.json) {
+            (Some(h), None) => {
+                let ok = !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !ok {
+                    self.err(
+                        format!("{key}.header"),
+                        format!("{h:?} is not a valid header name"),
+                    );
+                }
+                LoadSource::Header(h)
+            }
+            (None, Some(p)) => {
+                if let Err(e) = check_json_pointer(&p) {
+                    self.err(
+                        format!("{key}.json"),
+                        format!("{p:?} is not a JSON pointer (RFC 6901): {e}"),
+                    );
+                }
+                LoadSource::Json(p)
+            }
+            (Some(_), Some(_)) => {
+                self.err(key, "set either header or json, not both");
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    key,
+                    "needs header = \"NAME\" or json = \"/pointer\": where the health response carries the load",
+                );
+                return None;
+            }
+        };
+        if let Some(c) = raw.capacity
+            && !(c.is_finite() && c > 0.0)
+        {
+            self.err(
+                format!("{key}.capacity"),
+                format!("{c} must be a number greater than zero (the figure at full load)"),
+            );
+        }
+        (self.errors.len() == before).then_some(LoadSignal {
+            source,
+            capacity: raw.capacity,
+        })
+    }
+
+    /// Validates a `high_watermark` (a load in (0, 1]) at `key`.
+    fn high_watermark(&mut self, key: &str, value: Option<f64>) -> Option<f64> {
+        let w = value?;
+        if w.is_finite() && w > 0.0 && w <= 1.0 {
+            Some(w)
+        } else {
+            self.err(
+                key,
+                format!(
+                    "{w} is outside (0, 1]: the load (0 idle, 1 full) above which clients spill"
+                ),
+            );
+            None
+        }
     }
 
     fn services(
@@ -1229,10 +1359,22 @@ impl Validator {
                 "must list at least one endpoint",
             );
         }
+        let spills = matches!(policy, Policy::Nearest | Policy::Geo | Policy::Failover);
+        let has_watermark = raw.high_watermark.is_some()
+            || raw.endpoints.iter().any(|e| e.high_watermark.is_some());
+        if has_watermark && !spills {
+            self.err(
+                format!("{key}.high_watermark"),
+                "applies only to the nearest, geo and failover policies (weighted scales weights by free capacity)",
+            );
+        }
+        let watermark = self
+            .high_watermark(&format!("{key}.high_watermark"), raw.high_watermark)
+            .unwrap_or(DEFAULT_HIGH_WATERMARK);
         let mut endpoints = Vec::new();
         for (j, ep) in raw.endpoints.into_iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), regions, checks);
+            let endpoint = self.endpoint(&ekey, ep, check.as_ref(), watermark, regions, checks);
             if let Some(e) = endpoint {
                 if endpoints
                     .iter()
@@ -1280,6 +1422,7 @@ impl Validator {
         key: &str,
         raw: RawEndpoint,
         service_check: Option<&Arc<Check>>,
+        service_watermark: f64,
         regions: &[Arc<Region>],
         checks: &[Arc<Check>],
     ) -> Option<Endpoint> {
@@ -1311,12 +1454,16 @@ impl Validator {
             Some(c) => self.resolve_check(&format!("{key}.check"), c, checks),
             None => service_check.cloned(),
         };
+        let high_watermark = self
+            .high_watermark(&format!("{key}.high_watermark"), raw.high_watermark)
+            .unwrap_or(service_watermark);
         Some(Endpoint {
             region: region?,
             addresses,
             weight: raw.weight.unwrap_or(1),
             priority: raw.priority.unwrap_or(1),
             check,
+            high_watermark,
         })
     }
 
@@ -1400,6 +1547,21 @@ impl Validator {
         }
         map
     }
+}
+
+/// Checks a JSON pointer (RFC 6901 §3): empty, or `/`-separated tokens where `~` is
+/// followed only by `0` or `1`.
+fn check_json_pointer(p: &str) -> Result<(), &'static str> {
+    if !p.is_empty() && !p.starts_with('/') {
+        return Err("it must be empty or start with '/'");
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err("'~' must be followed by 0 or 1");
+        }
+    }
+    Ok(())
 }
 
 /// Returns true for a two-letter code.

@@ -206,7 +206,7 @@ fn check_response(input: &[u8], r: &[u8], transport: Transport) -> Result<(), St
     }
     let parsed = wire::parse(input);
     let limit = match (&parsed, transport) {
-        (_, Transport::Tcp | Transport::Tls) => usize::from(u16::MAX),
+        (_, Transport::Tcp | Transport::Tls | Transport::Quic) => usize::from(u16::MAX),
         (Ok(q), Transport::Udp) => response::udp_limit(q),
         (Err(_), Transport::Udp) => 512,
     };

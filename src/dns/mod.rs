@@ -1,11 +1,12 @@
 //! DNS: the only place that speaks the protocol. Request bytes in, response bytes out.
 //!
-//! [`Answerer::respond`] is transport-agnostic: UDP and TCP loops ([`udp`], [`tcp`]) call it
-//! with the raw query and the client's address. It loads one immutable [`Snapshot`] and one
-//! [`HealthView`] per query (no locks), parses the query ([`wire`]), answers dynamic names from
-//! the policy and static names from [`crate::zone::Zones::lookup`] (one typed result: CNAME
-//! chain and where it ends), and turns either into a message with one reply builder
-//! (`Asked::reply`, over [`response`]). It never panics on input and never blocks.
+//! [`Answerer::respond`] is transport-agnostic: UDP, TCP, DoT and DoQ loops ([`udp`], [`tcp`],
+//! [`quic`]) call it with the raw query and the client's address. It loads one immutable
+//! [`Snapshot`] and one [`HealthView`] per query (no locks), parses the query ([`wire`]),
+//! answers dynamic names from the policy and static names from [`crate::zone::Zones::lookup`]
+//! (one typed result: CNAME chain and where it ends), and turns either into a message with one
+//! reply builder (`Asked::reply`, over [`response`]). It never panics on input and never
+//! blocks.
 //!
 //! Behaviour follows BIND, Knot and NSD for an authoritative-only server: REFUSED outside our
 //! zones, AA on authoritative answers, NXDOMAIN/NODATA with the SOA (RFC 2308), CNAMEs chased
@@ -19,6 +20,7 @@ pub(crate) mod cache;
 pub(crate) mod cookie;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod quic;
 pub(crate) mod response;
 pub(crate) mod rrl;
 mod signed;
@@ -66,15 +68,19 @@ pub(crate) enum Transport {
     Tcp,
     /// DNS over TLS (RFC 7858): as TCP, inside a TLS session.
     Tls,
+    /// DNS over QUIC (RFC 9250): as TCP, one query per QUIC stream.
+    Quic,
 }
 
 impl Transport {
-    /// Returns the lowercase name (`udp`, `tcp`, `tls`), as in metric labels and the query log.
+    /// Returns the lowercase name (`udp`, `tcp`, `tls`, `quic`), as in metric labels and the
+    /// query log.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Quic => "quic",
         }
     }
 
@@ -83,6 +89,7 @@ impl Transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
             Transport::Tls => 2,
+            Transport::Quic => 3,
         }
     }
 }
@@ -438,7 +445,7 @@ impl<'a, 'q> Asked<'a, 'q> {
             // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
             // as "truncated due to length greater than that permitted on the transmission
             // channel", which this is; measured with the OPT appended.
-            Transport::Tcp | Transport::Tls => usize::from(u16::MAX),
+            Transport::Tcp | Transport::Tls | Transport::Quic => usize::from(u16::MAX),
         };
         if too_long || out.len() > limit {
             // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT

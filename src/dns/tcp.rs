@@ -39,19 +39,19 @@ pub(crate) struct Limits {
     pub(crate) max_per_network: usize,
 }
 
-/// Open connections per client network.
-type PerNetwork = Arc<Mutex<HashMap<(bool, u128), usize>>>;
+/// Open connections per client network (also used by the DoQ listeners, [`super::quic`]).
+pub(super) type PerNetwork = Arc<Mutex<HashMap<(bool, u128), usize>>>;
 
 /// A slot of the per-network count; frees itself when dropped.
-struct NetworkSlot {
+pub(super) struct NetworkSlot {
     table: PerNetwork,
     key: (bool, u128),
 }
 
 impl NetworkSlot {
     /// Takes a slot for `client`'s network, or returns None when it holds `max` already.
-    fn take(table: &PerNetwork, client: IpAddr, max: usize) -> Option<Self> {
-        let key = super::rrl::network(client, NETWORK_V4_PREFIX, NETWORK_V6_PREFIX);
+    pub(super) fn take(table: &PerNetwork, client: IpAddr, max: usize) -> Option<Self> {
+        let key = network(client);
         // The lock is held for a hash-map update, at accept and at close only.
         let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
         let open = t.entry(key).or_insert(0);
@@ -64,6 +64,17 @@ impl NetworkSlot {
             key,
         })
     }
+
+    /// Returns how many connections `client`'s network holds now.
+    pub(super) fn open(table: &PerNetwork, client: IpAddr) -> usize {
+        let t = table.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(&network(client)).copied().unwrap_or(0)
+    }
+}
+
+/// The key of `client`'s network in a [`PerNetwork`] table.
+fn network(client: IpAddr) -> (bool, u128) {
+    super::rrl::network(client, NETWORK_V4_PREFIX, NETWORK_V6_PREFIX)
 }
 
 impl Drop for NetworkSlot {

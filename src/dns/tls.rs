@@ -35,11 +35,23 @@ impl ResolvesServerCert for FromSnapshot {
 /// The TLS acceptor of the DoT listeners: TLS 1.2 and 1.3 (ring), ALPN `dot` (RFC 7858 §3.2,
 /// as RFC 9539 probing clients offer), the certificate from the live snapshot.
 pub(crate) fn acceptor(snapshot: SnapshotCell) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let config = server_config(snapshot, rustls::DEFAULT_VERSIONS, b"dot")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A rustls server config (ring) for `versions`, offering the one ALPN protocol `alpn`, with
+/// the certificate of the live snapshot: shared by DoT and DoQ ([`super::quic`]), so both
+/// serve the same certificate and pick up a reloaded one at the next handshake.
+pub(super) fn server_config(
+    snapshot: SnapshotCell,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FromSnapshot(snapshot)));
-    config.alpn_protocols = vec![b"dot".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
 }

@@ -9,6 +9,9 @@
 //! - [`quorum`]: the fleet's vote on each target ([`quorum::PeerVotes`]); pure.
 //! - [`view`]: [`HealthView`], [`State`], [`view::TargetKey`], and [`withdrawal`], the one rule for
 //!   "is this target withdrawn from answers, and why".
+//! - [`spill`]: loads read by the probes and the spill-over controller (issue 16):
+//!   [`spill::LoadState`] (updated once per probe round) and [`LoadView`] (published in the
+//!   [`HealthView`]); the controller [`spill::next_fraction`] is pure.
 //! - [`supervisor`]: [`Health`], the handle that runs one probe task per distinct
 //!   (address, check), feeds the state machines, publishes views, and answers `/status`.
 //!
@@ -18,6 +21,7 @@
 pub(crate) mod overrides;
 pub(crate) mod probe;
 pub(crate) mod quorum;
+pub(crate) mod spill;
 pub(crate) mod state;
 pub(crate) mod supervisor;
 pub(crate) mod view;
@@ -26,6 +30,7 @@ use std::time::SystemTime;
 
 pub(crate) use overrides::Overrides;
 pub use overrides::OverridesError;
+pub use spill::{LoadView, RegionLoad, ServiceLoad};
 pub(crate) use state::Observation;
 pub use supervisor::HealthError;
 pub(crate) use supervisor::{Health, ProbeReport, TargetStatus, TransitionEvent};

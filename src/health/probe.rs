@@ -22,6 +22,11 @@
 //! [`ProbeError`]s whose messages read well in logs and in `/status`. Trouble on our side
 //! (file descriptors exhausted, TLS setup, a timer that fired late because the process was
 //! starved) is a [`ProbeError::Ours`]: it says nothing about the target.
+//!
+//! A check with `load` also reads the target's load from the same response (issue 16): a
+//! header, or a JSON pointer into the body (then the body is read whole, up to
+//! [`MAX_BODY_BYTES`]). Only a passing probe yields a load; a missing or unparsable figure is
+//! unknown (`None`), never a failure ([`Prober::take_load`]).
 
 use std::fmt;
 use std::io;
@@ -35,7 +40,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{Check, CheckKind, StatusMatch};
+use crate::config::{Check, CheckKind, LoadSignal, LoadSource, StatusMatch};
+
+#[cfg(test)]
+#[path = "probe_load_tests.rs"]
+mod load_tests;
 
 /// The most body bytes read when searching for `body_contains` (or skipped to keep a
 /// connection for the next probe; a longer body closes it instead).
@@ -386,6 +395,10 @@ struct HttpProbe {
     url: String,
     expect_status: Vec<StatusMatch>,
     body_contains: Option<String>,
+    /// Where the load is read (issue 16), if the check reads one.
+    load: Option<LoadSignal>,
+    /// The load read by the last probe (`None`: unknown, or the probe failed).
+    last_load: Option<f64>,
     /// The connection kept from the last probe, if the server kept it open, and its permit.
     conn: Option<(Stream, Permit)>,
     /// The local address probes leave from (`check.source`).
@@ -424,6 +437,15 @@ impl Prober {
     pub(crate) fn url(&self) -> Option<&str> {
         match &self.kind {
             ProberKind::Http(h) => Some(h.url.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Returns the load the last probe read and forgets it: `None` when the check reads no
+    /// load, the probe failed, or the figure was missing or unparsable (unknown, never down).
+    pub(crate) fn take_load(&mut self) -> Option<f64> {
+        match &mut self.kind {
+            ProberKind::Http(h) => h.last_load.take(),
             _ => None,
         }
     }
@@ -609,6 +631,8 @@ impl HttpProbe {
             url,
             expect_status: check.expect_status.clone(),
             body_contains: check.body_contains.clone(),
+            load: check.load.clone(),
+            last_load: None,
             conn: None,
             source: check.source,
             last_step: Instant::now(),
@@ -635,6 +659,7 @@ impl HttpProbe {
     /// Probes over the kept connection, or a new one using `permit` (given exactly when no
     /// connection is kept).
     async fn probe(&mut self, permit: Option<Permit>) -> Result<(), ProbeError> {
+        self.last_load = None;
         let permit = match (self.conn.take(), permit) {
             (Some((mut stream, permit)), _) => {
                 // Err(Stale): the server closed the kept connection (idle timeout, restart),
@@ -673,7 +698,10 @@ impl HttpProbe {
     /// Sends the request and reads the response. Returns the verdict and whether the
     /// connection may serve the next probe, or [`Stale`] when it failed before any response
     /// byte arrived.
-    async fn exchange(&self, stream: &mut Stream) -> Result<(Result<(), ProbeError>, bool), Stale> {
+    async fn exchange(
+        &mut self,
+        stream: &mut Stream,
+    ) -> Result<(Result<(), ProbeError>, bool), Stale> {
         if stream.write_all(&self.request).await.is_err() {
             return Err(Stale);
         }
@@ -705,11 +733,41 @@ impl HttpProbe {
                 Err(e) => return Ok((Err(ProbeError::Http(e)), false)),
             }
         };
+        let header_load = match &self.load {
+            Some(LoadSignal {
+                source: LoadSource::Header(name),
+                ..
+            }) => header_figure(&buf[..head.len], name),
+            _ => None,
+        };
         buf.drain(..head.len);
         if !self.expect_status.iter().any(|m| m.matches(head.status)) {
             // The body is not needed; skip it only when that is cheap.
             let keep = head.keep_alive && skip_body(stream, &head, buf).await;
             return Ok((Err(ProbeError::Status(head.status)), keep));
+        }
+        if let Some(signal) = &self.load {
+            match &signal.source {
+                LoadSource::Header(_) => {
+                    self.last_load = header_load.and_then(|f| signal.load_of(f))
+                }
+                LoadSource::Json(pointer) => {
+                    // The body is needed whole: read it once for the load and `body_contains`.
+                    let (body, complete) = read_body(stream, &head, buf).await;
+                    let keep = head.keep_alive && complete;
+                    let result = match (&body, &self.body_contains) {
+                        (Err(e), _) => Err(ProbeError::Body(e.to_string())),
+                        (Ok(b), Some(needle)) if !contains(b, needle.as_bytes()) => {
+                            Err(ProbeError::BodyMismatch(needle.clone()))
+                        }
+                        (Ok(_), _) => Ok(()),
+                    };
+                    if let (Ok(()), Ok(b)) = (&result, &body) {
+                        self.last_load = json_figure(b, pointer).and_then(|f| signal.load_of(f));
+                    }
+                    return Ok((result, keep));
+                }
+            }
         }
         match &self.body_contains {
             None => {
@@ -799,6 +857,64 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         framing,
         keep_alive,
     }))
+}
+
+/// Returns the number in the response header `name` of a head (`0.93`, or `93%` for 0.93).
+fn header_figure(head: &[u8], name: &str) -> Option<f64> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    let h = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))?;
+    parse_figure(std::str::from_utf8(h.value).ok()?)
+}
+
+/// Returns the number at `pointer` (RFC 6901) in a JSON body: a JSON number, or a string
+/// holding one (`"0.93"`, `"93%"`).
+fn json_figure(body: &[u8], pointer: &str) -> Option<f64> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.pointer(pointer)? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => parse_figure(s),
+        _ => None,
+    }
+}
+
+/// Parses `0.93` or `93%` (percent: divided by 100); `None` for anything else.
+fn parse_figure(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(n) => (n.trim_end(), 0.01),
+        None => (text, 1.0),
+    };
+    let x: f64 = number.parse().ok()?;
+    x.is_finite().then_some(x * scale)
+}
+
+/// Reads the first [`MAX_BODY_BYTES`] of the body. Returns it (or the read error) and
+/// whether the whole body was read (so the connection can be kept).
+async fn read_body(
+    stream: &mut Stream,
+    head: &Head,
+    already: Vec<u8>,
+) -> (io::Result<Vec<u8>>, bool) {
+    let mut body = Body::new(head.framing, already);
+    let mut seen: Vec<u8> = Vec::new();
+    loop {
+        match body.next(stream).await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_BYTES.saturating_sub(seen.len());
+                seen.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.total > MAX_BODY_BYTES as u64 {
+                    return (Ok(seen), false);
+                }
+            }
+            Ok(None) => return (Ok(seen), body.complete),
+            Err(e) => return (Err(e), false),
+        }
+    }
 }
 
 /// Reads into the spare capacity of `buf` (reserving 2 KB more when it is full, without
@@ -1208,6 +1324,7 @@ pub(crate) mod tests {
             headers: Vec::new(),
             tls_verify: true,
             initial_state: crate::config::InitialState::Unknown,
+            load: None,
             source: None,
         }
     }

@@ -56,6 +56,7 @@ use tracing::{debug, info, warn};
 use super::overrides::{Drain, Overrides, OverridesError, Subject};
 use super::probe::{OwnError, ProbeOutcome, Prober};
 use super::quorum::{Agreement, PeerVotes};
+use super::spill::LoadState;
 use super::state::{Observation, Reason, TargetState, Thresholds};
 use super::view::{HealthView, State, TargetKey};
 use crate::config::{Check, Config};
@@ -176,6 +177,10 @@ struct Inner {
     tracker: TaskTracker,
     /// Where probe tasks run (`None`: the current runtime).
     runtime: Mutex<Option<Handle>>,
+    /// Loads and the spill controller (issue 16); never taken while `view_lock` is held.
+    loads: Mutex<LoadState>,
+    /// Wakes the load round task when a reload changed its period.
+    loads_changed: tokio::sync::Notify,
 }
 
 /// Unbounded channels to every subscriber: nothing is lost while a subscriber catches up.
@@ -328,6 +333,8 @@ impl Health {
             token,
             tracker: TaskTracker::new(),
             runtime: Mutex::new(None),
+            loads: Mutex::new(LoadState::default()),
+            loads_changed: tokio::sync::Notify::new(),
         });
         Ok(Health { inner })
     }
@@ -336,6 +343,7 @@ impl Health {
     /// runtime.
     pub(crate) fn begin(&self, config: &Config) {
         let summary = self.apply(config, false);
+        self.spawn_load_rounds();
         info!(targets = summary.added, "health probes started");
     }
 
@@ -649,7 +657,41 @@ impl Health {
         }
         self.inner.publish(table);
         self.inner.check_ready(table);
+        drop(guard);
+        self.inner.configure_loads(config);
         summary
+    }
+
+    /// Starts the task that runs a load round (issue 16) every period of the load-reading
+    /// checks; it sleeps while no check reads load.
+    fn spawn_load_rounds(&self) {
+        let inner = self.inner.clone();
+        let task = async move {
+            loop {
+                let period = inner.lock_loads().period();
+                let wait = async {
+                    match period {
+                        Some(p) => tokio::time::sleep(p).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = inner.token.cancelled() => return,
+                    _ = inner.loads_changed.notified() => continue,
+                    _ = wait => inner.load_round(),
+                }
+            }
+        };
+        let runtime = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match runtime {
+            Some(handle) => drop(self.inner.tracker.spawn_on(task, &handle)),
+            None => drop(self.inner.tracker.spawn(task)),
+        }
     }
 
     fn spawn_probe(&self, key: TargetKey, target: &mut Target) {
@@ -672,6 +714,33 @@ impl Health {
 }
 
 impl Inner {
+    fn lock_loads(&self) -> MutexGuard<'_, LoadState> {
+        // Each update is one call on the state: a panic cannot leave it half-written.
+        self.loads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a new config's load-reading endpoints, publishes the loads at once (none, when
+    /// no check reads load any more) and wakes the round task for the new period.
+    fn configure_loads(&self, config: &Config) {
+        self.lock_loads().configure(config);
+        self.load_round();
+        self.loads_changed.notify_one();
+    }
+
+    /// One load round: steps the spill controllers over the view in force and publishes the
+    /// loads in a copy of it (target states shared).
+    fn load_round(&self) {
+        let view = self.view.load_full();
+        let load = self.lock_loads().round(&view);
+        if load.is_none() && view.load().is_none() {
+            return;
+        }
+        let _epoch = self.lock_view();
+        let mut next = HealthView::clone(&self.view.load());
+        next.set_load(load);
+        self.view.store(Arc::new(next));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves consistent data (each update is one call
         // into the state machine), so a poisoned lock is still usable.
@@ -697,6 +766,8 @@ impl Inner {
         view.set_drained(table.overrides.drained_regions.iter().cloned());
         view.set_drained_targets(table.overrides.drained_targets.iter().copied());
         let mut epoch = self.lock_view();
+        // The loads are the round's: kept until the next round (issue 16).
+        view.set_load(self.view.load().load().cloned());
         table.epoch += 1;
         *epoch = table.epoch;
         self.view.store(Arc::new(view));
@@ -857,6 +928,9 @@ async fn run_probe(
             _ = stop.cancelled() => return,
             outcome = prober.probe() => outcome,
         };
+        if check.load.is_some() {
+            inner.lock_loads().record(&key, prober.take_load());
+        }
         let deciding = inner.report(&key, generation, outcome, SystemTime::now());
         next = if deciding {
             grid.min(started + jittered(fast))

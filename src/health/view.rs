@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::spill::{LoadView, ServiceLoad};
+
 /// The health state of one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +61,11 @@ pub trait HealthSource {
     /// drained target counts as a one-target drained region.
     fn is_target_drained(&self, _address: IpAddr) -> bool {
         false
+    }
+    /// Returns the loads and spill fractions of `service`'s regions when some endpoint of it
+    /// reads load (default: none, issue 16).
+    fn service_load(&self, _service: &str) -> Option<&ServiceLoad> {
+        None
     }
 }
 
@@ -137,6 +144,9 @@ pub struct HealthView {
     shards: Vec<Arc<Shard>>,
     drained: Arc<HashSet<String>>,
     drained_targets: Arc<HashSet<IpAddr>>,
+    /// Loads and spill fractions (issue 16); `None` when no check reads load, so that the
+    /// answer path pays one branch for the feature it does not use.
+    load: Option<Arc<LoadView>>,
 }
 
 impl Default for HealthView {
@@ -145,6 +155,7 @@ impl Default for HealthView {
             shards: vec![Arc::default()],
             drained: Arc::default(),
             drained_targets: Arc::default(),
+            load: None,
         }
     }
 }
@@ -248,6 +259,21 @@ impl HealthView {
         v
     }
 
+    /// Returns the loads published by the last probe round (`None`: no check reads load).
+    pub(crate) fn load(&self) -> Option<&Arc<LoadView>> {
+        self.load.as_ref()
+    }
+
+    /// Sets the loads (the supervisor's probe round; tests).
+    pub(crate) fn set_load(&mut self, load: Option<Arc<LoadView>>) {
+        self.load = load;
+    }
+
+    /// Returns the loads and spill fractions of `service`'s regions, if it reads load.
+    pub(crate) fn service_load(&self, service: &str) -> Option<&ServiceLoad> {
+        self.load.as_ref()?.service(service)
+    }
+
     /// Returns true when the operator drained the target `address` (in every service).
     pub(crate) fn is_target_drained(&self, address: IpAddr) -> bool {
         // Most views drain no target: skip hashing then (this runs per target per query).
@@ -266,6 +292,10 @@ impl HealthSource for HealthView {
 
     fn is_target_drained(&self, address: IpAddr) -> bool {
         HealthView::is_target_drained(self, address)
+    }
+
+    fn service_load(&self, service: &str) -> Option<&ServiceLoad> {
+        HealthView::service_load(self, service)
     }
 }
 

@@ -34,6 +34,14 @@ pub struct Explanation {
     pub client: ClientTrace,
     /// The sticky subnet (`203.0.113.0/24`) when the service is sticky.
     pub sticky_subnet: Option<String>,
+    /// The client's spill hash in [0, 1) when a region of the service reads load and the
+    /// policy spills (`nearest`, `geo`, `failover`; issue 16): the client is moved from a
+    /// region whose spill fraction exceeds it. Its subnet (/24, /56) is `spill_subnet`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_hash: Option<f64>,
+    /// The subnet the spill hash is taken over (`87.32.21.0/24`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_subnet: Option<String>,
     /// The `geo` entry the client matched (`country:DE`, `EU`, `default`), for policy `geo`.
     pub geo_match: Option<String>,
     /// The candidate regions in policy order (`weighted`: config order, drawn by weight).
@@ -139,6 +147,26 @@ pub enum Step {
         /// The first position, 0-based.
         start: usize,
     },
+    /// A region above its high watermark spills a share of its clients to their next region
+    /// (issue 16); `moved` says whether this client is one of them.
+    Spill {
+        /// The region.
+        region: String,
+        /// Its load (mean of its usable targets that reported one); `None`: unknown.
+        load: Option<f64>,
+        /// The load above which it spills.
+        high_watermark: f64,
+        /// The share of its clients moved.
+        fraction: f64,
+        /// This client's subnet hash in [0, 1): moved when below `fraction`.
+        client_hash: f64,
+        /// True when this client is answered with its next region instead (the region is
+        /// taken only if no later one is usable).
+        moved: bool,
+        /// The same in words: "eu-west at 0.93 > 0.80, 14 % of its clients moved; this
+        /// client's hash 0.07 < 0.14: answered with its next usable region".
+        why: String,
+    },
 }
 
 /// Records steps into passes.
@@ -195,8 +223,52 @@ impl Sink for TraceSink<'_> {
         self.push(Step::Rotate { start });
     }
 
+    fn spilled(
+        &mut self,
+        region: usize,
+        load: &crate::health::RegionLoad,
+        point: f64,
+        moved: bool,
+    ) {
+        let region = self.name(region);
+        let why = spill_why(&region, load, point, moved);
+        self.push(Step::Spill {
+            region,
+            why,
+            load: load.load,
+            high_watermark: load.high_watermark,
+            fraction: load.spill_fraction,
+            client_hash: point,
+            moved,
+        });
+    }
+
     fn note(&mut self, note: &'static str) {
         self.notes.push(note);
+    }
+}
+
+/// Says in words why a client was or was not moved from a spilling region.
+fn spill_why(region: &str, load: &crate::health::RegionLoad, point: f64, moved: bool) -> String {
+    let (high, fraction) = (load.high_watermark, load.spill_fraction);
+    let at = match load.load {
+        Some(l) if l > high => format!("at {l:.2} > {high:.2}"),
+        Some(l) => {
+            format!("at {l:.2} <= {high:.2} (under its mark again: the share holds or shrinks)")
+        }
+        None => "load unknown (the share shrinks back to 0)".to_string(),
+    };
+    let pct = fraction * 100.0;
+    if moved {
+        format!(
+            "{region} {at}, {pct:.0} % of its clients moved; this client's hash {point:.2} < \
+             {fraction:.2}: answered with its next usable region"
+        )
+    } else {
+        format!(
+            "{region} {at}, {pct:.0} % of its clients moved; this client's hash {point:.2} >= \
+             {fraction:.2}: stays"
+        )
     }
 }
 
@@ -214,6 +286,17 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         notes: Vec::new(),
     };
     let decision = svc.run(client, family, health, random, None, &mut sink);
+    if sink
+        .passes
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| matches!(s, Step::Spill { .. }))
+    {
+        sink.notes.push(
+            "a region spills (load above its high watermark): the answer depends on the \
+             client's /24 or /56, so the ECS scope is at least that",
+        );
+    }
     let located = client.located;
     let service = &svc.service;
     let loc = located.location.as_ref();
@@ -256,6 +339,23 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
         GeoMatch::Country(i) | GeoMatch::Continent(i) => svc.geo.entries[i].label.clone(),
         GeoMatch::Default => "default".to_string(),
     });
+    let spills = matches!(
+        service.policy,
+        Policy::Nearest | Policy::Geo | Policy::Failover
+    ) && service.endpoints.iter().any(|e| e.has_load());
+    let spill_hash = spills.then(|| {
+        crate::health::spill::spill_point(super::geometry::sticky_hash(
+            svc.sticky_basis,
+            located.ip,
+        ))
+    });
+    let spill_subnet = spills.then(|| {
+        format!(
+            "{}/{}",
+            sticky_subnet(located.ip),
+            sticky_prefix(located.ip)
+        )
+    });
     let sticky_subnet = service.sticky.then(|| {
         format!(
             "{}/{}",
@@ -284,6 +384,8 @@ pub(super) fn explain<H: HealthSource + ?Sized>(
             scope_map: svc.has_scope_map(),
         },
         sticky_subnet,
+        spill_hash,
+        spill_subnet,
         geo_match,
         order,
         passes: sink.passes,
@@ -327,6 +429,14 @@ impl fmt::Display for Explanation {
         writeln!(f, ", network /{}", c.prefix_len)?;
         if let Some(s) = &self.sticky_subnet {
             writeln!(f, "sticky subnet {s}")?;
+        }
+        if let (Some(h), Some(n)) = (self.spill_hash, &self.spill_subnet) {
+            writeln!(
+                f,
+                "spill hash {h:.3} (of {n}): moved from a region over its high watermark once \
+                 more than {:.1} % of its clients are",
+                h * 100.0
+            )?;
         }
         if let Some(g) = &self.geo_match {
             writeln!(f, "geo entry {g}")?;
@@ -382,6 +492,7 @@ impl fmt::Display for Explanation {
                     Step::Rotate { start } => {
                         writeln!(f, "  start at target {} (sticky rotation)", start + 1)?
                     }
+                    Step::Spill { why, .. } => writeln!(f, "  spill: {why}")?,
                 }
             }
         }

@@ -73,6 +73,8 @@ mod explain;
 mod geometry;
 pub(crate) mod scope;
 #[cfg(test)]
+mod spill_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
@@ -82,7 +84,8 @@ use serde::Serialize;
 
 use crate::config::{Config, Policy, Service, WhenAllDown};
 use crate::geo::{Geo, Located, Location, LocationSource, Via};
-use crate::health::{HealthSource, HealthView, State, withdrawal};
+use crate::health::spill::spill_point;
+use crate::health::{HealthSource, HealthView, RegionLoad, ServiceLoad, State, withdrawal};
 
 pub use explain::{ClientTrace, Explanation, PassTrace, RegionTrace, Step};
 use geometry::{Unit, arc_km, below, chord2, splitmix64, unit_vector};
@@ -234,6 +237,9 @@ trait Sink {
     fn target_skipped(&mut self, _region: usize, _address: IpAddr, _reason: SkipReason) {}
     fn picked(&mut self, _region: usize, _address: IpAddr, _state: State) {}
     fn rotated(&mut self, _start: usize) {}
+    /// A region above its high watermark was met: the client's spill point is `point`;
+    /// `moved` when it is answered with its next region instead.
+    fn spilled(&mut self, _region: usize, _load: &RegionLoad, _point: f64, _moved: bool) {}
     fn note(&mut self, _note: &'static str) {}
 }
 
@@ -524,16 +530,38 @@ impl CompiledService {
         sink: &mut S,
     ) -> Decision {
         let located = client.located;
-        let decision = |outcome| Decision {
-            outcome,
-            ttl: self.service.ttl,
-            scope: known.map_or_else(|| self.scope(located), |(_, scope)| scope),
+        // Spill-over (issue 16) makes the answer depend on the client's subnet hash: every
+        // answer that looked at a spilling region is scoped to that subnet (/24, /56) at most.
+        let decision = |outcome, spill_seen: bool| {
+            let scope = known.map_or_else(|| self.scope(located), |(_, scope)| scope);
+            Decision {
+                outcome,
+                ttl: self.service.ttl,
+                scope: if spill_seen {
+                    scope.max(geometry::sticky_prefix(located.ip))
+                } else {
+                    scope
+                },
+            }
         };
         let fam = family.index();
         if self.family_targets[fam] == 0 {
             sink.note("the service has no target of this family");
-            return decision(Outcome::NoData);
+            return decision(Outcome::NoData, false);
         }
+        let load = health.service_load(&self.service.name);
+        let spill = match (load, self.service.policy) {
+            (Some(l), Policy::Nearest | Policy::Geo | Policy::Failover)
+                if l.regions.iter().any(|r| r.spill_fraction > 0.0) =>
+            {
+                Some(Spill {
+                    load: l,
+                    point: spill_point(geometry::sticky_hash(self.sticky_basis, located.ip)),
+                })
+            }
+            _ => None,
+        };
+        let mut spill_seen = false;
         let seed = if self.service.sticky {
             geometry::sticky_hash(self.sticky_basis, located.ip)
         } else {
@@ -567,6 +595,8 @@ impl CompiledService {
                 max,
                 out: &mut out,
                 sink: &mut *sink,
+                load,
+                spill_seen: &mut spill_seen,
             };
             let has_candidate = match self.service.policy {
                 Policy::Weighted => {
@@ -582,22 +612,27 @@ impl CompiledService {
                         Some((order, _)) => Order::list(None, order),
                         None => self.order(located, &mut *keys),
                     };
-                    self.fill_ordered(order, &mut p)
+                    match (&spill, pass) {
+                        // Spill-over only moves clients between usable regions: fail-open
+                        // passes (nothing usable) keep the plain order.
+                        (Some(sp), Pass::Healthy) => self.fill_spilling(order, sp, &mut p),
+                        _ => self.fill_ordered(order, &mut p),
+                    }
                 }
             };
             if !has_candidate {
                 sink.note("no candidate region has a target of this family");
-                return decision(Outcome::NoData);
+                return decision(Outcome::NoData, spill_seen);
             }
             if !out.is_empty() {
-                return decision(Outcome::Addresses(out));
+                return decision(Outcome::Addresses(out), spill_seen);
             }
         }
         match self.service.when_all_down {
-            WhenAllDown::Servfail => decision(Outcome::ServFail),
+            WhenAllDown::Servfail => decision(Outcome::ServFail, spill_seen),
             // `All` reaches here only if the last pass found nothing, which cannot happen once
             // a candidate has a target; NODATA is the safe answer either way.
-            WhenAllDown::Empty | WhenAllDown::All => decision(Outcome::NoData),
+            WhenAllDown::Empty | WhenAllDown::All => decision(Outcome::NoData, spill_seen),
         }
     }
 
@@ -741,6 +776,55 @@ impl CompiledService {
         seen
     }
 
+    /// Like [`CompiledService::fill_ordered`] while some region spills (issue 16): a region
+    /// whose spill fraction is above the client's spill point is passed over at first and
+    /// taken only after every later region, so the client gets its next usable region, and
+    /// the spilled region still when nothing else is usable (down beats load, load never
+    /// empties an answer).
+    fn fill_spilling<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        order: Order<'_>,
+        spill: &Spill<'_>,
+        p: &mut Pick<'_, H, S>,
+    ) -> bool {
+        let mut seen = false;
+        let mut deferred: Vec<usize> = Vec::new();
+        for i in order {
+            let region = &self.regions[i];
+            if region.targets[p.fam].is_empty() {
+                p.sink.region_skipped(i, SkipReason::NoTargetOfFamily);
+                continue;
+            }
+            seen = true;
+            if p.pass.skips_drained() && p.health.is_drained(&region.name) {
+                p.sink.region_skipped(i, SkipReason::Drained);
+                continue;
+            }
+            if let Some(r) = spill
+                .load
+                .region(i, &region.name)
+                .filter(|r| r.spill_fraction > 0.0)
+            {
+                *p.spill_seen = true;
+                let moved = spill.point < r.spill_fraction;
+                p.sink.spilled(i, r, spill.point, moved);
+                if moved {
+                    deferred.push(i);
+                    continue;
+                }
+            }
+            if self.fill_region(i, p) {
+                return seen;
+            }
+        }
+        for i in deferred {
+            if self.fill_region(i, p) {
+                break;
+            }
+        }
+        seen
+    }
+
     /// Appends the region's targets of the family that the pass allows; returns true once
     /// `out` holds `max` addresses.
     fn fill_region<H: HealthSource + ?Sized, S: Sink>(
@@ -823,18 +907,28 @@ impl CompiledService {
             if zero_round && any_usable {
                 break;
             }
-            // The weight a region has in this round (0: not drawn in it).
-            let weight = |r: &CompiledRegion| -> u64 {
-                match (zero_round, r.weight) {
+            // The weight a region has in this round (0: not drawn in it). With load (issue
+            // 16) each weight is scaled by its region's free capacity, in thousandths: a full
+            // region weighs 0, drawn only when no region with free capacity is usable.
+            let load = p.load;
+            let scaled = |i: usize, r: &CompiledRegion| -> u64 {
+                let Some(l) = load else {
+                    return u64::from(r.weight);
+                };
+                let free = l.region(i, &r.name).and_then(|x| x.free).unwrap_or(1.0);
+                (f64::from(r.weight) * 1000.0 * free).round() as u64
+            };
+            let weight = |i: usize, r: &CompiledRegion| -> u64 {
+                match (zero_round, scaled(i, r)) {
                     (_, _) if r.targets[fam].is_empty() => 0,
-                    (false, w) => u64::from(w),
+                    (false, w) => w,
                     (true, 0) => 1,
                     (true, _) => 0,
                 }
             };
             let mut total = 0u64;
-            for (o, r) in open.iter_mut().zip(self.regions.iter()) {
-                let w = weight(r);
+            for (i, (o, r)) in open.iter_mut().zip(self.regions.iter()).enumerate() {
+                let w = weight(i, r);
                 *o = w > 0;
                 total += w;
             }
@@ -843,7 +937,7 @@ impl CompiledService {
                 seed = splitmix64(seed);
                 let mut chosen = None;
                 for (i, r) in self.regions.iter().enumerate() {
-                    let w = if open[i] { weight(r) } else { 0 };
+                    let w = if open[i] { weight(i, r) } else { 0 };
                     if x < w {
                         chosen = Some(i);
                         break;
@@ -853,7 +947,7 @@ impl CompiledService {
                 // `x < total`, the sum of the open weights: some region is always chosen.
                 let Some(i) = chosen else { break };
                 open[i] = false;
-                total -= weight(&self.regions[i]);
+                total -= weight(i, &self.regions[i]);
                 let region = &self.regions[i];
                 if p.pass.skips_drained() && p.health.is_drained(&region.name) {
                     p.sink.region_skipped(i, SkipReason::Drained);
@@ -895,6 +989,13 @@ impl CompiledService {
     }
 }
 
+/// A decision's spill-over (issue 16): the service's region loads and the client's point.
+struct Spill<'a> {
+    load: &'a ServiceLoad,
+    /// The client's subnet hash in [0, 1): spilled from a region when below its fraction.
+    point: f64,
+}
+
 /// One pass of a decision being filled: what every step reads, and where it writes.
 struct Pick<'a, H: ?Sized, S> {
     /// The family's index ([`Family::index`]).
@@ -906,6 +1007,10 @@ struct Pick<'a, H: ?Sized, S> {
     /// The addresses taken so far.
     out: &'a mut Vec<IpAddr>,
     sink: &'a mut S,
+    /// The service's region loads, when some endpoint reads load (`weighted` scales by them).
+    load: Option<&'a ServiceLoad>,
+    /// Set when a spilling region was met: the answer depends on the client's subnet.
+    spill_seen: &'a mut bool,
 }
 
 /// Region indices in policy order.

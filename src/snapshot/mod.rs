@@ -43,6 +43,10 @@ pub struct Snapshot {
     /// The DNS-over-TLS certificate and key, read from `server.tls_certificate`/`tls_key`
     /// when this snapshot was built: a reload re-reads them, and the next handshake uses them.
     pub(crate) tls: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// The admin port's HTTPS setup (certificate, client CA), read from
+    /// `server.admin_tls_*` when this snapshot was built; `None` without admin TLS. The admin
+    /// server handshakes each new connection with the live snapshot's.
+    pub(crate) admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// Prebuilt wire answers to the (name, type) pairs of the zone files, filled once by a
     /// background thread that `dns/` starts when it first meets this snapshot (issue 18).
     pub(crate) static_answers: StaticAnswers,
@@ -160,6 +164,19 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         },
         _ => None,
     };
+    let server = &config.server;
+    let admin_tls = match (&server.admin_tls_certificate, &server.admin_tls_key) {
+        (Some(cert), Some(key)) => {
+            match certs::admin_server_config(cert, key, server.admin_client_ca.as_deref()) {
+                Ok(c) => Some(Arc::new(c)),
+                Err((key_name, e)) => {
+                    errors.push(ConfigError::new(&config.source, key_name, e));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let (Some(zones), Some(geo), true) = (zones, geo, errors.is_empty()) else {
         return Err(ConfigErrors(errors));
     };
@@ -170,6 +187,7 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         geo,
         services,
         tls,
+        admin_tls,
         static_answers: StaticAnswers::default(),
     })
 }
@@ -277,6 +295,21 @@ impl Reloader {
             || old.config.server.admin_listen != snapshot.config.server.admin_listen
         {
             warn!("listen addresses changed: they take effect at the next restart");
+        }
+        if old.admin_tls.is_some() != snapshot.admin_tls.is_some() {
+            warn!(
+                "admin TLS turned {}: it takes effect at the next restart (until then the admin port keeps {})",
+                if snapshot.admin_tls.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                if old.admin_tls.is_some() {
+                    "HTTPS with the last certificate"
+                } else {
+                    "plain HTTP"
+                }
+            );
         }
         if old.config.cluster != snapshot.config.cluster {
             warn!("[cluster] changed: it takes effect at the next restart");

@@ -151,7 +151,7 @@ impl Server {
             })
         };
         server.dns = find("listening dns/udp ").expect("a dns/udp listening line");
-        server.admin = find("listening admin/http ");
+        server.admin = find("listening admin/http ").or_else(|| find("listening admin/https "));
         server
     }
 

@@ -3,6 +3,7 @@
 //! over real UDP and TCP (see `harness`).
 
 mod admin;
+mod admin_tls;
 mod backend;
 mod cli;
 mod clients;
@@ -16,8 +17,10 @@ mod geo;
 mod harness;
 mod health;
 mod monitoring;
+mod quic;
 mod reload;
 mod scale;
+mod spill;
 mod tls;
 mod watch;
 mod wire;

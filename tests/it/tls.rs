@@ -23,7 +23,7 @@ use crate::harness::{Server, ZONE, add_option, ecs, http, query, tcp_raw, tool};
 
 /// Generates a self-signed P-256 certificate for `dot.test` and 127.0.0.1 with subject `cn`,
 /// as `<stem>.crt` and `<stem>.key` in `dir`.
-fn self_signed(openssl: &Path, dir: &Path, stem: &str, cn: &str) -> (PathBuf, PathBuf) {
+pub fn self_signed(openssl: &Path, dir: &Path, stem: &str, cn: &str) -> (PathBuf, PathBuf) {
     let (crt, key) = (
         dir.join(format!("{stem}.crt")),
         dir.join(format!("{stem}.key")),
@@ -127,7 +127,7 @@ fn config(crt: &Path, key: &Path) -> String {
     )
 }
 
-fn pem_der(crt: &Path) -> Vec<u8> {
+pub fn pem_der(crt: &Path) -> Vec<u8> {
     let pem = std::fs::read(crt).unwrap();
     rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .next()
