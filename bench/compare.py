@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that two DNS servers give the same answers to every query of a list (queries.py).
 
-Usage: compare.py LIST PORT_A NAME_A PORT_B NAME_B
+Usage: compare.py LIST PORT_A NAME_A PORT_B NAME_B [tcp]
 
 Each query is sent with dig to 127.0.0.1 on both ports, with the same options (no RD, EDNS with
 a 1232-byte buffer and the ECS option of the line, or no EDNS). Compared: the RCODE, the AA
@@ -9,16 +9,19 @@ flag, and the answer and authority sections as sorted sets of (owner name lowerc
 RDATA, with domain names inside RDATA lowercased; TXT kept as is). Not compared: TTLs (gdnsd
 clamps the SOA TTL to the SOA MINIMUM and both may differ on negative TTLs), the additional
 section (servers differ on which glue/addresses they add), the ECS scope, EDNS buffer sizes,
-cookies and the order of records. Exits 1 on any difference and prints each one.
+cookies and the order of records. Exits 1 on any difference and prints each one. With `tcp`
+last, dig asks over TCP.
 """
 
 import subprocess
 import sys
 
 
-def ask(port, name, qtype, ecs, edns):
+def ask(port, name, qtype, ecs, edns, tcp=False):
     cmd = ["dig", "@127.0.0.1", "-p", str(port), name, qtype, "+norec", "+nocookie",
            "+noall", "+comments", "+answer", "+authority", "+tries=2", "+time=2"]
+    if tcp:
+        cmd.append("+tcp")
     if edns == "0":
         cmd.append("+noedns")
     else:
@@ -48,13 +51,14 @@ def ask(port, name, qtype, ecs, edns):
 
 def main():
     path, port_a, name_a, port_b, name_b = sys.argv[1:6]
+    tcp = sys.argv[6:7] == ["tcp"]
     bad = 0
     total = 0
     for line in open(path):
         name, qtype, ecs, edns = line.split()
         total += 1
-        a = ask(port_a, name, qtype, ecs, edns)
-        b = ask(port_b, name, qtype, ecs, edns)
+        a = ask(port_a, name, qtype, ecs, edns, tcp)
+        b = ask(port_b, name, qtype, ecs, edns, tcp)
         if a[0] is None or b[0] is None or a != b:
             bad += 1
             q = f"{name} {qtype} ecs={ecs} edns={edns}"
@@ -65,7 +69,8 @@ def main():
                     print(f"  {label:8}   answer    {' '.join(rr)}")
                 for rr in sorted(r[3]):
                     print(f"  {label:8}   authority {' '.join(rr)}")
-    print(f"answers compared: {total} distinct queries, {bad} mismatches")
+    over = " over TCP" if tcp else ""
+    print(f"answers compared{over}: {total} distinct queries, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
 

@@ -78,6 +78,11 @@ pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
 pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "meridian_config_loaded_timestamp_seconds";
 /// UDP responses held back by `[rate_limit]`, by action (`drop` or `slip`).
 pub const DNS_RATE_LIMITED_TOTAL: &str = "meridian_dns_rate_limited_total";
+/// New DNSSEC signatures made (the per-thread signature caches missed), every signed zone.
+pub const DNSSEC_SIGNATURES_TOTAL: &str = "meridian_dnssec_signatures_total";
+/// DNSSEC signatures refused because the zone's signing budget
+/// (`dnssec.signatures_per_second`) was spent: each is an answer sent as SERVFAIL.
+pub const DNSSEC_BUDGET_EXHAUSTED_TOTAL: &str = "meridian_dnssec_budget_exhausted_total";
 
 /// Transport labels, in index order.
 pub(crate) const TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "quic"];
@@ -411,6 +416,7 @@ impl Metrics {
             "UDP responses held back by [rate_limit], by action (drop, slip)",
             self.rate_limited.clone(),
         );
+        registry.register_collector(Box::new(DnssecCollector));
         registry.register_collector(Box::new(ProcessInfoCollector(self.clone())));
         registry.register_collector(Box::new(process::ProcessCollector));
         for c in extra {
@@ -455,6 +461,37 @@ impl Collector for ProcessInfoCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(loaded).encode(metric)?;
+        Ok(())
+    }
+}
+
+/// Reads the signing counters of [`crate::dnssec::cache`] at scrape time.
+#[derive(Debug)]
+struct DnssecCollector;
+
+impl Collector for DnssecCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (signed, refused) = crate::dnssec::cache::counts();
+        for (name, help, n) in [
+            (
+                DNSSEC_SIGNATURES_TOTAL,
+                "New DNSSEC signatures made (signature cache misses).",
+                signed,
+            ),
+            (
+                DNSSEC_BUDGET_EXHAUSTED_TOTAL,
+                "DNSSEC signatures refused because the signing budget was spent (answered SERVFAIL).",
+                refused,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(
+                counter_name(name),
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(n).encode(metric)?;
+        }
         Ok(())
     }
 }

@@ -24,7 +24,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub(crate) use cluster::{Cluster, Quorum};
-pub use dnssec::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
+pub use dnssec::{
+    Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY, DEFAULT_SIGNATURES_PER_SECOND,
+};
 pub use validate::parse_str;
 pub(crate) use validate::{load, parse_duration};
 
@@ -397,6 +399,10 @@ pub struct DnssecSpec {
     pub signature_validity: Duration,
     /// How far before now inception is set (default 1 hour).
     pub inception_offset: Duration,
+    /// The signing budget: new signatures each answering thread may make per second (and in
+    /// a burst) for this zone, at least 1 (default [`DEFAULT_SIGNATURES_PER_SECOND`]). Past
+    /// it an answer that needs a new signature is SERVFAIL.
+    pub signatures_per_second: u32,
 }
 
 /// One `[region.NAME]`: where a region's endpoints live.

@@ -84,6 +84,7 @@ pub(crate) struct RawDnssec {
     pub(crate) algorithm: Option<String>,
     pub(crate) signature_validity: Option<String>,
     pub(crate) inception_offset: Option<String>,
+    pub(crate) signatures_per_second: Option<u32>,
 }
 
 /// One `[region.NAME]`.

@@ -15,7 +15,9 @@ use super::raw::{
     RawServer, RawService, RawZone,
 };
 use super::*;
-use super::{Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
+use super::{
+    Algorithm, DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY, DEFAULT_SIGNATURES_PER_SECOND,
+};
 
 /// Top-level keys the file may have.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -874,12 +876,19 @@ impl Validator {
                 "must be at least 1h (signatures are reused for a quarter of it)",
             );
         }
+        if raw.signatures_per_second == Some(0) {
+            self.err(format!("{key}.signatures_per_second"), "must be at least 1");
+        }
         DnssecSpec {
             keys,
             published,
             algorithm,
             signature_validity,
             inception_offset,
+            signatures_per_second: raw
+                .signatures_per_second
+                .unwrap_or(DEFAULT_SIGNATURES_PER_SECOND)
+                .max(1),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Prebuilt wire answers for static names, one cache per UDP thread.
+//! Prebuilt wire answers for static names, one cache per UDP thread and per TCP runtime
+//! worker thread.
 //!
 //! An answer from the zone files depends only on the snapshot and on (query name, type): not on
 //! the client, the health view or the transport. [`AnswerCache`] keeps, per (lowercased name,
@@ -110,7 +111,12 @@ impl Answerer {
         };
         if let Some(body) = body
             && patch(body, &q, &snap, client.ip(), out)
-            && (transport == Transport::Tcp || out.len() <= response::udp_limit(&q))
+            && out.len()
+                <= match transport {
+                    Transport::Udp => response::udp_limit(&q),
+                    // The 16-bit length prefix: longer gets TC from `answer_guarded`.
+                    Transport::Tcp | Transport::Tls | Transport::Quic => usize::from(u16::MAX),
+                }
         {
             let rcode = u16::from(out[3] & 0x0F);
             self.metrics.dns.count(transport.index(), q.qtype, rcode);

@@ -43,7 +43,7 @@ use crate::policy::{Family, Outcome};
 use crate::snapshot::{Dynamic, Snapshot};
 use crate::zone::{End, Zone};
 use response::{Answer, Head, Opt, Sections};
-use wire::{Query, Reject};
+use wire::{HEADER_LEN, Query, Reject};
 
 /// RCODE values.
 mod rcode {
@@ -394,7 +394,16 @@ impl<'a, 'q> Asked<'a, 'q> {
         transport: Transport,
     ) -> Self {
         let nsid = snap.config.server.nsid.as_deref().map(str::as_bytes);
-        let opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
+        let mut opt = Opt::for_query(q, nsid, client, cookie::secrets(&snap.config));
+        // RFC 9824 §5.1: a server that gives compact answers sets CO in its responses to
+        // queries with CO (and then answers NXDOMAIN for a nonexistent name, signed.rs).
+        if let (Some(o), Some(e)) = (opt.as_mut(), q.edns.as_ref())
+            && e.dnssec_ok
+            && e.compact_ok
+            && signed::any_signed(snap)
+        {
+            o.flags |= wire::EDNS_CO;
+        }
         let mut asked = Asked {
             snap,
             health,
@@ -440,14 +449,7 @@ impl<'a, 'q> Asked<'a, 'q> {
                 response::write(out, head, Some(q.question), &empty, self.opt.as_ref());
             }
         }
-        let limit = match self.transport {
-            Transport::Udp => response::udp_limit(q),
-            // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
-            // as "truncated due to length greater than that permitted on the transmission
-            // channel", which this is; measured with the OPT appended.
-            Transport::Tcp | Transport::Tls | Transport::Quic => usize::from(u16::MAX),
-        };
-        if too_long || out.len() > limit {
+        if too_long || out.len() > self.limit() {
             // RFC 2181 §9 / RFC 6891 §7: too large: send TC with the question and the OPT
             // (over UDP the client retries over TCP).
             head.tc = true;
@@ -456,24 +458,56 @@ impl<'a, 'q> Asked<'a, 'q> {
         head.rcode
     }
 
-    /// The reply builder for answers that a signed zone signs: with DO set, adds the RRSIGs
-    /// and the denial ([`signed::sign`]); SERVFAIL when signing fails (the signing budget is
-    /// spent). Without DO, exactly [`Asked::reply`].
+    /// Returns the largest response the transport takes (UDP: the payload size; TCP: 65,535
+    /// bytes).
+    fn limit(&self) -> usize {
+        match self.transport {
+            Transport::Udp => response::udp_limit(self.q),
+            // RFC 1035 §4.2.2: the TCP length prefix is 16 bits. RFC 1035 §4.1.1 defines TC
+            // as "truncated due to length greater than that permitted on the transmission
+            // channel", which this is; measured with the OPT appended.
+            Transport::Tcp | Transport::Tls | Transport::Quic => usize::from(u16::MAX),
+        }
+    }
+
+    /// The reply builder for answers that a signed zone signs: with DO set and a signed zone
+    /// in the snapshot, the signed answer ([`signed::write`]: RRSIGs and the denial, from the
+    /// thread's signed-answer cache when it can), then the OPT, and TC as [`Asked::reply`]
+    /// when too large; SERVFAIL when signing fails (the signing budget is spent). Otherwise
+    /// exactly [`Asked::reply`].
     fn reply_signed(
         &self,
         mut head: Head,
-        mut s: Sections,
+        s: Sections,
         denial: &signed::Denial,
         out: &mut Vec<u8>,
     ) -> u16 {
-        if self.q.edns.as_ref().is_some_and(|e| e.dnssec_ok) {
-            let now = u64::from(cookie::now());
-            if let Err(error) = signed::sign(self.snap, self.q, &mut head, &mut s, denial, now) {
+        if !self.q.edns.as_ref().is_some_and(|e| e.dnssec_ok) || !signed::any_signed(self.snap) {
+            return self.reply(head, &s, out);
+        }
+        let now = u64::from(cookie::now());
+        match signed::write(self.snap, self.q, &mut head, s, denial, now, out) {
+            Ok(()) => {}
+            Err(signed::Unsigned::Sign(error)) => {
                 tracing::debug!(%error, "cannot sign an answer: sent SERVFAIL");
                 return self.servfail(head, out);
             }
+            Err(signed::Unsigned::Unwritten(s)) => return self.reply(head, &s, out),
         }
-        self.reply(head, &s, out)
+        if let Some(opt) = &self.opt
+            && out.len() >= HEADER_LEN
+        {
+            let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+            out[10..12].copy_from_slice(&arcount.to_be_bytes());
+            response::write_opt(out, head.rcode, opt);
+        }
+        if out.len() > self.limit() {
+            // As `reply`: too large for the transport: TC with the question and the OPT.
+            head.tc = true;
+            let empty = Sections::default();
+            response::write(out, head, Some(self.q.question), &empty, self.opt.as_ref());
+        }
+        head.rcode
     }
 
     /// Replies `rcode` with no records.

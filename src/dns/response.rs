@@ -60,8 +60,8 @@ pub(crate) struct Opt<'a> {
     pub(crate) ecs: Option<(u16, u8, u8, [u8; 16])>,
     /// COOKIE to return: the client's cookie and our server cookie (RFC 7873 §5.2.3).
     pub(crate) cookie: Option<[u8; cookie::REPLY_LEN]>,
-    /// EDNS header flags: DO copied from the query (RFC 3225 §3), CO when a compact answer
-    /// is given with NXDOMAIN (RFC 9824 §4).
+    /// EDNS header flags: DO copied from the query (RFC 3225 §3); CO set by the answer path
+    /// for a query with DO and CO when a zone is signed (RFC 9824 §5.1).
     pub(crate) flags: u16,
 }
 
@@ -80,7 +80,7 @@ impl<'a> Opt<'a> {
         Some(Opt {
             nsid: if e.nsid { nsid } else { None },
             ecs: None,
-            flags: if e.dnssec_ok { 0x8000 } else { 0 },
+            flags: if e.dnssec_ok { super::wire::EDNS_DO } else { 0 },
             cookie: e
                 .cookie
                 .map(|c| cookie::reply(&c, client, secrets, cookie::now())),

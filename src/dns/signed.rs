@@ -9,17 +9,192 @@
 //! answer an NSEC showing that the name asked for does not exist (RFC 4035 §3.1.3.3).
 //! Referral NS records and the additional section are not signed (RFC 4035 §2.2: NS at a cut
 //! and glue are not authoritative). Answers to queries without DO never come here.
+//!
+//! [`write()`] keeps, per thread, each signed answer as written (header, question, records; not
+//! the OPT, which is made per query: cookie, ECS scope, NSID), keyed by the unsigned answer in
+//! the same form with the client's ID, RD, CD and question case taken out, plus CO and the
+//! denial. The key holds the per-client choice (the addresses a service chose for this client
+//! and its TTL), so a signed answer is reused for every client given the same choice, and a
+//! health change that changes the choice changes the key. An entry is used only inside the
+//! signing window of its signatures ([`ZoneSigner::window_bounds`]): at the window's end the
+//! same answer is signed again, as it would be without this cache, and never served past its
+//! signatures' expiration. Denials of nonexistent names and wildcard answers (as random as the
+//! client likes) are never kept. The cache is bounded and belongs to one configuration: a
+//! reload empties it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::NULL;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use super::rcode;
-use super::response::{Answer, Head, Sections};
-use super::wire::Query;
+use super::response::{self, Answer, Head, Sections};
+use super::wire::{HEADER_LEN, Query};
+use crate::config::Config;
 use crate::dnssec::{self, ZoneSigner, cache::SignError, rtype};
 use crate::snapshot::Snapshot;
 use crate::zone::Zone;
+
+/// Signed answers kept per thread; when full, the cache is emptied (a flood of distinct answers
+/// cannot grow it, and the hot ones come back on their next query).
+pub(crate) const MAX_SIGNED_ANSWERS: usize = 4096;
+
+/// One signed answer as written, without the OPT, with ID 0, RD and CD clear and the question
+/// lowercased.
+struct Kept {
+    message: Vec<u8>,
+    /// The full RCODE (the OPT carries its upper bits).
+    rcode: u16,
+    /// The signing window it belongs to: used only from `since` until before `until`.
+    since: u64,
+    until: u64,
+}
+
+/// The per-thread signed-answer cache.
+#[derive(Default)]
+struct Answers {
+    /// The configuration the entries were made under. `snapshot::build` makes one `Config`
+    /// per snapshot, so a new pointer means a reload (and this `Arc` keeps the old one from
+    /// being freed and its address reused while compared).
+    config: Option<Arc<Config>>,
+    entries: HashMap<Vec<u8>, Kept>,
+    /// Scratch buffer for the key.
+    key: Vec<u8>,
+}
+
+thread_local! {
+    static ANSWERS: RefCell<Answers> = RefCell::new(Answers::default());
+}
+
+/// Why [`write()`] wrote no signed answer.
+pub(super) enum Unsigned {
+    /// Signing failed (the signing budget is spent, or a record cannot be encoded): the caller
+    /// answers SERVFAIL.
+    Sign(SignError),
+    /// The signed sections do not fit in a message, or a record cannot be written: the
+    /// caller's reply builder answers them (TC or SERVFAIL).
+    Unwritten(Sections),
+}
+
+/// Writes into `out` the signed answer to `q` made of `head` and `s`: header, question and
+/// records, without the OPT (ARCOUNT does not count it). From this thread's cache when the
+/// same unsigned answer was signed in the current signing window; otherwise signed
+/// ([`sign`]) and kept when it may be. `head` gets the RCODE written.
+pub(super) fn write(
+    snap: &Snapshot,
+    q: &Query<'_>,
+    head: &mut Head,
+    mut s: Sections,
+    denial: &Denial,
+    now: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Unsigned> {
+    ANSWERS.with(|a| {
+        let mut guard = a.try_borrow_mut();
+        // Re-entered (cannot happen: nothing here calls back): sign without the cache.
+        let mut a = guard.as_deref_mut().ok();
+        let mut keyed = false;
+        if let Some(a) = a.as_deref_mut() {
+            if !a
+                .config
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &snap.config))
+            {
+                a.entries.clear();
+                a.config = Some(snap.config.clone());
+            }
+            keyed = key(&mut a.key, q, *head, &s, denial);
+            if let Some(k) = a
+                .entries
+                .get(&a.key)
+                .filter(|k| keyed && (k.since..k.until).contains(&now))
+            {
+                out.clear();
+                out.extend_from_slice(&k.message);
+                personalize(out, q);
+                head.rcode = k.rcode;
+                head.aa = k.message[2] & 0x04 != 0;
+                return Ok(());
+            }
+        }
+        let signed = sign(snap, q, head, &mut s, denial, now).map_err(Unsigned::Sign)?;
+        if response::try_write(out, *head, Some(q.question), &s, None).is_err() {
+            return Err(Unsigned::Unwritten(s));
+        }
+        let keep = keyed && signed.cacheable && !matches!(denial, Denial::NxDomain(_));
+        if let Some(a) = a.filter(|_| keep) {
+            if a.entries.len() >= MAX_SIGNED_ANSWERS {
+                a.entries.clear();
+            }
+            let mut message = out.clone();
+            normalize(&mut message, q);
+            let kept = Kept {
+                message,
+                rcode: head.rcode,
+                since: signed.since,
+                until: signed.until,
+            };
+            a.entries.insert(a.key.clone(), kept);
+        }
+        Ok(())
+    })
+}
+
+/// Writes into `buf` the key of the signed answer to `q` made of `head`, `s` and `denial`: the
+/// unsigned answer in normal form, then CO, then the denial. False when the unsigned answer
+/// cannot be written (nothing is then cached).
+fn key(buf: &mut Vec<u8>, q: &Query<'_>, head: Head, s: &Sections, denial: &Denial) -> bool {
+    if response::try_write(buf, head, Some(q.question), s, None).is_err() {
+        return false;
+    }
+    normalize(buf, q);
+    buf.push(u8::from(q.edns.as_ref().is_some_and(|e| e.compact_ok)));
+    let (tag, name) = match denial {
+        Denial::None => (0, None),
+        Denial::NoData(n) => (1, Some(n)),
+        Denial::NxDomain(n) => (2, Some(n)),
+        Denial::Referral(n) => (3, Some(n)),
+    };
+    buf.push(tag);
+    if let Some(n) = name {
+        buf.extend(lower_wire(n));
+    }
+    true
+}
+
+/// Takes what belongs to the client out of `msg`, a response to `q`: ID 0, RD and CD clear,
+/// the question lowercased (same length).
+fn normalize(msg: &mut [u8], q: &Query<'_>) {
+    let end = HEADER_LEN + q.qname_lower.len();
+    if let Some(name) = msg.get_mut(HEADER_LEN..end) {
+        name.copy_from_slice(&q.qname_lower);
+    }
+    if let Some(h) = msg.get_mut(..4) {
+        h[0] = 0;
+        h[1] = 0;
+        h[2] &= !0x01;
+        h[3] &= !0x10;
+    }
+}
+
+/// Puts back into the normalized `msg` what belongs to `q`: its ID, RD, CD and question.
+fn personalize(msg: &mut [u8], q: &Query<'_>) {
+    if let Some(question) = msg.get_mut(HEADER_LEN..HEADER_LEN + q.question.len()) {
+        question.copy_from_slice(q.question);
+    }
+    if let Some(h) = msg.get_mut(..4) {
+        h[..2].copy_from_slice(&q.id.to_be_bytes());
+        if q.rd {
+            h[2] |= 0x01;
+        }
+        if q.cd {
+            h[3] |= 0x10;
+        }
+    }
+}
 
 /// What an answer denies, for the NSEC it needs.
 #[derive(Debug, Clone)]
@@ -45,6 +220,27 @@ struct Group {
     rdatas: Vec<Vec<u8>>,
 }
 
+/// What [`sign`] tells about the signatures it added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Signed {
+    /// Every signature may be kept (none belongs to a random name: a nonexistent or
+    /// wildcard-matched one).
+    pub(super) cacheable: bool,
+    /// The start of the earliest signing window used (seconds since the epoch).
+    pub(super) since: u64,
+    /// When the earliest window used ends: from then on the same answer gets new signatures.
+    pub(super) until: u64,
+}
+
+impl Signed {
+    fn used(&mut self, signer: &ZoneSigner, now: u64, cacheable: bool) {
+        let (since, until) = signer.window_bounds(now);
+        self.since = self.since.max(since);
+        self.until = self.until.min(until);
+        self.cacheable &= cacheable;
+    }
+}
+
 /// Signs the answer `s` to `q` in place (see the module docs); `head.rcode` becomes NOERROR
 /// for a compact denial unless the client set CO. Errors (a spent signing budget, a record
 /// that cannot be encoded) leave `s` half-signed: the caller answers SERVFAIL.
@@ -55,7 +251,12 @@ pub(super) fn sign(
     s: &mut Sections,
     denial: &Denial,
     now: u64,
-) -> Result<(), SignError> {
+) -> Result<Signed, SignError> {
+    let mut info = Signed {
+        cacheable: true,
+        since: 0,
+        until: u64::MAX,
+    };
     // Answer section.
     let groups = group_answer(q, &s.answer).ok_or(SignError::Encode)?;
     let mut answer = Vec::with_capacity(s.answer.len() + groups.len());
@@ -71,6 +272,7 @@ pub(super) fn sign(
         let lower = wire_to_lower(&g.owner).ok_or(SignError::Encode)?;
         let wildcard = zone.wildcard_labels(&lower);
         let mut rdatas = g.rdatas;
+        info.used(signer, now, wildcard.is_none());
         let sigs = signer.rrsigs(
             &g.owner,
             wildcard,
@@ -108,6 +310,7 @@ pub(super) fn sign(
                 now,
                 false,
                 &mut wildcard_nsec,
+                &mut info,
             )?;
         }
     }
@@ -131,6 +334,7 @@ pub(super) fn sign(
             continue;
         };
         let mut rdatas = g.rdatas;
+        info.used(signer, now, true);
         for sig in signer.rrsigs(&g.owner, None, g.rtype, g.ttl, &mut rdatas, now, true)? {
             let owner = g.name.clone().unwrap_or_else(Name::root);
             authority.push(raw(owner, g.ttl, RecordType::RRSIG, sig));
@@ -155,6 +359,7 @@ pub(super) fn sign(
                     now,
                     cacheable,
                     &mut authority,
+                    &mut info,
                 )?;
             }
         }
@@ -177,6 +382,7 @@ pub(super) fn sign(
                     now,
                     false,
                     &mut authority,
+                    &mut info,
                 )?;
             }
         }
@@ -197,13 +403,14 @@ pub(super) fn sign(
                     now,
                     true,
                     &mut authority,
+                    &mut info,
                 )?;
             }
         }
     }
     authority.extend(wildcard_nsec);
     s.authority = authority;
-    Ok(())
+    Ok(info)
 }
 
 /// Appends an NSEC at `owner` (lowercase wire) with `next` and `types`, and its RRSIGs.
@@ -217,7 +424,9 @@ fn nsec(
     now: u64,
     cacheable: bool,
     out: &mut Vec<Record>,
+    info: &mut Signed,
 ) -> Result<(), SignError> {
+    info.used(signer, now, cacheable);
     // RFC 9077 §3: the NSEC TTL is that of negative answers, min(SOA TTL, MINIMUM).
     let ttl = zone.negative_ttl();
     let rdata = dnssec::nsec_rdata(next, types);
@@ -377,4 +586,120 @@ fn wire_to_name(wire: &[u8]) -> Option<Name> {
 
 fn wire_to_lower(wire: &[u8]) -> Option<LowerName> {
     super::wire_to_name(wire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::wire;
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    /// A snapshot of the example zone signed with a new key, kept in `dir`.
+    fn signed_snapshot(dir: &Path) -> Snapshot {
+        let key = dir.join("k.pem");
+        dnssec::keygen("example.net.", dnssec::Algorithm::default(), &key).unwrap();
+        let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/example.net.zone");
+        let config = dir.join("meridian.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\
+                 [[zone]]\norigin = \"example.net.\"\nfile = {:?}\n\
+                 dnssec = {{ keys = [\"k.pem\"] }}\n\
+                 [region.a]\nlatitude = 0.0\nlongitude = 0.0\n\
+                 [[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\n\
+                 endpoints = [{{ region = \"a\", addresses = [\"192.0.2.1\", \"192.0.2.2\"] }}]\n",
+                zone.display().to_string()
+            ),
+        )
+        .unwrap();
+        crate::snapshot::load(&config).expect("signed config loads")
+    }
+
+    /// A query for `name` A with ID `id` and an OPT with DO (and CO when `co`).
+    fn query(name: &str, id: u16, co: bool) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend([1, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend(label.as_bytes());
+        }
+        q.extend([0, 0, 1, 0, 1, 0, 0, 41, 4, 208, 0, 0]);
+        q.extend((wire::EDNS_DO | if co { wire::EDNS_CO } else { 0 }).to_be_bytes());
+        q.extend([0, 0]);
+        q
+    }
+
+    /// Writes the signed answer to `query` with `addrs` (the service's choice) at `now`.
+    fn answer(snap: &Snapshot, query: &[u8], addrs: &[&str], denial: &Denial, now: u64) -> Vec<u8> {
+        let q = wire::parse(query).unwrap();
+        let mut head = Head::answering(&q);
+        head.aa = true;
+        let s = Sections {
+            answer: (addrs.iter())
+                .map(|a| Answer::Address {
+                    ttl: 30,
+                    addr: a.parse::<IpAddr>().unwrap(),
+                })
+                .collect(),
+            ..Sections::default()
+        };
+        let mut out = Vec::new();
+        assert!(write(snap, &q, &mut head, s, denial, now, &mut out).is_ok());
+        out
+    }
+
+    #[test]
+    fn signed_answers_are_reused_inside_their_window_for_the_same_choice_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = signed_snapshot(dir.path());
+        let apex = LowerName::from(Name::from_ascii("example.net.").unwrap());
+        let signer = snap.zones.zone_for(&apex).unwrap().signer().unwrap();
+        let now = 1_800_000_000;
+        let (_, until) = signer.window_bounds(now);
+        let none = Denial::None;
+        let q = query("api.example.net", 0x1111, false);
+        let first = answer(&snap, &q, &["192.0.2.1"], &none, now);
+        // ECDSA signatures are randomised: equal bytes mean the answer was reused.
+        assert_eq!(answer(&snap, &q, &["192.0.2.1"], &none, now + 60), first);
+        // Another client: its own ID, RD and question case, the same records.
+        let other = answer(
+            &snap,
+            &query("API.example.NET", 0x2222, false),
+            &["192.0.2.1"],
+            &none,
+            now,
+        );
+        assert_eq!(other[..2], [0x22, 0x22]);
+        assert_eq!(
+            &other[12..33],
+            b"\x03API\x07example\x03NET\x00\x00\x01\x00\x01"
+        );
+        assert_eq!(other[2..12], first[2..12]);
+        assert_eq!(other[33..], first[33..]);
+        // Another choice is another answer, signed for its own records.
+        let b = answer(&snap, &q, &["192.0.2.2"], &none, now);
+        assert_ne!(b[33..], first[33..]);
+        assert!(b.windows(4).any(|w| w == [192, 0, 2, 2]));
+        // Past the window: signed again (new signature bytes), never the old entry.
+        let later = answer(&snap, &q, &["192.0.2.1"], &none, until);
+        assert_ne!(later, first);
+        assert_eq!(answer(&snap, &q, &["192.0.2.1"], &none, until + 1), later);
+        // Before the window (a clock set back): not reused either.
+        assert_ne!(answer(&snap, &q, &["192.0.2.1"], &none, now), later);
+    }
+
+    #[test]
+    fn denials_of_nonexistent_names_are_never_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = signed_snapshot(dir.path());
+        let name = LowerName::from(Name::from_ascii("nope.example.net.").unwrap());
+        let nx = Denial::NxDomain(name);
+        let q = query("nope.example.net", 1, true);
+        let now = 1_800_000_000;
+        let a = answer(&snap, &q, &[], &nx, now);
+        assert_ne!(answer(&snap, &q, &[], &nx, now), a, "signed afresh");
+        assert_eq!(a[3] & 0x0F, 3, "CO: NXDOMAIN");
+    }
 }

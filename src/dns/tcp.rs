@@ -7,18 +7,22 @@
 //! [`NETWORK_V6_PREFIX`] say) from taking every slot of the global cap: past it, its new
 //! connections are closed at accept while other networks are still served (issue 9).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::cache::AnswerCache;
 use super::{Answerer, Transport};
 
 /// Prefix length grouping IPv4 clients into one network for the per-network cap: a /24, the
@@ -162,7 +166,29 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
+/// Bytes read at once when the connection is opened: a few dozen pipelined queries. The
+/// buffer grows (up to one whole message of 65,535 bytes) only when a longer message comes.
+const READ_BUF: usize = 4096;
+
+/// Framed answers gathered before they are written: past this, the batch is written before
+/// the next query is answered, so that a long pipeline does not hold all of its answers.
+const WRITE_BATCH: usize = 16 * 1024;
+
+thread_local! {
+    /// Prebuilt static answers of this runtime worker thread, shared by the connections it
+    /// serves (see [`AnswerCache`]; the UDP threads have one each too). Used only between two
+    /// awaits, so never borrowed twice.
+    static CACHE: RefCell<AnswerCache> = RefCell::new(AnswerCache::new());
+}
+
 /// Serves one connection, plain TCP or a TLS session over it.
+///
+/// Batched: each read takes as many bytes as the buffer holds, every complete query in it is
+/// answered in order (RFC 7766 §6.2.1.1 allows out of order; in order is simpler and what
+/// clients expect of a server that answers at once), and the answers go out together in one
+/// write. Buffers are reused: no allocation per message on this loop. One timer per
+/// connection: the time since the last complete query (or the connection's start) while
+/// reading, the time since the write began while writing, both `idle_timeout`.
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
@@ -171,53 +197,207 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     idle_timeout: Duration,
     transport: Transport,
 ) {
-    let mut buf = Vec::with_capacity(512);
-    let mut out = Vec::with_capacity(4096);
+    let mut conn = Conn {
+        input: vec![0; READ_BUF],
+        start: 0,
+        end: 0,
+        out: Vec::with_capacity(512),
+        pending: Vec::new(),
+        timer: Timer::new(idle_timeout),
+    };
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
+    let mut last_query = Instant::now();
     loop {
-        let mut len = [0u8; 2];
-        let read = tokio::select! {
-            _ = token.cancelled() => return,
-            r = tokio::time::timeout(idle_timeout, stream.read_exact(&mut len)) => r,
+        // Every complete message in the buffer, in order.
+        let mut answered = false;
+        while let Some(msg) = conn.next_message() {
+            answered = true;
+            if !conn.answer(&answerer, msg, peer, transport) {
+                return;
+            }
+            if conn.pending.len() >= WRITE_BATCH && !conn.flush(&mut stream, peer).await {
+                return;
+            }
+        }
+        if answered {
+            last_query = Instant::now();
+        }
+        if !conn.pending.is_empty() && !conn.flush(&mut stream, peer).await {
+            return;
+        }
+        conn.make_room();
+        // Wait for more: closed, reset, cancelled or idle too long ends the connection.
+        let deadline = last_query + idle_timeout;
+        let Conn {
+            input, end, timer, ..
+        } = &mut conn;
+        let read = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    r = stream.read(&mut input[*end..]) => return r.ok(),
+                    _ = &mut cancelled => return None,
+                    expired = timer.wait(deadline) => if expired { return None },
+                }
+            }
         };
-        match read {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return, // closed, reset, or idle too long
+        match read.await {
+            Some(0) | None => return,
+            Some(n) => *end += n,
         }
-        let n = u16::from_be_bytes(len) as usize;
-        buf.resize(n, 0);
-        match tokio::time::timeout(idle_timeout, stream.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+    }
+}
+
+/// The buffers and the timer of one connection.
+struct Conn {
+    /// Bytes read; `input[start..end]` not yet answered.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// One response, as the answer path writes it.
+    out: Vec<u8>,
+    /// Framed responses not yet written.
+    pending: Vec<u8>,
+    timer: Timer,
+}
+
+impl Conn {
+    /// Takes the next complete message out of the buffer; returns its range in `input`.
+    fn next_message(&mut self) -> Option<std::ops::Range<usize>> {
+        let buffered = self.input.get(self.start..self.end)?;
+        let [a, b, ..] = *buffered else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes([a, b]));
+        if buffered.len() < 2 + len {
+            return None;
         }
-        if !answerer.respond(&buf, peer, transport, &mut out) {
-            continue;
+        let msg = self.start + 2..self.start + 2 + len;
+        self.start = msg.end;
+        Some(msg)
+    }
+
+    /// Answers the message at `msg` and appends the framed response to `pending`; returns
+    /// false when the connection must close.
+    fn answer(
+        &mut self,
+        answerer: &Answerer,
+        msg: std::ops::Range<usize>,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> bool {
+        let Some(query) = self.input.get(msg) else {
+            return false;
+        };
+        let out = &mut self.out;
+        let answered = CACHE.with(|cache| match cache.try_borrow_mut() {
+            Ok(mut cache) => answerer.respond_cached(query, peer, transport, out, &mut cache),
+            Err(_) => answerer.respond(query, peer, transport, out),
+        });
+        if !answered {
+            return true;
         }
-        answerer.query_log.offer(peer, transport.as_str(), &out);
+        answerer.query_log.offer(peer, transport.as_str(), out);
         // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
         // should it ever not, a wrong length prefix would desynchronize the stream: close.
         let Ok(len) = u16::try_from(out.len()) else {
             debug!(%peer, len = out.len(), "tcp response longer than 65535 bytes, closing");
-            return;
+            return false;
         };
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend(len.to_be_bytes());
-        framed.extend_from_slice(&out);
-        // A client that stops reading must not hold the connection (and its slot) forever.
-        // Flushed: a TLS stream buffers records until then (a no-op on plain TCP).
+        self.pending.extend_from_slice(&len.to_be_bytes());
+        self.pending.extend_from_slice(out);
+        true
+    }
+
+    /// Moves the unanswered bytes to the front of the buffer and makes sure the rest of the
+    /// message they begin (up to 2 + 65,535 bytes) fits.
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let need = match self.input.get(..self.end) {
+            Some([a, b, ..]) => 2 + usize::from(u16::from_be_bytes([*a, *b])),
+            _ => 2,
+        };
+        if need > self.input.len() {
+            self.input.resize(need, 0);
+        }
+    }
+
+    /// Writes the pending responses (and flushes: a TLS stream buffers records until then);
+    /// returns false when the connection must close. A client that stops reading must not hold
+    /// the connection (and its slot) forever: a write not done within `idle_timeout` closes
+    /// it. Not cut short by shutdown: answers to queries already read are sent.
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, peer: SocketAddr) -> bool {
+        let deadline = Instant::now() + self.timer.idle;
+        let Self { pending, timer, .. } = self;
         let write = async {
-            stream.write_all(&framed).await?;
+            stream.write_all(pending).await?;
             stream.flush().await
         };
-        match tokio::time::timeout(idle_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "tcp write failed");
-                return;
+        tokio::pin!(write);
+        let written = loop {
+            tokio::select! {
+                biased;
+                r = &mut write => break r,
+                expired = timer.wait(deadline) => if expired {
+                    debug!(%peer, "tcp write timed out, closing");
+                    return false;
+                },
             }
-            Err(_) => {
-                debug!(%peer, "tcp write timed out, closing");
-                return;
-            }
+        };
+        pending.clear();
+        if let Err(e) = written {
+            debug!(%peer, error = %e, "tcp write failed");
+            return false;
         }
+        true
+    }
+}
+
+/// One timer per connection, re-armed only when it fires before the deadline of the moment
+/// (or is set later than it): moving a deadline forward on every query costs nothing, where a
+/// new `tokio::time::timeout` per read and write would register a timer each.
+struct Timer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When `sleep` fires.
+    at: Instant,
+    idle: Duration,
+}
+
+impl Timer {
+    fn new(idle: Duration) -> Self {
+        let at = Instant::now() + idle;
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+            idle,
+        }
+    }
+
+    /// Waits until `deadline` (or, when the timer is set later, re-arms it first). Resolves
+    /// to true when the deadline has passed, false when it fired early and was re-armed (the
+    /// caller polls again).
+    async fn wait(&mut self, deadline: Instant) -> bool {
+        if deadline < self.at {
+            self.rearm(deadline);
+        }
+        (&mut self.sleep).await;
+        if Instant::now() >= deadline {
+            return true;
+        }
+        self.rearm(deadline);
+        false
+    }
+
+    fn rearm(&mut self, at: Instant) {
+        self.at = at;
+        self.sleep.as_mut().reset(at);
     }
 }

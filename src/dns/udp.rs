@@ -109,16 +109,11 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
             let Some((query, peer, out)) = batch.query(i) else {
                 continue;
             };
-            let send = answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
-                && admit(
-                    limiter,
-                    rate_limit.as_ref(),
-                    answerer,
-                    peer,
-                    query,
-                    out,
-                    now,
-                );
+            // Rate limiting first: a dropped query costs no answer and no signature (issue 14).
+            let verdict = admit(limiter, rate_limit.as_ref(), answerer, peer, query, now);
+            let send = verdict != Verdict::Drop
+                && answerer.respond_cached(query, peer, Transport::Udp, out, &mut cache)
+                && (verdict == Verdict::Send || rrl::truncate(out));
             if send {
                 answerer.query_log.offer(peer, Transport::Udp.as_str(), out);
             }
@@ -149,36 +144,36 @@ fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
     }
 }
 
-/// Applies the rate limit to the response in `out` to `query` from `peer`: returns whether to
-/// send it (truncated, when it slips). A valid DNS cookie in the query exempts it.
+/// Applies the rate limit to `query` from `peer`, before it is answered: returns whether to
+/// answer it, answer it truncated (it slips) or drop it, and counts the last two. A valid DNS
+/// cookie in the query exempts it.
 fn admit(
     limiter: &Limiter,
     config: Option<&RateLimit>,
     answerer: &Answerer,
     peer: SocketAddr,
     query: &[u8],
-    out: &mut Vec<u8>,
     now: Instant,
-) -> bool {
+) -> Verdict {
     let Some(config) = config else {
-        return true;
+        return Verdict::Send;
     };
     // A client that proved its address with a valid DNS server cookie (RFC 7873 §5.3) is
     // exempt. Only checked with `[rate_limit]` on.
     let snap = answerer.snapshot.load();
     let secrets = super::cookie::secrets(&snap.config);
     let exempt = super::cookie::has_valid(query, peer.ip(), secrets);
-    match limiter.check(config, peer.ip(), now, exempt) {
-        Verdict::Send => true,
+    let verdict = limiter.check(config, peer.ip(), now, exempt);
+    match verdict {
+        Verdict::Send => {}
         Verdict::Slip => {
             answerer.metrics.rate_limited_slip.inc();
-            rrl::truncate(out)
         }
         Verdict::Drop => {
             answerer.metrics.rate_limited_drop.inc();
-            false
         }
     }
+    verdict
 }
 
 /// Logs a failed receive at debug level, unless it is the timeout that lets the thread check
@@ -207,16 +202,18 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
             }
         };
         let rate_limit = answerer.snapshot.load().config.rate_limit;
-        if answerer.respond(&buf[..len], peer, Transport::Udp, &mut out)
-            && admit(
-                limiter,
-                rate_limit.as_ref(),
-                answerer,
-                peer,
-                &buf[..len],
-                &mut out,
-                Instant::now(),
-            )
+        let query = &buf[..len];
+        let verdict = admit(
+            limiter,
+            rate_limit.as_ref(),
+            answerer,
+            peer,
+            query,
+            Instant::now(),
+        );
+        if verdict != Verdict::Drop
+            && answerer.respond(query, peer, Transport::Udp, &mut out)
+            && (verdict == Verdict::Send || rrl::truncate(&mut out))
         {
             answerer
                 .query_log

@@ -21,6 +21,11 @@ pub(crate) const OPT_NSID: u16 = 3;
 pub(crate) const OPT_ECS: u16 = 8;
 /// EDNS option code COOKIE (RFC 7873).
 pub(crate) const OPT_COOKIE: u16 = 10;
+/// EDNS header flag DO, DNSSEC answer OK (RFC 3225 §3): bit 0, the most significant.
+pub(crate) const EDNS_DO: u16 = 0x8000;
+/// EDNS header flag CO, Compact Answers OK (RFC 9824 §5.1: "the second most significant bit",
+/// bit 1 of the IANA registry; BIND's dig +coflag and miekg/dns use the same 0x4000).
+pub(crate) const EDNS_CO: u16 = 0x4000;
 /// Opcode QUERY, the only one served.
 const OPCODE_QUERY: u8 = 0;
 
@@ -111,8 +116,8 @@ pub(crate) struct Edns {
     pub(crate) version: u8,
     /// DNSSEC OK bit.
     pub(crate) dnssec_ok: bool,
-    /// Compact Answers OK bit (RFC 9824 §4: EDNS header flag bit 1): the client takes an
-    /// NXDOMAIN RCODE with a compact denial.
+    /// Compact Answers OK bit (RFC 9824 §5.1: EDNS header flag bit 1, [`EDNS_CO`]): the
+    /// client takes an NXDOMAIN RCODE with a compact denial.
     pub(crate) compact_ok: bool,
     /// NSID was requested.
     pub(crate) nsid: bool,
@@ -373,8 +378,8 @@ fn parse_opt(class: u16, ttl: u32, rdata: &[u8]) -> Option<Edns> {
     let mut e = Edns {
         udp_size: class,
         version: (ttl >> 16) as u8,
-        dnssec_ok: ttl & 0x8000 != 0,
-        compact_ok: ttl & 0x4000 != 0,
+        dnssec_ok: ttl & u32::from(EDNS_DO) != 0,
+        compact_ok: ttl & u32::from(EDNS_CO) != 0,
         ..Edns::default()
     };
     let mut i = 0;

@@ -57,7 +57,8 @@ pub fn load_signer(
         spec.signature_validity,
         spec.inception_offset,
         key_ttl,
-    ))
+    )
+    .with_signatures_per_second(spec.signatures_per_second))
 }
 
 /// Loads a key file and checks its algorithm.

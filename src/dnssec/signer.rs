@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::cache::{self, SignError};
+use super::cache::{self, Budget, SignError};
 use super::key::Key;
 
 pub use crate::config::{DEFAULT_INCEPTION_OFFSET, DEFAULT_SIGNATURE_VALIDITY};
@@ -46,6 +46,8 @@ pub struct ZoneSigner {
     offset: u32,
     /// TTL of the DNSKEY, CDS and CDNSKEY RRsets.
     key_ttl: u32,
+    /// The signing budget of the zone.
+    budget: Budget,
 }
 
 impl ZoneSigner {
@@ -58,7 +60,12 @@ impl ZoneSigner {
         offset: Duration,
         key_ttl: u32,
     ) -> ZoneSigner {
+        let budget = Budget {
+            zone: origin.clone(),
+            per_second: crate::config::DEFAULT_SIGNATURES_PER_SECOND,
+        };
         ZoneSigner {
+            budget,
             origin,
             active,
             published,
@@ -66,6 +73,13 @@ impl ZoneSigner {
             offset: offset.as_secs().min(u64::from(u32::MAX / 2)) as u32,
             key_ttl,
         }
+    }
+
+    /// Returns the signer with a signing budget of `per_second` new signatures per second per
+    /// thread (default [`crate::config::DEFAULT_SIGNATURES_PER_SECOND`]).
+    pub fn with_signatures_per_second(mut self, per_second: u32) -> ZoneSigner {
+        self.budget.per_second = per_second.max(1);
+        self
     }
 
     /// Returns the zone origin in lowercase wire form.
@@ -108,12 +122,19 @@ impl ZoneSigner {
     /// the same quarter is identical (and cacheable) and stays valid for at least three
     /// quarters of the validity after it was made.
     pub fn window(&self, now: u64) -> (u32, u32) {
-        let step = u64::from((self.validity / 4).max(1));
-        let start = now - now % step;
+        let (start, _) = self.window_bounds(now);
         let inception = start.saturating_sub(u64::from(self.offset));
         let expiration = start + u64::from(self.validity);
         // RFC 4034 §3.1.5: serial number arithmetic modulo 2^32.
         (inception as u32, expiration as u32)
+    }
+
+    /// Returns the start and end (seconds since the epoch) of the window `now` falls in: every
+    /// signature made in it is the same, and from its end on new ones are made.
+    pub fn window_bounds(&self, now: u64) -> (u64, u64) {
+        let step = u64::from((self.validity / 4).max(1));
+        let start = now - now % step;
+        (start, start + step)
     }
 
     /// Returns one RRSIG RDATA per active key for the RRset at `owner` (lowercase wire form;
@@ -167,7 +188,7 @@ impl ZoneSigner {
                 tbs.extend((rdata.len() as u16).to_be_bytes());
                 tbs.extend_from_slice(rdata);
             }
-            let sig = cache::signature(key, &tbs, cacheable)?;
+            let sig = cache::signature(key, &tbs, cacheable, &self.budget)?;
             let mut rrsig = Vec::with_capacity(prefix + 64);
             rrsig.extend_from_slice(&tbs[..prefix]);
             rrsig.extend_from_slice(&sig);

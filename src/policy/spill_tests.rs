@@ -359,3 +359,30 @@ fn issue_16_explain_says_when_and_why_a_client_was_spilled() {
     assert_eq!(step["moved"], true);
     assert_eq!(step["fraction"], 0.14);
 }
+
+#[test]
+fn issue_16_ipv6_clients_hash_and_scope_by_their_56() {
+    let svc = compile("nearest", "");
+    let h = Loaded::eu_west(0.93, 0.5);
+    let v6 = |i: u16, host: u16| -> Located {
+        let addr: IpAddr = format!("2a02:c7f:{i:x}:{host:x}::1").parse().unwrap();
+        Located {
+            ip: addr,
+            via: Via::direct(addr),
+            prefix_len: 32,
+            ..dubliner(0)
+        }
+    };
+    let mut moved = 0;
+    for i in 0..400 {
+        let d = decide(&svc, &v6(i, 0), &h);
+        assert_eq!(d.scope, 56, "scope of a spilling answer to an IPv6 client");
+        // Another /64 of the same /56 gets the same answer.
+        assert_eq!(first(&d), first(&decide(&svc, &v6(i, 0x7f), &h)));
+        moved += usize::from(first(&d) == ip(EU_CENTRAL));
+    }
+    assert!(
+        (150..250).contains(&moved),
+        "{moved} of 400 /56s moved at 0.5"
+    );
+}

@@ -403,6 +403,105 @@ fn rfc7766_pipelined_tcp_queries_are_answered_in_order_on_one_connection() {
 }
 
 #[test]
+fn rfc7766_tcp_queries_in_one_write_split_across_writes_or_longer_than_a_read_are_answered_in_order()
+ {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let s = server();
+    let mut c = std::net::TcpStream::connect(s.dns).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // 400 queries in one write: the answers (about 40 kB) take more than one write batch.
+    // Then one query sent a byte at a time, and one of 6 kB (EDNS padding, RFC 7830), more
+    // than the first read buffer holds.
+    let names = [
+        "example.net.",
+        "api.example.net.",
+        "nope.example.net.",
+        "www.example.net.",
+    ];
+    let mut sent = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..400 {
+        let name = names[i % names.len()];
+        let m = query(name, RecordType::A);
+        sent.push((m.metadata.id, name));
+        let b = m.to_vec().unwrap();
+        batch.extend((b.len() as u16).to_be_bytes());
+        batch.extend(b);
+    }
+    c.write_all(&batch).unwrap();
+    let split = query("mail.example.net.", RecordType::MX);
+    sent.push((split.metadata.id, "mail.example.net."));
+    let b = split.to_vec().unwrap();
+    let mut framed = (b.len() as u16).to_be_bytes().to_vec();
+    framed.extend(b);
+    for byte in framed {
+        c.write_all(&[byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut long = query("example.net.", RecordType::SOA);
+    add_option(&mut long, EdnsOption::Unknown(12, vec![0; 6000]));
+    sent.push((long.metadata.id, "example.net."));
+    let b = long.to_vec().unwrap();
+    assert!(b.len() > 6000);
+    c.write_all(&(b.len() as u16).to_be_bytes()).unwrap();
+    c.write_all(&b).unwrap();
+    for (i, (id, name)) in sent.iter().enumerate() {
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut buf).unwrap();
+        let r = Message::from_vec(&buf).unwrap();
+        assert_eq!(r.metadata.id, *id, "answer {i} ({name})");
+        assert_eq!(r.queries[0].name().to_ascii(), *name, "answer {i}");
+        assert!(
+            !r.metadata.truncation,
+            "TC is never set on TCP for a short answer"
+        );
+        assert_eq!(
+            r.metadata.response_code != ResponseCode::NXDomain,
+            *name != "nope.example.net."
+        );
+    }
+}
+
+#[test]
+fn a_tcp_client_trickling_a_query_is_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    // The idle timeout counts from the last complete query, not from the last byte: a client
+    // sending a byte now and then never completes a query and must not keep its slot.
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\ntcp_idle_timeout = \"1s\"\n{ZONE}"
+    ));
+    let mut c = std::net::TcpStream::connect(s.dns).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // A 1000-byte message announced, then one byte every 100 ms: 100 s to complete it.
+    let start = Instant::now();
+    let mut closed = c.write_all(&1000u16.to_be_bytes()).is_err();
+    while !closed && start.elapsed() < Duration::from_secs(30) {
+        let mut buf = [0u8; 1];
+        closed = match c.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => panic!("an answer to an incomplete query"),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        } || c.write_all(&[0]).is_err();
+    }
+    assert!(
+        closed,
+        "still open after {:?} of trickling",
+        start.elapsed()
+    );
+    println!("trickling TCP client closed after {:?}", start.elapsed());
+}
+
+#[test]
 fn tcp_connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
     use std::io::Read;
     use std::time::{Duration, Instant};

@@ -12,6 +12,9 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
 use crate::harness::{Server, config, query, query_no_edns, run, tool};
+use meridian::metrics::{
+    DNS_RATE_LIMITED_TOTAL, DNSSEC_BUDGET_EXHAUSTED_TOTAL, DNSSEC_SIGNATURES_TOTAL,
+};
 
 /// Two regions; the loopback sources 127.0.0.2 and 127.0.0.3 are placed in each by [nets], so
 /// that a validator bound to either address gets a different answer for the same name.
@@ -73,8 +76,13 @@ fn anchor(dir: &Path, ds: &str) -> PathBuf {
 
 /// Starts a server for example.net. signed with `keys` (and `published` keys), in `dir`.
 fn start(dir: tempfile::TempDir, dnssec: &str) -> Server {
+    start_with(dir, "admin_listen = \"\"", dnssec, "")
+}
+
+/// Like [`start`], with `server` lines in `[server]` and `tail` at the end of the config.
+fn start_with(dir: tempfile::TempDir, server: &str, dnssec: &str, tail: &str) -> Server {
     let text = config(&format!(
-        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"{{ZONE}}\"\n{dnssec}\n{SERVICES}"
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\n{server}\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"{{ZONE}}\"\n{dnssec}\n{SERVICES}\n{tail}"
     ));
     let path = dir.path().join("meridian.toml");
     std::fs::write(&path, text).unwrap();
@@ -233,13 +241,15 @@ fn authority_of(m: &Message, rtype: RecordType) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// EDNS header flags DO and CO (RFC 9824 §5.1: bit 1, the second most significant).
+const DO: u16 = 0x8000;
+const CO: u16 = 0x4000;
+
 #[test]
 fn rfc9824_compact_denial_nxdomain_only_with_co_and_nsec_owner_lowercased() {
     let dir = tempfile::tempdir().unwrap();
     keygen(dir.path(), "k1.pem", "ecdsap256sha256");
     let s = start(dir, "dnssec = { keys = [\"k1.pem\"] }");
-    const DO: u16 = 0x8000;
-    const CO: u16 = 0x4000;
 
     // Mixed case: the NSEC owner is lowercased whatever the query's case.
     let r = Message::from_vec(
@@ -383,4 +393,192 @@ fn issue_14_rollover_publishes_then_activates_a_second_key_with_cds_following() 
     );
     validated(&d, &s, &a2, "127.0.0.2", &["api.example.net", "A"]);
     validated(&d, &s, &a2, "127.0.0.1", &["nope.example.net", "A"]);
+}
+
+/// Returns the sum of the samples of `name` (with `label`, if given) in `s`'s /metrics.
+fn metric(s: &Server, name: &str, label: Option<(&str, &str)>) -> f64 {
+    crate::admin::scrape(s)
+        .iter()
+        .filter(|x| x.name == name)
+        .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k).map(String::as_str) == Some(v)))
+        .map(|x| x.value)
+        .sum()
+}
+
+/// The RCODE of a response (header bits only: every RCODE here is below 16).
+fn rcode_of(r: &[u8]) -> u8 {
+    r[3] & 0x0F
+}
+
+/// Returns true when the answer section of response `r` holds an RRSIG.
+fn has_rrsig(r: &[u8]) -> bool {
+    Message::from_vec(r)
+        .map(|m| {
+            m.answers
+                .iter()
+                .any(|a| a.record_type() == RecordType::RRSIG)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn issue_14_a_random_name_flood_spends_the_signing_budget_not_the_cpu_and_cached_answers_stay_signed()
+ {
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    let trust = anchor(dir.path(), &ds);
+    // One UDP thread (signature caches and budgets are per thread), a budget of 50 new
+    // signatures per second, and rate limiting per /24 at 400 responses per second.
+    const BUDGET: f64 = 50.0;
+    let s = start_with(
+        dir,
+        "admin_listen = \"127.0.0.1:0\"\nudp_workers = 1",
+        "dnssec = { keys = [\"k1.pem\"], signatures_per_second = 50 }",
+        "[rate_limit]\nresponses_per_second = 400\nslip = 0\n",
+    );
+    // Warm: the names a legitimate client asks, validated (and their signatures cached).
+    let legit = [
+        ("127.0.0.2", "api.example.net"),
+        ("127.0.0.3", "api.example.net"),
+        ("127.0.0.2", "mail.example.net"),
+    ];
+    for (source, name) in legit {
+        validated(&d, &s, &trust, source, &[name, "A"]);
+    }
+    let started = Instant::now();
+    let signed0 = metric(&s, DNSSEC_SIGNATURES_TOTAL, None);
+    let refused0 = metric(&s, DNSSEC_BUDGET_EXHAUSTED_TOTAL, None);
+    let dropped0 = metric(&s, DNS_RATE_LIMITED_TOTAL, Some(("action", "drop")));
+
+    // The flood: random names with DO from another /24 (127.0.1.0/24), as fast as the test
+    // sends; every 250 of them, each legitimate question from its own address.
+    const FLOOD: usize = 4_000;
+    let flood = UdpSocket::bind("127.0.1.1:0").unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let clients: Vec<UdpSocket> = legit
+        .iter()
+        .map(|(source, _)| {
+            let c = UdpSocket::bind(format!("{source}:0")).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    let (mut noerror, mut servfail, mut legit_ok) = (0, 0, 0);
+    let mut buf = [0u8; 4096];
+    for i in 0..FLOOD {
+        let name = format!("r{i}x{:08x}.example.net", rand::random::<u32>());
+        let _ = flood.send_to(&raw_query(&name, 1, DO, 1232), s.dns);
+        while let Ok((n, _)) = flood.recv_from(&mut buf) {
+            match rcode_of(&buf[..n]) {
+                0 => noerror += 1,
+                2 => servfail += 1,
+                rc => panic!("rcode {rc} for a random name"),
+            }
+        }
+        if i % 250 == 249 {
+            for (c, (_, name)) in clients.iter().zip(legit) {
+                c.send_to(&raw_query(name, 1, DO, 1232), s.dns).unwrap();
+                let (n, _) = c
+                    .recv_from(&mut buf)
+                    .expect("a legitimate query is answered");
+                assert_eq!(rcode_of(&buf[..n]), 0, "{name} during the flood");
+                assert!(has_rrsig(&buf[..n]), "{name} signed during the flood");
+                legit_ok += 1;
+            }
+        }
+    }
+    // Late answers to the flood.
+    flood.set_nonblocking(false).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok((n, _)) = flood.recv_from(&mut buf) {
+        if rcode_of(&buf[..n]) == 2 {
+            servfail += 1;
+        } else {
+            noerror += 1;
+        }
+    }
+    let signed = metric(&s, DNSSEC_SIGNATURES_TOTAL, None) - signed0;
+    let refused = metric(&s, DNSSEC_BUDGET_EXHAUSTED_TOTAL, None) - refused0;
+    let dropped = metric(&s, DNS_RATE_LIMITED_TOTAL, Some(("action", "drop"))) - dropped0;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{FLOOD} random names in {elapsed:.2} s: {noerror} signed denials, {servfail} SERVFAIL, \
+         {dropped} dropped by rate limiting; {signed} signatures made, {refused} refused; \
+         {legit_ok} legitimate answers signed"
+    );
+    // The budget held: at most a burst and the rate over the time between the two scrapes
+    // (the legitimate names' signatures were all cached before).
+    assert!(
+        signed <= BUDGET * (1.0 + elapsed),
+        "{signed} signatures in {elapsed} s"
+    );
+    assert!(refused > 0.0, "the budget counter moved");
+    // Each refusal is one SERVFAIL (some may be lost on the way, as UDP may).
+    assert!(
+        servfail > 0 && servfail as f64 <= refused,
+        "{servfail} {refused}"
+    );
+    // Rate limiting comes first: dropped queries never asked for a signature.
+    assert!(dropped > 0.0, "the flood was rate limited");
+    assert!(signed + refused <= FLOOD as f64 - dropped + 2.0);
+    // Afterwards, validators are served as before (new names too, once the bucket refills).
+    for (source, name) in legit {
+        validated(&d, &s, &trust, source, &[name, "A"]);
+    }
+    crate::admin::eventually("a new name signed again", Duration::from_secs(10), || {
+        delv(
+            &d,
+            &s,
+            &trust,
+            "127.0.0.2",
+            &["nope-after.example.net", "A"],
+        )
+        .contains("fully validated")
+    });
+}
+
+#[test]
+fn rfc9824_co_is_edns_flag_bit_1_as_dig_sends_it_and_is_set_in_the_response() {
+    let Some(dig) = tool("dnssec dig +coflag test", &["dig"], "bind9-dnsutils") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    let s = start(dir, "dnssec = { keys = [\"k1.pem\"] }");
+    let ask = |args: &[&str]| {
+        let out = Command::new(&dig)
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &s.dns.port().to_string(),
+                "+dnssec",
+                "+norec",
+            ])
+            .args(args)
+            .output()
+            .expect("run dig");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // BIND's dig sets CO with +coflag: NXDOMAIN, and CO back in the OPT.
+    let co = ask(&["+coflag", "nope.example.net", "A"]);
+    assert!(co.contains("status: NXDOMAIN"), "{co}");
+    assert!(co.contains("flags: do co;"), "{co}");
+    assert!(co.contains("NXNAME") || co.contains("TYPE128"), "{co}");
+    // Without it: NOERROR, and no CO.
+    let plain = ask(&["nope.example.net", "A"]);
+    assert!(plain.contains("status: NOERROR"), "{plain}");
+    assert!(plain.contains("flags: do;"), "{plain}");
+    // Data answers carry CO back too (RFC 9824 §5.1), and DO without CO never gets it.
+    let data = ask(&["+coflag", "mail.example.net", "A"]);
+    assert!(
+        data.contains("status: NOERROR") && data.contains("flags: do co;"),
+        "{data}"
+    );
 }

@@ -354,6 +354,10 @@ fn issue_16_unknown_load_never_withdraws_and_load_falling_gives_every_subnet_bac
         started.elapsed().as_secs_f64()
     );
     assert_eq!(share(&answers(&s, &subnets), EU_WEST), 1.0);
+    let region = eu_west_status(&s);
+    assert_eq!(region["targets"][0]["load"], 0.3, "{region}");
+    assert_eq!(region["load"]["load"], 0.3, "{region}");
+    assert_eq!(region["load"]["high_watermark"], 0.8, "{region}");
     // A garbage figure is unknown: the target stays up, no load is shown.
     b[0].set(f64::NAN);
     std::thread::sleep(Duration::from_millis(800));
