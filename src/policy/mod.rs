@@ -788,7 +788,11 @@ impl CompiledService {
         p: &mut Pick<'_, H, S>,
     ) -> bool {
         let mut seen = false;
-        let mut deferred: Vec<usize> = Vec::new();
+        // Spilled regions, in order: a few on the stack (no allocation per answer), the rest
+        // (a client spilled from more than 8 regions at once) on the heap.
+        let mut inline = [0usize; 8];
+        let mut spilled = 0;
+        let mut more: Vec<usize> = Vec::new();
         for i in order {
             let region = &self.regions[i];
             if region.targets[p.fam].is_empty() {
@@ -809,7 +813,13 @@ impl CompiledService {
                 let moved = spill.point < r.spill_fraction;
                 p.sink.spilled(i, r, spill.point, moved);
                 if moved {
-                    deferred.push(i);
+                    match inline.get_mut(spilled) {
+                        Some(slot) => {
+                            *slot = i;
+                            spilled += 1;
+                        }
+                        None => more.push(i),
+                    }
                     continue;
                 }
             }
@@ -817,7 +827,7 @@ impl CompiledService {
                 return seen;
             }
         }
-        for i in deferred {
+        for &i in inline[..spilled].iter().chain(&more) {
             if self.fill_region(i, p) {
                 break;
             }

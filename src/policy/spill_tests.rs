@@ -386,3 +386,56 @@ fn issue_16_ipv6_clients_hash_and_scope_by_their_56() {
         "{moved} of 400 /56s moved at 0.5"
     );
 }
+
+#[test]
+fn issue_16_a_client_spilled_from_many_regions_keeps_their_order() {
+    // Ten regions in failover order; the first nine spill 90 % of their clients.
+    let mut text = String::from(CONFIG);
+    let mut endpoints = String::new();
+    for i in 0..10 {
+        text.push_str(&format!(
+            "[region.r{i}]\nlatitude = 0.0\nlongitude = {}.0\n",
+            i * 10
+        ));
+        endpoints.push_str(&format!(
+            "{{ region = \"r{i}\", addresses = [\"10.0.0.{i}\"], priority = {} }},\n",
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "[[service]]\nname = \"api.example.net.\"\npolicy = \"failover\"\ncheck = \"web\"\n\
+         max_answers = 3\nendpoints = [\n{endpoints}]\n"
+    ));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("spill-test.toml");
+    let config = crate::config::parse_str(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    let svc = CompiledService::new(&config.services[0], &config);
+    let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let regions: Vec<(&str, f64, f64, Option<f64>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 0.95, if i < 9 { 0.9 } else { 0.0 }, None))
+        .collect();
+    let mut h = Loaded::new(&regions);
+    let client = (0..100)
+        .map(dubliner)
+        .find(|c| first(&decide(&svc, c, &h)) == ip("10.0.0.9"))
+        .expect("a subnet below 0.9");
+    let all = |d: &Decision| match &d.outcome {
+        Outcome::Addresses(a) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    // r9 first, then the spilled ones in their order.
+    assert_eq!(
+        all(&decide(&svc, &client, &h)),
+        vec![ip("10.0.0.9"), ip("10.0.0.0"), ip("10.0.0.1")]
+    );
+    // r9 and the first seven down: the eighth and ninth spilled regions (past the stack slots).
+    h.down = (0..7)
+        .chain([9])
+        .map(|i| ip(&format!("10.0.0.{i}")))
+        .collect();
+    assert_eq!(
+        all(&decide(&svc, &client, &h)),
+        vec![ip("10.0.0.7"), ip("10.0.0.8")]
+    );
+}
