@@ -235,6 +235,8 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
         let (cluster, cluster_token) = (cluster.clone(), cluster_token.clone());
         side.handle()
             .spawn(async move {
+                // Before the admin port opens, so that no drain made through it is missed.
+                let drain_events = health.subscribe_drains();
                 let admin_addr = crate::admin::start(admin, &tasks, token.clone()).await?;
                 // Drains with an expiry end by themselves, on every instance, store or no store.
                 tasks.spawn(expire_drains(health.clone(), token.clone()));
@@ -253,7 +255,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
                 crate::notify::start(
                     health.subscribe(),
                     outages.subscribe(),
-                    health.clone(),
+                    drain_events,
                     snapshot,
                     health.view_cell(),
                     &tasks,

@@ -2,10 +2,9 @@
 //! fails open or has no usable target (and when that ends), and on every drain and undrain.
 //!
 //! Two tasks, so that nothing upstream ever waits on the network. The *collector* receives
-//! [`TransitionEvent`]s from the health subsystem's (unbounded) channel and
-//! [`OutageEvent`]s from `crate::outage`'s watcher, and notices drains by comparing the health
-//! subsystem's drains every [`DRAIN_POLL_INTERVAL`] (so drains made through any instance of a
-//! fleet are seen too); it puts an [`Event`] on a bounded queue ([`WEBHOOK_QUEUE_CAPACITY`]);
+//! [`TransitionEvent`]s and [`DrainEvent`]s from the health subsystem's (unbounded) channels
+//! and [`OutageEvent`]s from `crate::outage`'s watcher; it puts an [`Event`] on a bounded
+//! queue ([`WEBHOOK_QUEUE_CAPACITY`]);
 //! when the queue is full the event is dropped with a warning. The *sender* renders queued
 //! events in `notify.format` and posts them one at a time, in order, each with
 //! `notify.timeout`, retrying a failure (a transport error or a non-2xx status) up to
@@ -49,12 +48,18 @@
 //!  "drained": 0, "at": "2024-05-01T12:00:01.000Z"}
 //! ```
 //!
-//! A drain or undrain (`who`, `reason` and `expires` when the drain record has them):
+//! A drain (`event`: `drained` when it begins or its record changes, `undrained` when an
+//! operator lifts it, `drain_expired` when its expiry passes), with the drain's record: `who`,
+//! `reason`, `expires` and `since` (when it was made; null for a drain from a state file
+//! without records). Every drain change is an event from the health subsystem, whatever made
+//! it (an admin call, the expiry task, the fleet's store), so a drain that begins and ends
+//! within a moment is notified twice, in order. In a fleet every instance notifies the
+//! fleet's drains (PagerDuty deduplicates them under one `dedup_key`).
 //!
 //! ```json
 //! {"event": "drained", "instance": "meridian-1", "subject": "regions/eu-west",
 //!  "who": "alice@ops-1", "reason": "maintenance", "expires": "2024-05-01T14:00:00.000Z",
-//!  "at": "2024-05-01T12:00:02.000Z"}
+//!  "since": "2024-05-01T12:00:02.000Z", "at": "2024-05-01T12:00:02.000Z"}
 //! ```
 //!
 //! `format = "slack"` posts a Slack incoming-webhook message: `text` (the notification's
@@ -67,9 +72,12 @@
 //! resolves the incident its failure opened: `meridian/target/ADDRESS/CHECK` (trigger on down,
 //! resolve on up), `meridian/service/NAME/FAMILY` (trigger when the service fails open or has
 //! nothing usable, resolve when it recovers) and `meridian/drain/regions/NAME` or
-//! `.../targets/ADDRESS` (an `info` trigger on drain, resolve on undrain).
+//! `.../targets/ADDRESS` (a trigger of severity `info` on drain, class `drain`, with who, why
+//! and the expiry in the summary and `custom_details`; resolve on undrain and on expiry). A
+//! planned drain is not an outage: with PagerDuty's severity-based urgency (the recommended
+//! service setting) an `info` alert is low urgency and does not page; it stays open, visible
+//! on the service, for as long as the drain lasts.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -82,7 +90,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Notify, NotifyFormat};
-use crate::health::{Health, HealthView, State, TransitionEvent, format_rfc3339, withdrawal};
+use crate::health::{DrainEvent, HealthView, State, TransitionEvent, format_rfc3339, withdrawal};
 use crate::outage::OutageEvent;
 use crate::snapshot::SnapshotCell;
 
@@ -94,8 +102,6 @@ pub(crate) const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
 pub(crate) const WEBHOOK_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two retries.
 pub(crate) const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often the collector compares the drains in force with the last ones it saw.
-pub(crate) const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The JSON body posted for one state change.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,10 +168,10 @@ pub(crate) struct OutageNotification {
     pub(crate) outage: OutageEvent,
 }
 
-/// The JSON body posted on a drain or an undrain.
+/// The JSON body posted when a drain begins, changes, is lifted or expires.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct DrainNotification {
-    /// `drained` or `undrained`.
+    /// `drained`, `undrained` or `drain_expired`.
     pub(crate) event: &'static str,
     /// This server's `server.nsid`.
     pub(crate) instance: Option<String>,
@@ -178,9 +184,29 @@ pub(crate) struct DrainNotification {
     /// When the drain ends by itself, if ever.
     #[serde(serialize_with = "crate::health::serialize_opt_time")]
     pub(crate) expires: Option<SystemTime>,
-    /// When the change was seen.
+    /// When the drain was made, when the drain record says.
+    #[serde(serialize_with = "crate::health::serialize_opt_time")]
+    pub(crate) since: Option<SystemTime>,
+    /// When the change was made.
     #[serde(serialize_with = "crate::health::serialize_time")]
     pub(crate) at: SystemTime,
+}
+
+impl DrainNotification {
+    /// Builds the notification of the drain change `e` for `instance`.
+    pub(crate) fn new(e: DrainEvent, instance: Option<String>) -> Self {
+        let record = e.record.as_ref();
+        Self {
+            event: e.change.as_str(),
+            instance,
+            who: record.and_then(|d| (!d.who.is_empty()).then(|| d.who.clone())),
+            reason: record.and_then(|d| d.reason.clone()),
+            expires: record.and_then(|d| d.expires),
+            since: record.map(|d| d.at),
+            subject: e.subject,
+            at: e.at,
+        }
+    }
 }
 
 /// One thing to notify, rendered in `notify.format` when it is sent.
@@ -190,7 +216,7 @@ pub(crate) enum Event {
     Target(Notification),
     /// A service lost or regained its last usable target of a family.
     Outage(OutageNotification),
-    /// A drain began or ended.
+    /// A drain began, changed or ended.
     Drain(DrainNotification),
 }
 
@@ -343,23 +369,42 @@ impl Event {
                 )
             }
             Event::Drain(n) => {
-                let icon = if marks { ":construction: " } else { "" };
-                let subject = match n.subject.split_once('/') {
-                    Some(("regions", name)) => format!("region {name}"),
-                    Some(("targets", name)) => format!("target {name}"),
-                    _ => n.subject.clone(),
+                let (icon, what) = match n.event {
+                    "drained" => (":construction: ", "drained"),
+                    "drain_expired" => (":hourglass: ", "drain expired"),
+                    _ => (":white_check_mark: ", "undrained"),
                 };
-                let mut text = format!("{icon}{subject} {}", b(n.event));
+                let icon = if marks { icon } else { "" };
+                let subject = match n.subject.split_once('/') {
+                    Some(("regions", name)) => format!("Region {}", b(name)),
+                    Some(("targets", name)) => format!("Target {}", b(name)),
+                    _ => b(&n.subject),
+                };
+                // The drain's record: "by WHO: WHY (until T)", "(no expiry)" when it has none.
+                let mut record = String::new();
                 if let Some(who) = &n.who {
-                    text.push_str(&format!(" by {who}"));
+                    record.push_str(&format!("by {who}"));
                 }
                 if let Some(reason) = &n.reason {
-                    text.push_str(&format!(": {reason}"));
+                    let sep = if record.is_empty() { "" } else { ": " };
+                    record.push_str(&format!("{sep}{reason}"));
                 }
-                if let Some(e) = n.expires {
-                    text.push_str(&format!(" (until {})", format_rfc3339(e)));
+                let until = match n.expires {
+                    Some(e) => format!("until {}", format_rfc3339(e)),
+                    None => "no expiry".to_string(),
+                };
+                if n.event == "drained" {
+                    let by = if record.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {record}")
+                    };
+                    format!("{icon}{subject} {}{by} ({until})", b(what))
+                } else if record.is_empty() {
+                    format!("{icon}{subject} {}", b(what))
+                } else {
+                    format!("{icon}{subject} {} (the drain {record}, {until})", b(what))
                 }
-                text
             }
         }
     }
@@ -462,14 +507,14 @@ impl Event {
     }
 }
 
-/// Spawns on `tasks` the collector of health transitions from `events` (subscribed by the
-/// caller, so none is missed), of `outages`, and of `health`'s drains, and the sender; both
-/// read the live `snapshot` and health `view`, and stop when `token` is cancelled (queued
-/// notifications are then dropped).
+/// Spawns on `tasks` the collector of health transitions from `events`, of `outages` and of
+/// drain changes from `drains` (all subscribed by the caller, so none is missed), and the
+/// sender; both read the live `snapshot` and health `view`, and stop when `token` is
+/// cancelled (queued notifications are then dropped).
 pub(crate) fn start(
     events: mpsc::UnboundedReceiver<TransitionEvent>,
     outages: broadcast::Receiver<OutageEvent>,
-    health: Health,
+    drains: mpsc::UnboundedReceiver<DrainEvent>,
     snapshot: SnapshotCell,
     view: Arc<ArcSwap<HealthView>>,
     tasks: &TaskTracker,
@@ -479,7 +524,7 @@ pub(crate) fn start(
     let sources = Sources {
         events,
         outages,
-        health,
+        drains: Some(drains),
     };
     tasks.spawn(collect(sources, snapshot.clone(), view, tx, token.clone()));
     tasks.spawn(send(rx, snapshot, token));
@@ -489,65 +534,19 @@ pub(crate) fn start(
 struct Sources {
     events: mpsc::UnboundedReceiver<TransitionEvent>,
     outages: broadcast::Receiver<OutageEvent>,
-    health: Health,
+    /// `None` once the health subsystem is gone (shutdown).
+    drains: Option<mpsc::UnboundedReceiver<DrainEvent>>,
 }
 
-/// What a drain record says: who, why, until when.
-type DrainRecord = (Option<String>, Option<String>, Option<SystemTime>);
-/// The drains in force: subject key -> record.
-type Drains = BTreeMap<String, DrainRecord>;
-
-/// Returns the drains in force, with who, why and until when from their records.
-fn current_drains(health: &Health) -> Drains {
-    let drains = health.drains();
-    let record = |key: &str| -> DrainRecord {
-        drains.details.get(key).map_or((None, None, None), |d| {
-            let who = (!d.who.is_empty()).then(|| d.who.clone());
-            (who, d.reason.clone(), d.expires)
-        })
-    };
-    let mut out = Drains::new();
-    for r in &drains.drained_regions {
-        let key = format!("regions/{r}");
-        let rec = record(&key);
-        out.insert(key, rec);
-    }
-    for a in &drains.drained_targets {
-        let key = format!("targets/{a}");
-        let rec = record(&key);
-        out.insert(key, rec);
-    }
-    out
-}
-
-/// Returns the drain events between the drains `before` and `after`.
-fn drain_changes(
-    before: &Drains,
-    after: &Drains,
-    instance: Option<&str>,
-    at: SystemTime,
-) -> Vec<DrainNotification> {
-    let notice = |event, subject: &str, (who, reason, expires): &DrainRecord| DrainNotification {
-        event,
-        instance: instance.map(str::to_string),
-        subject: subject.to_string(),
-        who: who.clone(),
-        reason: reason.clone(),
-        expires: *expires,
-        at,
-    };
-    let mut out = Vec::new();
-    for (subject, record) in after {
-        if !before.contains_key(subject) {
-            out.push(notice("drained", subject, record));
+/// Receives the next drain change; never returns once `drains` is closed.
+async fn next_drain(drains: &mut Option<mpsc::UnboundedReceiver<DrainEvent>>) -> DrainEvent {
+    if let Some(rx) = drains {
+        if let Some(e) = rx.recv().await {
+            return e;
         }
+        *drains = None;
     }
-    for (subject, record) in before {
-        if !after.contains_key(subject) {
-            out.push(notice("undrained", subject, record));
-        }
-    }
-    out
+    std::future::pending().await
 }
 
 async fn collect(
@@ -557,17 +556,14 @@ async fn collect(
     queue: mpsc::Sender<Event>,
     token: CancellationToken,
 ) {
-    let mut drains = current_drains(&sources.health);
-    let mut tick = tokio::time::interval(DRAIN_POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let events: Vec<Event> = tokio::select! {
+        let event: Event = tokio::select! {
             _ = token.cancelled() => return,
             e = sources.events.recv() => {
                 let Some(e) = e else { return };
                 let snap = snapshot.load();
                 // The supervisor publishes the view before it sends the event: this view has it.
-                vec![Event::Target(Notification::new(e, &snap.config, &view.load()))]
+                Event::Target(Notification::new(e, &snap.config, &view.load()))
             }
             o = sources.outages.recv() => match o {
                 Ok(outage) => {
@@ -577,7 +573,7 @@ async fn collect(
                         (true, _) => "service_all_down",
                     };
                     let instance = snapshot.load().config.server.nsid.clone();
-                    vec![Event::Outage(OutageNotification { event, instance, outage })]
+                    Event::Outage(OutageNotification { event, instance, outage })
                 }
                 Err(RecvError::Lagged(missed)) => {
                     warn!(missed, "webhook fell behind service outages; some are not notified");
@@ -589,28 +585,20 @@ async fn collect(
                     continue;
                 }
             },
-            _ = tick.tick() => {
-                let now = current_drains(&sources.health);
-                if now == drains {
-                    continue;
-                }
-                let snap = snapshot.load();
-                let changes = drain_changes(&drains, &now, snap.config.server.nsid.as_deref(), SystemTime::now());
-                drains = now;
-                changes.into_iter().map(Event::Drain).collect()
+            d = next_drain(&mut sources.drains) => {
+                let instance = snapshot.load().config.server.nsid.clone();
+                Event::Drain(DrainNotification::new(d, instance))
             }
         };
         if snapshot.load().config.notify.is_none() {
             continue;
         }
-        for event in events {
-            if let Err(mpsc::error::TrySendError::Full(e)) = queue.try_send(event) {
-                warn!(
-                    event = %e.describe(),
-                    capacity = WEBHOOK_QUEUE_CAPACITY,
-                    "webhook queue full, dropping notification"
-                );
-            }
+        if let Err(mpsc::error::TrySendError::Full(e)) = queue.try_send(event) {
+            warn!(
+                event = %e.describe(),
+                capacity = WEBHOOK_QUEUE_CAPACITY,
+                "webhook queue full, dropping notification"
+            );
         }
     }
 }
@@ -692,6 +680,7 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::overrides::DrainChange;
 
     fn notify(format: NotifyFormat) -> Notify {
         Notify {
@@ -773,33 +762,90 @@ mod tests {
         assert_eq!(doc["to"], "down");
     }
 
+    fn drain_event(change: DrainChange, reason: Option<&str>) -> Event {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let record = crate::health::overrides::Drain {
+            who: "alice@ops".into(),
+            at,
+            reason: reason.map(str::to_string),
+            expires: Some(at + Duration::from_secs(3600)),
+            instance: None,
+        };
+        let e = DrainEvent {
+            subject: "regions/eu-west".into(),
+            change,
+            record: Some(record),
+            at,
+        };
+        Event::Drain(DrainNotification::new(e, Some("m1".into())))
+    }
+
     #[test]
-    fn drains_are_noticed_with_their_record_and_undrains_resolve() {
-        let at = SystemTime::UNIX_EPOCH;
-        let before = Drains::new();
-        let mut after = Drains::new();
-        after.insert(
-            "regions/eu-west".into(),
-            (Some("alice@ops".into()), Some("maintenance".into()), None),
-        );
-        let on = drain_changes(&before, &after, Some("m1"), at);
-        assert_eq!(on.len(), 1);
+    fn drain_notifications_carry_who_why_and_expiry_in_every_format() {
+        let set = drain_event(DrainChange::Set, Some("kernel upgrade"));
+        let doc = set.render(&notify(NotifyFormat::Json)).unwrap();
         assert_eq!(
-            (on[0].event, on[0].subject.as_str(), on[0].who.as_deref()),
-            ("drained", "regions/eu-west", Some("alice@ops"))
+            doc,
+            json!({"event": "drained", "instance": "m1", "subject": "regions/eu-west",
+                   "who": "alice@ops", "reason": "kernel upgrade",
+                   "expires": "2023-11-14T23:13:20.000Z", "since": "2023-11-14T22:13:20.000Z",
+                   "at": "2023-11-14T22:13:20.000Z"})
         );
-        let text = Event::Drain(on[0].clone()).text(false);
-        assert_eq!(text, "region eu-west drained by alice@ops: maintenance");
-        let off = drain_changes(&after, &before, Some("m1"), at);
-        assert_eq!(off[0].event, "undrained");
-        let pd = Event::Drain(off[0].clone())
-            .render(&notify(NotifyFormat::PagerDuty))
-            .unwrap();
         assert_eq!(
-            (pd["event_action"].as_str(), pd["dedup_key"].as_str()),
-            (Some("resolve"), Some("meridian/drain/regions/eu-west"))
+            set.text(false),
+            "Region eu-west drained by alice@ops: kernel upgrade (until 2023-11-14T23:13:20.000Z)"
         );
-        assert!(drain_changes(&after, &after, None, at).is_empty());
+        let slack = set.render(&notify(NotifyFormat::Slack)).unwrap();
+        assert_eq!(
+            slack["text"],
+            ":construction: Region *eu-west* *drained* by alice@ops: kernel upgrade \
+             (until 2023-11-14T23:13:20.000Z)"
+        );
+        let pd = set.render(&notify(NotifyFormat::PagerDuty)).unwrap();
+        assert_eq!(pd["event_action"], "trigger");
+        assert_eq!(pd["dedup_key"], "meridian/drain/regions/eu-west");
+        assert_eq!(pd["payload"]["severity"], "info");
+        assert_eq!(pd["payload"]["class"], "drain");
+        assert_eq!(pd["payload"]["custom_details"]["who"], "alice@ops");
+        assert_eq!(pd["payload"]["summary"], set.text(false));
+
+        // Lifted and expired both resolve the drain's alert and repeat its record.
+        for (change, word, icon) in [
+            (DrainChange::Lifted, "undrained", ":white_check_mark:"),
+            (DrainChange::Expired, "drain expired", ":hourglass:"),
+        ] {
+            let end = drain_event(change, Some("kernel upgrade"));
+            assert_eq!(
+                end.text(false),
+                format!(
+                    "Region eu-west {word} (the drain by alice@ops: kernel upgrade, \
+                     until 2023-11-14T23:13:20.000Z)"
+                )
+            );
+            let slack = end.render(&notify(NotifyFormat::Slack)).unwrap();
+            assert!(slack["text"].as_str().unwrap().starts_with(icon), "{slack}");
+            let doc = end.render(&notify(NotifyFormat::Json)).unwrap();
+            assert_eq!(doc["event"], change.as_str());
+            assert_eq!(doc["reason"], "kernel upgrade");
+            assert_eq!(
+                end.render(&notify(NotifyFormat::PagerDuty)).unwrap(),
+                json!({"routing_key": "R0UT1NG", "event_action": "resolve",
+                       "dedup_key": "meridian/drain/regions/eu-west"})
+            );
+        }
+        // A drain without a record says so much and no more.
+        let bare = Event::Drain(DrainNotification::new(
+            DrainEvent {
+                subject: "targets/192.0.2.10".into(),
+                change: DrainChange::Lifted,
+                record: None,
+                at: SystemTime::UNIX_EPOCH,
+            },
+            None,
+        ));
+        assert_eq!(bare.text(false), "Target 192.0.2.10 undrained");
+        let doc = bare.render(&notify(NotifyFormat::Json)).unwrap();
+        assert_eq!((doc["who"].is_null(), doc["since"].is_null()), (true, true));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub(crate) mod view;
 
 use std::time::SystemTime;
 
-pub(crate) use overrides::Overrides;
+pub(crate) use overrides::{DrainEvent, Overrides};
 pub use overrides::OverridesError;
 pub use spill::{LoadView, RegionLoad, ServiceLoad};
 pub(crate) use state::Observation;

@@ -162,6 +162,64 @@ impl Drain {
     }
 }
 
+/// How a drain changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrainChange {
+    /// It began, or its record changed (who, reason or expiry).
+    Set,
+    /// An operator ended it (or the fleet's store no longer has it) before any expiry.
+    Lifted,
+    /// Its expiry passed.
+    Expired,
+}
+
+impl DrainChange {
+    /// Returns the name used in notifications: `drained`, `undrained`, `drain_expired`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DrainChange::Set => "drained",
+            DrainChange::Lifted => "undrained",
+            DrainChange::Expired => "drain_expired",
+        }
+    }
+}
+
+/// One change of the drains in force, with the drain's record (the new one when it was set,
+/// the last one when it ended; `None` for a drain from a state file without records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DrainEvent {
+    /// What changed, as [`Subject::key`] (`regions/NAME`, `targets/ADDRESS`).
+    pub(crate) subject: String,
+    /// How it changed.
+    pub(crate) change: DrainChange,
+    /// Who, when, why, until when.
+    pub(crate) record: Option<Drain>,
+    /// When the change was made.
+    pub(crate) at: SystemTime,
+}
+
+/// Two expiries closer than this are the same news: `meridian ctl drain --expires` asks every
+/// instance of a fleet in turn and each computes its own expiry (and a record read back from a
+/// file or the fleet's store keeps milliseconds only).
+pub(crate) const EXPIRY_SAME_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Returns true when two records tell a person the same thing: who, why and until when
+/// (within [`EXPIRY_SAME_WITHIN`]).
+fn same_notice(a: Option<&Drain>, b: Option<&Drain>) -> bool {
+    let close = |x: Option<SystemTime>, y: Option<SystemTime>| match (x, y) {
+        (Some(x), Some(y)) => {
+            let gap = x.duration_since(y).or_else(|_| y.duration_since(x));
+            gap.is_ok_and(|g| g < EXPIRY_SAME_WITHIN)
+        }
+        (x, y) => x == y,
+    };
+    match (a, b) {
+        (Some(a), Some(b)) => a.who == b.who && a.reason == b.reason && close(a.expires, b.expires),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Parses the RFC 3339 UTC times that [`super::format_rfc3339`] writes
 /// (`2024-05-01T12:00:00.123Z`, fraction optional).
 pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
@@ -289,6 +347,47 @@ impl Overrides {
             self.set(s, None);
         }
         gone
+    }
+
+    /// Returns the subject keys drained now, sorted.
+    fn keys(&self) -> BTreeSet<String> {
+        let regions = self.drained_regions.iter().map(|r| format!("regions/{r}"));
+        let targets = self.drained_targets.iter().map(|a| format!("targets/{a}"));
+        regions.chain(targets).collect()
+    }
+
+    /// Returns the changes from `self` to `next` at `now`: drains that began or whose record
+    /// says something new ([`DrainChange::Set`]), and drains that ended, [`DrainChange::Expired`]
+    /// when their expiry is at or before `now`, else [`DrainChange::Lifted`].
+    pub(crate) fn changes(&self, next: &Overrides, now: SystemTime) -> Vec<DrainEvent> {
+        let (before, after) = (self.keys(), next.keys());
+        let mut out = Vec::new();
+        for key in &after {
+            let record = next.details.get(key);
+            if !before.contains(key) || !same_notice(self.details.get(key), record) {
+                out.push(DrainEvent {
+                    subject: key.clone(),
+                    change: DrainChange::Set,
+                    record: record.cloned(),
+                    at: now,
+                });
+            }
+        }
+        for key in before.difference(&after) {
+            let record = self.details.get(key);
+            let change = if record.is_some_and(|d| d.is_expired(now)) {
+                DrainChange::Expired
+            } else {
+                DrainChange::Lifted
+            };
+            out.push(DrainEvent {
+                subject: key.clone(),
+                change,
+                record: record.cloned(),
+                at: now,
+            });
+        }
+        out
     }
 
     /// Reads `path`; a missing file gives empty overrides.
@@ -421,6 +520,80 @@ mod tests {
         assert!(back.drained_regions.is_empty());
         assert_eq!(back.drained_targets.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn changes_tell_drains_set_changed_lifted_and_expired_apart() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let eu = Subject::Region("eu-west".into());
+        let t = Subject::Target("192.0.2.10".parse().unwrap());
+        let mut d = Drain::now("alice@ops");
+        d.reason = Some("kernel upgrade".into());
+        d.expires = Some(now + std::time::Duration::from_secs(60));
+        let empty = Overrides::empty();
+        let mut one = Overrides::empty();
+        one.set(&eu, Some(d.clone()));
+        one.set(&t, Some(Drain::now("bob")));
+        let kinds = |v: Vec<DrainEvent>| -> Vec<(String, DrainChange)> {
+            v.into_iter().map(|e| (e.subject, e.change)).collect()
+        };
+        let set = empty.changes(&one, now);
+        assert_eq!(
+            kinds(set.clone()),
+            [
+                ("regions/eu-west".to_string(), DrainChange::Set),
+                ("targets/192.0.2.10".to_string(), DrainChange::Set)
+            ]
+        );
+        assert_eq!(set[0].record.as_ref().unwrap().who, "alice@ops");
+        assert!(one.changes(&one.clone(), now).is_empty());
+        // The same record made a moment later by another instance is no news; a new reason
+        // or a new expiry is.
+        let mut same = one.clone();
+        let mut rounded = d.clone();
+        rounded.at = now;
+        rounded.expires = Some(now + std::time::Duration::from_millis(60_012));
+        same.set(&eu, Some(rounded.clone()));
+        assert!(one.changes(&same, now).is_empty());
+        let mut longer = rounded.clone();
+        longer.expires = Some(now + std::time::Duration::from_secs(3600));
+        same.set(&eu, Some(longer));
+        assert_eq!(
+            kinds(one.changes(&same, now)),
+            [("regions/eu-west".to_string(), DrainChange::Set)]
+        );
+        rounded.reason = Some("kernel upgrade, take 2".into());
+        same.set(&eu, Some(rounded));
+        assert_eq!(
+            kinds(one.changes(&same, now)),
+            [("regions/eu-west".to_string(), DrainChange::Set)]
+        );
+        // Ending: lifted before the expiry, expired at or after it; the record goes along.
+        let mut lifted = one.clone();
+        lifted.set(&eu, None);
+        let gone = one.changes(&lifted, now);
+        assert_eq!(
+            kinds(gone.clone()),
+            [("regions/eu-west".to_string(), DrainChange::Lifted)]
+        );
+        assert_eq!(
+            gone[0].record.as_ref().unwrap().reason.as_deref(),
+            Some("kernel upgrade")
+        );
+        let later = now + std::time::Duration::from_secs(60);
+        assert_eq!(
+            kinds(one.changes(&lifted, later)),
+            [("regions/eu-west".to_string(), DrainChange::Expired)]
+        );
+        // A drain without a record (an old state file) still has its events.
+        let mut bare = Overrides::empty();
+        bare.drained_regions.insert("us-east".into());
+        let e = bare.changes(&empty, now);
+        assert_eq!(
+            kinds(e.clone()),
+            [("regions/us-east".to_string(), DrainChange::Lifted)]
+        );
+        assert_eq!(e[0].record, None);
     }
 
     #[test]

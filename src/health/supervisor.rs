@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::overrides::{Drain, Overrides, OverridesError, Subject};
+use super::overrides::{Drain, DrainEvent, Overrides, OverridesError, Subject};
 use super::probe::{OwnError, ProbeOutcome, Prober};
 use super::quorum::{Agreement, PeerVotes};
 use super::spill::LoadState;
@@ -168,6 +168,7 @@ struct Inner {
     write_lock: tokio::sync::Mutex<()>,
     events: Subscribers<TransitionEvent>,
     probes: Subscribers<ProbeReport>,
+    drain_events: Subscribers<DrainEvent>,
     /// Our own probe errors, by [`OwnError::index`].
     own_errors: [AtomicU64; OwnError::REASONS.len()],
     /// Whether each reason was logged already.
@@ -327,6 +328,7 @@ impl Health {
             write_lock: tokio::sync::Mutex::new(()),
             events: Subscribers::new(),
             probes: Subscribers::new(),
+            drain_events: Subscribers::new(),
             own_errors: Default::default(),
             own_logged: Default::default(),
             ready: watch::Sender::new(false),
@@ -430,7 +432,9 @@ impl Health {
             self.check_drainable(subject)?;
         }
         let drained = record.is_some();
-        let changed = self.update_overrides(|o| o.set(subject, record)).await?;
+        let changed = self
+            .update_overrides(SystemTime::now(), |o| o.set(subject, record))
+            .await?;
         if changed {
             let what = if drained { "drained" } else { "undrained" };
             info!(%subject, "{what}");
@@ -441,7 +445,7 @@ impl Health {
     /// Replaces every drain with `overrides` (the fleet's, read from the store), writes the
     /// state file (the cache) and publishes. Returns whether any drain changed.
     pub(crate) async fn replace_drains(&self, overrides: Overrides) -> Result<bool, HealthError> {
-        self.update_overrides(move |o| {
+        self.update_overrides(SystemTime::now(), move |o| {
             let changed = o.drained_regions != overrides.drained_regions
                 || o.drained_targets != overrides.drained_targets;
             *o = overrides;
@@ -453,7 +457,7 @@ impl Health {
     /// Ends the drains whose expiry has passed at `now`; returns what ended.
     pub(crate) async fn expire_drains(&self, now: SystemTime) -> Result<Vec<Subject>, HealthError> {
         let mut gone = Vec::new();
-        self.update_overrides(|o| {
+        self.update_overrides(now, |o| {
             gone = o.expire(now);
             !gone.is_empty()
         })
@@ -531,6 +535,13 @@ impl Health {
         self.inner.probes.subscribe()
     }
 
+    /// Returns a receiver of every change of the drains from now on, whatever made it (an
+    /// operator, an expiry, the fleet's store), in the order they were applied (unbounded: a
+    /// drain that begins and ends at once is two events).
+    pub(crate) fn subscribe_drains(&self) -> mpsc::UnboundedReceiver<DrainEvent> {
+        self.inner.drain_events.subscribe()
+    }
+
     /// Returns true once every target present at start has at least one probe result. Stays
     /// true afterwards (targets added by a reload do not make the process unready).
     pub(crate) fn first_round_done(&self) -> bool {
@@ -554,9 +565,11 @@ impl Health {
 
     /// Changes the drains with `change` (which returns whether anything changed) on a copy,
     /// writes the copy to the state file first (so a failed write changes nothing), then
-    /// publishes it. Returns whether the drained sets changed.
+    /// publishes it and sends its [`DrainEvent`]s (made at `now`) to the subscribers. Returns
+    /// whether the drained sets changed.
     async fn update_overrides(
         &self,
+        now: SystemTime,
         change: impl FnOnce(&mut Overrides) -> bool,
     ) -> Result<bool, HealthError> {
         let _write = self.inner.write_lock.lock().await;
@@ -581,8 +594,14 @@ impl Health {
         let mut table = self.inner.lock();
         let changed = table.overrides.drained_regions != next.drained_regions
             || table.overrides.drained_targets != next.drained_targets;
+        let events = table.overrides.changes(&next, now);
         table.overrides = next;
         self.inner.publish_drains(&table);
+        drop(table);
+        // Still under the write lock: subscribers get the changes in the order they were made.
+        for e in events {
+            self.inner.drain_events.send(|| e);
+        }
         Ok(changed)
     }
 
@@ -1227,6 +1246,61 @@ mod tests {
                 .contains("x-reload: 1")
         })
         .await;
+        health.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn every_drain_change_is_an_event_even_one_that_begins_and_ends_at_once() {
+        use crate::health::overrides::DrainChange;
+        let s = Scratch::new("drain-events");
+        let config = s.config(&format!(
+            "{}{}",
+            check_toml("web", 9, ""),
+            service_toml("api.example.net.", "web", &[("eu-west", "127.0.0.1")]),
+        ));
+        let health = Health::start(&config, CancellationToken::new()).unwrap();
+        let mut rx = health.subscribe_drains();
+        let now = SystemTime::now();
+        let mut d = Drain::now("alice@ops");
+        d.reason = Some("kernel upgrade".into());
+        d.expires = Some(now + Duration::from_secs(60));
+        let eu = Subject::Region("eu-west".into());
+        let target = Subject::Target("127.0.0.1".parse().unwrap());
+        // Drained and lifted back to back: both are events, in order.
+        assert!(health.set_drain(&eu, Some(d.clone())).await.unwrap());
+        assert!(health.set_drain(&eu, None).await.unwrap());
+        assert!(health.set_drain(&target, Some(d.clone())).await.unwrap());
+        // The same record again is no news.
+        assert!(!health.set_drain(&target, Some(d.clone())).await.unwrap());
+        let gone = health
+            .expire_drains(now + Duration::from_secs(61))
+            .await
+            .unwrap();
+        assert_eq!(gone, std::slice::from_ref(&target));
+        // The fleet's store brings a drain made elsewhere.
+        let mut fleet = Overrides::empty();
+        fleet.set(&eu, Some(Drain::now("bob@ops-2")));
+        assert!(health.replace_drains(fleet).await.unwrap());
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            let who = e.record.as_ref().map(|r| r.who.clone());
+            seen.push((e.subject, e.change, who));
+        }
+        let alice = Some("alice@ops".to_string());
+        assert_eq!(
+            seen,
+            [
+                ("regions/eu-west".into(), DrainChange::Set, alice.clone()),
+                ("regions/eu-west".into(), DrainChange::Lifted, alice.clone()),
+                ("targets/127.0.0.1".into(), DrainChange::Set, alice.clone()),
+                ("targets/127.0.0.1".into(), DrainChange::Expired, alice),
+                (
+                    "regions/eu-west".into(),
+                    DrainChange::Set,
+                    Some("bob@ops-2".into())
+                ),
+            ]
+        );
         health.shutdown().await;
     }
 

@@ -15,7 +15,7 @@ use hickory_proto::rr::{RData, RecordType};
 use serde_json::Value;
 
 use crate::backend::{Backend, backends};
-use crate::harness::{Server, ZONE, binary, http, query, tool};
+use crate::harness::{HttpStub, Server, ZONE, binary, http, query, tool};
 
 /// The bound a test waits for a behaviour before failing.
 const BOUND: Duration = Duration::from_secs(30);
@@ -153,16 +153,27 @@ struct Fleet {
 
 impl Fleet {
     fn start(etcd: &Etcd) -> (Fleet, Vec<Backend>) {
+        Fleet::start_notifying(etcd, None)
+    }
+
+    /// Starts the fleet; with `hook`, instance a posts JSON notifications to it.
+    fn start_notifying(etcd: &Etcd, hook: Option<&HttpStub>) -> (Fleet, Vec<Backend>) {
         let (port, backends) = backends(&TARGETS);
         let servers = INSTANCES
             .iter()
             .map(|(name, source)| {
+                let extra = match hook {
+                    Some(h) if *name == "a" => {
+                        format!("\n[notify]\nwebhook_url = \"http://{}/hook\"\n", h.addr)
+                    }
+                    _ => String::new(),
+                };
                 Some(Server::start(&instance_config(
                     &etcd.url(),
                     name,
                     source,
                     port,
-                    "",
+                    &extra,
                 )))
             })
             .collect();
@@ -293,7 +304,8 @@ fn issue_10_drains_reach_every_instance_survive_restarts_and_end_by_themselves()
     let Some(etcd) = Etcd::start("fleet drains") else {
         return;
     };
-    let (mut fleet, _backends) = Fleet::start(&etcd);
+    let hook = HttpStub::start(200);
+    let (mut fleet, _backends) = Fleet::start_notifying(&etcd, Some(&hook));
     all_answer("fleet up, us-east answered everywhere", &fleet, TARGETS[0]);
 
     // A drain through one instance withdraws the region on all three.
@@ -397,6 +409,47 @@ fn issue_10_drains_reach_every_instance_survive_restarts_and_end_by_themselves()
     let took = all_answer("the drain ended by itself on all three", &fleet, TARGETS[0]);
     println!("MEASURED expiry of a 3s drain seen everywhere after: {took:?} (after drain)");
 
+    // Instance a notified every drain of the fleet, whichever instance took it, once each
+    // (restarts and the store echoing a's own drains are no news), with who and why.
+    let drain_events = || -> Vec<(String, String, String)> {
+        hook.requests()
+            .into_iter()
+            .filter_map(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .filter(|b| b["subject"].is_string())
+            .map(|b| {
+                let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
+                (s("event"), s("subject"), s("reason"))
+            })
+            .collect()
+    };
+    wait_until("a notified the end of the drain", &fleet, || {
+        drain_events().iter().any(|(e, _, _)| e == "drain_expired")
+    });
+    let of = |subject: &str| -> Vec<(String, String)> {
+        drain_events()
+            .into_iter()
+            .filter(|(_, s, _)| s == subject)
+            .map(|(e, _, r)| (e, r))
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        of("regions/us-east"),
+        pairs(&[
+            ("drained", "maintenance"),
+            ("undrained", "maintenance"),
+            ("drained", "deploy"),
+            ("drain_expired", "deploy"),
+        ])
+    );
+    let plain = pairs(&[("drained", ""), ("undrained", "")]);
+    assert_eq!(of("regions/eu-west"), plain);
+    assert_eq!(of("targets/127.0.0.23"), plain);
+
     // ctl status: one row per instance; --json has every instance's /status.
     let (code, out, err) = ctl(&["--config", config, "status"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -474,6 +527,11 @@ fn issue_10_a_target_is_withdrawn_only_when_a_majority_of_the_fleet_sees_it_down
             "one dissenter withdraws nothing"
         );
     }
+    // On a loaded machine c's first vote may reach a after the answers above settled.
+    wait_until("a sees c's up vote", &fleet, || {
+        let st = status(fleet.get(0));
+        st["services"][0]["regions"][0]["targets"][0]["fleet"]["views"]["c"] == "up"
+    });
     let ex = http(
         fleet.get(0).admin(),
         "GET",

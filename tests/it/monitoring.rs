@@ -424,6 +424,17 @@ fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
         "the dashboard names metrics the binary does not expose: {missing:?}\nexposed: {exposed:?}"
     );
 
+    // Only a fleet has the `[cluster]` metrics (README's rows say so).
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let fleet_only: BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `meridian_cluster_") && l.contains("with `[cluster]`"))
+        .flat_map(metric_names)
+        .collect();
+    assert!(
+        fleet_only.contains("meridian_cluster_connected"),
+        "{fleet_only:?}"
+    );
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
     let used: BTreeSet<String> = rules
         .lines()
@@ -431,11 +442,133 @@ fn dashboard_and_alert_rules_name_only_metrics_the_binary_exposes() {
         .flat_map(metric_names)
         .collect();
     assert!(used.len() >= 8, "{used:?}");
-    let missing: Vec<_> = used.difference(&exposed).collect();
+    let missing: Vec<_> = used
+        .difference(&exposed)
+        .filter(|n| !fleet_only.contains(*n))
+        .collect();
     assert!(
         missing.is_empty(),
         "the alert rules name metrics the binary does not expose: {missing:?}"
     );
+}
+
+/// Metric families exposed only when some check has `load` (issue 16).
+const LOAD_ONLY: [&str; 3] = [
+    "meridian_target_load",
+    "meridian_region_load",
+    "meridian_region_spill_fraction",
+];
+
+#[test]
+fn readme_lists_every_metric_the_binary_exposes_with_its_type() {
+    let backend = HttpStub::start(200);
+    let s = exercised_server(&backend);
+    s.ask("api.example.net.", RecordType::A);
+    let (_, text) = scrape_text(&s, None);
+    // Family -> type, from the `# TYPE` lines of the Prometheus text format.
+    let exposed: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.trim().to_string()))
+        .collect();
+    assert!(exposed.len() >= 20, "{exposed:?}");
+
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Metrics section");
+    let mut listed = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        // `| metric | type | labels | meaning |` (no cell holds a `|`).
+        let cells: Vec<&str> = row.split('|').skip(1).map(str::trim).collect();
+        let names = metric_names(cells[0]);
+        assert!(!names.is_empty(), "{row}");
+        for name in &names {
+            match exposed.get(name) {
+                // The type column, where the row has one, is the exposed type.
+                Some(t) => assert!(
+                    cells[1].is_empty() || cells[1] == t,
+                    "README says {name} is a {}, the binary says {t}",
+                    cells[1]
+                ),
+                // Only a fleet has the cluster metrics (the row says so), only a check with
+                // `load` the load and spill gauges (issue 16).
+                None => assert!(
+                    row.contains("with `[cluster]`") || LOAD_ONLY.contains(&name.as_str()),
+                    "README lists {name}, which the binary does not expose: {row}"
+                ),
+            }
+        }
+        listed.extend(names);
+    }
+    let missing: Vec<_> = exposed.keys().filter(|n| !listed.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "README's metric table misses {missing:?}"
+    );
+}
+
+#[test]
+fn status_page_banner_says_servfail_or_nodata_when_a_service_has_nothing_usable() {
+    use crate::backend::{Mode, backends};
+    let (port, backends) = backends(&["127.0.0.11", "127.0.0.12"]);
+    let s = Server::start(&cfg(
+        "",
+        &format!(
+            "{}[[service]]\nname = \"api.example.net.\"\npolicy = \"nearest\"\ncheck = \"web\"\n\
+             when_all_down = \"empty\"\n\
+             endpoints = [{{ region = \"us-east\", addresses = [\"127.0.0.11\"] }}]\n\
+             [[service]]\nname = \"pay.example.net.\"\npolicy = \"failover\"\ncheck = \"web\"\n\
+             when_all_down = \"servfail\"\n\
+             endpoints = [{{ region = \"eu-west\", addresses = [\"127.0.0.12\"] }}]\n",
+            check("web", port)
+        ),
+    ));
+    crate::admin::wait_ready(&s);
+    let page = || http(s.admin(), "GET", "/", &[], "").body;
+    eventually("both services usable", Duration::from_secs(20), || {
+        !page().contains("data-banner=")
+    });
+    for b in &backends {
+        b.set(Mode::Status(503));
+    }
+    eventually("two all-down banners", Duration::from_secs(20), || {
+        page().matches("data-banner=\"all-down\"").count() == 2
+    });
+    let html = page();
+    // The banner's element, its text included.
+    let banner = |service: &str| -> &str {
+        let attr = format!("data-banner=\"all-down\" data-service=\"{service}\"");
+        let i = html
+            .find(&attr)
+            .unwrap_or_else(|| panic!("no {attr}: {html}"));
+        let end = i + html[i..].find("</div>").unwrap();
+        &html[i..end]
+    };
+    assert!(
+        banner("pay.example.net.").contains("clients get SERVFAIL"),
+        "{html}"
+    );
+    assert!(
+        banner("api.example.net.").contains("clients get NODATA"),
+        "{html}"
+    );
+    assert!(!html.contains("data-banner=\"failing-open\""), "{html}");
+    // What the banners say is what clients get.
+    let pay = s.ask("pay.example.net.", RecordType::A);
+    assert_eq!(
+        pay.metadata.response_code,
+        hickory_proto::op::ResponseCode::ServFail
+    );
+    let api = s.ask("api.example.net.", RecordType::A);
+    assert_eq!(
+        api.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    assert!(api.answers.is_empty(), "{api:?}");
 }
 
 /// A server posting notifications in `format` to `hook`, probing one target on `backend`
@@ -466,6 +599,49 @@ fn bodies(hook: &HttpStub) -> Vec<serde_json::Value> {
         .into_iter()
         .filter_map(|(_, body)| serde_json::from_str(&body).ok())
         .collect()
+}
+
+/// A drain's record as the admin API takes it (who, why, expiry).
+fn drain_body(who: &str, reason: &str, expires: &str) -> String {
+    serde_json::json!({"who": who, "reason": reason, "expires": expires}).to_string()
+}
+
+/// POSTs `action` (`drain`, `undrain`) of `subject` (`regions/NAME`, `targets/ADDRESS`).
+fn set_drain(s: &Server, subject: &str, action: &str, body: &str) {
+    let r = http(
+        s.admin(),
+        "POST",
+        &format!("/{subject}/{action}"),
+        &[],
+        body,
+    );
+    assert_eq!(r.status, 200, "{action} {subject}: {}", r.body);
+}
+
+/// Asserts that `t` is an RFC 3339 UTC time about `ahead` from now (within a minute).
+fn assert_time_ahead(t: &serde_json::Value, ahead: Duration) {
+    let t = t.as_str().unwrap_or_else(|| panic!("not a time: {t}"));
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ` to Unix seconds (Howard Hinnant's days_from_civil).
+    let secs = |s: &str| -> i64 {
+        assert!(
+            s.len() == 24 && s.ends_with('Z'),
+            "not an RFC 3339 UTC time: {s}"
+        );
+        let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+        let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+        days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let delta = secs(t) - now - ahead.as_secs() as i64;
+    assert!(delta.abs() < 60, "{t} is not {ahead:?} from now");
 }
 
 #[test]
@@ -538,6 +714,62 @@ fn pagerduty_events_trigger_on_failure_and_the_recovery_resolves_the_same_dedup_
         serde_json::json!({"routing_key": "R0UT1NG-KEY", "event_action": "resolve",
                            "dedup_key": target_key})
     );
+
+    // A planned drain is an `info` alert (low urgency: it does not page) under its own key,
+    // with who, why and the expiry; lifting it resolves it, and so does its expiry.
+    let drain_key = "meridian/drain/regions/eu-west";
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
+    );
+    set_drain(&s, "regions/eu-west", "undrain", "");
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("bob@ops", "disk swap", "2s"),
+    );
+    let expiring_key = "meridian/drain/targets/127.0.0.1";
+    eventually(
+        "PagerDuty triggers and resolves for a lifted and an expired drain",
+        Duration::from_secs(15),
+        || {
+            has(drain_key, "trigger").is_some()
+                && has(drain_key, "resolve").is_some()
+                && has(expiring_key, "trigger").is_some()
+                && has(expiring_key, "resolve").is_some()
+        },
+    );
+    let d = has(drain_key, "trigger").unwrap();
+    assert_eq!(d["payload"]["severity"], "info");
+    assert_eq!(d["payload"]["class"], "drain");
+    assert_eq!(d["payload"]["component"], "regions/eu-west");
+    let summary = d["payload"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("Region eu-west drained by alice@ops: kernel upgrade (until "),
+        "{summary}"
+    );
+    let details = &d["payload"]["custom_details"];
+    assert_eq!(
+        (&details["who"], &details["reason"]),
+        (
+            &serde_json::json!("alice@ops"),
+            &serde_json::json!("kernel upgrade")
+        )
+    );
+    assert_time_ahead(&details["expires"], Duration::from_secs(7200));
+    // Each resolve comes after its trigger.
+    let order = |key: &str| -> Vec<String> {
+        bodies(&hook)
+            .into_iter()
+            .filter(|b| b["dedup_key"] == key)
+            .map(|b| b["event_action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(order(drain_key), ["trigger", "resolve"]);
+    assert_eq!(order(expiring_key), ["trigger", "resolve"]);
     drop(s);
 }
 
@@ -572,28 +804,38 @@ fn slack_messages_tell_of_failures_failing_open_drains_and_recovery() {
                 && seen(":rotating_light: Service *api.example.net.* (A) is *failing open*")
         },
     );
-    let r = http(
-        s.admin(),
-        "POST",
-        "/regions/eu-west/drain",
-        &[],
-        "{\"reason\": \"kernel upgrade\"}",
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
     );
-    assert_eq!(r.status, 200, "{}", r.body);
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("bob@ops", "disk swap", "2s"),
+    );
     eventually(
-        "a Slack message for the drain",
-        Duration::from_secs(10),
-        || seen(":construction: region eu-west *drained*"),
+        "Slack messages for both drains and the expiry of one",
+        Duration::from_secs(15),
+        || {
+            seen(":construction: Region *eu-west* *drained* by alice@ops: kernel upgrade (until ")
+                && seen(":construction: Target *127.0.0.1* *drained* by bob@ops: disk swap (until ")
+                && seen(
+                    ":hourglass: Target *127.0.0.1* *drain expired* (the drain by bob@ops: disk swap, until ",
+                )
+        },
     );
-    let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
+    set_drain(&s, "regions/eu-west", "undrain", "");
     backend.set_status(200);
     eventually(
         "Slack messages for undrain and recovery",
         Duration::from_secs(15),
         || {
-            seen(":construction: region eu-west *undrained*")
-                && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
+            seen(
+                ":white_check_mark: Region *eu-west* *undrained* (the drain by alice@ops: kernel upgrade, until ",
+            ) && seen(":large_green_circle: Target *127.0.0.1* (check web) is *up*")
                 && seen(
                     ":white_check_mark: Service *api.example.net.* (A) has *a usable target* again",
                 )
@@ -622,21 +864,79 @@ fn json_notifications_cover_failing_open_and_drains() {
         (o["targets"].as_u64(), o["down"].as_u64()),
         (Some(1), Some(1))
     );
-    let r = http(s.admin(), "POST", "/targets/127.0.0.1/drain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
-    eventually("a drained document", Duration::from_secs(10), || {
-        find("drained").is_some()
-    });
-    let d = find("drained").unwrap();
-    assert_eq!(d["subject"], "targets/127.0.0.1");
-    assert!(d["at"].as_str().unwrap().ends_with('Z'), "{d}");
-    let r = http(s.admin(), "POST", "/targets/127.0.0.1/undrain", &[], "");
-    assert_eq!(r.status, 200, "{}", r.body);
+    // A drain lifted right after it was made: both are notified, in order, with the record.
+    set_drain(
+        &s,
+        "targets/127.0.0.1",
+        "drain",
+        &drain_body("alice@ops", "kernel upgrade", "1h"),
+    );
+    set_drain(&s, "targets/127.0.0.1", "undrain", "");
+    // A drain that ends by itself.
+    set_drain(
+        &s,
+        "regions/eu-west",
+        "drain",
+        &drain_body("bob@ops", "network change", "2s"),
+    );
+    eventually(
+        "drained, undrained and drain_expired documents",
+        Duration::from_secs(15),
+        || find("undrained").is_some() && find("drain_expired").is_some(),
+    );
+    let drains: Vec<(String, String)> = bodies(&hook)
+        .into_iter()
+        .filter(|b| b["subject"].is_string())
+        .map(|b| {
+            let (e, s) = (b["event"].as_str(), b["subject"].as_str());
+            (e.unwrap().to_string(), s.unwrap().to_string())
+        })
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        drains,
+        pairs(&[
+            ("drained", "targets/127.0.0.1"),
+            ("undrained", "targets/127.0.0.1"),
+            ("drained", "regions/eu-west"),
+            ("drain_expired", "regions/eu-west"),
+        ])
+    );
+    for event in ["drained", "undrained"] {
+        let d = find(event).unwrap();
+        assert_eq!(d["instance"], "notify-1");
+        assert_eq!(d["subject"], "targets/127.0.0.1");
+        assert_eq!(
+            (d["who"].as_str(), d["reason"].as_str()),
+            (Some("alice@ops"), Some("kernel upgrade"))
+        );
+        assert_time_ahead(&d["expires"], Duration::from_secs(3600));
+        assert_time_ahead(&d["since"], Duration::ZERO);
+        assert_time_ahead(&d["at"], Duration::ZERO);
+    }
+    let e = find("drain_expired").unwrap();
+    assert_eq!(
+        (e["who"].as_str(), e["reason"].as_str()),
+        (Some("bob@ops"), Some("network change"))
+    );
     backend.set_status(200);
     eventually(
-        "undrained and service_recovered documents",
+        "a service_recovered document",
         Duration::from_secs(15),
-        || find("undrained").is_some() && find("service_recovered").is_some(),
+        || find("service_recovered").is_some(),
+    );
+    let r = find("service_recovered").unwrap();
+    assert_eq!(
+        (
+            r["service"].as_str(),
+            r["family"].as_str(),
+            r["active"].as_bool()
+        ),
+        (Some("api.example.net."), Some("A"), Some(false))
     );
 }
 
@@ -883,22 +1183,32 @@ fn status_page_paints_on_the_server_and_screenshots_show_healthy_drained_and_fai
     assert!(html.contains("Nothing is drained."));
     screenshot(&browser, &url, &dir.join("healthy.png"), profile.path());
 
-    // Drained: eu-west out, listed with why; its target shows why it is withdrawn.
+    // Drained: eu-west out, listed with who, why and until when; its target shows why it is
+    // withdrawn.
     let r = http(
         s.admin(),
         "POST",
         "/regions/eu-west/drain",
         &[],
-        "{\"reason\": \"kernel upgrade\"}",
+        &drain_body("alice@ops", "kernel upgrade", "2h"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let html = page();
     let eu = crate::admin::tag_with(&html, "<g data-region=\"eu-west\"");
     assert!(eu.contains("data-health=\"drained\""), "{eu}");
-    assert!(
-        html.contains("<tr data-drain=\"regions/eu-west\">"),
-        "{html}"
-    );
+    let row = html
+        .split("<tr data-drain=\"regions/eu-west\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no drain row for eu-west: {html}"));
+    let cells: Vec<&str> = row
+        .split("<td>")
+        .skip(1)
+        .map(|c| c.trim_end_matches("</td>"))
+        .collect();
+    assert_eq!(cells.len(), 4, "{row}");
+    assert_eq!(cells[1..3], ["alice@ops", "kernel upgrade"], "{row}");
+    assert_time_ahead(&serde_json::json!(cells[3]), Duration::from_secs(7200));
     assert!(html.contains("data-why=\"region_drained\""), "{html}");
     screenshot(&browser, &url, &dir.join("drained.png"), profile.path());
     let r = http(s.admin(), "POST", "/regions/eu-west/undrain", &[], "");
