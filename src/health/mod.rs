@@ -28,8 +28,8 @@ pub(crate) mod view;
 
 use std::time::SystemTime;
 
-pub(crate) use overrides::{DrainEvent, Overrides};
 pub use overrides::OverridesError;
+pub(crate) use overrides::{DrainEvent, Overrides};
 pub use spill::{LoadView, RegionLoad, ServiceLoad};
 pub(crate) use state::Observation;
 pub use supervisor::HealthError;
