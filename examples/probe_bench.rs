@@ -8,6 +8,10 @@
 //! probe_bench flap MERIDIAN TARGETS SECONDS LOSS       # transitions at random probe loss,
 //!                                                       # fast_interval on and off
 //! probe_bench withdraw MERIDIAN TARGETS                # time to withdraw hung targets
+//! probe_bench floor - TARGETS SECONDS                  # the same TCP checks as a bare loop of
+//!                                                       # syscalls: the kernel's share alone
+//! probe_bench burst MERIDIAN TARGETS                   # every target fails at once: each
+//!                                                       # transition counted and posted once
 //! ```
 //!
 //! Every run uses interval 1 s; `load` and `withdraw` use timeout 500 ms, rise 2, fall 2.
@@ -60,6 +64,8 @@ fn main() {
             arg(4).parse().unwrap(),
         ),
         "withdraw" => withdraw(&meridian, arg(2).parse().unwrap()),
+        "burst" => burst(&meridian, arg(2).parse().unwrap()),
+        "floor" => floor(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         // A second farm process: backends FIRST..FIRST+COUNT on PORT (see `Farms`).
         "farm" => {
             let kind = if arg(4) == "http" {
@@ -74,6 +80,18 @@ fn main() {
                 Some(arg(3).parse().unwrap()),
             );
             println!("started");
+            // Commands from the parent on stdin: `loss SHARE`.
+            let shared = farm.shared.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::stdin().lock()).map_while(Result::ok) {
+                    if let Some(v) = line
+                        .strip_prefix("loss ")
+                        .and_then(|v| v.parse::<f64>().ok())
+                    {
+                        shared.loss_ppm.store((v * 1e6) as u32, Ordering::Relaxed);
+                    }
+                }
+            });
             let mut out = std::io::stdout();
             loop {
                 if writeln!(out, "{} {}", farm.requests(), farm.accepts()).is_err() {
@@ -115,6 +133,7 @@ impl Farms {
                     if kind == Kind::Http { "http" } else { "tcp" },
                 ])
                 .stdout(Stdio::piped())
+                .stdin(Stdio::piped())
                 .spawn()
                 .expect("spawn the second farm");
             let counts = Arc::new([
@@ -148,6 +167,17 @@ impl Farms {
                 .remote
                 .as_ref()
                 .map_or(0, |(_, c)| c[0].load(Ordering::Relaxed))
+    }
+
+    /// Makes `share` of the HTTP probes of every backend fail (503), in both processes.
+    fn set_loss(&mut self, share: f64) {
+        self.local.set_loss(share);
+        if let Some((child, _)) = &mut self.remote
+            && let Some(stdin) = child.stdin.as_mut()
+        {
+            let _ = writeln!(stdin, "loss {share}");
+            let _ = stdin.flush();
+        }
     }
 
     fn accepts(&self) -> u64 {
@@ -467,10 +497,12 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     let cpu0 = user0 + sys0;
     let load0 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let (t0, r0) = (Instant::now(), farm.requests());
+    let p0 = metric(m.admin, "meridian_probes_total", "");
     std::thread::sleep(Duration::from_secs(seconds));
     let (user1, sys1, rss, hwm) = usage_split(pid);
     let cpu1 = user1 + sys1;
     let (t1, r1) = (Instant::now(), farm.requests());
+    let p1 = metric(m.admin, "meridian_probes_total", "");
     m.assert_alive();
     let wall = t1.duration_since(t0).as_secs_f64();
     let down = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
@@ -478,13 +510,14 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     let kind = if kind == Kind::Http { "http" } else { "tcp" };
     println!(
         "load {kind} targets={targets} ready_s={:.2} steady_s={:.2} cpu_share={:.3} \
-         rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} connections={} \
+         rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} (meridian: {:.0}) connections={} \
          false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={} \
          user_share={:.3} system_share={:.3} loadavg={}",
         ready_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         steady.map_or(f64::NAN, |d| d.as_secs_f64()),
         (cpu1 - cpu0) / wall,
         (r1 - r0) as f64 / wall,
+        (p1 - p0) / wall,
         farm.accepts(),
         down.abs(),
         errors.abs(),
@@ -569,5 +602,228 @@ fn withdraw(meridian: &Path, targets: usize) {
         times.len(),
         percentile(&times, 0.5),
         times.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// A webhook receiver on 127.0.0.1:0: answers every POST with 200 (keep-alive) and counts the
+/// `target_state_changed` documents by (address, to).
+struct Receiver {
+    addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u32>>>,
+    posts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let posts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, p) = (seen.clone(), posts.clone());
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { continue };
+                let (s, p) = (s.clone(), p.clone());
+                std::thread::spawn(move || serve_hook(sock, &s, &p));
+            }
+        });
+        Receiver { addr, seen, posts }
+    }
+
+    /// Returns how many documents went to `to`, and the most any one address got.
+    fn count(&self, to: &str) -> (usize, u32) {
+        let seen = self.seen.lock().unwrap();
+        let it = seen.iter().filter(|((_, t), _)| t == to);
+        let n = it.clone().count();
+        (n, it.map(|(_, n)| *n).max().unwrap_or(0))
+    }
+}
+
+fn serve_hook(
+    mut sock: TcpStream,
+    seen: &std::sync::Mutex<std::collections::HashMap<(String, String), u32>>,
+    posts: &std::sync::atomic::AtomicU64,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        // One request: head, then content-length bytes of body.
+        let (head_end, len) = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (i + 4, len);
+            }
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_end + len {
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
+        buf.drain(..head_end + len);
+        posts.fetch_add(1, Ordering::Relaxed);
+        if body["event"] == "target_state_changed" {
+            let key = (
+                body["address"].as_str().unwrap_or("").to_string(),
+                body["to"].as_str().unwrap_or("").to_string(),
+            );
+            *seen.lock().unwrap().entry(key).or_insert(0) += 1;
+        }
+        if sock
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Every target of a healthy farm fails at once (503 to every probe: fall 2 withdraws each
+/// within about an interval): the transitions metric must count each exactly once, and the
+/// webhook must receive each exactly once. Bounded: 300 s for the deliveries.
+fn burst(meridian: &Path, targets: usize) {
+    let hook = Receiver::start();
+    let mut farm = Farms::start(targets, Kind::Http);
+    let mut text = config_for(
+        &farm.addrs,
+        farm.local.port,
+        Kind::Http,
+        "timeout = \"500ms\"\nrise = 2\nfall = 2\n",
+    );
+    text = text.replacen(
+        "[[zone]]",
+        &format!(
+            "[notify]\nwebhook_url = \"http://{}/hook\"\ntimeout = \"5s\"\nretries = 3\n[[zone]]",
+            hook.addr
+        ),
+        1,
+    );
+    let mut m = start(meridian, &text);
+    let bound = Duration::from_secs(300);
+    let wait = |what: &str, f: &dyn Fn() -> bool| -> Duration {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < bound, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t.elapsed()
+    };
+    // The start: every target goes up once (posted too).
+    let up = wait("every target up, posted", &|| hook.count("up").0 >= targets);
+    m.assert_alive();
+    let up_metric = metric(m.admin, "meridian_health_transitions_total", "to=\"up\"");
+    // The burst.
+    farm.set_loss(1.0);
+    let t = Instant::now();
+    let counted = wait("every transition to down counted", &|| {
+        metric(m.admin, "meridian_health_transitions_total", "to=\"down\"") >= targets as f64
+    });
+    wait("every transition to down posted", &|| {
+        hook.count("down").0 >= targets
+    });
+    let posted = t.elapsed();
+    // Anything more would show up now (a duplicate or a late extra).
+    std::thread::sleep(Duration::from_secs(3));
+    m.assert_alive();
+    let down_metric = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
+    let (down_posted, most) = hook.count("down");
+    let (up_posted, most_up) = hook.count("up");
+    println!(
+        "burst targets={targets} up: posted={up_posted} (most per address {most_up}) \
+         metric={up_metric} after {:.1} s; down: metric={down_metric} posted={down_posted} \
+         (most per address {most}) counted after {:.1} s, posted after {:.1} s; posts={} \
+         exact={}",
+        up.as_secs_f64(),
+        counted.as_secs_f64(),
+        posted.as_secs_f64(),
+        hook.posts.load(Ordering::Relaxed),
+        down_metric == targets as f64
+            && down_posted == targets
+            && most == 1
+            && up_posted == targets
+            && most_up == 1,
+    );
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage writes only the struct passed by pointer.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The kernel's share of a TCP check: one thread checks every target once a second with
+/// nothing but the system calls a check needs (socket, non-blocking connect, poll, SO_ERROR,
+/// close with a reset), against the same farm. Its CPU is what any TCP prober pays here; on
+/// loopback it includes the farm side's handshake, which the kernel runs in the connecting
+/// thread.
+fn floor(targets: usize, seconds: u64) {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::AsRawFd;
+    let farm = Farms::start(targets, Kind::Tcp);
+    let addrs: Vec<SocketAddr> = farm
+        .addrs
+        .iter()
+        .map(|a| SocketAddr::new(*a, farm.local.port))
+        .collect();
+    let check = |addr: &SocketAddr| -> bool {
+        let Ok(s) = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None) else {
+            return false;
+        };
+        let _ = s.set_linger(Some(Duration::ZERO));
+        match s.connect(&(*addr).into()) {
+            Ok(()) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(_) => return false,
+        }
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 500) };
+        n == 1 && matches!(s.take_error(), Ok(None))
+    };
+    // One round per second, each target at its own slot (batches of 1 ms).
+    let run = |rounds: u64| -> (f64, f64, u64) {
+        let (t0, c0) = (Instant::now(), thread_cpu());
+        let mut ok = 0u64;
+        let per_ms = targets.div_ceil(1000);
+        for round in 0..rounds {
+            for (i, chunk) in addrs.chunks(per_ms).enumerate() {
+                let due = t0 + Duration::from_secs(round) + Duration::from_millis(i as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                ok += chunk.iter().filter(|a| check(a)).count() as u64;
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        ((thread_cpu() - c0) / wall, ok as f64 / wall, ok)
+    };
+    run(2);
+    let (share, rate, ok) = run(seconds);
+    println!(
+        "floor tcp targets={targets} seconds={seconds} cpu_share={share:.3} checks_per_s={rate:.0} \
+         passed={ok} loadavg={}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
     );
 }

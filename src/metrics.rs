@@ -4,8 +4,9 @@
 //! of atomics indexed by (transport, qtype, rcode): no lock and no allocation per query; the
 //! admin port turns them into OpenMetrics text at scrape time ([`Metrics::registry`]).
 //! Per-answer counters ([`Metrics::answer_counter`]) are looked up once, when a snapshot is
-//! built, and then incremented with one atomic add. Everything else (transitions, probe
-//! durations, reloads) is counted off the answer path.
+//! built, and then incremented with one atomic add. Everything else (transitions, reloads) is
+//! counted off the answer path; probe results and durations are counted by the health
+//! subsystem itself and collected by the admin port.
 //!
 //! This module does not know about snapshots or health: gauges computed from them
 //! (`meridian_target_up`, `meridian_service_failing_open`, ...) are collected by the admin port
@@ -24,7 +25,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Queries answered, by transport, qtype and rcode.
@@ -170,28 +170,16 @@ impl DnsCounters {
     }
 }
 
-/// Upper bounds of the probe-duration histogram buckets, in seconds.
-pub(crate) const PROBE_DURATION_BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 /// A counter the answer path increments once per answer: one relaxed atomic add, no lock.
 /// Clones share the count.
 pub(crate) type AnswerCounter = Counter;
 
 /// Labels of `meridian_dns_answers_total`: service, region and family.
 type ServiceRegionFamily = [(&'static str, String); 3];
-/// Labels of `meridian_probe_duration_seconds` and `meridian_probes_total`: check and region
-/// or result.
-type TwoLabels = [(&'static str, String); 2];
 /// Labels of `meridian_health_transitions_total`: address and new state.
 type AddressTo = [(&'static str, String); 2];
 /// One label: `check` or `result`.
 type OneLabel = [(&'static str, String); 1];
-
-fn new_probe_histogram() -> Histogram {
-    Histogram::new(PROBE_DURATION_BUCKETS)
-}
 
 /// Every metric the process keeps.
 #[derive(Debug)]
@@ -207,8 +195,6 @@ pub(crate) struct Metrics {
     pub(crate) ecs_no: Counter,
     ecs: Family<OneLabel, Counter>,
     transitions: Family<AddressTo, Counter>,
-    probe_duration: Family<TwoLabels, Histogram, fn() -> Histogram>,
-    probes: Family<TwoLabels, Counter>,
     reloads: Family<OneLabel, Counter>,
     query_log_lines: Counter,
     query_log_dropped: Family<OneLabel, Counter>,
@@ -242,8 +228,6 @@ impl Default for Metrics {
             ecs_no,
             ecs,
             transitions: Family::default(),
-            probe_duration: Family::new_with_constructor(new_probe_histogram),
-            probes: Family::default(),
             reloads,
             query_log_lines: Counter::default(),
             query_log_dropped: {
@@ -342,17 +326,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Records how long one probe of `check` on a target of `region` took, in seconds, and
-    /// its `result`: `pass`, `fail` (the target's fault) or `error` (our own).
-    pub(crate) fn observe_probe(&self, check: &str, region: &str, seconds: f64, result: &str) {
-        self.probe_duration
-            .get_or_create(&[("check", check.to_string()), ("region", region.to_string())])
-            .observe(seconds);
-        self.probes
-            .get_or_create(&[("check", check.to_string()), ("result", result.to_string())])
-            .inc();
-    }
-
     /// Counts one config reload (SIGHUP or `POST /reload`) that succeeded or failed.
     pub(crate) fn count_reload(&self, ok: bool) {
         if ok {
@@ -385,16 +358,6 @@ impl Metrics {
             counter_name(HEALTH_TRANSITIONS_TOTAL),
             "Target health state changes, by address and new state",
             self.transitions.clone(),
-        );
-        registry.register(
-            PROBE_DURATION_SECONDS,
-            "Health probe duration in seconds, by check and region",
-            self.probe_duration.clone(),
-        );
-        registry.register(
-            counter_name(PROBES_TOTAL),
-            "Health probes run, by check and result (pass, fail, error)",
-            self.probes.clone(),
         );
         registry.register(
             counter_name(CONFIG_RELOADS_TOTAL),
@@ -537,7 +500,6 @@ mod tests {
         m.dns.count(1, 28, 3);
         m.answer_counter("api.example.net.", "eu-west", "A").inc();
         m.count_transition("192.0.2.1", "down");
-        m.observe_probe("web", "eu-west", 0.003, "pass");
         m.count_reload(false);
         let text = render(&m);
         let text = text
@@ -548,9 +510,6 @@ mod tests {
             r#"meridian_dns_queries_total{transport="tcp",qtype="AAAA",rcode="NXDOMAIN"} 1"#,
             r#"meridian_dns_answers_total{service="api.example.net.",region="eu-west",family="A"} 1"#,
             r#"meridian_health_transitions_total{address="192.0.2.1",to="down"} 1"#,
-            r#"meridian_probe_duration_seconds_bucket{le="0.005",check="web",region="eu-west"} 1"#,
-            r#"meridian_probe_duration_seconds_count{check="web",region="eu-west"} 1"#,
-            r#"meridian_probes_total{check="web",result="pass"} 1"#,
             r#"meridian_dns_ecs_queries_total{ecs="no"} 0"#,
             r#"meridian_build_info{version="VERSION",commit="COMMIT"} 1"#,
             r#"meridian_config_reloads_total{result="ok"} 0"#,

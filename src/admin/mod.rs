@@ -66,9 +66,9 @@ use tracing::{info, warn};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ConfigErrors;
 use crate::health::overrides::{Drain, Subject as DrainSubject};
-use crate::health::{Health, HealthError, ProbeReport, TransitionEvent};
+use crate::health::{Health, HealthError, PROBE_RESULTS, TransitionEvent};
 use crate::metrics::text::{Format, negotiate, to_prometheus_text};
-use crate::metrics::{Metrics, PROBE_ERRORS_TOTAL};
+use crate::metrics::{Metrics, PROBE_DURATION_SECONDS, PROBE_ERRORS_TOTAL, PROBES_TOTAL};
 use crate::snapshot::{ExplainError, Reloader, SnapshotCell};
 use status::StatusReport;
 
@@ -228,10 +228,8 @@ pub(crate) async fn start(
     let history = Arc::new(history::History::default());
     tasks.spawn(feed_metrics(
         app.metrics.clone(),
-        app.snapshot.clone(),
         history.clone(),
         app.health.subscribe(),
-        app.health.subscribe_probes(),
         token.clone(),
     ));
     // Connection cap, timeouts and JSON errors: server.rs.
@@ -253,7 +251,14 @@ fn router(app: Handles, local: SocketAddr, history: Arc<history::History>) -> Ro
     let probe_errors = ProbeErrorsCollector {
         health: app.health.clone(),
     };
-    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(gauges), Box::new(probe_errors)];
+    let probe_stats = ProbeStatsCollector {
+        health: app.health.clone(),
+    };
+    let mut collectors: Vec<Box<dyn Collector>> = vec![
+        Box::new(gauges),
+        Box::new(probe_errors),
+        Box::new(probe_stats),
+    ];
     if let Some(c) = &app.cluster {
         collectors.push(c.collector());
     }
@@ -731,15 +736,13 @@ fn is_same_token(given: &str, expected: &str) -> bool {
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-/// Feeds health transitions and probe durations into the metrics, and transitions and
+/// Feeds health transitions into the metrics, and transitions and
 /// samples of the answer counters into the status page's `history`, until `token` is
 /// cancelled.
 async fn feed_metrics(
     metrics: Arc<Metrics>,
-    snapshot: SnapshotCell,
     history: Arc<history::History>,
     mut events: mpsc::UnboundedReceiver<TransitionEvent>,
-    mut probes: mpsc::UnboundedReceiver<ProbeReport>,
     token: CancellationToken,
 ) {
     let mut sample = tokio::time::interval(history::SHARE_SAMPLE_INTERVAL);
@@ -757,33 +760,60 @@ async fn feed_metrics(
                 }
                 None => return,
             },
-            p = probes.recv() => match p {
-                Some(p) => {
-                    let snap = snapshot.load();
-                    let region = probe_region(&snap.config, &p);
-                    let result = match (p.ok, p.own_error) {
-                        (true, _) => "pass",
-                        (false, None) => "fail",
-                        (false, Some(_)) => "error",
-                    };
-                    metrics.observe_probe(&p.key.check, region, p.latency.as_secs_f64(), result);
-                }
-                None => return,
-            },
         }
     }
 }
 
-/// Returns the region a probe result is counted under: the first endpoint in config order
-/// listing the target with this check (a target shared by regions is counted once);
-/// `unknown` for a target a reload just removed.
-fn probe_region<'a>(config: &'a crate::config::Config, p: &ProbeReport) -> &'a str {
-    config
-        .services
-        .iter()
-        .flat_map(|s| &s.endpoints)
-        .find(|e| e.check_name() == Some(&*p.key.check) && e.addresses.contains(&p.key.address))
-        .map_or("unknown", |e| e.region.name.as_str())
+/// Reads `meridian_probe_duration_seconds{check,region}` and `meridian_probes_total{check,result}`
+/// at scrape time from the counts the probe tasks keep ([`crate::health::supervisor::ProbeStats`]).
+#[derive(Debug)]
+struct ProbeStatsCollector {
+    health: crate::health::Health,
+}
+
+impl Collector for ProbeStatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let stats = self.health.probe_stats();
+        let mut metric = encoder.encode_descriptor(
+            PROBE_DURATION_SECONDS,
+            "Health probe duration in seconds, by check and region",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (check, region, s) in &stats {
+            let (sum, count, buckets) = s.histogram();
+            let labels = [("check", &**check), ("region", region.as_str())];
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<Vec<(String, String)>>(sum, count, &buckets, None)?;
+        }
+        // Summed over regions, in check order (`stats` is sorted by check).
+        let mut by_check: Vec<(&str, [u64; 3])> = Vec::new();
+        for (check, _, s) in &stats {
+            let results = s.results();
+            match by_check.last_mut() {
+                Some((c, sums)) if *c == &**check => {
+                    for (sum, n) in sums.iter_mut().zip(results) {
+                        *sum += n;
+                    }
+                }
+                _ => by_check.push((check, results)),
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            PROBES_TOTAL.strip_suffix("_total").unwrap_or(PROBES_TOTAL),
+            "Health probes run, by check and result (pass, fail, error)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (check, sums) in by_check {
+            for (result, n) in PROBE_RESULTS.iter().zip(sums) {
+                let counter = prometheus_client::metrics::counter::ConstCounter::new(n);
+                counter.encode(metric.encode_family(&[("check", check), ("result", result)])?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads `meridian_probe_errors_total{reason}` at scrape time from the health subsystem's

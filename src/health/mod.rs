@@ -28,12 +28,12 @@ pub(crate) mod view;
 
 use std::time::SystemTime;
 
-pub(crate) use overrides::{DrainEvent, Overrides};
 pub use overrides::OverridesError;
+pub(crate) use overrides::{DrainEvent, Overrides};
 pub use spill::{LoadView, RegionLoad, ServiceLoad};
 pub(crate) use state::Observation;
 pub use supervisor::HealthError;
-pub(crate) use supervisor::{Health, ProbeReport, TargetStatus, TransitionEvent};
+pub(crate) use supervisor::{Health, PROBE_RESULTS, TargetStatus, TransitionEvent};
 pub use view::{HealthSource, HealthView, State};
 pub(crate) use view::{TargetKey, withdrawal};
 

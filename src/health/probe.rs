@@ -331,6 +331,10 @@ impl SocketBudget {
 
     /// Waits up to `wait` for a socket permit; running out is our trouble, not the target's.
     async fn acquire(&self, wait: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, OwnError> {
+        // The usual case, without a timer: a permit is free.
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; a timeout means every permit stayed in use.
@@ -544,8 +548,6 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream
         }
     }
     .map_err(|e| connect_error(&e))?;
-    // One small request and response per probe: do not wait to fill a segment.
-    let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
@@ -641,6 +643,8 @@ impl HttpProbe {
 
     async fn open(&mut self) -> Result<Stream, ProbeError> {
         let tcp = connect(self.target, self.source).await?;
+        // One small request and response per probe: do not wait to fill a segment.
+        let _ = tcp.set_nodelay(true);
         self.last_step = Instant::now();
         let Some((name, verify)) = &self.tls else {
             return Ok(Stream::Plain(tcp));

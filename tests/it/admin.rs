@@ -996,6 +996,17 @@ fn webhook_receives_each_state_change_with_services_and_retries_a_failed_post() 
         ),
     ));
     wait_ready(&s);
+    // Up first: on a busy machine the first probe may be starved (our own error, which leaves
+    // the target unknown), and this test is about a change from up to down.
+    eventually(
+        "the webhook to receive the first up transition",
+        Duration::from_secs(15),
+        || {
+            hook.requests()
+                .iter()
+                .any(|(_, b)| b.contains("\"to\":\"up\""))
+        },
+    );
     let started = Instant::now();
     backend.set_status(503);
     let to_down = || {

@@ -493,7 +493,9 @@ impl HttpStub {
                         let st = st.clone();
                         std::thread::spawn(move || stub_serve(sock, &st));
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    // Short, so that a burst of webhook posts (one connection each) is
+                    // taken quickly.
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
         });

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::farm::{Farm, Kind, raise_fd_limit};
-use crate::harness::{Server, ZONE, http};
+use crate::harness::{HttpStub, Server, ZONE, http};
 
 const REGIONS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 
@@ -74,13 +74,18 @@ fn issue_17_two_thousand_healthy_targets_start_without_a_false_transition_and_a_
     const TARGETS: usize = 2000;
     raise_fd_limit();
     let farm = Farm::start(TARGETS, Kind::Http);
+    // Every transition is also posted, once, to this webhook receiver.
+    let hook = HttpStub::start(200);
     let started = Instant::now();
     // A generous timeout: the backends share this loaded machine (and this test process), and
     // a backend that answers too late for the timeout is not healthy as far as a probe knows.
     let s = Server::start(&scale_config_with(
         &farm,
         "interval = \"2s\"\ntimeout = \"1500ms\"\nrise = 2\nfall = 3\n",
-        "",
+        &format!(
+            "[notify]\nwebhook_url = \"http://{}/hook\"\ntimeout = \"5s\"\nretries = 3\n",
+            hook.addr
+        ),
     ));
     let ready = wait_for("/ready", Duration::from_secs(60), || {
         http(s.admin(), "GET", "/ready", &[], "").status == 200
@@ -141,15 +146,42 @@ fn issue_17_two_thousand_healthy_targets_start_without_a_false_transition_and_a_
     let burst = wait_for("every target down", Duration::from_secs(60), || {
         metric_sum(&s, "meridian_health_transitions_total", "to=\"down\"") >= TARGETS as f64
     });
+    // And each is posted to the webhook exactly once (the sender posts one at a time).
+    let posted = wait_for("every transition posted", Duration::from_secs(180), || {
+        std::thread::sleep(Duration::from_millis(450));
+        posted_by_address(&hook, "down").len() >= TARGETS
+    });
     std::thread::sleep(Duration::from_secs(1));
     println!(
-        "mass failure: {TARGETS} targets down after {:.2} s",
-        burst.as_secs_f64()
+        "mass failure: {TARGETS} targets down after {:.2} s, all posted {:.2} s later",
+        burst.as_secs_f64(),
+        posted.as_secs_f64()
     );
     assert_eq!(
         metric_sum(&s, "meridian_health_transitions_total", "to=\"down\""),
         TARGETS as f64
     );
+    for to in ["up", "down"] {
+        let by_address = posted_by_address(&hook, to);
+        assert_eq!(by_address.len(), TARGETS, "addresses posted going {to}");
+        assert!(
+            by_address.values().all(|n| *n == 1),
+            "a transition to {to} posted more than once"
+        );
+    }
+}
+
+/// Returns how many `target_state_changed` documents going `to` the webhook got, by address.
+fn posted_by_address(hook: &HttpStub, to: &str) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for (_, body) in hook.requests() {
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if doc["event"] == "target_state_changed" && doc["to"] == to {
+            let address = doc["address"].as_str().unwrap_or_default().to_string();
+            *out.entry(address).or_insert(0) += 1;
+        }
+    }
+    out
 }
 
 #[test]
