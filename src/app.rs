@@ -345,6 +345,10 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Answers are written whole (`dns::tcp` batches them), so Nagle would only delay them.
+    // Linux copies TCP_NODELAY to every accepted connection: one system call per listener
+    // instead of one per connection (`dns::tcp` sets it per connection elsewhere).
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     tokio::net::TcpListener::from_std(socket.into())
@@ -395,5 +399,21 @@ async fn wait_for_signals(reloader: &Reloader) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_dns_tcp_connections_have_nodelay_from_the_listener() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY inherited");
+        drop(client);
     }
 }

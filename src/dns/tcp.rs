@@ -130,32 +130,41 @@ pub(crate) async fn serve(
         };
         let answerer = answerer.clone();
         let token = token.clone();
-        let tls = tls.clone();
+        let idle = limits.idle_timeout;
+        // Two task types: a plain TCP task does not carry the (large) TLS session state,
+        // which tokio would copy around when spawning each one.
+        let Some(acceptor) = &tls else {
+            tracker.spawn(async move {
+                // On Linux the listener's TCP_NODELAY is inherited (`app::bind_tcp`).
+                #[cfg(not(target_os = "linux"))]
+                let _ = stream.set_nodelay(true);
+                connection(stream, peer, answerer, token, idle, Transport::Tcp).await;
+                drop(permit);
+                drop(slot);
+            });
+            continue;
+        };
+        let acceptor = acceptor.clone();
         tracker.spawn(async move {
+            #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
-            let idle = limits.idle_timeout;
-            match tls {
-                None => connection(stream, peer, answerer, token, idle, Transport::Tcp).await,
-                Some(acceptor) => {
-                    let limit = idle.min(super::tls::HANDSHAKE_TIMEOUT);
-                    let accepted = tokio::select! {
-                        _ = token.cancelled() => None,
-                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
-                            Ok(Ok(s)) => Some(s),
-                            Ok(Err(e)) => {
-                                debug!(%peer, error = %e, "tls handshake failed");
-                                None
-                            }
-                            Err(_) => {
-                                debug!(%peer, "tls handshake timed out, closing");
-                                None
-                            }
-                        },
-                    };
-                    if let Some(s) = accepted {
-                        connection(s, peer, answerer, token, idle, Transport::Tls).await;
+            let limit = idle.min(super::tls::HANDSHAKE_TIMEOUT);
+            let accepted = tokio::select! {
+                _ = token.cancelled() => None,
+                r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "tls handshake failed");
+                        None
                     }
-                }
+                    Err(_) => {
+                        debug!(%peer, "tls handshake timed out, closing");
+                        None
+                    }
+                },
+            };
+            if let Some(s) = accepted {
+                connection(s, peer, answerer, token, idle, Transport::Tls).await;
             }
             drop(permit);
             drop(slot);
@@ -198,9 +207,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     transport: Transport,
 ) {
     let mut conn = Conn {
-        input: vec![0; READ_BUF],
+        input: Vec::with_capacity(READ_BUF),
         start: 0,
-        end: 0,
         out: Vec::with_capacity(512),
         pending: Vec::new(),
         timer: Timer::new(idle_timeout),
@@ -229,32 +237,29 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         conn.make_room();
         // Wait for more: closed, reset, cancelled or idle too long ends the connection.
         let deadline = last_query + idle_timeout;
-        let Conn {
-            input, end, timer, ..
-        } = &mut conn;
+        let Conn { input, timer, .. } = &mut conn;
         let read = async {
             loop {
                 tokio::select! {
                     biased;
-                    r = stream.read(&mut input[*end..]) => return r.ok(),
+                    // Into the free capacity: nothing to zero first.
+                    r = stream.read_buf(input) => return r.ok(),
                     _ = &mut cancelled => return None,
                     expired = timer.wait(deadline) => if expired { return None },
                 }
             }
         };
-        match read.await {
-            Some(0) | None => return,
-            Some(n) => *end += n,
+        if matches!(read.await, Some(0) | None) {
+            return;
         }
     }
 }
 
 /// The buffers and the timer of one connection.
 struct Conn {
-    /// Bytes read; `input[start..end]` not yet answered.
+    /// Bytes read; `input[start..]` not yet answered. Read into its free capacity.
     input: Vec<u8>,
     start: usize,
-    end: usize,
     /// One response, as the answer path writes it.
     out: Vec<u8>,
     /// Framed responses not yet written.
@@ -265,7 +270,7 @@ struct Conn {
 impl Conn {
     /// Takes the next complete message out of the buffer; returns its range in `input`.
     fn next_message(&mut self) -> Option<std::ops::Range<usize>> {
-        let buffered = self.input.get(self.start..self.end)?;
+        let buffered = self.input.get(self.start..)?;
         let [a, b, ..] = *buffered else {
             return None;
         };
@@ -311,22 +316,19 @@ impl Conn {
     }
 
     /// Moves the unanswered bytes to the front of the buffer and makes sure the rest of the
-    /// message they begin (up to 2 + 65,535 bytes) fits.
+    /// message they begin (up to 2 + 65,535 bytes) fits in its capacity, with room to read.
     fn make_room(&mut self) {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start > 0 {
-            self.input.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+        if self.start > 0 {
+            self.input.drain(..self.start);
             self.start = 0;
         }
-        let need = match self.input.get(..self.end) {
-            Some([a, b, ..]) => 2 + usize::from(u16::from_be_bytes([*a, *b])),
+        let need = match self.input.as_slice() {
+            [a, b, ..] => 2 + usize::from(u16::from_be_bytes([*a, *b])),
             _ => 2,
-        };
-        if need > self.input.len() {
-            self.input.resize(need, 0);
+        }
+        .max(self.input.len() + 1);
+        if need > self.input.capacity() {
+            self.input.reserve(need - self.input.len());
         }
     }
 
