@@ -8,7 +8,9 @@
 //! hard limit, which only root can raise) and logs both, and `serve` and `meridian check` warn
 //! when even the hard limit is too low. Key items: [`needed`], [`raise`], [`shortfall`].
 
+use std::collections::HashSet;
 use std::io;
+use std::net::IpAddr;
 
 use crate::config::Config;
 
@@ -27,7 +29,8 @@ pub struct FileLimit {
 
 /// Returns the descriptors `config` can use at once with `udp_workers` sockets per listen
 /// address: every DNS TCP connection allowed on every listener, the admin connections, one
-/// socket per probed address, the UDP sockets, and [`RESERVE`].
+/// socket per probe target (a distinct address and check, as the health engine probes them;
+/// an endpoint without a check is never probed), the UDP sockets, and [`RESERVE`].
 pub fn needed(config: &Config, udp_workers: usize) -> u64 {
     let listeners = config.server.dns_listen.len() as u64;
     let tcp = listeners * config.server.tcp_max_connections as u64;
@@ -37,13 +40,14 @@ pub fn needed(config: &Config, udp_workers: usize) -> u64 {
     } else {
         0
     };
-    let probes: u64 = config
+    let probes: HashSet<(IpAddr, &str)> = config
         .services
         .iter()
         .flat_map(|s| &s.endpoints)
-        .map(|e| e.addresses.len() as u64)
-        .sum();
-    tcp + udp + admin + probes + RESERVE
+        .filter_map(|e| Some((e.check_name()?, &e.addresses)))
+        .flat_map(|(check, addresses)| addresses.iter().map(move |a| (*a, check)))
+        .collect();
+    tcp + udp + admin + probes.len() as u64 + RESERVE
 }
 
 /// Returns the process's current limits.
@@ -101,6 +105,47 @@ pub fn shortfall(config: &Config, needed: u64, limit: FileLimit) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 18: 10,000 services without checks were counted as 80,000 probe sockets, and
+    /// `meridian check` warned about an open-file limit nothing would reach.
+    #[test]
+    fn only_probed_targets_count_once_per_address_and_check() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let text = r#"
+[server]
+dns_listen = ["127.0.0.1:0"]
+admin_listen = ""
+udp_workers = 1
+tcp_max_connections = 10
+[[zone]]
+origin = "example.net."
+file = "z"
+[region.a]
+latitude = 0.0
+longitude = 0.0
+[check.web]
+kind = "tcp"
+port = 80
+[[service]]
+name = "plain.example.net."
+policy = "nearest"
+endpoints = [{ region = "a", addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1"] }]
+[[service]]
+name = "one.example.net."
+policy = "nearest"
+check = "web"
+endpoints = [{ region = "a", addresses = ["192.0.2.3", "2001:db8::3"] }]
+[[service]]
+name = "two.example.net."
+policy = "nearest"
+check = "web"
+endpoints = [{ region = "a", addresses = ["192.0.2.3", "192.0.2.4"] }]
+"#;
+        let config = crate::config::parse_str(&dir.path().join("m.toml"), text).unwrap();
+        // 10 TCP + 1 UDP + 3 probe targets (192.0.2.3 once, .4, 2001:db8::3) + the reserve.
+        assert_eq!(needed(&config, 1), 10 + 1 + 3 + RESERVE);
+    }
 
     #[test]
     fn raising_to_the_current_soft_limit_changes_nothing() {

@@ -15,19 +15,28 @@
 //! signed (they get signatures, issue 14), anything that may reach a service
 //! (A/AAAA/ANY for a service name or through a CNAME: such answers depend on location and
 //! health), other opcodes, classes and EDNS versions, errors other than NXDOMAIN, and
-//! meta-types. Each cache belongs to one thread (no lock, no sharing) and holds the snapshot it
-//! was built from: a reload swaps the snapshot and the next query empties the cache.
+//! meta-types. Each cache belongs to one thread (no lock, no sharing) and remembers the snapshot
+//! it was built from (weakly: an idle thread does not keep a replaced snapshot alive): a reload
+//! swaps the snapshot and the next query empties the cache.
+//!
+//! Behind the per-thread caches sits one table per snapshot ([`build_static_answers`]): the
+//! same plain answers for every RRset of the zone files (and A/AAAA at a CNAME that does not
+//! lead to a service), built once on a background thread started by the first thread that meets
+//! the snapshot, then read without a lock. A zone of 100,000 records would otherwise miss the
+//! 4,096-entry caches on almost every query, and a miss answers twice (issue 18). NODATA and
+//! NXDOMAIN answers stay in the per-thread caches.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use hickory_proto::rr::RecordType;
 
 use super::response::{self, Opt};
 use super::wire::{self, HEADER_LEN, Query};
 use super::{Answerer, Transport, rcode};
-use crate::snapshot::Snapshot;
+use crate::health::HealthView;
+use crate::snapshot::{AnswerTable, Snapshot};
 
 /// Entries kept per cache; when full, the cache is emptied (a flood of random names cannot
 /// grow it without bound, and the hot names come back on their next query).
@@ -36,8 +45,10 @@ pub(crate) const MAX_ENTRIES: usize = 4096;
 /// Prebuilt static answers for one thread; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct AnswerCache {
-    /// The snapshot the entries were built from.
-    snapshot: Option<Arc<Snapshot>>,
+    /// The snapshot the entries were built from: weak, so that an idle thread does not keep a
+    /// replaced snapshot alive (with a large zone, hundreds of MB); it still holds the
+    /// allocation, so no later snapshot can have the same address.
+    snapshot: Weak<Snapshot>,
     /// Lowercased wire name followed by QTYPE -> the response to the plain query, or `None`
     /// when that answer is not static.
     entries: HashMap<Vec<u8>, Option<Vec<u8>>>,
@@ -70,13 +81,12 @@ impl Answerer {
         cache: &mut AnswerCache,
     ) -> bool {
         let snap = self.snapshot.load_full();
-        if !cache
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(s, &snap))
-        {
+        if !std::ptr::eq(cache.snapshot.as_ptr(), Arc::as_ptr(&snap)) {
             cache.entries.clear();
-            cache.snapshot = Some(snap.clone());
+            cache.snapshot = Arc::downgrade(&snap);
+            if snap.static_answers.claim_build() {
+                spawn_static_answers(snap.clone());
+            }
         }
         let q = match wire::parse(query) {
             // A DO=1 query for a signed zone needs signatures: answered by `respond`, which
@@ -95,7 +105,11 @@ impl Answerer {
             return self.respond(query, client, transport, out);
         };
         let entry = cache.entries.get(key);
-        if let Some(Some(body)) = entry
+        let body = match entry {
+            Some(known) => known.as_ref(),
+            None => snap.static_answers.get().and_then(|t| t.get(key)),
+        };
+        if let Some(body) = body
             && patch(body, &q, &snap, client.ip(), out)
             && out.len()
                 <= match transport {
@@ -146,6 +160,86 @@ impl Answerer {
         }
         true
     }
+}
+
+/// Builds the snapshot's table of static answers on a thread of its own and installs it; a
+/// snapshot replaced meanwhile stops the build (nobody would read the table).
+fn spawn_static_answers(snap: Arc<Snapshot>) {
+    let weak = Arc::downgrade(&snap);
+    drop(snap);
+    let spawned = std::thread::Builder::new()
+        .name("static-answers".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let Some(table) = build_static_answers(&weak) else {
+                return;
+            };
+            let entries = table.len();
+            let bytes: usize = table.iter().map(|(k, v)| k.len() + v.len()).sum();
+            crate::snapshot::release_freed_memory();
+            if let Some(snap) = weak.upgrade() {
+                snap.static_answers.install(table);
+                tracing::info!(
+                    entries,
+                    bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "static answers prebuilt"
+                );
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the static answer thread: answers are cached per thread");
+    }
+}
+
+/// Returns the plain answer of every static (name, type) of the snapshot's zones, keyed as the
+/// per-thread cache keys them; `None` when the snapshot was replaced before the end.
+pub(crate) fn build_static_answers(snap: &Weak<Snapshot>) -> Option<AnswerTable> {
+    let snap = snap.upgrade()?;
+    let health = HealthView::empty();
+    let client = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut table = AnswerTable::new();
+    let mut plain = Vec::new();
+    for (i, (name, rtype)) in snap.zones.static_questions().enumerate() {
+        // Checked now and then, not per name: an upgrade is two atomic operations.
+        if i % 4096 == 4095 && Arc::strong_count(&snap) == 1 {
+            return None;
+        }
+        // A CNAME that leads to a service: the answer depends on the client (and the policy
+        // would count it), so it is never cached and not even asked.
+        if snap
+            .zones
+            .lookup(name, rtype)
+            .is_none_or(|l| matches!(l.end, crate::zone::End::Service { .. }))
+        {
+            continue;
+        }
+        let Some(wire_name) = crate::names::name_to_wire(&name.to_string()) else {
+            continue;
+        };
+        let qtype = u16::from(rtype);
+        plain.clear();
+        plain.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        plain.extend_from_slice(&wire_name);
+        plain.extend_from_slice(&qtype.to_be_bytes());
+        plain.extend_from_slice(&1u16.to_be_bytes());
+        let Ok(pq) = wire::parse(&plain) else {
+            continue;
+        };
+        if !is_cacheable_query(&pq) {
+            continue;
+        }
+        let mut body = Vec::with_capacity(128);
+        let rc = super::answer_guarded(&snap, &health, &pq, client, Transport::Tcp, &mut body);
+        if is_cacheable_answer(&snap, &pq, rc, &body) {
+            let mut key = pq.qname_lower.to_vec();
+            key.extend_from_slice(&qtype.to_be_bytes());
+            body.shrink_to_fit();
+            table.insert(key, body);
+        }
+    }
+    table.shrink_to_fit();
+    Some(table)
 }
 
 /// Writes the cache key of `q` (lowercased wire name, then QTYPE) into `buf`; returns it.
@@ -260,9 +354,17 @@ mod tests {
     use arc_swap::ArcSwap;
     use std::path::Path;
 
-    fn answerer() -> Answerer {
+    /// The bench config's snapshot, its table of static answers claimed so that no thread
+    /// builds it behind the test's back: these tests see the per-thread cache alone.
+    fn bench_snapshot() -> Snapshot {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
         let snap = crate::snapshot::load(&path).expect("bench config loads");
+        assert!(snap.static_answers.claim_build());
+        snap
+    }
+
+    fn answerer() -> Answerer {
+        let snap = bench_snapshot();
         Answerer {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             health: Arc::new(ArcSwap::from_pointee(HealthView::empty())),
@@ -357,6 +459,59 @@ mod tests {
         assert_eq!(cached(b"\x03www\x07example\x03net\x00", 1), Some(false));
     }
 
+    /// Issue 18: with 100,000 static records the per-thread caches (4,096 entries) missed most
+    /// queries; the snapshot's prebuilt table answers every static name, byte for byte as
+    /// `respond` does, and leaves out whatever depends on the client.
+    #[test]
+    fn prebuilt_static_answers_are_byte_identical_to_uncached_ones() {
+        let a = answerer();
+        let snap = a.snapshot.load_full();
+        let table = build_static_answers(&Arc::downgrade(&snap)).expect("snapshot alive");
+        let has = |name: &[u8], qtype: u16| {
+            let mut k = name.to_vec();
+            k.extend(qtype.to_be_bytes());
+            table.contains_key(&k)
+        };
+        assert!(has(b"\x07example\x03net\x00", 6));
+        assert!(has(b"\x03ns1\x07example\x03net\x00", 28));
+        assert!(has(b"\x03big\x07example\x03net\x00", 16));
+        assert!(!has(b"\x03api\x07example\x03net\x00", 1), "a service's A");
+        assert!(
+            !has(b"\x03www\x07example\x03net\x00", 1),
+            "a CNAME to a service"
+        );
+        assert!(
+            !has(b"\x01*\x04user\x07example\x03net\x00", 16),
+            "a wildcard owner"
+        );
+        snap.static_answers.install(table);
+
+        let client: SocketAddr = "192.0.2.7:5300".parse().unwrap();
+        let mut cache = AnswerCache::new();
+        let cases = [
+            ("example.net", 6, 1232, Some(NSID_AND_ECS)),
+            ("EXAMPLE.net", 15, 0, None),
+            ("ns1.example.net", 28, 1232, Some(&[][..])),
+            ("_sip._udp.example.net", 33, 1232, None),
+            ("big.example.net", 16, 0, None),
+            ("big.example.net", 16, 1232, Some(&[][..])),
+            ("api.example.net", 16, 1232, None),
+        ];
+        for (name, qtype, size, opt) in cases {
+            let q = query(name, qtype, size, opt);
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let mut want = Vec::new();
+                assert!(a.respond(&q, client, transport, &mut want));
+                let mut got = Vec::new();
+                assert!(a.respond_cached(&q, client, transport, &mut got, &mut cache));
+                assert_eq!(got, want, "{name} {qtype} {transport:?}");
+            }
+        }
+        // All from the table but big TXT over UDP without EDNS (TC: answered afresh, never
+        // cached) and the NODATA of api TXT (no RRset: the per-thread cache keeps it).
+        assert_eq!(cache.len(), 1, "{:?}", cache.entries.keys());
+    }
+
     /// Returns the COOKIE option of response `r` (the OPT is its last record).
     fn response_cookie(r: &[u8]) -> Option<Vec<u8>> {
         let opt = crate::dns::wire::opt_rdata(r)?;
@@ -420,9 +575,7 @@ mod tests {
         let q = query("example.net", 6, 0, None);
         a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
         assert_eq!(cache.len(), 1);
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
-        a.snapshot
-            .store(Arc::new(crate::snapshot::load(&path).unwrap()));
+        a.snapshot.store(Arc::new(bench_snapshot()));
         let q = query("example.net", 2, 0, None);
         a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
         assert_eq!(cache.len(), 1);

@@ -47,6 +47,38 @@ pub struct Snapshot {
     /// `server.admin_tls_*` when this snapshot was built; `None` without admin TLS. The admin
     /// server handshakes each new connection with the live snapshot's.
     pub(crate) admin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Prebuilt wire answers to the (name, type) pairs of the zone files, filled once by a
+    /// background thread that `dns/` starts when it first meets this snapshot (issue 18).
+    pub(crate) static_answers: StaticAnswers,
+}
+
+/// The lowercased wire name followed by the QTYPE -> the response to the plain query (ID 0, no
+/// flags, no EDNS), as `dns/`'s answer cache keeps it.
+pub(crate) type AnswerTable = std::collections::HashMap<Vec<u8>, Vec<u8>>;
+
+/// A snapshot's table of prebuilt static answers: empty until built, then never changed.
+/// Built and read by `dns/` (the snapshot knows nothing of DNS messages); a lock-free read.
+#[derive(Debug, Default)]
+pub(crate) struct StaticAnswers {
+    started: std::sync::atomic::AtomicBool,
+    table: std::sync::OnceLock<AnswerTable>,
+}
+
+impl StaticAnswers {
+    /// Returns true once, to the one caller that is to build the table.
+    pub(crate) fn claim_build(&self) -> bool {
+        !self.started.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Installs the built table (a second call changes nothing).
+    pub(crate) fn install(&self, table: AnswerTable) {
+        let _ = self.table.set(table);
+    }
+
+    /// Returns the table, once built.
+    pub(crate) fn get(&self) -> Option<&AnswerTable> {
+        self.table.get()
+    }
 }
 
 /// The live snapshot, shared by the answer path, the admin port and notifications.
@@ -156,6 +188,7 @@ pub(crate) fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
         services,
         tls,
         admin_tls,
+        static_answers: StaticAnswers::default(),
     })
 }
 
@@ -172,7 +205,10 @@ fn start_scope_maps(snapshot: &Snapshot) {
         .name("scope-maps".into())
         .spawn(move || {
             let started = std::time::Instant::now();
-            match jobs.run(&geo) {
+            let result = jobs.run(&geo);
+            drop(jobs);
+            release_freed_memory();
+            match result {
                 Ok(Some(r)) => info!(
                     maps = r.maps,
                     networks = r.networks,
@@ -290,7 +326,25 @@ impl Reloader {
         self.snapshot.store(activate(snapshot, &self.metrics));
         let summary = self.health.reload(&config);
         info!(config = %self.config_path.display(), ?summary, "configuration reloaded");
+        // The old snapshot goes with the last answer that holds it, now or in a moment.
+        drop(old);
+        release_freed_memory();
         Ok(())
+    }
+}
+
+/// Hands memory freed inside the heap back to the system (glibc's `malloc_trim`).
+///
+/// Building a snapshot allocates while the old one is still alive, and the parse leaves its
+/// garbage between the two, so glibc can shrink no heap by itself: measured with 10,000
+/// services and 100,000 static records (issue 18), RSS went from 250 MB to 670 MB over five
+/// reloads (1.3 GB with idle threads holding their old snapshots). Called after a reload
+/// and when a background build (scope maps, static answers) has finished.
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps, under their locks; 0 keeps no pad.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -437,6 +437,27 @@ impl Zones {
         self.zones.iter().find(|z| z.origin.zone_of(name))
     }
 
+    /// Returns the (name, type) pairs the zone files answer from their own records: every
+    /// RRset of every name, and A and AAAA at a CNAME; not wildcard owners (a query never asks
+    /// for them by name) nor a service's A and AAAA. Which of them are static in the end (a
+    /// CNAME may lead to a service) is the caller's to judge from the answer.
+    pub(crate) fn static_questions(&self) -> impl Iterator<Item = (&LowerName, RecordType)> {
+        self.zones.iter().flat_map(|z| {
+            z.nodes
+                .iter()
+                .filter(|(name, _)| !name.is_wildcard())
+                .flat_map(|(name, node)| {
+                    let cname = node.get(RecordType::CNAME).is_some();
+                    let chased = cname.then_some([RecordType::A, RecordType::AAAA]);
+                    node.rrsets
+                        .iter()
+                        .map(|s| s.rtype)
+                        .chain(chased.into_iter().flatten())
+                        .map(move |t| (name, t))
+                })
+        })
+    }
+
     /// Returns true when some zone is signed (DNSSEC).
     pub(crate) fn any_signed(&self) -> bool {
         self.zones.iter().any(|z| z.signer.is_some())

@@ -144,11 +144,14 @@ pub(super) fn load_zone(
     }
 
     let lower_origin = LowerName::new(&origin);
-    // Records outside the origin: find each one's line the same way.
+    // Records outside the origin: find each one's line the same way. The file is parsed again
+    // only when the first parse found such a record (issue 18: a second parse of every zone
+    // doubled the load time of a 100,000-record zone).
     let outside = |records: &BTreeMap<RrKey, RecordSet>| {
         records.keys().any(|k| !lower_origin.zone_of(k.name()))
     };
-    while outside(&records_of(&kept, spec, &origin)) && errors.len() < MAX_ERRORS_PER_FILE {
+    let mut any_outside = outside(&records);
+    while any_outside && errors.len() < MAX_ERRORS_PER_FILE {
         let i = first_bad(&kept, |p| outside(&records_of(p, spec, &origin)));
         let name = records_of(&kept[..=i], spec, &origin)
             .keys()
@@ -160,6 +163,7 @@ pub(super) fn load_zone(
             format!("record {name} is outside the zone's origin {}", spec.origin),
         ));
         kept.remove(i);
+        any_outside = outside(&records_of(&kept, spec, &origin));
     }
 
     let mut nodes: HashMap<LowerName, Node> = HashMap::new();

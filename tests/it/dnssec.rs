@@ -803,3 +803,48 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
         "two regions: {rdata_by_subnet:?}"
     );
 }
+
+#[test]
+fn rfc4035_s3_1_4_1_a_referral_to_an_insecure_delegation_proves_it_has_no_ds() {
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    let trust = anchor(dir.path(), &ds);
+    let s = start(dir, "dnssec = { keys = [\"k1.pem\"] }");
+    // A referral into `lab` (no DS; zone files cannot hold DS yet, so every delegation is
+    // insecure): the NS, and the signed NSEC at the cut listing NS, RRSIG and NSEC only.
+    let r = Message::from_vec(
+        &s.udp_raw(&raw_query("x.LAB.example.net", 1, DO, 1232))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!r.metadata.authoritative, "a referral: {r:?}");
+    assert!(
+        r.authorities
+            .iter()
+            .any(|a| a.record_type() == RecordType::NS)
+    );
+    assert!(
+        !r.authorities
+            .iter()
+            .any(|a| a.record_type() == RecordType::DS)
+    );
+    let nsec = authority_of(&r, RecordType::NSEC);
+    assert_eq!(nsec.len(), 1, "{r:?}");
+    assert_eq!(nsec[0].0, "lab.example.net.", "lowercased");
+    let next = b"\x01\x00\x03lab\x07example\x03net\x00";
+    assert_eq!(&nsec[0].1[..next.len()], next);
+    // Window 0, 6 octets: NS (2), RRSIG (46), NSEC (47); no DS (43), no SOA.
+    assert_eq!(&nsec[0].1[next.len()..], &[0, 6, 0x20, 0, 0, 0, 0, 0x03]);
+    let rrsigs = authority_of(&r, RecordType::RRSIG);
+    assert_eq!(
+        rrsigs.len(),
+        1,
+        "only the NSEC is signed, not the child's NS: {r:?}"
+    );
+    assert_eq!(rrsigs[0].1[..2], [0, 47]);
+    // And a validator agrees that lab has no DS.
+    validated(&d, &s, &trust, "127.0.0.1", &["lab.example.net", "DS"]);
+}

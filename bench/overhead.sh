@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# UDP cost of [rate_limit] (nobody limited) and of ECS on every query against the plain figure,
+# interleaved rounds (issue 18 item 5). Knobs: see bench/overhead.py.
+#
+#   bench/overhead.sh                   # 7 rounds x 8 s per run (plain, rrl, ecs)
+#
+# Installs what is missing, builds Meridian (release, --locked; MERIDIAN_BIN: a prebuilt binary
+# instead), runs bench/overhead.py, which stops what it started (by pid) and removes its temp dir.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+missing=()
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+if [ -z "${MERIDIAN_BIN:-}" ]; then
+    cargo build --release --locked --quiet --bin meridian
+    MERIDIAN_BIN=./target/release/meridian
+fi
+exec python3 bench/overhead.py "$MERIDIAN_BIN"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reloads at full load (issue 18 item 4): 10 reloads (SIGHUP and POST /reload) per run while
+# dnsperf runs at full speed and a checker compares answers. Knobs: see bench/reload.py.
+#
+#   bench/reload.sh                     # 4 rounds (steady, reload) x 20 s, bench/meridian.toml
+#   SIZE=large bench/reload.sh          # the 10,000-service / 100,000-record config of scale.py
+#
+# Installs what is missing, builds Meridian (release, --locked; MERIDIAN_BIN: a prebuilt binary
+# instead), runs bench/reload.py, which stops what it started (by pid) and removes its temp dir.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+missing=()
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+if [ -z "${MERIDIAN_BIN:-}" ]; then
+    cargo build --release --locked --quiet --bin meridian
+    MERIDIAN_BIN=./target/release/meridian
+fi
+exec python3 bench/reload.py "$MERIDIAN_BIN"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Size: 10,000 services over 20 regions and 100,000 static records against a small config
+# of the same shape (issue 18 item 2); gdnsd and knot with the same data. Knobs: see bench/scale.py.
+#
+#   bench/scale.sh                      # 5 rounds x 8 s per (server, queries, size)
+#   ROUNDS=3 DURATION=5 PEERS=0 bench/scale.sh   # quicker, Meridian only
+#
+# Installs what is missing, builds Meridian (release, --locked; MERIDIAN_BIN: a prebuilt binary
+# instead), runs bench/scale.py, which stops what it started (by pid) and removes its temp dir.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+missing=()
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+command -v gdnsd >/dev/null || missing+=(gdnsd)
+command -v knotd >/dev/null || missing+=(knot)
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
+python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+if [ -z "${MERIDIAN_BIN:-}" ]; then
+    cargo build --release --locked --quiet --bin meridian
+    MERIDIAN_BIN=./target/release/meridian
+fi
+exec python3 bench/scale.py run "$MERIDIAN_BIN"
