@@ -8,6 +8,7 @@
 #                                     # the cost of the shared rate-limit table
 #   QUERY_LOG=0.01 bench/run.sh       # Meridian with [query_log] at this sample (to a file in the
 #                                     # temp dir, no rate cap): the cost of the query log
+#                                     # (off, 0.01 and 1.0 interleaved, per CPU-second: bench/query_log.sh)
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per throughput run (10), CLIENTS (dnsperf -c,
 # 8), THREADS (dnsperf -T, 1), OUTSTANDING (dnsperf -q, 200), LAT_QPS (rate of the latency run,
