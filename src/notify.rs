@@ -523,7 +523,7 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE_CAPACITY);
     let sources = Sources {
         events,
-        outages,
+        outages: Some(outages),
         drains: Some(drains),
     };
     tasks.spawn(collect(sources, snapshot.clone(), view, tx, token.clone()));
@@ -533,9 +533,29 @@ pub(crate) fn start(
 /// Where the collector's events come from.
 struct Sources {
     events: mpsc::UnboundedReceiver<TransitionEvent>,
-    outages: broadcast::Receiver<OutageEvent>,
+    /// `None` once the outage watcher is gone (shutdown).
+    outages: Option<broadcast::Receiver<OutageEvent>>,
     /// `None` once the health subsystem is gone (shutdown).
     drains: Option<mpsc::UnboundedReceiver<DrainEvent>>,
+}
+
+/// Receives the next service outage change; never returns once the watcher is gone, so a
+/// closed channel is not polled again and again.
+async fn next_outage(outages: &mut Option<broadcast::Receiver<OutageEvent>>) -> OutageEvent {
+    while let Some(rx) = outages {
+        match rx.recv().await {
+            Ok(outage) => return outage,
+            Err(RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "webhook fell behind service outages; some are not notified"
+                );
+            }
+            // The watcher stopped (shutdown): transitions and drains still flow.
+            Err(RecvError::Closed) => *outages = None,
+        }
+    }
+    std::future::pending().await
 }
 
 /// Receives the next drain change; never returns once `drains` is closed.
@@ -562,29 +582,23 @@ async fn collect(
             e = sources.events.recv() => {
                 let Some(e) = e else { return };
                 let snap = snapshot.load();
+                // Without [notify] nothing is sent: skip building the notification, which looks
+                // the target up in the config (a cost per transition in a burst of thousands).
+                if snap.config.notify.is_none() {
+                    continue;
+                }
                 // The supervisor publishes the view before it sends the event: this view has it.
                 Event::Target(Notification::new(e, &snap.config, &view.load()))
             }
-            o = sources.outages.recv() => match o {
-                Ok(outage) => {
-                    let event = match (outage.active, outage.when_all_down) {
-                        (false, _) => "service_recovered",
-                        (true, "all") => "service_failing_open",
-                        (true, _) => "service_all_down",
-                    };
-                    let instance = snapshot.load().config.server.nsid.clone();
-                    Event::Outage(OutageNotification { event, instance, outage })
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "webhook fell behind service outages; some are not notified");
-                    continue;
-                }
-                // The watcher stopped (shutdown): transitions and drains still flow.
-                Err(RecvError::Closed) => {
-                    sources.outages = broadcast::channel(1).1;
-                    continue;
-                }
-            },
+            outage = next_outage(&mut sources.outages) => {
+                let event = match (outage.active, outage.when_all_down) {
+                    (false, _) => "service_recovered",
+                    (true, "all") => "service_failing_open",
+                    (true, _) => "service_all_down",
+                };
+                let instance = snapshot.load().config.server.nsid.clone();
+                Event::Outage(OutageNotification { event, instance, outage })
+            }
             d = next_drain(&mut sources.drains) => {
                 let instance = snapshot.load().config.server.nsid.clone();
                 Event::Drain(DrainNotification::new(d, instance))
