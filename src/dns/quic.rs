@@ -118,8 +118,11 @@ pub(crate) async fn serve(
         let peer = incoming.remote_address();
         let client = peer.ip().to_canonical();
         if !incoming.remote_address_validated()
-            && (NetworkSlot::open(&per_network, client) * 2 >= limits.max_per_network
-                || limit.available_permits() * 2 <= limits.max_connections)
+            && is_under_pressure(
+                NetworkSlot::open(&per_network, client),
+                limit.available_permits(),
+                limits,
+            )
         {
             // Under pressure: the client proves its address before it may take a slot.
             if let Err(e) = incoming.retry() {
@@ -175,6 +178,14 @@ pub(crate) async fn serve(
     tracker.wait().await;
     endpoint.close(code::NO_ERROR, b"");
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+/// Says whether a new connection from an unproven address must answer a Retry first: when its
+/// client network already holds half its cap (`open` connections), or half of all slots are
+/// taken (`free` left), so that spoofed sources cannot fill a network's or the listener's
+/// slots with handshakes that never finish.
+fn is_under_pressure(open: usize, free: usize, limits: Limits) -> bool {
+    open * 2 >= limits.max_per_network || free * 2 <= limits.max_connections
 }
 
 /// Serves the queries of one connection, each stream in a task of its own, until the peer
@@ -291,5 +302,39 @@ async fn query(
     if tokio::time::timeout(idle, write).await.is_err() {
         debug!(%peer, "doq write timed out, cancelling the stream");
         let _ = send.reset(code::REQUEST_CANCELLED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize, max_per_network: usize) -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(10),
+            max_connections,
+            max_per_network,
+        }
+    }
+
+    #[test]
+    fn retry_from_half_the_network_cap_or_half_the_slots() {
+        let l = limits(1024, 64);
+        // (open in the network, free slots) -> Retry?
+        for (open, free, retry) in [
+            (0, 1024, false),
+            (31, 1024, false),
+            (32, 1024, true),
+            (64, 1024, true),
+            (0, 513, false),
+            (0, 512, true),
+            (0, 0, true),
+        ] {
+            assert_eq!(is_under_pressure(open, free, l), retry, "{open} {free}");
+        }
+        // A cap of one: the first connection goes straight in, the next proves its address.
+        let one = limits(16, 1);
+        assert!(!is_under_pressure(0, 16, one));
+        assert!(is_under_pressure(1, 15, one));
     }
 }
