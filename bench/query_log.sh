@@ -31,48 +31,16 @@ OUTSTANDING=${OUTSTANDING:-200}
 QUERIES=${QUERIES:-20000}
 SAMPLES=${SAMPLES:-off 0.01 1.0}
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+source "$(dirname "$0")/lib.sh"
 
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
-if [ -z "${MERIDIAN_BIN:-}" ]; then
-    cargo build --release --locked --quiet
-    MERIDIAN_BIN=./target/release/meridian
-fi
+install_missing "${missing[@]}"
+build_meridian
 
-TMP=$(mktemp -d -t meridian-qlog-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() { # file pattern what
-    for _ in $(seq 100); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "$3 did not start:" >&2
-    cat "$1" >&2
-    exit 1
-}
+bench_tmp meridian-qlog-bench
 
 # --- one Meridian per variant ------------------------------------------------------------------
 declare -A PID PORT ADMIN
@@ -88,7 +56,7 @@ for v in $SAMPLES; do
     MERIDIAN_LOG=warn,meridian::app=info,meridian::admin=info "$MERIDIAN_BIN" serve --config "$conf" \
         >"$TMP/meridian-$v.out" 2>&1 &
     PID[$v]=$!
-    PIDS+=("$!")
+    add_pid "$!"
     wait_for "$TMP/meridian-$v.out" "listening dns/udp" "meridian ($v)"
     PORT[$v]=$(sed -n 's/.*listening dns\/udp 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meridian-$v.out" | head -1)
     if [ "$v" != off ]; then

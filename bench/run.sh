@@ -37,8 +37,7 @@ LAT_DURATION=${LAT_DURATION:-3}
 QUERIES=${QUERIES:-20000}
 VERIFY=${VERIFY:-strict}
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+source "$(dirname "$0")/lib.sh"
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
@@ -46,61 +45,12 @@ command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v gdnsd >/dev/null || missing+=(gdnsd)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
 command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
+install_missing "${missing[@]}"
 # MERIDIAN_BIN: time a prebuilt binary (e.g. an older commit's) instead of building this tree.
-if [ -z "${MERIDIAN_BIN:-}" ]; then
-    cargo build --release --locked --quiet
-    MERIDIAN_BIN=./target/release/meridian
-fi
+build_meridian
 
 # --- processes we start, stopped by pid on exit ---------------------------------------------------
-TMP=$(mktemp -d -t meridian-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    # A port free for both UDP and TCP on 127.0.0.1.
-    python3 - <<'EOF'
-import socket
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        t.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port)
-    break
-EOF
-}
-
-wait_for() { # file pattern what
-    for _ in $(seq 100); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "$3 did not start:" >&2
-    cat "$1" >&2
-    exit 1
-}
+bench_tmp meridian-bench
 
 # --- gdnsd -------------------------------------------------------------------------------------
 G_PORT=$(free_port)
@@ -114,7 +64,7 @@ sed -e "s|@PORT@|$G_PORT|" -e "s|@GEOIP@|$ROOT/geodata/sample.mmdb|" \
 } >"$TMP/gdnsd/zones/example.net"
 gdnsd -c "$TMP/gdnsd" start >"$TMP/gdnsd.log" 2>&1 &
 G_PID=$!
-PIDS+=("$G_PID")
+add_pid "$G_PID"
 wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd
 
 # --- Meridian ----------------------------------------------------------------------------------
@@ -139,7 +89,7 @@ fi
 MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config "$M_CONFIG" \
     >"$TMP/meridian.log" 2>&1 &
 M_PID=$!
-PIDS+=("$M_PID")
+add_pid "$M_PID"
 wait_for "$TMP/meridian.log" "listening dns/udp" meridian
 M_PORT=$(sed -n 's/.*listening dns\/udp 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meridian.log" | head -1)
 

@@ -8,23 +8,13 @@
 # Installs what is missing, builds Meridian (release, --locked; MERIDIAN_BIN: a prebuilt binary
 # instead), runs bench/scale.py, which stops what it started (by pid) and removes its temp dir.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+source "$(dirname "$0")/lib.sh"
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v gdnsd >/dev/null || missing+=(gdnsd)
 command -v knotd >/dev/null || missing+=(knot)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
 python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
-if [ -z "${MERIDIAN_BIN:-}" ]; then
-    cargo build --release --locked --quiet --bin meridian
-    MERIDIAN_BIN=./target/release/meridian
-fi
+install_missing "${missing[@]}"
+build_meridian --bin meridian
 exec python3 bench/scale.py run "$MERIDIAN_BIN"

@@ -12,8 +12,7 @@ QUERIES=${QUERIES:-20000}
 VERIFY=${VERIFY:-strict}
 GDNSD_TCP_THREADS=${GDNSD_TCP_THREADS:-$(nproc)}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
@@ -21,61 +20,11 @@ command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v gdnsd >/dev/null || missing+=(gdnsd)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
 command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
-if [ -z "${MERIDIAN_BIN:-}" ]; then
-    cargo build --release --locked --quiet
-    MERIDIAN_BIN=./target/release/meridian
-fi
+install_missing "${missing[@]}"
+build_meridian
 
 # --- processes we start, stopped by pid on exit ---------------------------------------------------
-TMP=$(mktemp -d -t meridian-bench.XXXXXX)
-PIDS=()
-add_pid() { PIDS+=("$1"); }
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    # A port free for both UDP and TCP on 127.0.0.1.
-    python3 - <<'EOF'
-import socket
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        t.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port)
-    break
-EOF
-}
-
-wait_for() { # file pattern what
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "$3 did not start:" >&2
-    cat "$1" >&2
-    exit 1
-}
+bench_tmp meridian-bench
 
 # --- gdnsd: the config of bench/run.sh, with tcp_threads = GDNSD_TCP_THREADS ----------------------
 G_PORT=$(free_port)
@@ -91,14 +40,14 @@ sed -e "s|@PORT@|$G_PORT|" -e "s|@GEOIP@|$ROOT/geodata/sample.mmdb|" \
 gdnsd -c "$TMP/gdnsd" start >"$TMP/gdnsd.log" 2>&1 &
 G_PID=$!
 add_pid "$G_PID"
-wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd
+wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd 300
 
 # --- Meridian: bench/meridian.toml (TCP on the main runtime: one worker thread per core) -------
 MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config bench/meridian.toml \
     >"$TMP/meridian.log" 2>&1 &
 M_PID=$!
 add_pid "$M_PID"
-wait_for "$TMP/meridian.log" "listening dns/tcp" meridian
+wait_for "$TMP/meridian.log" "listening dns/tcp" meridian 300
 M_PORT=$(sed -n 's/.*listening dns\/tcp 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meridian.log" | head -1)
 
 echo "meridian pid $M_PID on 127.0.0.1:$M_PORT; gdnsd $(gdnsd -V 2>&1 | sed -n 's/.*version \([^ ]*\).*/\1/p') pid $G_PID on 127.0.0.1:$G_PORT (tcp_threads $GDNSD_TCP_THREADS)"

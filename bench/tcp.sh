@@ -36,11 +36,7 @@ ONESHOT_THREADS=${ONESHOT_THREADS:-16}
 command -v cc >/dev/null || NEED_CC=1
 # shellcheck source=bench/servers.sh
 . "$(dirname "$0")/servers.sh"
-if [ -n "${NEED_CC:-}" ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y gcc libc6-dev
-fi
+[ -z "${NEED_CC:-}" ] || install_missing gcc libc6-dev
 cc -O2 -pthread -o "$TMP/tcp_oneshot" bench/tcp_oneshot.c
 
 # run CASE NAME PID PORT ROUND -> appends "case name round qps lost cpu_s q_per_cpu_s" to results
