@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import free_port
+
 REGIONS = [
     ("us-east", 39.0, -77.5),
     ("us-west", 45.6, -121.2),
@@ -38,22 +40,6 @@ REGIONS = [
     ("sa-east", -23.5, -46.6),
     ("af-south", -33.9, 18.4),
 ]
-
-
-def free_port():
-    while True:
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            t.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            t.close()
-        u.close()
-        return port
 
 
 def meridian_config(root, db, port, admin):

@@ -16,10 +16,11 @@ ECS from resolvers that send it, the rest static records and negative answers. T
 always gives the same file.
 """
 
-import ipaddress
 import random
 import struct
 import sys
+
+from benchlib import query_wire
 
 # (name, type, ecs or None, edns, weight). Mixed case on some names: resolvers using 0x20
 # randomisation send it, and both servers must echo it.
@@ -65,26 +66,6 @@ STATIC = [
     ("lab.example.net", "A", None, True, 1),  # referral
 ]
 
-QTYPES = {"A": 1, "NS": 2, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
-
-
-def wire(name, qtype, ecs, edns):
-    msg = struct.pack(">HHHHHH", 0, 0, 1, 0, 0, 1 if edns else 0)  # RD clear: authoritative
-    for label in name.rstrip(".").split("."):
-        msg += bytes([len(label)]) + label.encode()
-    msg += b"\x00" + struct.pack(">HH", QTYPES[qtype], 1)
-    if edns:
-        options = b""
-        if ecs:
-            net = ipaddress.ip_network(ecs)
-            family = 1 if net.version == 4 else 2
-            addr = net.network_address.packed[: (net.prefixlen + 7) // 8]
-            body = struct.pack(">HBB", family, net.prefixlen, 0) + addr
-            options = struct.pack(">HH", 8, len(body)) + body
-        msg += b"\x00" + struct.pack(">HHIH", 41, 1232, 0, len(options)) + options
-    return msg
-
-
 def main():
     blob_path, list_path = sys.argv[1], sys.argv[2]
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 20000
@@ -93,7 +74,7 @@ def main():
     picks = rng.choices(specs, weights=[s[4] for s in specs], k=count)
     with open(blob_path, "wb") as f:
         for name, qtype, ecs, edns, _ in picks:
-            m = wire(name, qtype, ecs, edns)
+            m = query_wire(name, qtype, qid=0, edns=edns, ecs=ecs)  # RD clear: authoritative
             f.write(struct.pack(">H", len(m)) + m)
     with open(list_path, "w") as f:
         for name, qtype, ecs, edns, _ in specs:
