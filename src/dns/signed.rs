@@ -5,7 +5,8 @@
 //! [`ZoneSigner`] for their RRSIGs (from the canonical form of exactly the records written),
 //! and adds the denial the answer needs: compact denial (RFC 9824) for a name that does not
 //! exist (NOERROR, or NXDOMAIN when the client set CO), an NSEC listing the types that exist
-//! for NODATA, an NSEC at a delegation without DS (RFC 4035 §3.1.4), and for a wildcard
+//! for NODATA, the signed DS RRset of a secure delegation in a referral or an NSEC at a
+//! delegation without DS (RFC 4035 §3.1.4.1), and for a wildcard
 //! answer an NSEC showing that the name asked for does not exist (RFC 4035 §3.1.3.3).
 //! Referral NS records and the additional section are not signed (RFC 4035 §2.2: NS at a cut
 //! and glue are not authoritative). Answers to queries without DO never come here.
@@ -388,23 +389,40 @@ pub(super) fn sign(
         }
         Denial::Referral(cut) => {
             let owner = lower_wire(cut);
-            if let Some((zone, signer)) = signer_for(snap, &owner)
-                && !zone.types_at(cut).contains(&rtype::DS)
-            {
-                // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
-                let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
-                let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
-                nsec(
-                    zone,
-                    signer,
-                    &owner,
-                    &next,
-                    &types,
-                    now,
-                    true,
-                    &mut authority,
-                    &mut info,
-                )?;
+            if let Some((zone, signer)) = signer_for(snap, &owner) {
+                match zone.ds_at(cut) {
+                    // RFC 4035 §3.1.4.1: a secure delegation: the DS RRset and its RRSIGs
+                    // after the (unsigned) NS RRset.
+                    Some(ds) => {
+                        let mut rdatas = ds.iter().map(canonical_rdata).collect::<Option<_>>();
+                        let rdatas: &mut Vec<Vec<u8>> = rdatas.as_mut().ok_or(SignError::Encode)?;
+                        let ttl = ds.first().map_or(0, |r| r.ttl);
+                        info.used(signer, now, true);
+                        let sigs =
+                            signer.rrsigs(&owner, None, rtype::DS, ttl, rdatas, now, true)?;
+                        authority.extend(ds.iter().cloned());
+                        let name = ds.first().map_or_else(Name::root, |r| r.name.clone());
+                        for sig in sigs {
+                            authority.push(raw(name.clone(), ttl, RecordType::RRSIG, sig));
+                        }
+                    }
+                    // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
+                    None => {
+                        let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
+                        let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
+                        nsec(
+                            zone,
+                            signer,
+                            &owner,
+                            &next,
+                            &types,
+                            now,
+                            true,
+                            &mut authority,
+                            &mut info,
+                        )?;
+                    }
+                }
             }
         }
     }

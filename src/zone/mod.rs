@@ -2,7 +2,8 @@
 //!
 //! Owns parsing (hickory-proto's zone-file parser, with line numbers recovered for errors), the
 //! per-zone checks an authoritative server makes at load time (SOA and NS at the apex, records
-//! inside the origin, CNAME alone at its name), and the static lookup: [`Zones::lookup`] is the
+//! inside the origin, CNAME alone at its name, DS only at a delegation with a digest of the
+//! right length), and the static lookup: [`Zones::lookup`] is the
 //! one function that decides what a name and type get from the zones. It follows CNAMEs inside
 //! our zones (a loop, or more than [`MAX_CNAME_CHAIN`], breaks the chain), stops at delegation
 //! cuts with a referral and its glue (RFC 1034 §4.3.2; glue is never an answer), synthesises
@@ -326,6 +327,15 @@ impl Zone {
             encloser = encloser.base_name();
         }
         None
+    }
+
+    /// Returns the DS RRset at the delegation point `cut`, when the zone file has one (a secure
+    /// delegation, RFC 4035 §3.1.4.1); `None` at any other name.
+    pub(crate) fn ds_at(&self, cut: &LowerName) -> Option<&[Record]> {
+        if !self.cuts.contains(cut) {
+            return None;
+        }
+        self.nodes.get(cut)?.get(RecordType::DS)
     }
 
     /// Returns true when the zone has static records of `rtype` at `name`.
