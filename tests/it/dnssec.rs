@@ -5,7 +5,7 @@
 //! (DO copied, CO, lowercased NSEC owners, TC, unsigned answers unchanged byte for byte) and a
 //! key rollover with CDS/CDNSKEY following the active key; secure delegations (a DS from the
 //! zone file, signed in referrals; DNSViz follows one into a child zone served by a second
-//! instance).
+//! instance); and two instances with one key whose answers validate with each other's DNSKEY.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1072,4 +1072,131 @@ fn issue_14_check_reports_every_misplaced_or_malformed_ds_at_once() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(err.contains("example.net.zone"), "names the file:\n{err}");
+}
+
+#[test]
+fn issue_14_two_instances_with_one_key_give_answers_that_validate_together() {
+    use hickory_proto::dnssec::PublicKey;
+    use hickory_proto::dnssec::Verifier;
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::{DNSClass, RData};
+    let keys = tempfile::tempdir().unwrap();
+    let ds = keygen(keys.path(), "k1.pem", "ecdsap256sha256");
+    let trust = anchor(keys.path(), &ds);
+    let key = keys.path().join("k1.pem");
+    let dnssec = format!("dnssec = {{ keys = [{:?}] }}", key.to_str().unwrap());
+    let a = start(tempfile::tempdir().unwrap(), &dnssec);
+    let b = start(tempfile::tempdir().unwrap(), &dnssec);
+
+    // `meridian dnssec ds` prints the same DS for both configurations: the keygen one.
+    for s in [&a, &b] {
+        let config_path = s.dir().join("meridian.toml");
+        let (code, out, err) = run(&["dnssec", "ds", "--config", config_path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&ds), "{out}\n{ds}");
+    }
+
+    // The DNSKEY RRset from A verifies the signatures B makes, for a static RRset, the dynamic
+    // name (from each region) and a denial, checked with hickory's own verifier.
+    let ask = |s: &Server, name: &str, qtype: u16, source: &str| -> Message {
+        let bind: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        let sock = std::net::UdpSocket::bind(bind).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        sock.send_to(&raw_query(name, qtype, DO, 4096), s.dns)
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = sock.recv(&mut buf).expect("an answer");
+        Message::from_vec(&buf[..n]).unwrap()
+    };
+    let keyset = ask(&a, "example.net", 48, "127.0.0.1");
+    let dnskeys: Vec<_> = keyset
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dnskeys.len(), 1, "{keyset:?}");
+    let tag = dnskeys[0].calculate_key_tag().unwrap();
+    let mut checked = 0;
+    for (name, qtype, source) in [
+        ("mail.example.net", 1, "127.0.0.1"),
+        ("example.net", 48, "127.0.0.1"),
+        ("api.example.net", 1, "127.0.0.2"),
+        ("api.example.net", 1, "127.0.0.3"),
+        ("api.example.net", 28, "127.0.0.3"),
+        ("nope.example.net", 1, "127.0.0.1"),
+    ] {
+        let from_a = ask(&a, name, qtype, source);
+        let from_b = ask(&b, name, qtype, source);
+        for section in [&from_b.answers, &from_b.authorities] {
+            for sig in section.iter().filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some((r, s)),
+                _ => None,
+            }) {
+                let (record, rrsig) = sig;
+                assert_eq!(rrsig.input().key_tag, tag);
+                dnskeys[0]
+                    .verify_rrsig(&record.name, DNSClass::IN, rrsig, section.iter())
+                    .unwrap_or_else(|e| panic!("{name} from B with A's key: {e}"));
+                checked += 1;
+            }
+        }
+        // Both sign with the same key and the same (aligned) signing window.
+        let (sa, sb) = (rrsigs_of(&from_a.answers), rrsigs_of(&from_b.answers));
+        assert_eq!(sa.len(), sb.len(), "{name}");
+        for (x, y) in sa.iter().zip(&sb) {
+            assert_eq!((x.0, x.1), (y.0, y.1), "{name}");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as u32;
+            for (_, _, inception, expiration) in [x, y] {
+                assert!(
+                    *inception <= now && now < *expiration,
+                    "{name}: {x:?} {y:?}"
+                );
+            }
+        }
+    }
+    assert!(checked >= 7, "signatures checked: {checked}");
+
+    // delv: each instance validates with the one trust anchor, and B's answers validate with
+    // A's DNSKEY (fetched above) as the only anchor.
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    let k = &dnskeys[0];
+    let static_key = keys.path().join("anchor-from-a.conf");
+    std::fs::write(
+        &static_key,
+        format!(
+            "trust-anchors {{\n  example.net. static-key {} 3 {} \"{}\";\n}};\n",
+            k.flags(),
+            u8::from(k.algorithm()),
+            data_encoding_base64(k.public_key().public_bytes())
+        ),
+    )
+    .unwrap();
+    for s in [&a, &b] {
+        for args in [
+            &["mail.example.net", "A"][..],
+            &["nope.example.net", "A"],
+            &["docs.example.net", "AAAA"],
+        ] {
+            validated(&d, s, &trust, "127.0.0.1", args);
+        }
+    }
+    let from_a = validated(&d, &a, &trust, "127.0.0.2", &["api.example.net", "A"]);
+    let from_b = validated(&d, &b, &static_key, "127.0.0.2", &["api.example.net", "A"]);
+    assert_eq!(addresses(&from_a), addresses(&from_b));
+    validated(&d, &b, &static_key, "127.0.0.1", &["example.net", "SOA"]);
+}
+
+/// Standard base64 of `bytes` (for a delv static-key anchor).
+fn data_encoding_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
