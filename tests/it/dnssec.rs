@@ -1200,3 +1200,87 @@ fn data_encoding_base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// The RRSIG RDATA of every RRSIG in `records` covering `covered`.
+fn rrsig_rdata(records: &[hickory_proto::rr::Record], covered: RecordType) -> Vec<Vec<u8>> {
+    use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+    records
+        .iter()
+        .filter(|r| r.record_type() == RecordType::RRSIG)
+        .map(|r| {
+            let mut buf = Vec::new();
+            r.data.emit(&mut BinEncoder::new(&mut buf)).unwrap();
+            buf
+        })
+        .filter(|b| b[..2] == u16::from(covered).to_be_bytes())
+        .collect()
+}
+
+#[test]
+fn issue_14_tc_when_only_the_signed_answer_is_too_large_and_wildcard_rrsigs_count_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    // Three 120-byte strings: about 440 bytes unsigned, over 512 with an RRSIG (about 100).
+    let text = "x".repeat(120);
+    zone_with(
+        dir.path(),
+        &format!("mid IN TXT \"{text}\"\nmid IN TXT \"y{text}\"\nmid IN TXT \"z{text}\""),
+    );
+    let s = start_zone(dir, "dnssec = { keys = [\"k1.pem\"] }");
+
+    // RFC 6891 §7 / RFC 4035 §3.1: the same question at 512 bytes: complete unsigned, TC signed.
+    let plain = s
+        .udp_raw(&raw_query("mid.example.net", 16, 0, 512))
+        .unwrap();
+    assert_eq!(plain[2] & 0x02, 0, "fits unsigned ({} bytes)", plain.len());
+    assert!(plain.len() <= 512);
+    let signed = s
+        .udp_raw(&raw_query("mid.example.net", 16, DO, 512))
+        .unwrap();
+    assert_ne!(signed[2] & 0x02, 0, "TC when signed");
+    let m = Message::from_vec(&signed).unwrap();
+    assert!(m.answers.is_empty(), "no partial RRset: {m:?}");
+    assert!(m.edns.is_some(), "the OPT is kept (RFC 6891 §7)");
+    // With room, or over TCP, the whole signed answer.
+    for r in [
+        s.udp_raw(&raw_query("mid.example.net", 16, DO, 1232))
+            .unwrap(),
+        s.tcp_raw(&raw_query("mid.example.net", 16, DO, 512))
+            .unwrap(),
+    ] {
+        assert_eq!(r[2] & 0x02, 0);
+        let m = Message::from_vec(&r).unwrap();
+        assert_eq!(m.answers.len(), 4, "three TXT and their RRSIG: {m:?}");
+        assert!(r.len() > 512, "{} bytes", r.len());
+    }
+
+    // RFC 4034 §3.1.3: a wildcard answer's RRSIG counts the labels of the wildcard's owner
+    // without the `*` (*.user.example.net: 3), however deep the name asked for.
+    for (name, qtype, labels) in [
+        ("foo.user.example.net", 16, 3),
+        ("a.b.User.example.net", 16, 3),
+        ("mail.example.net", 1, 3),
+        ("example.net", 6, 2),
+    ] {
+        let m = Message::from_vec(&s.udp_raw(&raw_query(name, qtype, DO, 1232)).unwrap()).unwrap();
+        let sigs = rrsig_rdata(&m.answers, RecordType::from(qtype));
+        assert_eq!(sigs.len(), 1, "{name}: {m:?}");
+        assert_eq!(sigs[0][3], labels, "{name}: RRSIG labels");
+    }
+
+    // NODATA asked in mixed case: the NSEC owner is lowercase (a bug seen in PowerDNS and
+    // CoreDNS), as for compact denials (rfc9824_compact_denial_... above).
+    let m = Message::from_vec(
+        &s.udp_raw(&raw_query("MaIL.Example.NET", 16, DO, 1232))
+            .unwrap(),
+    )
+    .unwrap();
+    let nsec = authority_of(&m, RecordType::NSEC);
+    assert_eq!(nsec.len(), 1, "{m:?}");
+    assert_eq!(nsec[0].0, "mail.example.net.");
+    assert!(
+        nsec[0]
+            .1
+            .starts_with(b"\x01\x00\x04mail\x07example\x03net\x00")
+    );
+}
