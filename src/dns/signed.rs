@@ -267,7 +267,7 @@ pub(super) fn sign(
         let n = g.rdatas.len();
         answer.extend(s.answer[i..i + n].iter().cloned());
         i += n;
-        let Some((zone, signer)) = signer_for(snap, &g.owner) else {
+        let Some((zone, signer)) = signer_for(snap, &g.owner, g.rtype) else {
             continue;
         };
         let lower = wire_to_lower(&g.owner).ok_or(SignError::Encode)?;
@@ -331,7 +331,7 @@ pub(super) fn sign(
         if referral && g.rtype == rtype::NS {
             continue;
         }
-        let Some((_, signer)) = signer_for(snap, &g.owner) else {
+        let Some((_, signer)) = signer_for(snap, &g.owner, g.rtype) else {
             continue;
         };
         let mut rdatas = g.rdatas;
@@ -345,7 +345,8 @@ pub(super) fn sign(
         Denial::None => {}
         Denial::NoData(name) => {
             let owner = lower_wire(name);
-            if let Some((zone, signer)) = signer_for(snap, &owner) {
+            // A DS query's NODATA at a cut is the parent's (`Zones::zone_for_type`).
+            if let Some((zone, signer)) = signer_for(snap, &owner, q.qtype) {
                 let mut types = zone.types_at(name);
                 types.extend([rtype::RRSIG, rtype::NSEC]);
                 let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
@@ -366,7 +367,7 @@ pub(super) fn sign(
         }
         Denial::NxDomain(name) => {
             let owner = lower_wire(name);
-            if let Some((zone, signer)) = signer_for(snap, &owner) {
+            if let Some((zone, signer)) = signer_for(snap, &owner, q.qtype) {
                 // RFC 9824 §3.1: NOERROR and an NSEC at the name with {RRSIG, NSEC, NXNAME};
                 // NXDOMAIN only for a client that said it understands it (CO, §4).
                 let co = q.edns.as_ref().is_some_and(|e| e.compact_ok);
@@ -389,7 +390,7 @@ pub(super) fn sign(
         }
         Denial::Referral(cut) => {
             let owner = lower_wire(cut);
-            if let Some((zone, signer)) = signer_for(snap, &owner) {
+            if let Some((zone, signer)) = signer_for(snap, &owner, rtype::NS) {
                 match zone.ds_at(cut) {
                     // RFC 4035 §3.1.4.1: a secure delegation: the DS RRset and its RRSIGs
                     // after the (unsigned) NS RRset.
@@ -482,10 +483,15 @@ pub(super) fn key_answer(snap: &Snapshot, qname: &LowerName, qtype: u16) -> Opti
     )
 }
 
-/// Returns the zone of `owner` (lowercase wire) and its signer, when that zone is signed.
-fn signer_for<'s>(snap: &'s Snapshot, owner: &[u8]) -> Option<(&'s Zone, &'s ZoneSigner)> {
+/// Returns the zone that answers `rtype` at `owner` (lowercase wire) and its signer, when that
+/// zone is signed (a DS at a served child's apex is the parent's).
+fn signer_for<'s>(
+    snap: &'s Snapshot,
+    owner: &[u8],
+    rtype: u16,
+) -> Option<(&'s Zone, &'s ZoneSigner)> {
     let lower = wire_to_lower(owner)?;
-    let zone = snap.zones.zone_for(&lower)?;
+    let zone = snap.zones.zone_for_type(&lower, RecordType::from(rtype))?;
     Some((zone, zone.signer()?))
 }
 

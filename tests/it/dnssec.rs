@@ -739,13 +739,7 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
     let child_dir = tempfile::tempdir().unwrap();
     let child_ds = keygen_for(child_dir.path(), "sec.example.net.", "child.pem");
     zone_with(dir.path(), &secure_delegation(&child_ds));
-    std::fs::write(
-        child_dir.path().join("sec.zone"),
-        "$ORIGIN sec.example.net.\n$TTL 3600\n\
-         @ IN SOA ns.sec.example.net. hostmaster.example.net. 1 7200 3600 1209600 300\n\
-         @ IN NS ns.sec.example.net.\nns IN A 127.0.0.2\nwww IN A 192.0.2.77\n",
-    )
-    .unwrap();
+    child_zone(child_dir.path());
     let child_path = child_dir.path().join("meridian.toml");
     std::fs::write(
         &child_path,
@@ -933,6 +927,18 @@ fn start_zone(dir: tempfile::TempDir, dnssec: &str) -> Server {
 /// A secure delegation `sec` (glue at 127.0.0.2) with `ds` (a DS line of sec.example.net.).
 fn secure_delegation(ds: &str) -> String {
     format!("sec IN NS ns.sec.example.net.\nns.sec IN A 127.0.0.2\n{ds}")
+}
+
+/// Writes `dir/sec.zone`: the child zone sec.example.net. (NS at the glue address 127.0.0.2,
+/// and `www` A 192.0.2.77).
+fn child_zone(dir: &Path) {
+    std::fs::write(
+        dir.join("sec.zone"),
+        "$ORIGIN sec.example.net.\n$TTL 3600\n\
+         @ IN SOA ns.sec.example.net. hostmaster.example.net. 1 7200 3600 1209600 300\n\
+         @ IN NS ns.sec.example.net.\nns IN A 127.0.0.2\nwww IN A 192.0.2.77\n",
+    )
+    .unwrap();
 }
 
 /// The RRSIGs of `records`, as (type covered, key tag, inception, expiration).
@@ -1283,4 +1289,96 @@ fn issue_14_tc_when_only_the_signed_answer_is_too_large_and_wildcard_rrsigs_coun
             .1
             .starts_with(b"\x01\x00\x04mail\x07example\x03net\x00")
     );
+}
+
+/// The signer name of every RRSIG in `records` covering `covered`.
+fn signers(records: &[hickory_proto::rr::Record], covered: RecordType) -> Vec<String> {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == covered => {
+                Some(s.input().signer_name.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rfc4035_s3_1_4_1_ds_of_a_child_served_by_the_same_instance_is_the_parents() {
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    // example.net. and its child sec.example.net. in one instance, each with its own key;
+    // with a DS at the cut (secure), then without (insecure).
+    for secure in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+        let trust = anchor(dir.path(), &ds);
+        let child_ds = keygen_for(dir.path(), "sec.example.net.", "child.pem");
+        let delegation = if secure {
+            secure_delegation(&child_ds)
+        } else {
+            secure_delegation("; no DS")
+        };
+        zone_with(dir.path(), &delegation);
+        child_zone(dir.path());
+        let text = config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n\
+             [[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n\
+             dnssec = {{ keys = [\"k1.pem\"] }}\n\
+             [[zone]]\norigin = \"sec.example.net.\"\nfile = \"sec.zone\"\n\
+             dnssec = {{ keys = [\"child.pem\"] }}\n{SERVICES}"
+        ));
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(&path, text).unwrap();
+        let s = Server::start_in(dir, &path);
+
+        // The DS query goes to the parent: authoritative, signed by example.net.'s key (the
+        // DS RRset, or the NSEC at the cut listing NS only), never the child's NODATA.
+        let r = Message::from_vec(
+            &s.udp_raw(&raw_query("sec.example.net", 43, DO, 1232))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(r.metadata.authoritative, "{r:?}");
+        if secure {
+            assert_eq!(
+                signers(&r.answers, RecordType::DS),
+                ["example.net."],
+                "{r:?}"
+            );
+        } else {
+            assert!(r.answers.is_empty(), "{r:?}");
+            let soa = authority_of(&r, RecordType::SOA);
+            assert_eq!(soa[0].0, "example.net.", "the parent's SOA: {r:?}");
+            let nsec = authority_of(&r, RecordType::NSEC);
+            assert_eq!(nsec.len(), 1, "{r:?}");
+            assert_eq!(nsec[0].0, "sec.example.net.");
+            let next = b"\x01\x00\x03sec\x07example\x03net\x00";
+            assert_eq!(&nsec[0].1[next.len()..], &[0, 6, 0x20, 0, 0, 0, 0, 0x03]);
+            assert_eq!(signers(&r.authorities, RecordType::NSEC), ["example.net."]);
+        }
+        // The child's own data stays the child's.
+        let r = Message::from_vec(
+            &s.udp_raw(&raw_query("sec.example.net", 6, DO, 1232))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(signers(&r.answers, RecordType::SOA), ["sec.example.net."]);
+
+        // delv validates the DS (or its absence) with example.net.'s anchor, and with the DS
+        // the whole chain into the child: DS, the child's DNSKEY, www's A.
+        validated(&d, &s, &trust, "127.0.0.1", &["sec.example.net", "DS"]);
+        let out = delv(&d, &s, &trust, "127.0.0.1", &["www.sec.example.net", "A"]);
+        if secure {
+            assert!(out.contains("; fully validated"), "{out}");
+            assert!(out.contains("192.0.2.77"), "{out}");
+        } else {
+            assert!(!out.contains("fully validated"), "insecure child: {out}");
+            assert!(out.contains("192.0.2.77"), "{out}");
+        }
+    }
 }
