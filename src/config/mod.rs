@@ -48,6 +48,9 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 /// Default idle time after which a DNS TCP connection is closed.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default worker threads of the runtime of probes, the admin port and the webhook: one
+/// thread carries 10,000 probes a second (bench/README.md, issue #17).
+pub const DEFAULT_PROBE_THREADS: usize = 1;
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 /// The default cap per client network is `tcp_max_connections` divided by this: one network
@@ -173,8 +176,9 @@ impl Config {
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
     /// them, `serve` logs them at WARN): an admin port reachable from other hosts without TLS,
-    /// geo keys that are both a country and a continent code, and TTLs so long that they, not
-    /// the health checks, decide how long a failover takes.
+    /// geo keys that are both a country and a continent code, TTLs so long that they, not
+    /// the health checks, decide how long a failover takes, and a `high_watermark` on a region
+    /// whose check reads no load.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
@@ -197,6 +201,21 @@ impl Config {
                     out.push(format!(
                         "{file}: {service}.geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
                          it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
+                    ));
+                }
+            }
+            for (j, e) in s.endpoints.iter().enumerate() {
+                let reads_load = e.check.as_ref().is_some_and(|c| c.load.is_some());
+                #[allow(clippy::float_cmp)] // the default, copied, is compared with itself
+                let set = e.high_watermark != DEFAULT_HIGH_WATERMARK;
+                if set && !reads_load {
+                    let why = match e.check_name() {
+                        Some(c) => format!("its check {c:?} reads no load (set `load` on it)"),
+                        None => "it has no check, so no load is read".to_string(),
+                    };
+                    out.push(format!(
+                        "{file}: {service}.endpoints[{j}].high_watermark: {} has no effect: {why}",
+                        e.high_watermark
                     ));
                 }
             }
@@ -269,6 +288,9 @@ pub struct Server {
     pub cookie_secret_file: Option<PathBuf>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
+    /// Worker threads of the runtime that runs probes, the admin port and the webhook (apart
+    /// from DNS); default [`DEFAULT_PROBE_THREADS`]. Takes effect at the next restart.
+    pub probe_threads: usize,
     /// Idle time after which a DNS TCP connection is closed.
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.
