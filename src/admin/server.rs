@@ -5,7 +5,8 @@
 //! - hold it with many connections: at [`MAX_CONNECTIONS`] a new connection closes the oldest
 //!   one (an idle one closes at once, a busy one after its request, within [`EVICT_GRACE`]),
 //!   so `/live` and an operator's drain still get through; descriptors stay bounded by
-//!   [`MAX_OPEN_CONNECTIONS`], past which new connections are closed at accept;
+//!   [`MAX_OPEN_CONNECTIONS`]: past it the accept loop waits (up to [`EVICT_GRACE`]) for an
+//!   evicted connection to close, and only then closes the new one;
 //! - hold a connection by sending headers slowly, or not at all: [`HEADER_TIMEOUT`] (also the
 //!   wait for the next request on a kept-alive connection);
 //! - hold it by sending a body slowly or not reading the response: [`IDLE_TIMEOUT`] without
@@ -130,9 +131,28 @@ pub(super) async fn serve(
                 }
             },
         };
-        let Ok(permit) = descriptors.clone().try_acquire_owned() else {
-            debug!(%peer, "admin connection limit reached, closing");
-            continue;
+        // At the limit, the connections evicted before are still closing (an idle one as soon
+        // as its task runs, a busy one within EVICT_GRACE): wait for one of them rather than
+        // reset the new connection, which may be the operator's `/live` or drain. New
+        // connections wait in the listen backlog meanwhile.
+        let permit = match descriptors.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let wait = tokio::time::timeout(
+                    EVICT_GRACE + Duration::from_millis(100),
+                    descriptors.clone().acquire_owned(),
+                );
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    r = wait => match r {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            debug!(%peer, "admin connection limit reached, closing");
+                            continue;
+                        }
+                    },
+                }
+            }
         };
         let evict = token.child_token();
         let id = {
