@@ -26,7 +26,9 @@ use crate::dnssec::ZoneSigner;
 #[derive(Debug, Clone)]
 struct RrSet {
     rtype: RecordType,
-    records: Vec<Record>,
+    /// Exactly as long as the RRset (a `Vec` collected from a filter keeps room for 4 records,
+    /// about 1 KB more per RRset: issue 18).
+    records: Box<[Record]>,
 }
 
 /// A name in a zone: its RRsets (none for an empty non-terminal or a dynamic-only name).
@@ -42,7 +44,7 @@ impl Node {
         self.rrsets
             .iter()
             .find(|s| s.rtype == rtype)
-            .map(|s| s.records.as_slice())
+            .map(|s| &s.records[..])
     }
 }
 
@@ -194,7 +196,7 @@ impl Zone {
             node.rrsets
                 .iter()
                 .min_by_key(|s| u16::from(s.rtype))
-                .map(|s| s.records.as_slice())
+                .map(|s| &s.records[..])
         } else {
             node.get(rtype)
         };
