@@ -615,7 +615,9 @@ fn table(command: &CtlCommand, outcomes: &[Outcome]) -> String {
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
-        for (i, c) in r.iter().enumerate() {
+        // The last cell of a row is not padded, so it sets no width: a failed instance's error
+        // (in the fourth cell) does not widen the status table's READY column.
+        for (i, c) in r.iter().enumerate().take(r.len().saturating_sub(1)) {
             if i < widths.len() {
                 widths[i] = widths[i].max(c.len());
             }
@@ -710,5 +712,30 @@ mod tests {
             &outcomes[1..],
         );
         assert!(t.contains("drained region eu") && t.contains("b "), "{t}");
+    }
+
+    #[test]
+    fn a_long_error_does_not_widen_the_status_columns() {
+        let outcomes = [
+            Outcome {
+                admin: "http://127.0.0.1:1".into(),
+                ok: false,
+                status: None,
+                body: None,
+                error: Some(format!("connection refused {}", "x".repeat(80))),
+            },
+            Outcome {
+                admin: "http://127.0.0.1:2".into(),
+                ok: true,
+                status: Some(200),
+                body: Some(json!({"instance": "b", "ready": true})),
+                error: None,
+            },
+        ];
+        let t = table(&CtlCommand::Status, &outcomes);
+        let ok = t.lines().find(|l| l.starts_with("b ")).expect(&t);
+        assert!(ok.contains("  ok      yes    -  "), "{t}");
+        let failed = t.lines().find(|l| l.contains("FAILED")).expect(&t);
+        assert!(failed.ends_with(&"x".repeat(80)), "{t}");
     }
 }

@@ -9,7 +9,8 @@
 //! - hold a connection by sending headers slowly, or not at all: [`HEADER_TIMEOUT`] (also the
 //!   wait for the next request on a kept-alive connection);
 //! - hold it by sending a body slowly or not reading the response: [`IDLE_TIMEOUT`] without
-//!   progress in either direction closes it;
+//!   progress in either direction closes it (not counting the time a handler runs: a reload
+//!   of a large config on a busy machine may take longer, and its answer must arrive);
 //! - send a large body: [`MAX_BODY`], 413;
 //! - over HTTPS (`server.admin_tls_certificate`), hold a connection by never finishing the TLS
 //!   handshake: [`HANDSHAKE_TIMEOUT`]. The handshake runs in the connection's own task, after
@@ -27,6 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -56,7 +58,7 @@ pub(crate) const MAX_OPEN_CONNECTIONS: usize = 2 * MAX_CONNECTIONS;
 /// connection.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a connection may make no progress reading or writing (a slow body, a client that
-/// does not read the response).
+/// does not read the response), while none of its requests is being handled.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time an evicted connection has to finish its request.
 pub(crate) const EVICT_GRACE: Duration = Duration::from_secs(1);
@@ -183,13 +185,23 @@ async fn connection<S>(stream: S, peer: SocketAddr, router: Router, evict: Cance
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let handling = Arc::new(AtomicUsize::new(0));
+    let in_service = Arc::clone(&handling);
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
+        // Counted until the handler's future ends or is dropped: a slow handler (a reload of a
+        // large config) is not a stalled client.
+        let busy = Busy::enter(&in_service);
         // Router is always ready (its poll_ready returns Ready): calling it directly is fine.
-        tower_service::Service::call(&mut router, request.map(Body::new))
+        let response = tower_service::Service::call(&mut router, request.map(Body::new));
+        async move {
+            let response = response.await;
+            drop(busy);
+            response
+        }
     });
-    let io = TokioIo::new(Stalled::new(stream, IDLE_TIMEOUT));
+    let io = TokioIo::new(Stalled::new(stream, IDLE_TIMEOUT, handling));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -265,6 +277,23 @@ fn error(status: StatusCode, message: String) -> Response {
     r
 }
 
+/// One request being handled on a connection, for [`Stalled`]: counted from the call of the
+/// handler until its future ends or is dropped.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A stream that fails with `TimedOut` once neither reading nor writing has made progress
 /// for its timeout while one of them was waiting.
 struct Stalled<S> {
@@ -272,15 +301,19 @@ struct Stalled<S> {
     timeout: Duration,
     last_progress: Instant,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Requests of this connection being handled: while one is, waiting is the server's, not
+    /// the client's, and the connection is not stalled.
+    handling: Arc<AtomicUsize>,
 }
 
 impl<S> Stalled<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
+    fn new(inner: S, timeout: Duration, handling: Arc<AtomicUsize>) -> Self {
         Self {
             inner,
             timeout,
             last_progress: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            handling,
         }
     }
 
@@ -289,6 +322,9 @@ impl<S> Stalled<S> {
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
+            if self.handling.load(Ordering::Relaxed) > 0 {
+                self.last_progress = Instant::now();
+            }
             let deadline = self.last_progress + self.timeout;
             if Instant::now() >= deadline {
                 return Poll::Ready(io::Error::new(
@@ -359,5 +395,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A handler that runs longer than the idle timeout (a reload of a large config on a busy
+    /// machine) keeps its connection; once no request is handled, silence cuts it as before.
+    #[tokio::test]
+    async fn a_connection_is_not_stalled_while_its_request_is_handled() {
+        let (_client, server) = tokio::io::duplex(64);
+        let handling = Arc::new(AtomicUsize::new(0));
+        let timeout = Duration::from_millis(100);
+        let mut stalled = Stalled::new(server, timeout, Arc::clone(&handling));
+        let mut buf = [0u8; 8];
+
+        let busy = Busy::enter(&handling);
+        // Ten idle timeouts of silence while the request is handled: still open.
+        let waited = tokio::time::timeout(10 * timeout, stalled.read(&mut buf)).await;
+        assert!(
+            waited.is_err(),
+            "the connection ended while its request was handled: {waited:?}"
+        );
+
+        drop(busy);
+        let read = tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut buf))
+            .await
+            .expect("a silent connection with no request handled was not cut");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -160,3 +160,50 @@ fn issue_16_a_check_that_reads_load_differs_from_one_that_does_not() {
     assert_ne!(a, b);
     assert_eq!(a, a.clone());
 }
+
+#[test]
+fn issue_16_a_high_watermark_without_a_load_reading_check_is_warned_about() {
+    let config = parse(&format!(
+        r#"{BASE}
+[check.plain]
+kind = "http"
+[check.loaded]
+kind = "http"
+load = {{ header = "X-Load" }}
+[[service]]
+name = "api.example.net."
+policy = "nearest"
+check = "plain"
+high_watermark = 0.7
+endpoints = [
+  {{ region = "eu-west", addresses = ["192.0.2.1"] }},
+  {{ region = "us-east", addresses = ["192.0.2.2"], check = "loaded" }},
+]
+[[service]]
+name = "b.example.net."
+policy = "nearest"
+endpoints = [{{ region = "eu-west", addresses = ["192.0.2.3"], high_watermark = 0.6 }}]
+[[service]]
+name = "c.example.net."
+policy = "nearest"
+check = "plain"
+endpoints = [{{ region = "eu-west", addresses = ["192.0.2.4"] }}]
+"#
+    ))
+    .expect("valid config");
+    let warnings = config.warnings().join("\n");
+    println!("{warnings}");
+    for want in [
+        "service[\"api.example.net.\"].endpoints[0].high_watermark: 0.7 has no effect: its check \"plain\" reads no load (set `load` on it)",
+        "service[\"b.example.net.\"].endpoints[0].high_watermark: 0.6 has no effect: it has no check, so no load is read",
+    ] {
+        assert!(warnings.contains(want), "missing {want:?} in:\n{warnings}");
+    }
+    // The endpoint whose check reads load, and a service that sets no watermark: no warning.
+    assert!(
+        !warnings.contains("endpoints[1].high_watermark"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("c.example.net."), "{warnings}");
+    assert_eq!(config.warnings().len(), 2, "{warnings}");
+}

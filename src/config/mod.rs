@@ -173,8 +173,9 @@ impl Config {
 
     /// Returns what is valid but probably not meant, one line each (`meridian check` prints
     /// them, `serve` logs them at WARN): an admin port reachable from other hosts without TLS,
-    /// geo keys that are both a country and a continent code, and TTLs so long that they, not
-    /// the health checks, decide how long a failover takes.
+    /// geo keys that are both a country and a continent code, TTLs so long that they, not
+    /// the health checks, decide how long a failover takes, and a `high_watermark` on a region
+    /// whose check reads no load.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let file = self.source.display();
@@ -197,6 +198,21 @@ impl Config {
                     out.push(format!(
                         "{file}: {service}.geo.{code}: {code:?} is the country code of {country} and the continent code of {continent}; \
                          it matches the country first: write \"country:{code}\" or \"continent:{code}\" to say which"
+                    ));
+                }
+            }
+            for (j, e) in s.endpoints.iter().enumerate() {
+                let reads_load = e.check.as_ref().is_some_and(|c| c.load.is_some());
+                #[allow(clippy::float_cmp)] // the default, copied, is compared with itself
+                let set = e.high_watermark != DEFAULT_HIGH_WATERMARK;
+                if set && !reads_load {
+                    let why = match e.check_name() {
+                        Some(c) => format!("its check {c:?} reads no load (set `load` on it)"),
+                        None => "it has no check, so no load is read".to_string(),
+                    };
+                    out.push(format!(
+                        "{file}: {service}.endpoints[{j}].high_watermark: {} has no effect: {why}",
+                        e.high_watermark
                     ));
                 }
             }

@@ -5,7 +5,8 @@
 //! [`ZoneSigner`] for their RRSIGs (from the canonical form of exactly the records written),
 //! and adds the denial the answer needs: compact denial (RFC 9824) for a name that does not
 //! exist (NOERROR, or NXDOMAIN when the client set CO), an NSEC listing the types that exist
-//! for NODATA, an NSEC at a delegation without DS (RFC 4035 §3.1.4), and for a wildcard
+//! for NODATA, the signed DS RRset of a secure delegation in a referral or an NSEC at a
+//! delegation without DS (RFC 4035 §3.1.4.1), and for a wildcard
 //! answer an NSEC showing that the name asked for does not exist (RFC 4035 §3.1.3.3).
 //! Referral NS records and the additional section are not signed (RFC 4035 §2.2: NS at a cut
 //! and glue are not authoritative). Answers to queries without DO never come here.
@@ -266,7 +267,7 @@ pub(super) fn sign(
         let n = g.rdatas.len();
         answer.extend(s.answer[i..i + n].iter().cloned());
         i += n;
-        let Some((zone, signer)) = signer_for(snap, &g.owner) else {
+        let Some((zone, signer)) = signer_for(snap, &g.owner, g.rtype) else {
             continue;
         };
         let lower = wire_to_lower(&g.owner).ok_or(SignError::Encode)?;
@@ -330,7 +331,7 @@ pub(super) fn sign(
         if referral && g.rtype == rtype::NS {
             continue;
         }
-        let Some((_, signer)) = signer_for(snap, &g.owner) else {
+        let Some((_, signer)) = signer_for(snap, &g.owner, g.rtype) else {
             continue;
         };
         let mut rdatas = g.rdatas;
@@ -344,7 +345,8 @@ pub(super) fn sign(
         Denial::None => {}
         Denial::NoData(name) => {
             let owner = lower_wire(name);
-            if let Some((zone, signer)) = signer_for(snap, &owner) {
+            // A DS query's NODATA at a cut is the parent's (`Zones::zone_for_type`).
+            if let Some((zone, signer)) = signer_for(snap, &owner, q.qtype) {
                 let mut types = zone.types_at(name);
                 types.extend([rtype::RRSIG, rtype::NSEC]);
                 let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
@@ -365,7 +367,7 @@ pub(super) fn sign(
         }
         Denial::NxDomain(name) => {
             let owner = lower_wire(name);
-            if let Some((zone, signer)) = signer_for(snap, &owner) {
+            if let Some((zone, signer)) = signer_for(snap, &owner, q.qtype) {
                 // RFC 9824 §3.1: NOERROR and an NSEC at the name with {RRSIG, NSEC, NXNAME};
                 // NXDOMAIN only for a client that said it understands it (CO, §4).
                 let co = q.edns.as_ref().is_some_and(|e| e.compact_ok);
@@ -388,23 +390,40 @@ pub(super) fn sign(
         }
         Denial::Referral(cut) => {
             let owner = lower_wire(cut);
-            if let Some((zone, signer)) = signer_for(snap, &owner)
-                && !zone.types_at(cut).contains(&rtype::DS)
-            {
-                // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
-                let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
-                let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
-                nsec(
-                    zone,
-                    signer,
-                    &owner,
-                    &next,
-                    &types,
-                    now,
-                    true,
-                    &mut authority,
-                    &mut info,
-                )?;
+            if let Some((zone, signer)) = signer_for(snap, &owner, rtype::NS) {
+                match zone.ds_at(cut) {
+                    // RFC 4035 §3.1.4.1: a secure delegation: the DS RRset and its RRSIGs
+                    // after the (unsigned) NS RRset.
+                    Some(ds) => {
+                        let mut rdatas = ds.iter().map(canonical_rdata).collect::<Option<_>>();
+                        let rdatas: &mut Vec<Vec<u8>> = rdatas.as_mut().ok_or(SignError::Encode)?;
+                        let ttl = ds.first().map_or(0, |r| r.ttl);
+                        info.used(signer, now, true);
+                        let sigs =
+                            signer.rrsigs(&owner, None, rtype::DS, ttl, rdatas, now, true)?;
+                        authority.extend(ds.iter().cloned());
+                        let name = ds.first().map_or_else(Name::root, |r| r.name.clone());
+                        for sig in sigs {
+                            authority.push(raw(name.clone(), ttl, RecordType::RRSIG, sig));
+                        }
+                    }
+                    // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
+                    None => {
+                        let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
+                        let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
+                        nsec(
+                            zone,
+                            signer,
+                            &owner,
+                            &next,
+                            &types,
+                            now,
+                            true,
+                            &mut authority,
+                            &mut info,
+                        )?;
+                    }
+                }
             }
         }
     }
@@ -464,10 +483,15 @@ pub(super) fn key_answer(snap: &Snapshot, qname: &LowerName, qtype: u16) -> Opti
     )
 }
 
-/// Returns the zone of `owner` (lowercase wire) and its signer, when that zone is signed.
-fn signer_for<'s>(snap: &'s Snapshot, owner: &[u8]) -> Option<(&'s Zone, &'s ZoneSigner)> {
+/// Returns the zone that answers `rtype` at `owner` (lowercase wire) and its signer, when that
+/// zone is signed (a DS at a served child's apex is the parent's).
+fn signer_for<'s>(
+    snap: &'s Snapshot,
+    owner: &[u8],
+    rtype: u16,
+) -> Option<(&'s Zone, &'s ZoneSigner)> {
     let lower = wire_to_lower(owner)?;
-    let zone = snap.zones.zone_for(&lower)?;
+    let zone = snap.zones.zone_for_type(&lower, RecordType::from(rtype))?;
     Some((zone, zone.signer()?))
 }
 

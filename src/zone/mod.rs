@@ -2,10 +2,12 @@
 //!
 //! Owns parsing (hickory-proto's zone-file parser, with line numbers recovered for errors), the
 //! per-zone checks an authoritative server makes at load time (SOA and NS at the apex, records
-//! inside the origin, CNAME alone at its name), and the static lookup: [`Zones::lookup`] is the
+//! inside the origin, CNAME alone at its name, DS only at a delegation with a digest of the
+//! right length), and the static lookup: [`Zones::lookup`] is the
 //! one function that decides what a name and type get from the zones. It follows CNAMEs inside
 //! our zones (a loop, or more than [`MAX_CNAME_CHAIN`], breaks the chain), stops at delegation
-//! cuts with a referral and its glue (RFC 1034 §4.3.2; glue is never an answer), synthesises
+//! cuts with a referral and its glue (RFC 1034 §4.3.2; glue is never an answer; a DS at a cut
+//! is the parent's, even when the child zone is ours too), synthesises
 //! wildcard matches (RFC 4592), answers ANY with one RRset (RFC 8482), tells NODATA (also of
 //! empty non-terminals) from NXDOMAIN, and hands a name that a service answers back to the
 //! caller ([`End::Service`]). It does not build DNS messages: that is `crate::dns`.
@@ -330,6 +332,15 @@ impl Zone {
         None
     }
 
+    /// Returns the DS RRset at the delegation point `cut`, when the zone file has one (a secure
+    /// delegation, RFC 4035 §3.1.4.1); `None` at any other name.
+    pub(crate) fn ds_at(&self, cut: &LowerName) -> Option<&[Record]> {
+        if !self.cuts.contains(cut) {
+            return None;
+        }
+        self.nodes.get(cut)?.get(RecordType::DS)
+    }
+
     /// Returns true when the zone has static records of `rtype` at `name`.
     pub(crate) fn has_static(&self, name: &LowerName, rtype: RecordType) -> bool {
         self.nodes.get(name).is_some_and(|n| n.get(rtype).is_some())
@@ -401,7 +412,7 @@ impl Zones {
     /// Looks `qname` up for `qtype` in our zones, following CNAMEs from zone to zone; `None`
     /// when `qname` is in none of them (REFUSED). See the module docs for the rules.
     pub(crate) fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<Lookup> {
-        let mut zone = self.zone_for(qname)?;
+        let mut zone = self.zone_for_type(qname, qtype)?;
         let mut name = qname.clone();
         let mut chain: Vec<Record> = Vec::new();
         // The names the chain has visited, to tell a loop (RFC 1034 §3.6.2 forbids them).
@@ -418,7 +429,7 @@ impl Zones {
                     if chain.len() > MAX_CNAME_CHAIN || seen.contains(&target) {
                         break End::Broken;
                     }
-                    match self.zone_for(&target) {
+                    match self.zone_for_type(&target, qtype) {
                         Some(z) => zone = z,
                         None => break End::Outside,
                     }
@@ -437,6 +448,22 @@ impl Zones {
     /// Returns the zone `name` belongs to (the one with the longest matching origin).
     pub(crate) fn zone_for(&self, name: &LowerName) -> Option<&Zone> {
         self.zones.iter().find(|z| z.origin.zone_of(name))
+    }
+
+    /// Returns the zone that answers `rtype` at `name`: [`Zones::zone_for`], except that a DS
+    /// at the apex of a zone is the parent's data when the parent is served too (RFC 4035
+    /// §3.1.4.1: the parent answers it, signed with the parent's key; the child's apex has no
+    /// DS to give, and its NODATA would be signed by the wrong key).
+    pub(crate) fn zone_for_type(&self, name: &LowerName, rtype: RecordType) -> Option<&Zone> {
+        let zone = self.zone_for(name)?;
+        if rtype == RecordType::DS && zone.is_apex(name) && !name.is_root() {
+            let parent = self
+                .zones
+                .iter()
+                .find(|z| z.origin != zone.origin && z.origin.zone_of(name));
+            return Some(parent.unwrap_or(zone));
+        }
+        Some(zone)
     }
 
     /// Returns the (name, type) pairs the zone files answer from their own records: every

@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::rr::RecordSet;
-use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType, RrKey};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_proto::serialize::txt::Parser;
 
 use super::{Node, RrSet, Zone};
@@ -221,6 +222,11 @@ pub(super) fn load_zone(
                 format!("{name}: a CNAME cannot coexist with other records (RFC 1034 §3.6.2)"),
             ));
         }
+        if let Some(ds) = node.get(RecordType::DS) {
+            for msg in ds_problems(name, &lower_origin, &nodes, ds) {
+                errors.push(ConfigError::new(file, format!("zone {}", spec.origin), msg));
+            }
+        }
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -244,6 +250,77 @@ pub(super) fn load_zone(
         insert_with_ancestors(&mut zone, n);
     }
     Ok(zone)
+}
+
+/// Returns what is wrong with the DS RRset `ds` at `name` (RFC 4035 §2.4: a DS belongs to
+/// the parent side of a delegation point, never to the apex nor to a name that is not
+/// delegated; RFC 4034 §5.1 with RFC 4509 and RFC 6605: the digest length follows its type).
+fn ds_problems(
+    name: &LowerName,
+    origin: &LowerName,
+    nodes: &HashMap<LowerName, Node>,
+    ds: &[Record],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let is_cut = |n: &LowerName| {
+        n != origin
+            && nodes
+                .get(n)
+                .is_some_and(|x| x.get(RecordType::NS).is_some())
+    };
+    if name == origin {
+        out.push(format!(
+            "{name}: DS at the apex belongs in the parent zone (RFC 4035 §2.4); publish the key \
+             with `meridian dnssec ds` there"
+        ));
+        return out;
+    }
+    if !is_cut(name) {
+        out.push(format!(
+            "{name}: DS is only allowed at a delegation point (a name with NS records below the \
+             apex), RFC 4035 §2.4"
+        ));
+        return out;
+    }
+    let mut above = name.base_name();
+    while above != *origin && origin.zone_of(&above) {
+        if is_cut(&above) {
+            out.push(format!(
+                "{name}: DS below the delegation {above} is not this zone's data"
+            ));
+            return out;
+        }
+        above = above.base_name();
+    }
+    for r in ds {
+        let RData::DNSSEC(DNSSECRData::DS(d)) = &r.data else {
+            continue;
+        };
+        let expected = match u8::from(d.digest_type()) {
+            1 => 20,
+            2 => 32,
+            4 => 48,
+            t => {
+                out.push(format!(
+                    "{name}: DS {} has digest type {t}; supported are 1 (SHA-1), 2 (SHA-256) \
+                     and 4 (SHA-384)",
+                    d.key_tag()
+                ));
+                continue;
+            }
+        };
+        if d.digest().len() != expected {
+            out.push(format!(
+                "{name}: DS {} digest is {} bytes; digest type {} needs {expected} ({} hex \
+                 digits)",
+                d.key_tag(),
+                d.digest().len(),
+                u8::from(d.digest_type()),
+                expected * 2
+            ));
+        }
+    }
+    out
 }
 
 fn records_of(entries: &[&Entry], spec: &ZoneSpec, origin: &Name) -> BTreeMap<RrKey, RecordSet> {
@@ -280,6 +357,69 @@ mod tests {
         let text = "a TXT \"(\" ; (\nb A 192.0.2.1\n";
         let e = split_entries(text);
         assert_eq!(e.len(), 2);
+    }
+
+    /// Loads `body` as the zone file of `example.net.` (after an SOA and NS at the apex).
+    fn load(body: &str) -> Result<Zone, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("z.zone");
+        let head =
+            "$ORIGIN example.net.\n$TTL 300\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nns1 A 192.0.2.1\n";
+        std::fs::write(&file, format!("{head}{body}")).unwrap();
+        let spec = ZoneSpec {
+            origin: "example.net.".into(),
+            file,
+            dnssec: None,
+        };
+        load_zone(&spec, 0, Path::new("meridian.toml"))
+    }
+
+    const DIGEST: &str = "2BB183AF5F22588179A53B0A98631FAD1A292118D2E3AA7B3C5B7E1E4E0D3D6B";
+
+    #[test]
+    fn rfc4035_ds_at_a_delegation_is_kept_for_the_parent_side() {
+        let zone = load(&format!(
+            "sec NS ns.sec\nsec DS 12345 13 2 {DIGEST}\nsec DS 54321 13 2 ( {} {} )\n\
+             ns.sec A 192.0.2.2\n",
+            &DIGEST[..32],
+            &DIGEST[32..]
+        ))
+        .expect("a DS at a delegation loads");
+        let cut = LowerName::new(&Name::from_ascii("sec.example.net.").unwrap());
+        let ds = zone.ds_at(&cut).expect("DS kept");
+        assert_eq!(ds.len(), 2);
+        // The NSEC bitmap at the cut lists NS and DS (RFC 4035 §2.3), nothing of the child's.
+        let mut types = zone.types_at(&cut);
+        types.sort_unstable();
+        assert_eq!(types, [2, 43]);
+        let apex = LowerName::new(&Name::from_ascii("example.net.").unwrap());
+        assert!(zone.ds_at(&apex).is_none());
+    }
+
+    #[test]
+    fn misplaced_or_malformed_ds_records_are_all_reported_at_once() {
+        let errors = load(&format!(
+            "@ DS 1 13 2 {DIGEST}\n\
+             www A 192.0.2.3\nwww DS 2 13 2 {DIGEST}\n\
+             sec NS ns.sec\nsec DS 3 13 2 {short}\nsec DS 4 13 1 {DIGEST}\n\
+             sec DS 5 13 9 {DIGEST}\nx.sec DS 6 13 2 {DIGEST}\n",
+            short = &DIGEST[..62],
+        ))
+        .expect_err("bad DS records are refused");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let all = text.join("\n");
+        assert_eq!(errors.len(), 6, "{all}");
+        for want in [
+            "example.net.: DS at the apex belongs in the parent zone",
+            "www.example.net.: DS is only allowed at a delegation point",
+            "sec.example.net.: DS 3 digest is 31 bytes; digest type 2 needs 32",
+            "sec.example.net.: DS 4 digest is 32 bytes; digest type 1 needs 20",
+            "sec.example.net.: DS 5 has digest type 9",
+            "x.sec.example.net.: DS is only allowed at a delegation point",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert!(all.contains("z.zone"), "names the file: {all}");
     }
 
     #[test]

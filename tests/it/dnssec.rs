@@ -3,7 +3,9 @@
 //! answered by different regions for two client networks, compact denials (RFC 9824), NODATA,
 //! CNAME chains into a service and wildcards; plus the wire details a validator does not show
 //! (DO copied, CO, lowercased NSEC owners, TC, unsigned answers unchanged byte for byte) and a
-//! key rollover with CDS/CDNSKEY following the active key.
+//! key rollover with CDS/CDNSKEY following the active key; secure delegations (a DS from the
+//! zone file, signed in referrals; DNSViz follows one into a child zone served by a second
+//! instance); and two instances with one key whose answers validate with each other's DNSKEY.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -676,7 +678,8 @@ fn dnsviz(
     );
     let grok = |level: &str| {
         let r = Command::new(dnsviz)
-            .args(["grok", "-r", &out, "-l", level])
+            // -P: every server of the test is on loopback (the child's glue included).
+            .args(["grok", "-P", "-r", &out, "-l", level])
             .output()
             .expect("run dnsviz grok");
         let text = String::from_utf8_lossy(&r.stdout).to_string();
@@ -731,18 +734,32 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
     };
     let dir = tempfile::tempdir().unwrap();
     let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    // A secure delegation to sec.example.net., served by a second instance with its own key
+    // at the glue address 127.0.0.2 (port 53: DNSViz follows the referral there).
+    let child_dir = tempfile::tempdir().unwrap();
+    let child_ds = keygen_for(child_dir.path(), "sec.example.net.", "child.pem");
+    zone_with(dir.path(), &secure_delegation(&child_ds));
+    child_zone(child_dir.path());
+    let child_path = child_dir.path().join("meridian.toml");
+    std::fs::write(
+        &child_path,
+        "[server]\ndns_listen = [\"127.0.0.2:53\"]\nadmin_listen = \"\"\n\n[[zone]]\n\
+         origin = \"sec.example.net.\"\nfile = \"sec.zone\"\ndnssec = { keys = [\"child.pem\"] }\n",
+    )
+    .unwrap();
     let text = config(&format!(
-        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"{{ZONE}}\"\ndnssec = {{ keys = [\"k1.pem\"] }}\n{SERVICES}"
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\ndnssec = {{ keys = [\"k1.pem\"] }}\n{SERVICES}"
     ));
     let path = dir.path().join("meridian.toml");
     std::fs::write(&path, text).unwrap();
-    // The server in the namespace too (DNSViz can only reach it there).
-    let ns = std::fs::File::open(netns.path()).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-    let s = Server::start_with(dir, &path, move |cmd| {
-        // SAFETY: setns is async-signal-safe; `fd` stays open (`ns` lives) until spawn.
+    // The servers in the namespace too (DNSViz can only reach them there).
+    let in_netns = |cmd: &mut Command| {
+        let ns = std::fs::File::open(netns.path()).unwrap();
+        // SAFETY: setns is async-signal-safe; the pre_exec closure owns `ns`, so the fd stays
+        // open until the child has entered the namespace.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
                 if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
                     Ok(())
                 } else {
@@ -750,8 +767,9 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
                 }
             });
         }
-    });
-    drop(ns);
+    };
+    let s = Server::start_with(dir, &path, in_netns);
+    let _child = Server::start_with(child_dir, &child_path, in_netns);
 
     // Each name probed apart (dnsviz 0.11.2's grok crashes on some multi-name probes).
     // Static names and the apex (DNSKEY, and NODATA for the types it lacks), a nonexistent
@@ -767,6 +785,12 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
         ("api.example.net", &["-e", "10.2.0.0/16"]),
         ("api.example.net", &["-e", "10.3.0.0/16"]),
         ("docs.example.net", &["-e", "10.3.0.0/16"]),
+        // Through the secure delegation into the child zone (DS from the parent, RRSIG by the
+        // parent's key; the child's DNSKEY matches it).
+        (
+            "www.sec.example.net",
+            &["-x", "sec.example.net:ns.sec.example.net=127.0.0.2"],
+        ),
     ] {
         let (problems, report) = dnsviz(&viz, &netns, &s, &ds, name, extra);
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
@@ -792,6 +816,21 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
                     .any(|b| v.as_str().is_some_and(|v| v.starts_with(b)))),
             "{name}: {report:#}"
         );
+        if name == "www.sec.example.net" {
+            // The child zone was reached and is secure: its DNSKEY and the A of www are
+            // valid, and the delegation to it is SECURE (not INSECURE, as without a DS).
+            let mut child = Vec::new();
+            find_all(&report, "sec.example.net.", &mut child);
+            assert!(
+                child.iter().any(|z| z["delegation"]["status"] == "SECURE"),
+                "{report:#}"
+            );
+            let text = report.to_string();
+            assert!(
+                text.contains("192.0.2.77"),
+                "the child answered: {report:#}"
+            );
+        }
         if name == "api.example.net" {
             let mut rdata = Vec::new();
             find_all(&report, "rdata", &mut rdata);
@@ -813,8 +852,8 @@ fn rfc4035_s3_1_4_1_a_referral_to_an_insecure_delegation_proves_it_has_no_ds() {
     let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
     let trust = anchor(dir.path(), &ds);
     let s = start(dir, "dnssec = { keys = [\"k1.pem\"] }");
-    // A referral into `lab` (no DS; zone files cannot hold DS yet, so every delegation is
-    // insecure): the NS, and the signed NSEC at the cut listing NS, RRSIG and NSEC only.
+    // A referral into `lab` (no DS in the zone file: an insecure delegation): the NS, and the
+    // signed NSEC at the cut listing NS, RRSIG and NSEC only.
     let r = Message::from_vec(
         &s.udp_raw(&raw_query("x.LAB.example.net", 1, DO, 1232))
             .unwrap(),
@@ -847,4 +886,499 @@ fn rfc4035_s3_1_4_1_a_referral_to_an_insecure_delegation_proves_it_has_no_ds() {
     assert_eq!(rrsigs[0].1[..2], [0, 47]);
     // And a validator agrees that lab has no DS.
     validated(&d, &s, &trust, "127.0.0.1", &["lab.example.net", "DS"]);
+}
+
+/// Runs `meridian dnssec keygen` for `zone` into `dir/name` (ECDSA P-256); returns the DS line.
+fn keygen_for(dir: &Path, zone: &str, name: &str) -> String {
+    let out = dir.join(name);
+    let (code, stdout, stderr) = run(&[
+        "dnssec",
+        "keygen",
+        "--zone",
+        zone,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "keygen failed: {stderr}");
+    stdout
+        .lines()
+        .find(|l| l.contains(" IN DS "))
+        .expect("a DS line")
+        .to_string()
+}
+
+/// Writes `dir/example.net.zone`: the example zone plus `extra` lines.
+fn zone_with(dir: &Path, extra: &str) {
+    let base = std::fs::read_to_string(crate::harness::repo().join("zones/example.net.zone"))
+        .expect("example zone");
+    std::fs::write(dir.join("example.net.zone"), format!("{base}{extra}\n")).unwrap();
+}
+
+/// Starts a server for the zone file `dir/example.net.zone` with `dnssec`.
+fn start_zone(dir: tempfile::TempDir, dnssec: &str) -> Server {
+    let text = config(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n{dnssec}\n{SERVICES}"
+    ));
+    let path = dir.path().join("meridian.toml");
+    std::fs::write(&path, text).unwrap();
+    Server::start_in(dir, &path)
+}
+
+/// A secure delegation `sec` (glue at 127.0.0.2) with `ds` (a DS line of sec.example.net.).
+fn secure_delegation(ds: &str) -> String {
+    format!("sec IN NS ns.sec.example.net.\nns.sec IN A 127.0.0.2\n{ds}")
+}
+
+/// Writes `dir/sec.zone`: the child zone sec.example.net. (NS at the glue address 127.0.0.2,
+/// and `www` A 192.0.2.77).
+fn child_zone(dir: &Path) {
+    std::fs::write(
+        dir.join("sec.zone"),
+        "$ORIGIN sec.example.net.\n$TTL 3600\n\
+         @ IN SOA ns.sec.example.net. hostmaster.example.net. 1 7200 3600 1209600 300\n\
+         @ IN NS ns.sec.example.net.\nns IN A 127.0.0.2\nwww IN A 192.0.2.77\n",
+    )
+    .unwrap();
+}
+
+/// The RRSIGs of `records`, as (type covered, key tag, inception, expiration).
+fn rrsigs_of(records: &[hickory_proto::rr::Record]) -> Vec<(RecordType, u16, u32, u32)> {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some((
+                s.input().type_covered,
+                s.input().key_tag,
+                s.input().sig_inception.get(),
+                s.input().sig_expiration.get(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rfc4035_s3_1_4_1_a_referral_to_a_secure_delegation_carries_its_signed_ds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    let trust = anchor(dir.path(), &ds);
+    let child_ds = keygen_for(dir.path(), "sec.example.net.", "child.pem");
+    zone_with(dir.path(), &secure_delegation(&child_ds));
+    let s = start_zone(dir, "dnssec = { keys = [\"k1.pem\"] }");
+    // The same zone without the DS, unsigned: what a query without DO must get, byte for byte.
+    let plain_dir = tempfile::tempdir().unwrap();
+    zone_with(
+        plain_dir.path(),
+        &secure_delegation("; no DS: an insecure delegation"),
+    );
+    let plain = start_zone(plain_dir, "");
+
+    // RFC 4035 §3.1.4.1: NS (unsigned, not authoritative), the DS RRset and its RRSIG in the
+    // authority section, no NSEC; glue in the additional section.
+    let r = Message::from_vec(
+        &s.udp_raw(&raw_query("www.SEC.example.net", 1, DO, 1232))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!r.metadata.authoritative, "a referral: {r:?}");
+    assert!(r.answers.is_empty(), "{r:?}");
+    let types: Vec<RecordType> = r.authorities.iter().map(|a| a.record_type()).collect();
+    assert_eq!(
+        types,
+        [RecordType::NS, RecordType::DS, RecordType::RRSIG],
+        "{r:?}"
+    );
+    let ds_rdata = authority_of(&r, RecordType::DS);
+    assert_eq!(ds_rdata[0].0, "sec.example.net.");
+    let f: Vec<&str> = child_ds.split_whitespace().collect();
+    assert_eq!(
+        ds_rdata[0].1[..2],
+        f[4].parse::<u16>().unwrap().to_be_bytes()
+    );
+    let sigs = rrsigs_of(&r.authorities);
+    assert_eq!(sigs.len(), 1);
+    assert_eq!(sigs[0].0, RecordType::DS, "the DS is signed, not the NS");
+    assert!(
+        r.additionals.iter().any(
+            |a| a.record_type() == RecordType::A && a.name.to_string() == "ns.sec.example.net."
+        ),
+        "glue: {r:?}"
+    );
+
+    // The DS query at the cut is the parent's: authoritative, signed.
+    let r = Message::from_vec(
+        &s.udp_raw(&raw_query("sec.example.net", 43, DO, 1232))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(r.metadata.authoritative, "{r:?}");
+    let types: Vec<RecordType> = r.answers.iter().map(|a| a.record_type()).collect();
+    assert_eq!(types, [RecordType::DS, RecordType::RRSIG], "{r:?}");
+
+    // Without DO nothing changes: the referral and the other answers are those of the same
+    // zone without the DS, unsigned.
+    for (name, rtype) in [
+        ("www.sec.example.net.", RecordType::A),
+        ("sec.example.net.", RecordType::NS),
+        ("mail.example.net.", RecordType::A),
+    ] {
+        for m in [query(name, rtype), query_no_edns(name, rtype)] {
+            let bytes = m.to_vec().unwrap();
+            assert_eq!(s.udp_raw(&bytes), plain.udp_raw(&bytes), "{name} {rtype}");
+            assert_eq!(s.tcp_raw(&bytes), plain.tcp_raw(&bytes), "{name} {rtype}");
+        }
+    }
+
+    // A validator agrees: the DS is fully validated by the parent's key.
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    let out = validated(&d, &s, &trust, "127.0.0.1", &["sec.example.net", "DS"]);
+    assert!(
+        out.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() > 6 && w[3] == "DS" && w[4] == f[4] && w[5..7] == ["13", "2"]
+        }),
+        "the child's DS: {out}"
+    );
+}
+
+#[test]
+fn issue_14_check_reports_every_misplaced_or_malformed_ds_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let child_ds = keygen_for(dir.path(), "sec.example.net.", "child.pem");
+    let digest = child_ds.split_whitespace().nth(7).unwrap().to_string();
+    zone_with(
+        dir.path(),
+        &format!(
+            "{}\nexample.net. IN DS 1 13 2 {digest}\nmail IN DS 2 13 2 {digest}\n\
+             sec IN DS 3 13 2 {short}\nsec IN DS 4 13 4 {digest}\n",
+            secure_delegation(&child_ds),
+            short = &digest[..60],
+        ),
+    );
+    let path = dir.path().join("meridian.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n[[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n{SERVICES}"
+        )),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    for want in [
+        "example.net.: DS at the apex belongs in the parent zone",
+        "mail.example.net.: DS is only allowed at a delegation point",
+        "sec.example.net.: DS 3 digest is 30 bytes; digest type 2 needs 32",
+        "sec.example.net.: DS 4 digest is 32 bytes; digest type 4 needs 48",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("example.net.zone"), "names the file:\n{err}");
+}
+
+#[test]
+fn issue_14_two_instances_with_one_key_give_answers_that_validate_together() {
+    use hickory_proto::dnssec::PublicKey;
+    use hickory_proto::dnssec::Verifier;
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::{DNSClass, RData};
+    let keys = tempfile::tempdir().unwrap();
+    let ds = keygen(keys.path(), "k1.pem", "ecdsap256sha256");
+    let trust = anchor(keys.path(), &ds);
+    let key = keys.path().join("k1.pem");
+    let dnssec = format!("dnssec = {{ keys = [{:?}] }}", key.to_str().unwrap());
+    let a = start(tempfile::tempdir().unwrap(), &dnssec);
+    let b = start(tempfile::tempdir().unwrap(), &dnssec);
+
+    // `meridian dnssec ds` prints the same DS for both configurations: the keygen one.
+    for s in [&a, &b] {
+        let config_path = s.dir().join("meridian.toml");
+        let (code, out, err) = run(&["dnssec", "ds", "--config", config_path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&ds), "{out}\n{ds}");
+    }
+
+    // The DNSKEY RRset from A verifies the signatures B makes, for a static RRset, the dynamic
+    // name (from each region) and a denial, checked with hickory's own verifier.
+    let ask = |s: &Server, name: &str, qtype: u16, source: &str| -> Message {
+        let bind: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        let sock = std::net::UdpSocket::bind(bind).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        sock.send_to(&raw_query(name, qtype, DO, 4096), s.dns)
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = sock.recv(&mut buf).expect("an answer");
+        Message::from_vec(&buf[..n]).unwrap()
+    };
+    let keyset = ask(&a, "example.net", 48, "127.0.0.1");
+    let dnskeys: Vec<_> = keyset
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dnskeys.len(), 1, "{keyset:?}");
+    let tag = dnskeys[0].calculate_key_tag().unwrap();
+    let mut checked = 0;
+    for (name, qtype, source) in [
+        ("mail.example.net", 1, "127.0.0.1"),
+        ("example.net", 48, "127.0.0.1"),
+        ("api.example.net", 1, "127.0.0.2"),
+        ("api.example.net", 1, "127.0.0.3"),
+        ("api.example.net", 28, "127.0.0.3"),
+        ("nope.example.net", 1, "127.0.0.1"),
+    ] {
+        let from_a = ask(&a, name, qtype, source);
+        let from_b = ask(&b, name, qtype, source);
+        for section in [&from_b.answers, &from_b.authorities] {
+            for sig in section.iter().filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some((r, s)),
+                _ => None,
+            }) {
+                let (record, rrsig) = sig;
+                assert_eq!(rrsig.input().key_tag, tag);
+                dnskeys[0]
+                    .verify_rrsig(&record.name, DNSClass::IN, rrsig, section.iter())
+                    .unwrap_or_else(|e| panic!("{name} from B with A's key: {e}"));
+                checked += 1;
+            }
+        }
+        // Both sign with the same key and the same (aligned) signing window.
+        let (sa, sb) = (rrsigs_of(&from_a.answers), rrsigs_of(&from_b.answers));
+        assert_eq!(sa.len(), sb.len(), "{name}");
+        for (x, y) in sa.iter().zip(&sb) {
+            assert_eq!((x.0, x.1), (y.0, y.1), "{name}");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as u32;
+            for (_, _, inception, expiration) in [x, y] {
+                assert!(
+                    *inception <= now && now < *expiration,
+                    "{name}: {x:?} {y:?}"
+                );
+            }
+        }
+    }
+    assert!(checked >= 7, "signatures checked: {checked}");
+
+    // delv: each instance validates with the one trust anchor, and B's answers validate with
+    // A's DNSKEY (fetched above) as the only anchor.
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    let k = &dnskeys[0];
+    let static_key = keys.path().join("anchor-from-a.conf");
+    std::fs::write(
+        &static_key,
+        format!(
+            "trust-anchors {{\n  example.net. static-key {} 3 {} \"{}\";\n}};\n",
+            k.flags(),
+            u8::from(k.algorithm()),
+            data_encoding_base64(k.public_key().public_bytes())
+        ),
+    )
+    .unwrap();
+    for s in [&a, &b] {
+        for args in [
+            &["mail.example.net", "A"][..],
+            &["nope.example.net", "A"],
+            &["docs.example.net", "AAAA"],
+        ] {
+            validated(&d, s, &trust, "127.0.0.1", args);
+        }
+    }
+    let from_a = validated(&d, &a, &trust, "127.0.0.2", &["api.example.net", "A"]);
+    let from_b = validated(&d, &b, &static_key, "127.0.0.2", &["api.example.net", "A"]);
+    assert_eq!(addresses(&from_a), addresses(&from_b));
+    validated(&d, &b, &static_key, "127.0.0.1", &["example.net", "SOA"]);
+}
+
+/// Standard base64 of `bytes` (for a delv static-key anchor).
+fn data_encoding_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The RRSIG RDATA of every RRSIG in `records` covering `covered`.
+fn rrsig_rdata(records: &[hickory_proto::rr::Record], covered: RecordType) -> Vec<Vec<u8>> {
+    use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+    records
+        .iter()
+        .filter(|r| r.record_type() == RecordType::RRSIG)
+        .map(|r| {
+            let mut buf = Vec::new();
+            r.data.emit(&mut BinEncoder::new(&mut buf)).unwrap();
+            buf
+        })
+        .filter(|b| b[..2] == u16::from(covered).to_be_bytes())
+        .collect()
+}
+
+#[test]
+fn issue_14_tc_when_only_the_signed_answer_is_too_large_and_wildcard_rrsigs_count_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+    // Three 120-byte strings: about 440 bytes unsigned, over 512 with an RRSIG (about 100).
+    let text = "x".repeat(120);
+    zone_with(
+        dir.path(),
+        &format!("mid IN TXT \"{text}\"\nmid IN TXT \"y{text}\"\nmid IN TXT \"z{text}\""),
+    );
+    let s = start_zone(dir, "dnssec = { keys = [\"k1.pem\"] }");
+
+    // RFC 6891 §7 / RFC 4035 §3.1: the same question at 512 bytes: complete unsigned, TC signed.
+    let plain = s
+        .udp_raw(&raw_query("mid.example.net", 16, 0, 512))
+        .unwrap();
+    assert_eq!(plain[2] & 0x02, 0, "fits unsigned ({} bytes)", plain.len());
+    assert!(plain.len() <= 512);
+    let signed = s
+        .udp_raw(&raw_query("mid.example.net", 16, DO, 512))
+        .unwrap();
+    assert_ne!(signed[2] & 0x02, 0, "TC when signed");
+    let m = Message::from_vec(&signed).unwrap();
+    assert!(m.answers.is_empty(), "no partial RRset: {m:?}");
+    assert!(m.edns.is_some(), "the OPT is kept (RFC 6891 §7)");
+    // With room, or over TCP, the whole signed answer.
+    for r in [
+        s.udp_raw(&raw_query("mid.example.net", 16, DO, 1232))
+            .unwrap(),
+        s.tcp_raw(&raw_query("mid.example.net", 16, DO, 512))
+            .unwrap(),
+    ] {
+        assert_eq!(r[2] & 0x02, 0);
+        let m = Message::from_vec(&r).unwrap();
+        assert_eq!(m.answers.len(), 4, "three TXT and their RRSIG: {m:?}");
+        assert!(r.len() > 512, "{} bytes", r.len());
+    }
+
+    // RFC 4034 §3.1.3: a wildcard answer's RRSIG counts the labels of the wildcard's owner
+    // without the `*` (*.user.example.net: 3), however deep the name asked for.
+    for (name, qtype, labels) in [
+        ("foo.user.example.net", 16, 3),
+        ("a.b.User.example.net", 16, 3),
+        ("mail.example.net", 1, 3),
+        ("example.net", 6, 2),
+    ] {
+        let m = Message::from_vec(&s.udp_raw(&raw_query(name, qtype, DO, 1232)).unwrap()).unwrap();
+        let sigs = rrsig_rdata(&m.answers, RecordType::from(qtype));
+        assert_eq!(sigs.len(), 1, "{name}: {m:?}");
+        assert_eq!(sigs[0][3], labels, "{name}: RRSIG labels");
+    }
+
+    // NODATA asked in mixed case: the NSEC owner is lowercase (a bug seen in PowerDNS and
+    // CoreDNS), as for compact denials (rfc9824_compact_denial_... above).
+    let m = Message::from_vec(
+        &s.udp_raw(&raw_query("MaIL.Example.NET", 16, DO, 1232))
+            .unwrap(),
+    )
+    .unwrap();
+    let nsec = authority_of(&m, RecordType::NSEC);
+    assert_eq!(nsec.len(), 1, "{m:?}");
+    assert_eq!(nsec[0].0, "mail.example.net.");
+    assert!(
+        nsec[0]
+            .1
+            .starts_with(b"\x01\x00\x04mail\x07example\x03net\x00")
+    );
+}
+
+/// The signer name of every RRSIG in `records` covering `covered`.
+fn signers(records: &[hickory_proto::rr::Record], covered: RecordType) -> Vec<String> {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == covered => {
+                Some(s.input().signer_name.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rfc4035_s3_1_4_1_ds_of_a_child_served_by_the_same_instance_is_the_parents() {
+    let Some(d) = tool("dnssec delv test", &["delv"], "bind9-dnsutils") else {
+        return;
+    };
+    // example.net. and its child sec.example.net. in one instance, each with its own key;
+    // with a DS at the cut (secure), then without (insecure).
+    for secure in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = keygen(dir.path(), "k1.pem", "ecdsap256sha256");
+        let trust = anchor(dir.path(), &ds);
+        let child_ds = keygen_for(dir.path(), "sec.example.net.", "child.pem");
+        let delegation = if secure {
+            secure_delegation(&child_ds)
+        } else {
+            secure_delegation("; no DS")
+        };
+        zone_with(dir.path(), &delegation);
+        child_zone(dir.path());
+        let text = config(&format!(
+            "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\n\
+             [[zone]]\norigin = \"example.net.\"\nfile = \"example.net.zone\"\n\
+             dnssec = {{ keys = [\"k1.pem\"] }}\n\
+             [[zone]]\norigin = \"sec.example.net.\"\nfile = \"sec.zone\"\n\
+             dnssec = {{ keys = [\"child.pem\"] }}\n{SERVICES}"
+        ));
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(&path, text).unwrap();
+        let s = Server::start_in(dir, &path);
+
+        // The DS query goes to the parent: authoritative, signed by example.net.'s key (the
+        // DS RRset, or the NSEC at the cut listing NS only), never the child's NODATA.
+        let r = Message::from_vec(
+            &s.udp_raw(&raw_query("sec.example.net", 43, DO, 1232))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(r.metadata.authoritative, "{r:?}");
+        if secure {
+            assert_eq!(
+                signers(&r.answers, RecordType::DS),
+                ["example.net."],
+                "{r:?}"
+            );
+        } else {
+            assert!(r.answers.is_empty(), "{r:?}");
+            let soa = authority_of(&r, RecordType::SOA);
+            assert_eq!(soa[0].0, "example.net.", "the parent's SOA: {r:?}");
+            let nsec = authority_of(&r, RecordType::NSEC);
+            assert_eq!(nsec.len(), 1, "{r:?}");
+            assert_eq!(nsec[0].0, "sec.example.net.");
+            let next = b"\x01\x00\x03sec\x07example\x03net\x00";
+            assert_eq!(&nsec[0].1[next.len()..], &[0, 6, 0x20, 0, 0, 0, 0, 0x03]);
+            assert_eq!(signers(&r.authorities, RecordType::NSEC), ["example.net."]);
+        }
+        // The child's own data stays the child's.
+        let r = Message::from_vec(
+            &s.udp_raw(&raw_query("sec.example.net", 6, DO, 1232))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(signers(&r.answers, RecordType::SOA), ["sec.example.net."]);
+
+        // delv validates the DS (or its absence) with example.net.'s anchor, and with the DS
+        // the whole chain into the child: DS, the child's DNSKEY, www's A.
+        validated(&d, &s, &trust, "127.0.0.1", &["sec.example.net", "DS"]);
+        let out = delv(&d, &s, &trust, "127.0.0.1", &["www.sec.example.net", "A"]);
+        if secure {
+            assert!(out.contains("; fully validated"), "{out}");
+            assert!(out.contains("192.0.2.77"), "{out}");
+        } else {
+            assert!(!out.contains("fully validated"), "insecure child: {out}");
+            assert!(out.contains("192.0.2.77"), "{out}");
+        }
+    }
 }

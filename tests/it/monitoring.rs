@@ -1218,10 +1218,17 @@ fn status_page_paints_on_the_server_and_screenshots_show_healthy_drained_and_fai
     for b in &backends {
         b.set(Mode::Status(503));
     }
-    eventually("the failing-open banner", Duration::from_secs(20), || {
-        page().contains("data-banner=\"failing-open\"")
-    });
-    let html = page();
+    // Waits for the probe error as well: on a loaded machine a probe may time out first, and
+    // the page shows the last error of each target.
+    let mut html = String::new();
+    eventually(
+        "the failing-open banner and the 503",
+        Duration::from_secs(20),
+        || {
+            html = page();
+            html.contains("data-banner=\"failing-open\"") && html.contains("503")
+        },
+    );
     assert!(
         html.contains("api.example.net. (A) is failing open"),
         "{html}"
