@@ -197,6 +197,8 @@ impl prometheus_client::encoding::EncodeLabelSet for ServiceRegionFamily {
         .encode(encoder)
     }
 }
+/// The A and AAAA answer counters of one (service, region).
+type AnswerHandle = (Arc<str>, Arc<str>, [Counter; 2]);
 /// Labels of `meridian_health_transitions_total`: address and new state.
 type AddressTo = [(&'static str, String); 2];
 /// One label: `check` or `result`.
@@ -209,7 +211,7 @@ pub(crate) struct Metrics {
     pub(crate) dns: DnsCounters,
     answers: Family<ServiceRegionFamily, Counter>,
     /// Every answer counter handed out, to read them all (the status page's traffic share).
-    answer_handles: std::sync::Mutex<Vec<(Arc<str>, Arc<str>, [Counter; 2])>>,
+    answer_handles: std::sync::Mutex<Vec<AnswerHandle>>,
     /// `meridian_dns_ecs_queries_total{ecs="yes"}`: one atomic add, no lock.
     pub(crate) ecs_yes: Counter,
     /// `meridian_dns_ecs_queries_total{ecs="no"}`: one atomic add, no lock.
