@@ -8,7 +8,8 @@
 #
 # Knobs (environment): TARGETS (10000), WINDOW seconds of measuring (20), FLAP_TARGETS
 # (1000), FLAP_SECONDS per variant (300), LOSS (0.2), WITHDRAW_TARGETS (200), ROUNDS of the
-# load runs, HTTP and TCP interleaved (1).
+# load runs, HTTP and TCP interleaved (1), PROBE_THREADS (server.probe_threads; unset: the
+# default), BIN (the meridian binary; default target/release/meridian).
 #
 # What it does: builds meridian and examples/probe_bench.rs in release mode; raises the
 # open-file limit (10,000 kept connections need 10,000 descriptors on each side); then
@@ -44,7 +45,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 cargo build --release --locked --bin meridian --example probe_bench >&2
-BIN=target/release/meridian
+BIN=${BIN:-target/release/meridian}
 BENCH=target/release/examples/probe_bench
 
 # 10,000 targets: one listener and one kept connection per target in the farm, one

@@ -235,8 +235,13 @@ fn config(farm: &Farm, kind: Kind, check_extra: &str) -> String {
 
 fn config_for(addrs: &[std::net::IpAddr], port: u16, kind: Kind, check_extra: &str) -> String {
     let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/example.net.zone");
+    // PROBE_THREADS (bench/probes.sh) sets `server.probe_threads`; unset, the default.
+    let threads = std::env::var("PROBE_THREADS")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map_or(String::new(), |t| format!("probe_threads = {t}\n"));
     let mut out = format!(
-        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n{threads}\
          [[zone]]\norigin = \"example.net.\"\nfile = \"{}\"\n",
         zone.display()
     );
@@ -455,17 +460,65 @@ fn wait_steady_by(
     None
 }
 
+/// Samples `requests` every 20 ms until `stop`, with the time since `since` of each sample.
+fn sample_requests(
+    requests: &(dyn Fn() -> u64 + Sync),
+    since: Instant,
+    stop: &AtomicBool,
+) -> Vec<(f64, u64)> {
+    // Nothing was served before the spawn.
+    let mut out = vec![(0.0, 0)];
+    while !stop.load(Ordering::Relaxed) {
+        out.push((since.elapsed().as_secs_f64(), requests()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out
+}
+
+/// Returns the first sample time at which the requests of the trailing second reach 95 % of
+/// `targets`, and the time of the first request (both since the spawn).
+fn steady_from_samples(samples: &[(f64, u64)], targets: usize) -> (Option<f64>, Option<f64>) {
+    let first = samples.iter().find(|(_, n)| *n > 0).map(|(t, _)| *t);
+    let steady = samples.iter().find_map(|&(t, n)| {
+        // The latest sample at least a second earlier.
+        let (_, before) = samples.iter().rev().find(|(s, _)| *s <= t - 1.0)?;
+        ((n - before) as f64 >= 0.95 * targets as f64).then_some(t)
+    });
+    (steady, first)
+}
+
 fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     let farm = Farms::start(targets, kind);
-    let mut m = start(
-        meridian,
-        &config_for(
-            &farm.addrs,
-            farm.local.port,
-            kind,
-            "timeout = \"500ms\"\nrise = 2\nfall = 2\n",
-        ),
-    );
+    let stop_sampling = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let requests = || farm.requests();
+        let m = start(
+            meridian,
+            &config_for(
+                &farm.addrs,
+                farm.local.port,
+                kind,
+                "timeout = \"500ms\"\nrise = 2\nfall = 2\n",
+            ),
+        );
+        let since = m.started;
+        let stop = &stop_sampling;
+        let sampler = scope.spawn(move || sample_requests(&requests, since, stop));
+        load_measure(m, &farm, kind, targets, seconds, || {
+            stop_sampling.store(true, Ordering::Relaxed);
+            sampler.join().unwrap()
+        });
+    });
+}
+
+fn load_measure(
+    mut m: Meridian,
+    farm: &Farms,
+    kind: Kind,
+    targets: usize,
+    seconds: u64,
+    samples: impl FnOnce() -> Vec<(f64, u64)>,
+) {
     let pid = m.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let dns_lat = tcp_latencies(m.dns, stop.clone());
@@ -481,7 +534,9 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
         }
         at
     };
-    let steady = wait_steady_by(
+    // A wait only: the time to steady state is taken from the samples of the whole run
+    // (this polling begins at /ready and needs a second of samples of its own).
+    let _ = wait_steady_by(
         &|| farm.requests(),
         targets,
         m.started,
@@ -507,14 +562,18 @@ fn load(meridian: &Path, kind: Kind, targets: usize, seconds: u64) {
     let wall = t1.duration_since(t0).as_secs_f64();
     let down = metric(m.admin, "meridian_health_transitions_total", "to=\"down\"");
     let errors = metric(m.admin, "meridian_probe_errors_total", "");
+    let (steady, first) = steady_from_samples(&samples(), targets);
     let kind = if kind == Kind::Http { "http" } else { "tcp" };
     println!(
-        "load {kind} targets={targets} ready_s={:.2} steady_s={:.2} cpu_share={:.3} \
+        "load {kind} targets={targets} first_probe_s={:.2} ready_s={:.2} steady_s={:.2} \
+         steady_after_first_s={:.2} cpu_share={:.3} \
          rss_mib={rss:.1} hwm_mib={hwm:.1} probes_per_s={:.0} (meridian: {:.0}) connections={} \
          false_down={} own_errors={} dns_tcp_ms_p50={:.2} p99={:.2} max={:.2} n={} \
          user_share={:.3} system_share={:.3} loadavg={}",
+        first.unwrap_or(f64::NAN),
         ready_at.map_or(f64::NAN, |d| d.as_secs_f64()),
-        steady.map_or(f64::NAN, |d| d.as_secs_f64()),
+        steady.unwrap_or(f64::NAN),
+        steady.zip(first).map_or(f64::NAN, |(s, f)| s - f),
         (cpu1 - cpu0) / wall,
         (r1 - r0) as f64 / wall,
         (p1 - p0) / wall,

@@ -25,18 +25,16 @@ use crate::snapshot::{Reloader, Snapshot};
 /// How long shutdown waits for tasks before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Worker threads of the runtime that runs probes and the admin port.
-const PROBE_RUNTIME_THREADS: usize = 1;
-
 /// The runtime of probes and the admin port, apart from the one answering DNS over TCP, so that
 /// a probe storm (10,000 targets starting) does not delay DNS (issue #17). Shut down without
 /// blocking when dropped (dropping a runtime inside another one would panic).
 struct SideRuntime(Option<tokio::runtime::Runtime>);
 
 impl SideRuntime {
-    fn new() -> anyhow::Result<Self> {
+    /// Starts the runtime with `threads` workers (`server.probe_threads`).
+    fn new(threads: usize) -> anyhow::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(PROBE_RUNTIME_THREADS)
+            .worker_threads(threads.max(1))
             .thread_name("meridian-probe")
             .enable_all()
             .build()
@@ -218,7 +216,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     dns_tasks.close();
     // Admin last in the shutdown order: it has its own token and tracker. Admin, webhook
     // and probes run on a runtime of their own.
-    let side = SideRuntime::new()?;
+    let side = SideRuntime::new(server.probe_threads)?;
     let admin_token = CancellationToken::new();
     let admin_tasks = TaskTracker::new();
     let admin = crate::admin::Handles {

@@ -48,6 +48,9 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 /// Default idle time after which a DNS TCP connection is closed.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default worker threads of the runtime of probes, the admin port and the webhook: one
+/// thread carries 10,000 probes a second (bench/README.md, issue #17).
+pub const DEFAULT_PROBE_THREADS: usize = 1;
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 /// The default cap per client network is `tcp_max_connections` divided by this: one network
@@ -285,6 +288,9 @@ pub struct Server {
     pub cookie_secret_file: Option<PathBuf>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
+    /// Worker threads of the runtime that runs probes, the admin port and the webhook (apart
+    /// from DNS); default [`DEFAULT_PROBE_THREADS`]. Takes effect at the next restart.
+    pub probe_threads: usize,
     /// Idle time after which a DNS TCP connection is closed.
     pub tcp_idle_timeout: Duration,
     /// Cap on concurrent DNS TCP connections; more are closed at accept.

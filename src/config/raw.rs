@@ -21,6 +21,7 @@ pub(crate) struct RawServer {
     pub(crate) nsid: Option<String>,
     pub(crate) cookie_secret_file: Option<String>,
     pub(crate) udp_workers: Option<usize>,
+    pub(crate) probe_threads: Option<usize>,
     pub(crate) tcp_idle_timeout: Option<String>,
     pub(crate) tcp_max_connections: Option<usize>,
     pub(crate) tcp_max_connections_per_network: Option<usize>,

@@ -329,6 +329,7 @@ impl Validator {
             nsid: None,
             cookie_secret_file: None,
             udp_workers: None,
+            probe_threads: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
             tcp_max_connections_per_network: None,
@@ -434,6 +435,9 @@ impl Validator {
         };
         if raw.udp_workers == Some(0) {
             self.err("server.udp_workers", "must be at least 1");
+        }
+        if raw.probe_threads == Some(0) {
+            self.err("server.probe_threads", "must be at least 1");
         }
         if raw.tcp_max_connections == Some(0) {
             self.err("server.tcp_max_connections", "must be at least 1");
@@ -564,6 +568,7 @@ impl Validator {
             nsid: raw.nsid,
             cookie_secrets,
             udp_workers: raw.udp_workers,
+            probe_threads: raw.probe_threads.unwrap_or(DEFAULT_PROBE_THREADS),
             tcp_idle_timeout,
             tcp_max_connections,
             tcp_max_connections_per_network: raw
@@ -1631,6 +1636,16 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn probe_threads_must_be_at_least_one() {
+        let e = errors(&MIN.replace("[server]\n", "[server]\nprobe_threads = 0\n"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("server.probe_threads: must be at least 1")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn notify_format_must_be_known_and_pagerduty_needs_a_routing_key_file() {

@@ -296,6 +296,9 @@ impl Reloader {
         {
             warn!("listen addresses changed: they take effect at the next restart");
         }
+        if old.config.server.probe_threads != snapshot.config.server.probe_threads {
+            warn!("server.probe_threads changed: it takes effect at the next restart");
+        }
         if old.admin_tls.is_some() != snapshot.admin_tls.is_some() {
             warn!(
                 "admin TLS turned {}: it takes effect at the next restart (until then the admin port keeps {})",

@@ -222,9 +222,22 @@ pub(super) fn load_zone(
                 format!("{name}: a CNAME cannot coexist with other records (RFC 1034 §3.6.2)"),
             ));
         }
-        if let Some(ds) = node.get(RecordType::DS) {
-            for msg in ds_problems(name, &lower_origin, &nodes, ds) {
-                errors.push(ConfigError::new(file, format!("zone {}", spec.origin), msg));
+        let problems = node
+            .get(RecordType::DS)
+            .map(|ds| ds_problems(name, &lower_origin, &nodes, ds))
+            .unwrap_or_default();
+        if !problems.is_empty() {
+            // The line of the first DS at the name, found as for records outside the origin
+            // (only when something is wrong: it parses prefixes of the file again).
+            let has_ds = |p: &[&Entry]| {
+                let key = RrKey::new(name.clone(), RecordType::DS);
+                records_of(p, spec, &origin).contains_key(&key)
+            };
+            let line = kept[first_bad(&kept, has_ds)].line;
+            for msg in problems {
+                errors.push(
+                    ConfigError::new(file, format!("zone {}", spec.origin), msg).at_line(line),
+                );
             }
         }
     }
@@ -420,6 +433,13 @@ mod tests {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
         assert!(all.contains("z.zone"), "names the file: {all}");
+        // Each names the line of the first DS at its name (the head takes five lines).
+        assert!(all.contains("z.zone:6:"), "the apex DS on line 6: {all}");
+        assert!(all.contains("z.zone:8:"), "www's DS on line 8: {all}");
+        assert!(
+            all.contains("z.zone:10:"),
+            "sec's first DS on line 10: {all}"
+        );
     }
 
     #[test]

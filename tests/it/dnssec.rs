@@ -1380,5 +1380,40 @@ fn rfc4035_s3_1_4_1_ds_of_a_child_served_by_the_same_instance_is_the_parents() {
             assert!(!out.contains("fully validated"), "insecure child: {out}");
             assert!(out.contains("192.0.2.77"), "{out}");
         }
+
+        // ldns's drill chases the same chain from example.net.'s DNSKEY: a second validator.
+        let Some(drill) = tool("dnssec drill test", &["drill"], "ldnsutils") else {
+            continue;
+        };
+        let key = s.dir().join("k1.pem");
+        let (code, keys, err) = run(&[
+            "dnssec",
+            "ds",
+            "--zone",
+            "example.net.",
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let dnskey = keys.lines().find(|l| l.contains(" DNSKEY ")).unwrap();
+        let anchor_key = s.dir().join("anchor.key");
+        std::fs::write(&anchor_key, format!("{dnskey}\n")).unwrap();
+        let out = Command::new(drill)
+            .args(["-p", &s.dns.port().to_string(), "-k"])
+            .arg(&anchor_key)
+            .args(["-S", "www.sec.example.net", "A", "@127.0.0.1"])
+            .output()
+            .expect("run drill");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if secure {
+            assert!(text.contains(";; Chase successful"), "{text}");
+            assert!(text.contains("sec.example.net. (DS keytag"), "{text}");
+        } else {
+            assert!(text.contains(";; Chase failed"), "insecure child: {text}");
+        }
     }
 }

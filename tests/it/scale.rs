@@ -171,6 +171,57 @@ fn issue_17_two_thousand_healthy_targets_start_without_a_false_transition_and_a_
     }
 }
 
+#[test]
+fn issue_17_a_thousand_tcp_targets_on_two_probe_threads_get_a_new_connection_per_probe_and_no_false_transition()
+ {
+    const TARGETS: usize = 1000;
+    raise_fd_limit();
+    let farm = Farm::start(TARGETS, Kind::Tcp);
+    let config = scale_config_with(
+        &farm,
+        "interval = \"2s\"\ntimeout = \"1500ms\"\nrise = 2\nfall = 3\n",
+        "probe_threads = 2\n",
+    )
+    .replace("kind = \"http\"\n", "kind = \"tcp\"\n")
+    .replace("path = \"/healthz\"\n", "");
+    let s = Server::start(&config);
+    let ready = wait_for("/ready", Duration::from_secs(60), || {
+        http(s.admin(), "GET", "/ready", &[], "").status == 200
+    });
+    // Two intervals of probes, counted by Meridian and by the farm (one accept per connection).
+    let (probes0, accepts0) = (metric_sum(&s, "meridian_probes_total", ""), farm.accepts());
+    std::thread::sleep(Duration::from_secs(4));
+    let (probes1, accepts1) = (metric_sum(&s, "meridian_probes_total", ""), farm.accepts());
+    let sockets = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!(
+        "{TARGETS} tcp targets: ready after {:.2} s; {} probes and {} connections in 4 s; \
+         {sockets} descriptors open (sockets kept between probes)",
+        ready.as_secs_f64(),
+        probes1 - probes0,
+        accepts1 - accepts0
+    );
+    let probes = probes1 - probes0;
+    assert!(probes >= TARGETS as f64, "{probes} probes in two intervals");
+    // Each probe is a new connection (the kept socket connects anew), give or take the
+    // probes in flight at either reading.
+    let connections = (accepts1 - accepts0) as f64;
+    assert!(
+        connections >= 0.9 * probes && connections <= 1.1 * probes + 10.0,
+        "{connections} connections for {probes} probes"
+    );
+    assert_eq!(
+        metric_sum(&s, "meridian_health_transitions_total", "to=\"down\""),
+        0.0,
+        "false transitions to down against healthy backends"
+    );
+    assert_eq!(
+        metric_sum(&s, "meridian_health_transitions_total", "to=\"up\""),
+        TARGETS as f64
+    );
+}
+
 /// Returns how many `target_state_changed` documents going `to` the webhook got, by address.
 fn posted_by_address(hook: &HttpStub, to: &str) -> std::collections::HashMap<String, usize> {
     let mut out = std::collections::HashMap::new();
