@@ -125,23 +125,15 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
     }
 }
 
-/// Takes the next batch of datagrams. Polls without blocking first, and once more after
-/// yielding the CPU, before blocking: under load the next datagram is usually a moment away,
-/// and going to sleep and being woken again costs more than two extra calls. Measured on the
-/// bench (bench/README.md), against blocking at once: the median ratio to gdnsd went from 0.97
-/// to 1.14 in queries/s and from 0.92 to 1.10 in queries per CPU-second. When idle, the thread
-/// blocks after two empty polls.
+/// Takes the next batch of datagrams: blocks until at least one is queued (returns at once
+/// when some are), as gdnsd does. No poll-`sched_yield`-poll first: the yield hands the core
+/// to whatever else is runnable (the client, on the bench) and the datagrams that arrive
+/// meanwhile wait for its time slice. Measured in interleaved runs (bench/README.md, issue 18
+/// item 3): at 80,000 q/s, p50 0.14 ms and p99 2.5 ms with the yield against 0.07 ms and
+/// 1.1 ms without (gdnsd 0.06 and 0.9 ms); at full speed queries/s within noise of gdnsd.
 #[cfg(target_os = "linux")]
 fn receive(batch: &mut mmsg::Batch, socket: &UdpSocket) -> io::Result<usize> {
-    match batch.recv(socket, libc::MSG_DONTWAIT) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        other => return other,
-    }
-    std::thread::yield_now();
-    match batch.recv(socket, libc::MSG_DONTWAIT) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => batch.recv(socket, 0),
-        other => other,
-    }
+    batch.recv(socket, 0)
 }
 
 /// Applies the rate limit to `query` from `peer`, before it is answered: returns whether to
