@@ -18,6 +18,8 @@ Generated per size into a temp dir (nothing is committed):
                  14 subnets, 10 % without EDNS), 23 % static (records chosen uniformly, 10 %
                  NXDOMAIN, 5 % NODATA)
   static.blob    the static part alone (what knot can answer)
+  zipf.blob      the mix of mixed.blob with names drawn Zipf-like (weight 1/k^ZIPF_S, s = 1.0,
+                 for the k-th of the names in a shuffled order): skewed as real traffic is
   *.list         a sample of distinct queries for compare.py
 
 Run measures, for the small and the large configuration: `meridian check` time, spawn to first
@@ -29,6 +31,7 @@ large/small per round. Knobs (environment): ROUNDS (5), DURATION (8), SERVICES (
 REGIONS (20), RECORDS (100000), RELOADS (5 of each kind), PEERS (1: also gdnsd and knot).
 """
 
+import bisect
 import json
 import math
 import os
@@ -61,6 +64,8 @@ REGIONS = [
 CONTINENTS = {"EU": (50.0, 10.0), "NA": (40.0, -95.0), "SA": (-15.0, -55.0),
               "AS": (30.0, 100.0), "AF": (0.0, 20.0), "OC": (-30.0, 145.0)}
 GROUPS = 40
+# The exponent of the skewed query file (zipf.blob): weight 1/k^s for the k-th name.
+ZIPF_S = 1.0
 ECS = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "90.12.0.0/16", "177.40.0.0/16",
        "41.0.0.0/16", "1.120.0.0/13", "126.10.0.0/16", "116.14.0.0/16", "24.200.0.0/16",
        "10.99.0.0/16", "2001:db8:1::/48", "2400:4000::/32", "2804:14c::/32"]
@@ -254,6 +259,40 @@ zone:
     write(os.path.join(out, "mixed"),
           [dyn_query() if rng.random() < 0.77 else static_query() for _ in range(count)])
     write(os.path.join(out, "static"), [static_query() for _ in range(count)])
+
+    # The same mix with names drawn Zipf-like (the k-th most popular name with weight
+    # 1/k^ZIPF_S, ranks shuffled): real traffic is skewed towards a few names, and the uniform
+    # files above are the worst case for every server's caches.
+    def zipf_choice(items):
+        order = items[:]
+        rng.shuffle(order)
+        cum, total = [], 0.0
+        for k in range(1, len(order) + 1):
+            total += 1.0 / k ** ZIPF_S
+            cum.append(total)
+        return lambda: order[min(bisect.bisect(cum, rng.random() * total), len(order) - 1)]
+
+    pick_svc, pick_static = zipf_choice(svc), zipf_choice(static)
+    pick_nodata = zipf_choice(nodata)
+
+    def zipf_query():
+        if rng.random() < 0.77:
+            name = pick_svc()[0]
+            qtype = "A" if rng.random() < 0.6 else "AAAA"
+            x = rng.random()
+            if x < 0.6:
+                return (f"{name}.example.net", qtype, rng.choice(ECS), True)
+            return (f"{name}.example.net", qtype, None, x >= 0.7)
+        x = rng.random()
+        if x < 0.10:
+            return (f"nx{rng.randrange(10**9)}.example.net", "A", None, True)
+        if x < 0.15:
+            owner, t = pick_nodata()
+            return (f"{owner}.example.net", t, None, True)
+        owner, t = pick_static()
+        return (f"{owner}.example.net", t, None, rng.random() < 0.9)
+
+    write(os.path.join(out, "zipf"), [zipf_query() for _ in range(count)])
     return {"services": services, "regions": nregions, "records": n, "groups": len(groups)}
 
 
@@ -394,7 +433,7 @@ def run(meridian):
             d = info["dir"]
             pairs = []
             if peers:
-                pairs = [("mixed", "gdnsd"), ("static", "knot")]
+                pairs = [("mixed", "gdnsd"), ("zipf", "gdnsd"), ("static", "knot")]
             for qs, peer in pairs:
                 r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"),
                                     os.path.join(d, qs + ".list"), str(servers[("meridian", size)][1]),
@@ -446,9 +485,9 @@ def run(meridian):
             rss, hwm = bl.memory_kib(pid)
             print(f"  {size}: {line.split('INFO', 1)[1].strip()}; RSS then {rss / 1024:.1f} MiB")
 
-        runs = [("meridian", "mixed"), ("meridian", "static")]
+        runs = [("meridian", "mixed"), ("meridian", "static"), ("meridian", "zipf")]
         if peers:
-            runs += [("gdnsd", "mixed"), ("gdnsd", "static"), ("knot", "static")]
+            runs += [("gdnsd", "mixed"), ("gdnsd", "static"), ("gdnsd", "zipf"), ("knot", "static")]
         print(f"\nthroughput: {rounds} rounds x {duration} s per (server, queries, size); "
               f"dnsperf -B -c 8 -T 1 -q 200; {bl.uptime()}")
         res = {}  # (server, queries, size) -> [(qps, lost, cpu, qpc)]

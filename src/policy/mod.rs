@@ -261,16 +261,52 @@ struct CompiledRegion {
     targets: [Box<[IpAddr]>; 2],
 }
 
-/// The order used when a `[nets]` override places a client in a region.
+/// The regions of the config, where a `[nets]` override may place a client: one list shared
+/// by every service compiled with the same [`Compiler`] (issue 18: a copy per service was
+/// about 3 KB of a 10,000-service configuration's 12 KB per service).
+#[derive(Debug)]
+struct ConfigRegion {
+    name: Box<str>,
+    latitude: f64,
+    longitude: f64,
+    unit: Unit,
+}
+
+/// What compiling services against one config shares: the config's region list.
 #[derive(Debug, Clone)]
-struct NetsOrder {
-    region: Box<str>,
+pub(crate) struct Compiler {
+    regions: Arc<[ConfigRegion]>,
+}
+
+impl Compiler {
+    /// Prepares to compile the services of `config`.
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            regions: config
+                .regions
+                .iter()
+                .map(|r| ConfigRegion {
+                    name: r.name.as_str().into(),
+                    latitude: r.latitude,
+                    longitude: r.longitude,
+                    unit: unit_vector(r.latitude, r.longitude),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The order used when a `[nets]` override places a client in a region (a view into the
+/// service's compiled data).
+#[derive(Debug, Clone, Copy)]
+struct NetsOrder<'a> {
     latitude: f64,
     longitude: f64,
     /// The service's endpoint in that region, if it has one.
     endpoint: Option<usize>,
-    /// For `nearest`: that endpoint first, then the others by biased distance from the region.
-    order: Box<[usize]>,
+    /// For `nearest`: that endpoint first, then the others by biased distance from the region
+    /// (empty for the other policies, which do not use it).
+    order: &'a [usize],
 }
 
 /// One entry of a `geo` map, compiled.
@@ -308,7 +344,11 @@ pub struct CompiledService {
     flat_targets: [Box<[(usize, IpAddr)]>; 2],
     config_order: Box<[usize]>,
     failover_order: Box<[usize]>,
-    nets_orders: Box<[NetsOrder]>,
+    /// The config's regions (shared), for `[nets]` overrides.
+    config_regions: Arc<[ConfigRegion]>,
+    /// `nearest` only: for each config region in turn, the service's regions in the order
+    /// used when a `[nets]` override places the client there (`regions.len()` each).
+    nets_orders: Box<[usize]>,
     geo: GeoTable,
     /// Some region has a non-zero bias: order by biased km instead of chord length.
     has_bias: bool,
@@ -324,6 +364,11 @@ pub struct CompiledService {
 impl CompiledService {
     /// Compiles `service` (which belongs to `config`).
     pub fn new(service: &Service, config: &Config) -> Self {
+        Self::compile(service, &Compiler::new(config))
+    }
+
+    /// Compiles `service` with what it shares with the other services of its config.
+    pub(crate) fn compile(service: &Service, shared: &Compiler) -> Self {
         let regions: Box<[CompiledRegion]> = service
             .endpoints
             .iter()
@@ -366,27 +411,24 @@ impl CompiledService {
         let mut failover_order: Vec<usize> = (0..n).collect();
         // Stable sort: ties stay in config order.
         failover_order.sort_by_key(|&i| regions[i].priority);
-        let nets_orders = config
-            .regions
-            .iter()
-            .map(|r| {
-                let endpoint = regions.iter().position(|c| *c.name == *r.name);
-                let origin = unit_vector(r.latitude, r.longitude);
-                let mut rest: Vec<usize> = (0..n).filter(|&i| Some(i) != endpoint).collect();
-                rest.sort_by(|&a, &b| {
-                    let ka = arc_km(chord2(&origin, &regions[a].unit)) - regions[a].bias_km;
-                    let kb = arc_km(chord2(&origin, &regions[b].unit)) - regions[b].bias_km;
-                    ka.total_cmp(&kb)
-                });
-                NetsOrder {
-                    region: r.name.as_str().into(),
-                    latitude: r.latitude,
-                    longitude: r.longitude,
-                    endpoint,
-                    order: endpoint.into_iter().chain(rest).collect(),
-                }
-            })
-            .collect();
+        let nets_orders: Box<[usize]> = if service.policy == Policy::Nearest {
+            shared
+                .regions
+                .iter()
+                .flat_map(|r| {
+                    let endpoint = regions.iter().position(|c| *c.name == *r.name);
+                    let mut rest: Vec<usize> = (0..n).filter(|&i| Some(i) != endpoint).collect();
+                    rest.sort_by(|&a, &b| {
+                        let ka = arc_km(chord2(&r.unit, &regions[a].unit)) - regions[a].bias_km;
+                        let kb = arc_km(chord2(&r.unit, &regions[b].unit)) - regions[b].bias_km;
+                        ka.total_cmp(&kb)
+                    });
+                    endpoint.into_iter().chain(rest)
+                })
+                .collect()
+        } else {
+            Box::default()
+        };
         let geo = compile_geo(service);
         let has_bias = regions.iter().any(|r| r.bias_km != 0.0);
         let sticky_basis = geometry::fnv1a(
@@ -406,6 +448,7 @@ impl CompiledService {
             flat_targets,
             config_order,
             failover_order: failover_order.into(),
+            config_regions: shared.regions.clone(),
             nets_orders,
             geo,
             has_bias,
@@ -422,11 +465,15 @@ impl CompiledService {
 
     /// Returns the region whose endpoint lists `address` (for per-region answer metrics).
     pub(crate) fn region_of(&self, address: IpAddr) -> Option<&str> {
+        self.endpoint_of(address).map(|i| &*self.regions[i].name)
+    }
+
+    /// Returns the index (in config order) of the first endpoint that lists `address`.
+    pub(crate) fn endpoint_of(&self, address: IpAddr) -> Option<usize> {
         let f = Family::of(address).index();
         self.regions
             .iter()
-            .find(|r| r.targets[f].contains(&address))
-            .map(|r| &*r.name)
+            .position(|r| r.targets[f].contains(&address))
     }
 
     /// Decides the answer for `client` asking for `family`. `random` is a uniformly random
@@ -662,10 +709,11 @@ impl CompiledService {
         if self.location_independent || self.service.sticky || !self.service.ecs {
             return None;
         }
-        let nets: Vec<(&str, Option<usize>, &[usize])> = self
-            .nets_orders
-            .iter()
-            .map(|o| (&*o.region, o.endpoint, &*o.order))
+        let nets: Vec<(&str, Option<usize>, &[usize])> = (0..self.config_regions.len())
+            .map(|i| {
+                let o = self.nets_order_at(i);
+                (&*self.config_regions[i].name, o.endpoint, o.order)
+            })
             .collect();
         match self.service.policy {
             Policy::Nearest => {
@@ -697,9 +745,22 @@ impl CompiledService {
     }
 
     /// Returns the precomputed order for a client placed by a `[nets]` override.
-    fn nets_order(&self, located: &Located) -> Option<&NetsOrder> {
+    fn nets_order(&self, located: &Located) -> Option<NetsOrder<'_>> {
         let name = nets_region(located)?;
-        self.nets_orders.iter().find(|o| *o.region == *name)
+        let i = self.config_regions.iter().position(|r| *r.name == *name)?;
+        Some(self.nets_order_at(i))
+    }
+
+    /// Returns the order for a client placed in the config's `i`th region.
+    fn nets_order_at(&self, i: usize) -> NetsOrder<'_> {
+        let r = &self.config_regions[i];
+        let n = self.regions.len();
+        NetsOrder {
+            latitude: r.latitude,
+            longitude: r.longitude,
+            endpoint: self.regions.iter().position(|c| *c.name == *r.name),
+            order: self.nets_orders.get(i * n..(i + 1) * n).unwrap_or_default(),
+        }
     }
 
     /// Returns the region order of the ordered policies (all but `weighted`) for a client.
@@ -708,7 +769,7 @@ impl CompiledService {
         match self.service.policy {
             Policy::Nearest => {
                 if let Some(o) = self.nets_order(located) {
-                    return Order::list(None, &o.order);
+                    return Order::list(None, o.order);
                 }
                 let Some(client) = position(located).map(|(lat, lon)| unit_vector(lat, lon)) else {
                     return Order::list(None, &self.config_order);

@@ -6,12 +6,13 @@
 //! here and writes the answer.
 
 use crate::names::name_to_wire;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::metrics::{AnswerCounter, Metrics};
-use crate::policy::CompiledService;
+use crate::policy::{CompiledService, Compiler};
 
 /// The dynamic names of a snapshot, keyed by their lowercase wire form.
 #[derive(Debug, Default)]
@@ -23,9 +24,10 @@ pub(crate) struct Services {
 #[derive(Debug)]
 pub(crate) struct Dynamic {
     service: CompiledService,
-    /// `meridian_dns_answers_total{service,region,family}`, one per endpoint region, for A
-    /// and AAAA (empty until [`Services::count_answers_in`]).
-    answers: Vec<(String, [AnswerCounter; 2])>,
+    /// `meridian_dns_answers_total{service,region,family}` for A and AAAA, one entry per
+    /// endpoint in config order, with the index of the first endpoint of the same region (the
+    /// one counted for both); empty until [`Services::count_answers_in`].
+    answers: Box<[(usize, [AnswerCounter; 2])]>,
 }
 
 impl Dynamic {
@@ -36,14 +38,17 @@ impl Dynamic {
 
     /// Counts an answer once for each region its addresses come from.
     pub(crate) fn count(&self, addrs: &[IpAddr]) {
+        let region = |a: &IpAddr| {
+            let i = self.service.endpoint_of(*a)?;
+            self.answers.get(i).map(|(first, _)| *first)
+        };
         for (i, a) in addrs.iter().enumerate() {
-            let Some(region) = self.service.region_of(*a) else {
+            let Some(r) = region(a) else {
                 continue;
             };
-            let seen = addrs[..i]
-                .iter()
-                .any(|b| self.service.region_of(*b) == Some(region));
-            if !seen && let Some((_, c)) = self.answers.iter().find(|(r, _)| r == region) {
+            if !addrs[..i].iter().any(|b| region(b) == Some(r))
+                && let Some((_, c)) = self.answers.get(r)
+            {
                 c[usize::from(a.is_ipv6())].inc();
             }
         }
@@ -53,16 +58,17 @@ impl Dynamic {
 impl Services {
     /// Compiles every service of `config`.
     pub(crate) fn new(config: &Config) -> Self {
+        let compiler = Compiler::new(config);
         let mut by_wire: HashMap<Vec<u8>, Dynamic> = config
             .services
             .iter()
             .filter_map(|s| {
-                let service = CompiledService::new(s, config);
+                let service = CompiledService::compile(s, &compiler);
                 Some((
                     name_to_wire(&s.name)?,
                     Dynamic {
                         service,
-                        answers: Vec::new(),
+                        answers: Box::default(),
                     },
                 ))
             })
@@ -74,15 +80,30 @@ impl Services {
     /// Obtains the answer counters of every service and region from `metrics` (this takes a
     /// lock: done once per snapshot, never per query).
     pub(crate) fn count_answers_in(&mut self, metrics: &Metrics) {
+        // One shared copy of each region's name for every counter.
+        let mut regions: HashSet<Arc<str>> = HashSet::new();
         for d in self.by_wire.values_mut() {
             let s = d.service.service();
+            let service: Arc<str> = s.name.as_str().into();
             d.answers = s
                 .endpoints
                 .iter()
                 .map(|e| {
-                    let region = &e.region.name;
-                    let counter = |family| metrics.answer_counter(&s.name, region, family);
-                    (region.clone(), [counter("A"), counter("AAAA")])
+                    let name = e.region.name.as_str();
+                    let first = s
+                        .endpoints
+                        .iter()
+                        .position(|f| f.region.name == name)
+                        .unwrap_or_default();
+                    let region = match regions.get(name) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r: Arc<str> = name.into();
+                            regions.insert(r.clone());
+                            r
+                        }
+                    };
+                    (first, metrics.answer_counters(&service, &region))
                 })
                 .collect();
         }

@@ -28,7 +28,9 @@ use crate::dnssec::ZoneSigner;
 #[derive(Debug, Clone)]
 struct RrSet {
     rtype: RecordType,
-    records: Vec<Record>,
+    /// Exactly as long as the RRset (a `Vec` collected from a filter keeps room for 4 records,
+    /// about 1 KB more per RRset: issue 18).
+    records: Box<[Record]>,
 }
 
 /// A name in a zone: its RRsets (none for an empty non-terminal or a dynamic-only name).
@@ -44,7 +46,7 @@ impl Node {
         self.rrsets
             .iter()
             .find(|s| s.rtype == rtype)
-            .map(|s| s.records.as_slice())
+            .map(|s| &s.records[..])
     }
 }
 
@@ -196,7 +198,7 @@ impl Zone {
             node.rrsets
                 .iter()
                 .min_by_key(|s| u16::from(s.rtype))
-                .map(|s| s.records.as_slice())
+                .map(|s| &s.records[..])
         } else {
             node.get(rtype)
         };

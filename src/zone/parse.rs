@@ -170,7 +170,7 @@ pub(super) fn load_zone(
     let mut nodes: HashMap<LowerName, Node> = HashMap::new();
     for (key, set) in records {
         let name = key.name().clone();
-        let records: Vec<_> = set.records_without_rrsigs().cloned().collect();
+        let records: Box<[_]> = set.records_without_rrsigs().cloned().collect();
         if records.iter().any(|r| r.dns_class != DNSClass::IN) {
             errors.push(ConfigError::new(
                 file,
@@ -182,6 +182,10 @@ pub(super) fn load_zone(
             rtype: set.record_type(),
             records,
         });
+    }
+
+    for node in nodes.values_mut() {
+        node.rrsets.shrink_to_fit();
     }
 
     // Load-time checks, as BIND's named-checkzone makes them.
