@@ -820,14 +820,7 @@ impl CompiledService {
     ) -> bool {
         let mut seen = false;
         for i in order {
-            let region = &self.regions[i];
-            if region.targets[p.fam].is_empty() {
-                p.sink.region_skipped(i, SkipReason::NoTargetOfFamily);
-                continue;
-            }
-            seen = true;
-            if p.pass.skips_drained() && p.health.is_drained(&region.name) {
-                p.sink.region_skipped(i, SkipReason::Drained);
+            if !self.may_serve(i, p, &mut seen) {
                 continue;
             }
             if self.fill_region(i, p) {
@@ -855,16 +848,10 @@ impl CompiledService {
         let mut spilled = 0;
         let mut more: Vec<usize> = Vec::new();
         for i in order {
+            if !self.may_serve(i, p, &mut seen) {
+                continue;
+            }
             let region = &self.regions[i];
-            if region.targets[p.fam].is_empty() {
-                p.sink.region_skipped(i, SkipReason::NoTargetOfFamily);
-                continue;
-            }
-            seen = true;
-            if p.pass.skips_drained() && p.health.is_drained(&region.name) {
-                p.sink.region_skipped(i, SkipReason::Drained);
-                continue;
-            }
             if let Some(r) = spill
                 .load
                 .region(i, &region.name)
@@ -894,6 +881,28 @@ impl CompiledService {
             }
         }
         seen
+    }
+
+    /// Returns whether region `i` may serve this pass: it has targets of the family (then
+    /// `seen` is set: the family exists in this order) and is not drained when the pass skips
+    /// drained regions. A region passed over is told to the sink with the reason.
+    fn may_serve<H: HealthSource + ?Sized, S: Sink>(
+        &self,
+        i: usize,
+        p: &mut Pick<'_, H, S>,
+        seen: &mut bool,
+    ) -> bool {
+        let region = &self.regions[i];
+        if region.targets[p.fam].is_empty() {
+            p.sink.region_skipped(i, SkipReason::NoTargetOfFamily);
+            return false;
+        }
+        *seen = true;
+        if p.pass.skips_drained() && p.health.is_drained(&region.name) {
+            p.sink.region_skipped(i, SkipReason::Drained);
+            return false;
+        }
+        true
     }
 
     /// Appends the region's targets of the family that the pass allows; returns true once
