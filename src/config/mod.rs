@@ -206,7 +206,6 @@ impl Config {
             }
             for (j, e) in s.endpoints.iter().enumerate() {
                 let reads_load = e.check.as_ref().is_some_and(|c| c.load.is_some());
-                #[allow(clippy::float_cmp)] // the default, copied, is compared with itself
                 let set = e.high_watermark != DEFAULT_HIGH_WATERMARK;
                 if set && !reads_load {
                     let why = match e.check_name() {
