@@ -104,6 +104,14 @@ pub(crate) async fn serve(
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    if tls.is_none() {
+        // Inherited by every accepted connection: a close is a reset unless `close` says
+        // otherwise. A connection refused at accept (over a cap) is reset too: it cost the
+        // client nothing yet, and the server keeps no state for it.
+        if let Err(e) = socket2::SockRef::from(&listener).set_linger(Some(Duration::ZERO)) {
+            debug!(error = %e, "cannot set SO_LINGER on the tcp listener");
+        }
+    }
     let limit = Arc::new(Semaphore::new(limits.max_connections));
     let per_network = PerNetwork::default();
     let tracker = TaskTracker::new();
@@ -138,7 +146,10 @@ pub(crate) async fn serve(
                 // On Linux the listener's TCP_NODELAY is inherited (`app::bind_tcp`).
                 #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
-                connection(stream, peer, answerer, token, idle, Transport::Tcp).await;
+                let mut stream = stream;
+                let end =
+                    connection(&mut stream, peer, answerer, token, idle, Transport::Tcp).await;
+                close(stream, end);
                 drop(permit);
                 drop(slot);
             });
@@ -205,7 +216,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     token: CancellationToken,
     idle_timeout: Duration,
     transport: Transport,
-) {
+) -> End {
     let mut conn = Conn {
         input: Vec::with_capacity(READ_BUF),
         start: 0,
@@ -222,17 +233,21 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(msg) = conn.next_message() {
             answered = true;
             if !conn.answer(&answerer, msg, peer, transport) {
-                return;
+                return End::Other;
             }
-            if conn.pending.len() >= WRITE_BATCH && !conn.flush(&mut stream, peer).await {
-                return;
+            if conn.pending.len() >= WRITE_BATCH
+                && let Err(end) = conn.flush(&mut stream, peer).await
+            {
+                return end;
             }
         }
         if answered {
             last_query = Instant::now();
         }
-        if !conn.pending.is_empty() && !conn.flush(&mut stream, peer).await {
-            return;
+        if !conn.pending.is_empty()
+            && let Err(end) = conn.flush(&mut stream, peer).await
+        {
+            return end;
         }
         conn.make_room();
         // Wait for more: closed, reset, cancelled or idle too long ends the connection.
@@ -249,10 +264,64 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        if matches!(read.await, Some(0) | None) {
-            return;
+        match read.await {
+            Some(0) => return End::PeerClosed,
+            None => return End::Other,
+            Some(_) => {}
         }
     }
+}
+
+/// Why [`connection`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed its side with every query answered and every answer written.
+    PeerClosed,
+    /// A write made no progress within the idle timeout: the client stopped reading.
+    Stalled,
+    /// Anything else: idle, cancelled, a read or write error, a message too long.
+    Other,
+}
+
+/// Closes a plain TCP connection. The listener's `SO_LINGER` 0, inherited by the connection
+/// (see [`serve`]), makes the close a reset (RST) in two cases:
+/// - the client has closed its side and has acknowledged every byte written (`SIOCOUTQ` is
+///   0): it has every answer and will send nothing more, so the reset loses nothing, and it
+///   spares the server the FIN, the client's ACK of it and the `LAST_ACK` state, and the
+///   client a `TIME_WAIT` socket (about a fifth of the server's CPU per one-query connection:
+///   bench/README.md, issue 18 item 1). A client that shut only its sending side reads its
+///   answers, then ECONNRESET instead of end-of-file;
+/// - the client stopped reading: the answers it left unread are dropped at once instead of
+///   being retried by an orphaned socket.
+///
+/// Otherwise (idle, shutdown, errors, or bytes not yet acknowledged) it clears the linger
+/// first, so the close is an orderly FIN after the data.
+fn close(stream: tokio::net::TcpStream, end: End) {
+    let reset = match end {
+        End::PeerClosed => all_acknowledged(&stream),
+        End::Stalled => true,
+        End::Other => false,
+    };
+    if !reset && let Err(e) = socket2::SockRef::from(&stream).set_linger(None) {
+        debug!(error = %e, "cannot clear SO_LINGER before closing");
+    }
+}
+
+/// Whether the peer has acknowledged every byte written on `stream` (Linux: `SIOCOUTQ` is 0).
+#[cfg(target_os = "linux")]
+fn all_acknowledged(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut unacked: libc::c_int = -1;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one int through the pointer, which points to
+    // a live c_int; the descriptor is the stream's own and open for the duration of the call.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+    r == 0 && unacked == 0
+}
+
+/// Elsewhere: not known, so never (an orderly close).
+#[cfg(not(target_os = "linux"))]
+fn all_acknowledged(_: &tokio::net::TcpStream) -> bool {
+    false
 }
 
 /// The buffers and the timer of one connection.
@@ -333,10 +402,14 @@ impl Conn {
     }
 
     /// Writes the pending responses (and flushes: a TLS stream buffers records until then);
-    /// returns false when the connection must close. A client that stops reading must not hold
+    /// returns why when the connection must close. A client that stops reading must not hold
     /// the connection (and its slot) forever: a write not done within `idle_timeout` closes
     /// it. Not cut short by shutdown: answers to queries already read are sent.
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, peer: SocketAddr) -> bool {
+    async fn flush<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        peer: SocketAddr,
+    ) -> Result<(), End> {
         let deadline = Instant::now() + self.timer.idle;
         let Self { pending, timer, .. } = self;
         let write = async {
@@ -350,16 +423,16 @@ impl Conn {
                 r = &mut write => break r,
                 expired = timer.wait(deadline) => if expired {
                     debug!(%peer, "tcp write timed out, closing");
-                    return false;
+                    return Err(End::Stalled);
                 },
             }
         };
         pending.clear();
         if let Err(e) = written {
             debug!(%peer, error = %e, "tcp write failed");
-            return false;
+            return Err(End::Other);
         }
-        true
+        Ok(())
     }
 }
 

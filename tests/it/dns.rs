@@ -544,6 +544,107 @@ fn tcp_connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
     }
 }
 
+/// The state (`st` of `/proc/net/tcp`, e.g. 06 for TIME_WAIT) of this host's IPv4 TCP socket
+/// from 127.0.0.1:`local` to 127.0.0.1:`remote`, if there is one. (Other sockets may use the
+/// same local port towards other addresses.)
+fn tcp_socket_state(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let (local, remote) = (
+        format!("0100007F:{local:04X}"),
+        format!("0100007F:{remote:04X}"),
+    );
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+            .then(|| u8::from_str_radix(f[3], 16).unwrap())
+    })
+}
+
+#[test]
+fn issue_18_a_tcp_client_that_closes_after_its_answers_is_reset_and_keeps_no_time_wait() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let s = server();
+    let q = query("example.net.", RecordType::SOA);
+    let mut framed = (q.to_vec().unwrap().len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q.to_vec().unwrap());
+    for _ in 0..3 {
+        let mut c = std::net::TcpStream::connect(s.dns).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let port = c.local_addr().unwrap().port();
+        c.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        c.read_exact(&mut buf).unwrap();
+        let r = Message::from_vec(&buf).unwrap();
+        assert_eq!((r.metadata.id, r.answers.len()), (q.metadata.id, 1));
+        drop(c);
+        // The server answers the client's FIN with a reset: the client's socket is gone at
+        // once. An orderly close would leave it in TIME_WAIT (06) for a minute.
+        let start = Instant::now();
+        while let Some(state) = tcp_socket_state(port, s.dns.port()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the client's socket is still in state {state:02X}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("client socket gone {:?} after its close", start.elapsed());
+    }
+}
+
+#[test]
+fn issue_18_a_tcp_client_that_shuts_its_side_reads_every_answer_and_idle_closes_are_orderly() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\
+         tcp_idle_timeout = \"1s\"\n{ZONE}\n{API}"
+    ));
+    // Three pipelined queries, then the client shuts its sending side (half-close): every
+    // answer still arrives whole, whatever ends the connection after them.
+    let mut c = std::net::TcpStream::connect(s.dns).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let queries: Vec<Message> = ["example.net.", "www.example.net.", "api.example.net."]
+        .iter()
+        .map(|n| query(n, RecordType::A))
+        .collect();
+    let mut framed = Vec::new();
+    for q in &queries {
+        let b = q.to_vec().unwrap();
+        framed.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&b);
+    }
+    c.write_all(&framed).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    for q in &queries {
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        c.read_exact(&mut buf).unwrap();
+        let r = Message::from_vec(&buf).unwrap();
+        assert_eq!(r.metadata.id, q.metadata.id);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    let mut b = [0u8; 1];
+    match c.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("after the answers: {other:?}"),
+    }
+    // A connection the server closes for idleness ends with a FIN (end of file), not a
+    // reset: the client may have had a query on its way.
+    let mut idle = std::net::TcpStream::connect(s.dns).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(
+        idle.read(&mut b).unwrap(),
+        0,
+        "an orderly close after idleness"
+    );
+}
+
 #[test]
 fn rate_limit_drops_and_slips_a_flood_from_one_network_but_not_others_or_tcp() {
     use std::net::UdpSocket;
