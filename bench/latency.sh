@@ -19,7 +19,8 @@
 #   common: that % of the lower of the two maxima (the same rate for both; for the server with
 #           the lower maximum it is the "own" run, not repeated).
 # Per run: p50, p99, p99.9 and maximum latency (send call to the kernel's receive time of the
-# answer), the same as the client process read it (what dnsperf -v reports), lost queries,
+# answer), p99 counting lost queries as slower than any answer ("inf" if over 1 % were), p99
+# as the client process read the answers (what dnsperf -v reports), lost queries,
 # how late the client sent (p99 lag), and the server's CPU seconds (utime+stime from
 # /proc/PID/stat). Medians and spreads over the rounds per server, transport, load and basis.
 #
@@ -85,7 +86,7 @@ latency() {
     before=$(cpu_ticks "$pid")
     r=$(client "$transport" "$port" "$rate" "$LAT_DURATION")
     after=$(cpu_ticks "$pid")
-    echo "$transport $load $basis $name $round $rate $(for k in answered p50 p99 p999 max u99 lost lag99 cpu; do
+    echo "$transport $load $basis $name $round $rate $(for k in answered p50 p99 p999 max u99 lost lag99 cpu a99; do
         echo -n "$(field $k <<<"$r") "; done)$(awk -v c=$((after - before)) -v hz="$HZ" \
         'BEGIN {printf "%.2f", c / hz}')" >>"$TMP/results"
 }
@@ -136,21 +137,21 @@ for r in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "per run: transport load basis server round rate answered p50 p99 p99.9 max user-p99 (ms) lost lag-p99 (ms) client-cpu server-cpu (s)"
+echo "per run: transport load basis server round rate answered p50 p99 p99.9 max user-p99 (ms) lost lag-p99 (ms) client-cpu (s) p99-with-lost (ms) server-cpu (s)"
 cat "$TMP/results"
 echo
 echo "medians over $ROUNDS rounds (min-max), ms; own: load % of the server's own maximum; common: of the lower maximum"
-printf "%-4s %-4s %-7s %-8s %-8s | %-22s | %-22s | %-22s | %-22s | %s\n" transport load basis server rate \
-    p50 p99 p99.9 "p99 as read" "lost, lag-p99, cpu client/server"
+printf "%-4s %-4s %-7s %-8s %-8s | %-22s | %-22s | %-22s | %-22s | %-22s | %s\n" transport load basis server rate \
+    p50 p99 p99.9 "p99 counting lost" "p99 as read" "lost, lag-p99, cpu client/server"
 for transport in $TRANSPORTS; do
     for load in $LOADS; do
         for basis in own common; do
             for name in meridian gdnsd; do
                 sel() { awk -v t="$transport" -v l="$load" -v b="$basis" -v n="$name" -v c="$1" \
                     '$1 == t && $2 == l && $3 == b && $4 == n && $c != "-" {print $c}' "$TMP/results" | median_spread; }
-                printf "%-4s %-4s %-7s %-8s %-8s | %-22s | %-22s | %-22s | %-22s | %s\n" "$transport" \
+                printf "%-4s %-4s %-7s %-8s %-8s | %-22s | %-22s | %-22s | %-22s | %-22s | %s\n" "$transport" \
                     "$load%" "$basis" "$name" "$(sel 6 | cut -d' ' -f1)" "$(sel 8)" "$(sel 9)" "$(sel 10)" \
-                    "$(sel 12)" "$(sel 13 | cut -d' ' -f1), $(sel 14 | cut -d' ' -f1), $(sel 15 | cut -d' ' -f1)/$(sel 16 | cut -d' ' -f1)"
+                    "$(sel 16)" "$(sel 12)" "$(sel 13 | cut -d' ' -f1), $(sel 14 | cut -d' ' -f1), $(sel 15 | cut -d' ' -f1)/$(sel 17 | cut -d' ' -f1)"
             done
         done
     done
