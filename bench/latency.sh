@@ -8,8 +8,8 @@
 # The client is bench/latclient.c (built here with cc): an open-loop sender at a fixed rate
 # that matches answers by ID and keeps an in-memory histogram (1 µs buckets), over SOCKETS UDP
 # sockets or kept-open pipelined TCP connections. dnsperf 2.10 has no latency histogram: its
-# per-query lines (-v) cost it more CPU than the server on the same two cores, and that wait for
-# a core was most of the p99 this script measured before (bench/README.md, "Wave 5").
+# per-query lines (-v) cost CPU on the same two cores as the servers, and the p99 measured with
+# it was about twice this client's (bench/README.md, "Wave 5").
 #
 # First the maxima: per transport, each server driven by latclient in closed loop (WINDOW
 # queries in flight per socket, MAX_DURATION s, twice, order alternating); each server's maximum
