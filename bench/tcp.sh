@@ -11,13 +11,17 @@
 #               ONESHOT_THREADS (16) blocking clients each connecting, asking, reading, closing.
 #               Not dnsperf -O num-queries-per-conn=1: dnsperf 2.10 manages about 100 queries
 #               per second that way against either server, so it would time dnsperf.
+#   per-conn-paced  the same clients, paced to ONESHOT_RATE connections per second in all (a
+#               rate both servers reach): each server's CPU per connection at the same load.
+#               As fast as possible, a faster server also takes more of the cores from the
+#               clients and is preempted more by their wake-ups, which its CPU-seconds count.
 # Reported per run: queries/s, lost queries, the server's CPU seconds during the run
 # (utime+stime from /proc/PID/stat) and queries per CPU-second; then per case the medians and the
 # spread (min-max over rounds) and the ratio Meridian/gdnsd, per round and its median.
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per run (10), CLIENTS (dnsperf -c, 8),
-# THREADS (dnsperf -T, 2), OUTSTANDING (dnsperf -q, 200), CASES ("pipelined per-conn"),
-# ONESHOT_THREADS (16), and those
+# THREADS (dnsperf -T, 2), OUTSTANDING (dnsperf -q, 200), CASES ("pipelined per-conn
+# per-conn-paced"), ONESHOT_THREADS (16), ONESHOT_RATE (10000), and those
 # of bench/servers.sh: QUERIES, VERIFY, MERIDIAN_BIN, GDNSD_TCP_THREADS (default: nproc).
 #
 # Same set-up as bench/run.sh (bench/servers.sh): same zone, services and GeoIP database,
@@ -30,8 +34,9 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 OUTSTANDING=${OUTSTANDING:-200}
-CASES=${CASES:-pipelined per-conn}
+CASES=${CASES:-pipelined per-conn per-conn-paced}
 ONESHOT_THREADS=${ONESHOT_THREADS:-16}
+ONESHOT_RATE=${ONESHOT_RATE:-10000}
 
 command -v cc >/dev/null || NEED_CC=1
 # shellcheck source=bench/servers.sh
@@ -46,6 +51,9 @@ run() {
     if [ "$case" = per-conn ]; then
         out=$("$TMP/tcp_oneshot" 127.0.0.1 "$port" "$TMP/queries.blob" "$ONESHOT_THREADS" \
             "$DURATION" 2>&1)
+    elif [ "$case" = per-conn-paced ]; then
+        out=$("$TMP/tcp_oneshot" 127.0.0.1 "$port" "$TMP/queries.blob" "$ONESHOT_THREADS" \
+            "$DURATION" "$ONESHOT_RATE" 2>&1)
     else
         out=$(dnsperf -m tcp -B -d "$TMP/queries.blob" -s 127.0.0.1 -p "$port" -l "$DURATION" \
             -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" 2>&1)
@@ -61,7 +69,7 @@ run() {
 }
 
 echo
-echo "TCP: $ROUNDS rounds x ${DURATION}s per server and case; pipelined: dnsperf -m tcp -B -c $CLIENTS -T $THREADS -q $OUTSTANDING; per-conn: tcp_oneshot, $ONESHOT_THREADS threads"
+echo "TCP: $ROUNDS rounds x ${DURATION}s per server and case; pipelined: dnsperf -m tcp -B -c $CLIENTS -T $THREADS -q $OUTSTANDING; per-conn: tcp_oneshot, $ONESHOT_THREADS threads; per-conn-paced: the same at $ONESHOT_RATE/s"
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
     for case in $CASES; do

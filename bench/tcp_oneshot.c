@@ -1,12 +1,15 @@
 /* One DNS query per TCP connection, as fast as possible, for bench/tcp.sh's per-conn case.
  *
  *   cc -O2 -pthread -o tcp_oneshot bench/tcp_oneshot.c
- *   tcp_oneshot ADDR PORT QUERIES.blob THREADS SECONDS
+ *   tcp_oneshot ADDR PORT QUERIES.blob THREADS SECONDS [RATE]
  *
  * Each of THREADS threads loops for SECONDS: connect, send one query from the file (dnsperf -B
  * format: a 2-byte length before each message; taken in turn, with a fresh ID), read the
- * answer, check its ID, close. Prints dnsperf's summary lines (Queries completed / lost, Run
- * time, Queries per second), which bench/tcp.sh parses.
+ * answer, check its ID, close. With RATE (connections per second, in all), each thread starts
+ * its connections on a fixed schedule (RATE / THREADS per second, the threads' schedules
+ * offset) instead of as fast as it can, and one that falls behind does not catch up in a
+ * burst: so two servers can be compared at the same load. Prints dnsperf's summary lines
+ * (Queries completed / lost, Run time, Queries per second), which bench/tcp.sh parses.
  *
  * Why not dnsperf: dnsperf 2.10's `-O num-queries-per-conn=1` manages about 100 queries per
  * second here, against either server (its reconnections wait on a timer), so it measures
@@ -31,7 +34,8 @@ static struct sockaddr_in server;
 static unsigned char *blob;
 static size_t *offsets;
 static size_t count;
-static double stop_at;
+static double stop_at, start_at, period; /* period: seconds between one thread's starts */
+static int nthreads;
 static atomic_ulong completed, lost;
 
 static double now(void) {
@@ -59,7 +63,19 @@ static void *worker(void *arg) {
     unsigned char query[65537], answer[65535];
     struct timeval timeout = {2, 0};
     int one = 1;
+    double next = start_at + period * (double)(uintptr_t)arg / nthreads;
     while (now() < stop_at) {
+        if (period > 0) {
+            double t = now();
+            if (next > t) {
+                struct timespec d = {(time_t)(next - t), (long)((next - t - (time_t)(next - t)) * 1e9)};
+                nanosleep(&d, NULL);
+            } else if (t - next > period) {
+                next = t; /* behind by more than a period: skip, no burst */
+            }
+            next += period;
+            if (now() >= stop_at) break;
+        }
         size_t off = offsets[i % count];
         size_t len = ((size_t)blob[off] << 8) | blob[off + 1];
         memcpy(query, blob + off, len + 2);
@@ -92,8 +108,8 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s ADDR PORT QUERIES.blob THREADS SECONDS\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s ADDR PORT QUERIES.blob THREADS SECONDS [RATE]\n", argv[0]);
         return 2;
     }
     server.sin_family = AF_INET;
@@ -129,8 +145,16 @@ int main(int argc, char **argv) {
     }
     int threads = atoi(argv[4]);
     double seconds = atof(argv[5]);
+    double rate = argc == 7 ? atof(argv[6]) : 0;
+    if (threads < 1 || seconds <= 0 || rate < 0) {
+        fprintf(stderr, "THREADS >= 1, SECONDS > 0, RATE >= 0\n");
+        return 2;
+    }
+    nthreads = threads;
+    period = rate > 0 ? threads / rate : 0;
     pthread_t *t = calloc((size_t)threads, sizeof *t);
     double start = now();
+    start_at = start;
     stop_at = start + seconds;
     for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)(uintptr_t)i);
     for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);

@@ -288,9 +288,11 @@ enum End {
 /// - the client has closed its side and has acknowledged every byte written (`SIOCOUTQ` is
 ///   0): it has every answer and will send nothing more, so the reset loses nothing, and it
 ///   spares the server the FIN, the client's ACK of it and the `LAST_ACK` state, and the
-///   client a `TIME_WAIT` socket (about a fifth of the server's CPU per one-query connection:
-///   bench/README.md, issue 18 item 1). A client that shut only its sending side reads its
-///   answers, then ECONNRESET instead of end-of-file;
+///   client a `TIME_WAIT` socket, so that a client opening one connection per query is not
+///   slowed by them (bench/README.md, issue 18 item 1: 1.5–1.75x the one-shot connections per
+///   second; the server's CPU per connection at an equal rate did not move past the noise).
+///   A client that shut only its sending side reads its answers, then ECONNRESET instead of
+///   end-of-file;
 /// - the client stopped reading: the answers it left unread are dropped at once instead of
 ///   being retried by an orphaned socket.
 ///
