@@ -24,7 +24,9 @@
 //! lead to a service), built once on a background thread started by the first thread that meets
 //! the snapshot, then read without a lock. A zone of 100,000 records would otherwise miss the
 //! 4,096-entry caches on almost every query, and a miss answers twice (issue 18). NODATA and
-//! NXDOMAIN answers stay in the per-thread caches.
+//! NXDOMAIN answers stay in the per-thread caches, where an entry is built on the second miss
+//! of its (name, type) only: a name asked once (a random name) is answered once and evicts
+//! nothing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -54,12 +56,37 @@ pub(crate) struct AnswerCache {
     entries: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Scratch buffer for the plain query built on a miss.
     plain: Vec<u8>,
+    /// Tags of keys that missed once ([`AnswerCache::seen_before`]); empty until the first.
+    seen: Box<[u32]>,
 }
+
+/// Slots of [`AnswerCache::seen_before`]'s table of keys that missed once.
+const SEEN_SLOTS: usize = 2048;
 
 impl AnswerCache {
     /// Returns an empty cache.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Returns true when `key` missed before (its tag is in its slot), else remembers it.
+    ///
+    /// An entry is built on a key's second miss, not its first: building one answers the
+    /// query again in its plain form, and a name asked once (random names, which get NXDOMAIN,
+    /// or NODATA for one of 67,000 names in a large zone) would pay twice and take a slot never
+    /// used again; 4,096 of them empty the cache of the names that are asked again (issue 18).
+    fn seen_before(&mut self, key: &[u8]) -> bool {
+        use std::hash::BuildHasher;
+        let h = self.entries.hasher().hash_one(key);
+        if self.seen.is_empty() {
+            self.seen = vec![0; SEEN_SLOTS].into_boxed_slice();
+        }
+        // Never 0, the empty slot.
+        let tag = (h >> 32) as u32 | 1;
+        let slot = &mut self.seen[h as usize % SEEN_SLOTS];
+        let seen = *slot == tag;
+        *slot = tag;
+        seen
     }
 
     #[cfg(test)]
@@ -80,12 +107,14 @@ impl Answerer {
         out: &mut Vec<u8>,
         cache: &mut AnswerCache,
     ) -> bool {
-        let snap = self.snapshot.load_full();
+        // A guard, not a clone of the `Arc`: a clone per query would have every UDP thread
+        // write the one reference count (a cache line bouncing between cores, issue 18).
+        let snap = self.snapshot.load();
         if !std::ptr::eq(cache.snapshot.as_ptr(), Arc::as_ptr(&snap)) {
             cache.entries.clear();
             cache.snapshot = Arc::downgrade(&snap);
             if snap.static_answers.claim_build() {
-                spawn_static_answers(snap.clone());
+                spawn_static_answers(Arc::clone(&snap));
             }
         }
         let q = match wire::parse(query) {
@@ -105,10 +134,11 @@ impl Answerer {
         // services, such entries filled the cache and emptied it every few thousand
         // queries: issue 18).
         if matches!(RecordType::from(q.qtype), RecordType::A | RecordType::AAAA)
-            && snap.services.by_wire(&q.qname_lower).is_some()
+            && let Some(service) = snap.services.by_wire(&q.qname_lower)
         {
             let health = self.health.load();
-            let rc = super::answer_guarded(&snap, &health, &q, client, transport, out);
+            let rc =
+                super::answer_guarded(&snap, &health, &q, Some(service), client, transport, out);
             self.metrics.dns.count(transport.index(), q.qtype, rc);
             self.metrics
                 .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
@@ -120,7 +150,7 @@ impl Answerer {
         };
         let entry = cache.entries.get(key);
         let body = match entry {
-            Some(known) => known.as_ref(),
+            Some(known) => known.as_deref(),
             None => snap.static_answers.get().and_then(|t| t.get(key)),
         };
         if let Some(body) = body
@@ -141,7 +171,7 @@ impl Answerer {
         let known = entry.is_some();
         // What `respond` does with a parsed query (panics become SERVFAIL), without parsing again.
         let health = self.health.load();
-        let rc = super::answer_guarded(&snap, &health, &q, client, transport, out);
+        let rc = super::answer_guarded(&snap, &health, &q, None, client, transport, out);
         self.metrics.dns.count(transport.index(), q.qtype, rc);
         self.metrics
             .count_ecs(q.edns.as_ref().is_some_and(|e| e.ecs.is_some()));
@@ -155,6 +185,9 @@ impl Answerer {
                 cache.entries.insert(key.to_vec(), None);
                 return true;
             }
+            if !cache.seen_before(key) {
+                return true;
+            }
             // Build the entry from the plain form of the query: header, lowercased question.
             let plain = &mut cache.plain;
             plain.clear();
@@ -163,9 +196,16 @@ impl Answerer {
             plain.extend_from_slice(&q.qtype.to_be_bytes());
             plain.extend_from_slice(&q.qclass.to_be_bytes());
             if let Ok(pq) = wire::parse(plain) {
-                let mut body = Vec::with_capacity(512);
-                let rc =
-                    super::answer_guarded(&snap, &health, &pq, client, Transport::Tcp, &mut body);
+                let mut body: Vec<u8> = Vec::with_capacity(512);
+                let rc = super::answer_guarded(
+                    &snap,
+                    &health,
+                    &pq,
+                    None,
+                    client,
+                    Transport::Tcp,
+                    &mut body,
+                );
                 // Answers that may change without a new snapshot are remembered as such
                 // (None), so that the next query for the name skips this step.
                 let value = is_cacheable_answer(&snap, &q, rc, &body).then_some(body);
@@ -189,7 +229,7 @@ fn spawn_static_answers(snap: Arc<Snapshot>) {
                 return;
             };
             let entries = table.len();
-            let bytes: usize = table.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let bytes = table.bytes();
             crate::snapshot::release_freed_memory();
             if let Some(snap) = weak.upgrade() {
                 snap.static_answers.install(table);
@@ -214,6 +254,7 @@ pub(crate) fn build_static_answers(snap: &Weak<Snapshot>) -> Option<AnswerTable>
     let client = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut table = AnswerTable::new();
     let mut plain = Vec::new();
+    let mut body: Vec<u8> = Vec::with_capacity(512);
     for (i, (name, rtype)) in snap.zones.static_questions().enumerate() {
         // Checked now and then, not per name: an upgrade is two atomic operations.
         if i % 4096 == 4095 && Arc::strong_count(&snap) == 1 {
@@ -243,13 +284,13 @@ pub(crate) fn build_static_answers(snap: &Weak<Snapshot>) -> Option<AnswerTable>
         if !is_cacheable_query(&pq) {
             continue;
         }
-        let mut body = Vec::with_capacity(128);
-        let rc = super::answer_guarded(&snap, &health, &pq, client, Transport::Tcp, &mut body);
+        body.clear();
+        let rc =
+            super::answer_guarded(&snap, &health, &pq, None, client, Transport::Tcp, &mut body);
         if is_cacheable_answer(&snap, &pq, rc, &body) {
             let mut key = pq.qname_lower.to_vec();
             key.extend_from_slice(&qtype.to_be_bytes());
-            body.shrink_to_fit();
-            table.insert(key, body);
+            table.insert(&key, &body);
         }
     }
     table.shrink_to_fit();
@@ -581,18 +622,61 @@ mod tests {
         assert_eq!(cache.len(), 1, "one entry served all three clients");
     }
 
+    /// Issue 18: a name asked once (random names get NXDOMAIN) is answered once, and takes
+    /// no entry; asked again, it is cached, and the cached answer is the one `respond` gives.
+    #[test]
+    fn names_are_cached_on_their_second_miss() {
+        let a = answerer();
+        let client: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        let mut cache = AnswerCache::new();
+        for i in 0..100 {
+            let q = query(&format!("nx{i}.example.net"), 1, 1232, Some(&[][..]));
+            let mut out = Vec::new();
+            assert!(a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache));
+            assert_eq!(out[3] & 0x0F, 3, "NXDOMAIN");
+        }
+        assert_eq!(cache.len(), 0, "no entry for names asked once");
+        let q = query("nx7.example.net", 1, 1232, Some(&[][..]));
+        let mut want = Vec::new();
+        assert!(a.respond(&q, client, Transport::Udp, &mut want));
+        let mut got = Vec::new();
+        assert!(a.respond_cached(&q, client, Transport::Udp, &mut got, &mut cache));
+        assert_eq!(cache.len(), 1, "asked twice: cached");
+        got.clear();
+        assert!(a.respond_cached(&q, client, Transport::Udp, &mut got, &mut cache));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_static_table_keeps_each_answer_with_its_key() {
+        let mut t = AnswerTable::new();
+        t.insert(b"\x01a\x00\x00\x01", b"answer a");
+        t.insert(b"\x01b\x00\x00\x01", b"");
+        t.insert(b"\x01a\x00\x00\x01", b"answer a, again");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(b"\x01a\x00\x00\x01"), Some(&b"answer a, again"[..]));
+        assert_eq!(t.get(b"\x01b\x00\x00\x01"), Some(&b""[..]));
+        assert_eq!(t.get(b"\x01a\x00\x00\x1c"), None);
+        assert_eq!(t.bytes(), 2 * 5 + 15);
+    }
+
     #[test]
     fn a_new_snapshot_empties_the_cache() {
         let a = answerer();
         let client: SocketAddr = "127.0.0.1:5300".parse().unwrap();
         let mut cache = AnswerCache::new();
         let mut out = Vec::new();
+        // Entries are built on a name's second miss.
         let q = query("example.net", 6, 0, None);
+        a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
+        assert_eq!(cache.len(), 0);
         a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
         assert_eq!(cache.len(), 1);
         a.snapshot.store(Arc::new(bench_snapshot()));
         let q = query("example.net", 2, 0, None);
-        a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
+        for _ in 0..2 {
+            a.respond_cached(&q, client, Transport::Udp, &mut out, &mut cache);
+        }
         assert_eq!(cache.len(), 1);
         assert!(
             cache

@@ -242,7 +242,7 @@ fn run_one(
         let q = wire::parse(input).map_err(|_| "parse is not deterministic".to_string())?;
         out.clear();
         catch_unwind(AssertUnwindSafe(|| {
-            answer(&snap, &health, &q, client.ip(), transport, out)
+            answer(&snap, &health, &q, None, client.ip(), transport, out)
         }))
         .map_err(|_| "the answer function panicked".to_string())?;
         check_response(input, out, transport).map_err(|e| format!("answer: {e}"))?;

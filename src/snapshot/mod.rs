@@ -54,7 +54,93 @@ pub struct Snapshot {
 
 /// The lowercased wire name followed by the QTYPE -> the response to the plain query (ID 0, no
 /// flags, no EDNS), as `dns/`'s answer cache keeps it.
-pub(crate) type AnswerTable = std::collections::HashMap<Vec<u8>, Vec<u8>>;
+///
+/// Each key and its answer share one allocation, so that a lookup that found the key has the
+/// answer's first bytes in the same cache line (issue 18: with 100,000 records the key and the
+/// answer were a cache miss each).
+#[derive(Debug, Default)]
+pub(crate) struct AnswerTable {
+    entries: std::collections::HashSet<TableEntry>,
+}
+
+/// One entry of an [`AnswerTable`]: the key's length (2 bytes, little-endian), the key, the
+/// answer. Hashed and compared by its key alone, so that a lookup borrows the key as `[u8]`.
+#[derive(Debug)]
+struct TableEntry(Box<[u8]>);
+
+impl TableEntry {
+    fn split(&self) -> (&[u8], &[u8]) {
+        let n = usize::from(u16::from_le_bytes([self.0[0], self.0[1]]));
+        self.0[2..].split_at(n)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for TableEntry {
+    fn borrow(&self) -> &[u8] {
+        self.split().0
+    }
+}
+
+impl std::hash::Hash for TableEntry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: `Borrow` requires the owned and the borrowed form to agree.
+        self.split().0.hash(state);
+    }
+}
+
+impl PartialEq for TableEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.split().0 == other.split().0
+    }
+}
+
+impl Eq for TableEntry {}
+
+impl AnswerTable {
+    /// Returns an empty table.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the answer of `key`; a key longer than 65,535 bytes (never a name
+    /// and type) is not stored.
+    pub(crate) fn insert(&mut self, key: &[u8], answer: &[u8]) {
+        let Ok(n) = u16::try_from(key.len()) else {
+            return;
+        };
+        let mut e = Vec::with_capacity(2 + key.len() + answer.len());
+        e.extend_from_slice(&n.to_le_bytes());
+        e.extend_from_slice(key);
+        e.extend_from_slice(answer);
+        self.entries.replace(TableEntry(e.into_boxed_slice()));
+    }
+
+    /// Returns the answer of `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.entries.get(key).map(|e| e.split().1)
+    }
+
+    /// Returns true when `key` has an answer.
+    #[cfg(test)]
+    pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
+        self.entries.contains(key)
+    }
+
+    /// Returns the number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Returns the bytes of the keys and answers.
+    pub(crate) fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.0.len() - 2).sum()
+    }
+
+    /// Frees the table's spare capacity.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+}
 
 /// A snapshot's table of prebuilt static answers: empty until built, then never changed.
 /// Built and read by `dns/` (the snapshot knows nothing of DNS messages); a lock-free read.
