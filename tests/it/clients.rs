@@ -137,13 +137,16 @@ fn issue_9_a_client_network_holding_its_tcp_cap_does_not_keep_another_network_ou
         c.set_read_timeout(Some(BOUND)).unwrap();
         assert_eq!(ask_on(c, &q).unwrap().answers.len(), 1);
     }
-    // A fifth from the same network (another address in the /24) is closed at accept.
-    let mut fifth = connect_from("127.0.0.3".parse().unwrap(), s.dns).unwrap();
-    fifth.set_read_timeout(Some(BOUND)).unwrap();
-    assert!(
-        ask_on(&mut fifth, &q).is_err(),
-        "the network's fifth connection is refused"
-    );
+    // A fifth from the same network (another address in the /24) is reset at accept, which
+    // the client sees at connect or at its first exchange, depending on timing.
+    let refused = match connect_from("127.0.0.3".parse().unwrap(), s.dns) {
+        Err(_) => true,
+        Ok(mut fifth) => {
+            fifth.set_read_timeout(Some(BOUND)).unwrap();
+            ask_on(&mut fifth, &q).is_err()
+        }
+    };
+    assert!(refused, "the network's fifth connection is refused");
     // Another network is served, over a new connection.
     let mut other = connect_from("127.0.1.3".parse().unwrap(), s.dns).unwrap();
     other.set_read_timeout(Some(BOUND)).unwrap();
@@ -155,10 +158,12 @@ fn issue_9_a_client_network_holding_its_tcp_cap_does_not_keep_another_network_ou
     drop(held.remove(0));
     let deadline = Instant::now() + BOUND;
     loop {
-        let mut c = connect_from(greedy, s.dns).unwrap();
-        c.set_read_timeout(Some(BOUND)).unwrap();
-        if ask_on(&mut c, &q).is_ok() {
-            break;
+        // Until the slot is back, a new connection is reset, possibly before connect returns.
+        if let Ok(mut c) = connect_from(greedy, s.dns) {
+            c.set_read_timeout(Some(BOUND)).unwrap();
+            if ask_on(&mut c, &q).is_ok() {
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "the slot never came back");
         std::thread::sleep(Duration::from_millis(50));
