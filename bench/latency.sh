@@ -33,20 +33,10 @@
 # bench/servers.sh: QUERIES, VERIFY, MERIDIAN_BIN, GDNSD_TCP_THREADS.
 set -euo pipefail
 
-# AUTOGROUP_NICE (default -20 as root, else unset; "" to leave alone): with
-# kernel.sched_autogroup_enabled=1 the CPU is shared between sessions first and nice only
-# orders the threads inside one session, so `nice -n -5` alone does not put this bench ahead
-# of a build started in another session (measured: a niced rustc in another session took a
-# core from the bench). Set, the script re-runs itself in a session of its own (setsid) and
-# gives that session's autogroup this niceness; both servers and the client are in it.
-[ "$(id -u)" -eq 0 ] && AUTOGROUP_NICE=${AUTOGROUP_NICE--20}
-if [ -n "${AUTOGROUP_NICE:-}" ] && [ -z "${LATENCY_SESSION:-}" ] &&
-    [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ]; then
-    LATENCY_SESSION=1 exec setsid -w "$0" "$@"
-fi
-if [ -n "${LATENCY_SESSION:-}" ]; then
-    echo "$AUTOGROUP_NICE" >/proc/self/autogroup
-fi
+# AUTOGROUP_NICE: see own_session in bench/lib.sh (a session of its own, autogroup niceness -20
+# as root), as every bench that compares servers.
+source "$(dirname "$0")/lib.sh"
+own_session "$@"
 
 ROUNDS=${ROUNDS:-3}
 MAX_DURATION=${MAX_DURATION:-5}

@@ -8,6 +8,7 @@
 # instead), runs bench/overhead.py, which stops what it started (by pid) and removes its temp dir.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+own_session "$@"
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)

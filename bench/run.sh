@@ -38,6 +38,7 @@ QUERIES=${QUERIES:-20000}
 VERIFY=${VERIFY:-strict}
 
 source "$(dirname "$0")/lib.sh"
+own_session "$@"
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()

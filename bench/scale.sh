@@ -9,6 +9,7 @@
 # instead), runs bench/scale.py, which stops what it started (by pid) and removes its temp dir.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+own_session "$@"
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v gdnsd >/dev/null || missing+=(gdnsd)

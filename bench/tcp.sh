@@ -38,6 +38,8 @@ CASES=${CASES:-pipelined per-conn per-conn-paced}
 ONESHOT_THREADS=${ONESHOT_THREADS:-16}
 ONESHOT_RATE=${ONESHOT_RATE:-10000}
 
+source "$(dirname "$0")/lib.sh"
+own_session "$@"
 command -v cc >/dev/null || NEED_CC=1
 # shellcheck source=bench/servers.sh
 . "$(dirname "$0")/servers.sh"
