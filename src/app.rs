@@ -142,7 +142,7 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for addr in &server.dns_listen {
-        let (sockets, listener) = bind_dns(*addr, workers)?;
+        let (sockets, listener) = bind_dns(*addr, workers, server.udp_receive_buffer)?;
         let bound = sockets[0].local_addr()?;
         info!("listening dns/udp {bound}");
         info!("listening dns/tcp {}", listener.local_addr()?);
@@ -308,15 +308,17 @@ pub async fn serve(config_path: PathBuf, snapshot: Snapshot) -> anyhow::Result<(
 
 /// Binds UDP and TCP on the same port. With port 0 the UDP bind picks the port, and the TCP
 /// bind may find it taken (by some other TCP socket): then both are retried on a new port.
+/// `receive_buffer`: see [`dns::udp::bind`].
 fn bind_dns(
     addr: SocketAddr,
     workers: usize,
+    receive_buffer: usize,
 ) -> anyhow::Result<(Vec<std::net::UdpSocket>, tokio::net::TcpListener)> {
     const ATTEMPTS: usize = 20;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let sockets = dns::udp::bind(addr, workers)
+        let sockets = dns::udp::bind(addr, workers, receive_buffer)
             .with_context(|| format!("failed to bind dns/udp on {addr}"))?;
         let tcp_addr = SocketAddr::new(addr.ip(), sockets[0].local_addr()?.port());
         match bind_tcp(tcp_addr) {

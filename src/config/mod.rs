@@ -51,6 +51,14 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default worker threads of the runtime of probes, the admin port and the webhook: one
 /// thread carries 10,000 probes a second (bench/README.md, issue #17).
 pub const DEFAULT_PROBE_THREADS: usize = 1;
+
+/// Default `server.udp_receive_buffer`: the receive buffer asked for each DNS UDP socket, in
+/// bytes (Linux doubles it for its bookkeeping, and caps what it grants at
+/// `net.core.rmem_max` unless the process may raise it).
+pub const DEFAULT_UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Largest `server.udp_receive_buffer` accepted.
+pub const MAX_UDP_RECEIVE_BUFFER: u64 = 1 << 30;
 /// Default cap on concurrent DNS TCP connections.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 /// The default cap per client network is `tcp_max_connections` divided by this: one network
@@ -287,6 +295,11 @@ pub struct Server {
     pub cookie_secret_file: Option<PathBuf>,
     /// UDP sockets (SO_REUSEPORT) per listen address; default: one per CPU.
     pub udp_workers: Option<usize>,
+    /// Receive buffer asked for each DNS UDP socket, in bytes; 0: the system's default
+    /// (`net.core.rmem_default`). Large: a burst queues (and waits); small: it is dropped (and
+    /// retried by the resolver). Default [`DEFAULT_UDP_RECEIVE_BUFFER`]. Takes effect at the
+    /// next restart.
+    pub udp_receive_buffer: usize,
     /// Worker threads of the runtime that runs probes, the admin port and the webhook (apart
     /// from DNS); default [`DEFAULT_PROBE_THREADS`]. Takes effect at the next restart.
     pub probe_threads: usize,

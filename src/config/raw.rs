@@ -21,6 +21,7 @@ pub(crate) struct RawServer {
     pub(crate) nsid: Option<String>,
     pub(crate) cookie_secret_file: Option<String>,
     pub(crate) udp_workers: Option<usize>,
+    pub(crate) udp_receive_buffer: Option<u64>,
     pub(crate) probe_threads: Option<usize>,
     pub(crate) tcp_idle_timeout: Option<String>,
     pub(crate) tcp_max_connections: Option<usize>,

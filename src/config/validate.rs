@@ -329,6 +329,7 @@ impl Validator {
             nsid: None,
             cookie_secret_file: None,
             udp_workers: None,
+            udp_receive_buffer: None,
             probe_threads: None,
             tcp_idle_timeout: None,
             tcp_max_connections: None,
@@ -435,6 +436,15 @@ impl Validator {
         };
         if raw.udp_workers == Some(0) {
             self.err("server.udp_workers", "must be at least 1");
+        }
+        if raw
+            .udp_receive_buffer
+            .is_some_and(|b| b > MAX_UDP_RECEIVE_BUFFER)
+        {
+            self.err(
+                "server.udp_receive_buffer",
+                format!("must be at most {MAX_UDP_RECEIVE_BUFFER} bytes (0: the system's default)"),
+            );
         }
         if raw.probe_threads == Some(0) {
             self.err("server.probe_threads", "must be at least 1");
@@ -568,6 +578,11 @@ impl Validator {
             nsid: raw.nsid,
             cookie_secrets,
             udp_workers: raw.udp_workers,
+            udp_receive_buffer: raw
+                .udp_receive_buffer
+                .filter(|b| *b <= MAX_UDP_RECEIVE_BUFFER)
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(DEFAULT_UDP_RECEIVE_BUFFER),
             probe_threads: raw.probe_threads.unwrap_or(DEFAULT_PROBE_THREADS),
             tcp_idle_timeout,
             tcp_max_connections,
@@ -1636,6 +1651,40 @@ port = 8080
 interval = "2s"
 timeout = "1s"
 "#;
+
+    #[test]
+    fn udp_receive_buffer_defaults_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z"), "").unwrap();
+        let file = dir.path().join("m.toml");
+        let with = |line: &str| {
+            let text = MIN.replace("[server]\n", &format!("[server]\n{line}\n"));
+            parse_str(
+                &file,
+                &format!("{text}\n[[zone]]\norigin = \"example.net.\"\nfile = \"z\"\n"),
+            )
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.server.udp_receive_buffer, DEFAULT_UDP_RECEIVE_BUFFER);
+        assert_eq!(
+            with("udp_receive_buffer = 0")
+                .unwrap()
+                .server
+                .udp_receive_buffer,
+            0
+        );
+        let e: Vec<String> = with("udp_receive_buffer = 2000000000")
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            e.iter().any(|e| e.contains("m.toml")
+                && e.contains("server.udp_receive_buffer: must be at most 1073741824 bytes")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn probe_threads_must_be_at_least_one() {

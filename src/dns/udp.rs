@@ -38,7 +38,13 @@ pub(crate) const BATCH: usize = 32;
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); port 0 picks one free port for all.
-pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+/// Each asks for a receive buffer of `receive_buffer` bytes (`server.udp_receive_buffer`; 0:
+/// the system's default).
+pub(crate) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    receive_buffer: usize,
+) -> io::Result<Vec<UdpSocket>> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -50,8 +56,11 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>>
         // Blocking, with a timeout so that the serving thread notices shutdown.
         socket.set_nonblocking(false)?;
         socket.set_read_timeout(Some(POLL_INTERVAL))?;
-        // Bursts of queries should queue in the kernel rather than be dropped.
-        let _ = socket.set_recv_buffer_size(4 << 20);
+        // By default bursts of queries queue in the kernel rather than be dropped; what the
+        // kernel grants is capped by net.core.rmem_max (not an error).
+        if receive_buffer > 0 {
+            let _ = socket.set_recv_buffer_size(receive_buffer);
+        }
         let _ = socket.set_send_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
         let std: UdpSocket = socket.into();
@@ -390,17 +399,36 @@ mod tests {
 
     #[test]
     fn two_sockets_share_one_port_and_time_out_for_shutdown_checks() {
-        let sockets = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 2, 0).unwrap();
         assert_eq!(sockets.len(), 2);
         let port = sockets[0].local_addr().unwrap().port();
         assert_eq!(sockets[1].local_addr().unwrap().port(), port);
         assert_eq!(sockets[0].read_timeout().unwrap(), Some(POLL_INTERVAL));
     }
 
+    /// `server.udp_receive_buffer`: the size asked is what the socket gets (Linux doubles it
+    /// for its bookkeeping); 0 leaves the system's default.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_receive_buffer_is_the_one_asked_or_the_system_default() {
+        let rcvbuf = |s: &UdpSocket| socket2::SockRef::from(s).recv_buffer_size().unwrap();
+        let small = bind("127.0.0.1:0".parse().unwrap(), 1, 65_536).unwrap();
+        assert_eq!(rcvbuf(&small[0]), 2 * 65_536);
+        let default = bind("127.0.0.1:0".parse().unwrap(), 1, 0).unwrap();
+        let system: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(rcvbuf(&default[0]), system);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_batch_receives_queued_datagrams_and_replies_to_each_sender() {
-        let server = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let server = bind("127.0.0.1:0".parse().unwrap(), 1, 0)
+            .unwrap()
+            .remove(0);
         let to = server.local_addr().unwrap();
         let clients: Vec<UdpSocket> = (0..3)
             .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())

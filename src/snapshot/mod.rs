@@ -385,6 +385,13 @@ impl Reloader {
         if old.config.server.probe_threads != snapshot.config.server.probe_threads {
             warn!("server.probe_threads changed: it takes effect at the next restart");
         }
+        if old.config.server.udp_workers != snapshot.config.server.udp_workers
+            || old.config.server.udp_receive_buffer != snapshot.config.server.udp_receive_buffer
+        {
+            warn!(
+                "server.udp_workers or server.udp_receive_buffer changed: it takes effect at the next restart"
+            );
+        }
         if old.admin_tls.is_some() != snapshot.admin_tls.is_some() {
             warn!(
                 "admin TLS turned {}: it takes effect at the next restart (until then the admin port keeps {})",
