@@ -317,7 +317,17 @@ pub(super) fn sign(
     }
     s.answer = answer;
 
-    // Authority section: the SOA of a negative answer; referral NS are not signed.
+    // RFC 4035 §3.1.4.1: a secure delegation's DS RRset follows the (unsigned) NS RRset, signed
+    // by the parent as the other authority RRsets below.
+    let mut secure_cut = false;
+    if let Denial::Referral(cut) = denial
+        && let Some((zone, _)) = signer_for(snap, &lower_wire(cut), rtype::NS)
+        && let Some(ds) = zone.ds_at(cut)
+    {
+        s.authority.extend(ds.iter().cloned());
+        secure_cut = true;
+    }
+    // Authority section: the SOA of a negative answer, a cut's DS; referral NS are not signed.
     let mut authority = Vec::with_capacity(s.authority.len() + 4);
     let referral = matches!(denial, Denial::Referral(_));
     for g in group_records(&s.authority).ok_or(SignError::Encode)? {
@@ -388,44 +398,26 @@ pub(super) fn sign(
                 )?;
             }
         }
-        Denial::Referral(cut) => {
+        // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
+        Denial::Referral(cut) if !secure_cut => {
             let owner = lower_wire(cut);
             if let Some((zone, signer)) = signer_for(snap, &owner, rtype::NS) {
-                match zone.ds_at(cut) {
-                    // RFC 4035 §3.1.4.1: a secure delegation: the DS RRset and its RRSIGs
-                    // after the (unsigned) NS RRset.
-                    Some(ds) => {
-                        let mut rdatas = ds.iter().map(canonical_rdata).collect::<Option<_>>();
-                        let rdatas: &mut Vec<Vec<u8>> = rdatas.as_mut().ok_or(SignError::Encode)?;
-                        let ttl = ds.first().map_or(0, |r| r.ttl);
-                        info.used(signer, now, true);
-                        let sigs =
-                            signer.rrsigs(&owner, None, rtype::DS, ttl, rdatas, now, true)?;
-                        authority.extend(ds.iter().cloned());
-                        let name = ds.first().map_or_else(Name::root, |r| r.name.clone());
-                        for sig in sigs {
-                            authority.push(raw(name.clone(), ttl, RecordType::RRSIG, sig));
-                        }
-                    }
-                    // RFC 4035 §3.1.4.1: no DS at the cut: prove it (an insecure delegation).
-                    None => {
-                        let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
-                        let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
-                        nsec(
-                            zone,
-                            signer,
-                            &owner,
-                            &next,
-                            &types,
-                            now,
-                            true,
-                            &mut authority,
-                            &mut info,
-                        )?;
-                    }
-                }
+                let next = dnssec::next_after(&owner).ok_or(SignError::Encode)?;
+                let types = [rtype::NS, rtype::RRSIG, rtype::NSEC];
+                nsec(
+                    zone,
+                    signer,
+                    &owner,
+                    &next,
+                    &types,
+                    now,
+                    true,
+                    &mut authority,
+                    &mut info,
+                )?;
             }
         }
+        Denial::Referral(_) => {}
     }
     authority.extend(wildcard_nsec);
     s.authority = authority;
