@@ -16,7 +16,7 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::backend::backends;
 use crate::geo::REGIONS;
-use crate::harness::{Server, ZONE, http, query, tcp_raw};
+use crate::harness::{Server, ZONE, http, query, tcp_exchange, tcp_raw};
 
 /// The bound a test waits for a behaviour before failing: generous for loaded machines.
 const BOUND: Duration = Duration::from_secs(20);
@@ -35,14 +35,7 @@ fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Sends one framed DNS query on `s` and reads the framed response.
 fn ask_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Message> {
-    let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(msg);
-    s.write_all(&framed)?;
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf)?;
-    Message::from_vec(&buf).map_err(std::io::Error::other)
+    Message::from_vec(&tcp_exchange(s, msg)?).map_err(std::io::Error::other)
 }
 
 /// Whether the server has closed `s` (EOF or reset), waiting up to `BOUND` for it.

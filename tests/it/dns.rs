@@ -562,21 +562,14 @@ fn tcp_socket_state(local: u16, remote: u16) -> Option<u8> {
 
 #[test]
 fn issue_18_a_tcp_client_that_closes_after_its_answers_is_reset_and_keeps_no_time_wait() {
-    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let s = server();
     let q = query("example.net.", RecordType::SOA);
-    let mut framed = (q.to_vec().unwrap().len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&q.to_vec().unwrap());
     for _ in 0..3 {
         let mut c = std::net::TcpStream::connect(s.dns).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let port = c.local_addr().unwrap().port();
-        c.write_all(&framed).unwrap();
-        let mut len = [0u8; 2];
-        c.read_exact(&mut len).unwrap();
-        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        c.read_exact(&mut buf).unwrap();
+        let buf = crate::harness::tcp_exchange(&mut c, &q.to_vec().unwrap()).unwrap();
         let r = Message::from_vec(&buf).unwrap();
         assert_eq!((r.metadata.id, r.answers.len()), (q.metadata.id, 1));
         drop(c);
@@ -619,11 +612,7 @@ fn issue_18_a_tcp_client_that_shuts_its_side_reads_every_answer_and_idle_closes_
     c.write_all(&framed).unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
     for q in &queries {
-        let mut len = [0u8; 2];
-        c.read_exact(&mut len).unwrap();
-        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        c.read_exact(&mut buf).unwrap();
-        let r = Message::from_vec(&buf).unwrap();
+        let r = Message::from_vec(&crate::harness::read_framed(&mut c).unwrap()).unwrap();
         assert_eq!(r.metadata.id, q.metadata.id);
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     }

@@ -256,14 +256,25 @@ pub fn udp_raw(addr: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
 pub fn tcp_raw(addr: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp_exchange(&mut s, msg).ok()
+}
+
+/// Sends one DNS message on `s` with its 2-byte length (RFC 1035 §4.2.2) and reads one
+/// framed response.
+pub fn tcp_exchange(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(msg);
-    s.write_all(&framed).ok()?;
+    s.write_all(&framed)?;
+    read_framed(s)
+}
+
+/// Reads one length-prefixed DNS message from `s`.
+pub fn read_framed(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
-    s.read_exact(&mut len).ok()?;
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).ok()?;
-    Some(buf)
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
 }
 
 /// Builds a query for `name`/`rtype` with EDNS (payload 1232).
