@@ -326,8 +326,16 @@ pub(crate) fn activate(mut snapshot: Snapshot, metrics: &Metrics) -> Arc<Snapsho
         warn!("{w}");
     }
     let snapshot = Arc::new(snapshot);
+    let weak: std::sync::Weak<Snapshot> = Arc::downgrade(&snapshot);
+    metrics.watch_pending_answers(weak);
     start_scope_maps(&snapshot);
     snapshot
+}
+
+impl crate::metrics::PendingAnswers for Snapshot {
+    fn flush_answers(&self) {
+        self.services.flush_answers();
+    }
 }
 
 /// Replaces the live snapshot from the config file: what SIGHUP and `POST /reload` run.
