@@ -30,7 +30,8 @@
 #
 # Knobs (environment): ROUNDS (3), MAX_DURATION (5), LAT_DURATION (5), SOCKETS (8), WINDOW
 # (25), TICK_US (100), LOADS ("50 80"), TRANSPORTS ("udp tcp"), CLIENT_NICE, AUTOGROUP_NICE, PIN, and those of
-# bench/servers.sh: QUERIES, VERIFY, MERIDIAN_BIN, GDNSD_TCP_THREADS.
+# bench/servers.sh: QUERIES, VERIFY, MERIDIAN_BIN, GDNSD_TCP_THREADS, UDP_THREADS (with PIN=1: 1, one
+# UDP thread each on the servers' core).
 set -euo pipefail
 
 # AUTOGROUP_NICE: see own_session in bench/lib.sh (a session of its own, autogroup niceness -20

@@ -7,6 +7,7 @@
 # Knobs (environment): QUERIES (size of the query file, 20000), VERIFY (strict|warn),
 # MERIDIAN_BIN (a prebuilt binary to time; unset: build this tree, release),
 # GDNSD_TCP_THREADS (gdnsd tcp_threads; default: nproc, "as many TCP threads as cores").
+# UDP_THREADS: both servers' UDP threads (udp_workers, udp_threads; default 2, as the configs).
 
 QUERIES=${QUERIES:-20000}
 VERIFY=${VERIFY:-strict}
@@ -31,6 +32,7 @@ G_PORT=$(free_port)
 mkdir -p "$TMP/gdnsd/zones"
 sed -e "s|@PORT@|$G_PORT|" -e "s|@GEOIP@|$ROOT/geodata/sample.mmdb|" \
     -e "s|tcp_threads => [0-9]*|tcp_threads => $GDNSD_TCP_THREADS|" \
+    -e "s|udp_threads => [0-9]*|udp_threads => ${UDP_THREADS:-2}|" \
     bench/gdnsd/config.in >"$TMP/gdnsd/config"
 {
     cat zones/example.net.zone
@@ -43,7 +45,12 @@ add_pid "$G_PID"
 wait_for "$TMP/gdnsd.log" "DNS listeners started" gdnsd 300
 
 # --- Meridian: bench/meridian.toml (TCP on the main runtime: one worker thread per core) -------
-MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config bench/meridian.toml \
+M_CONFIG=bench/meridian.toml
+if [ -n "${UDP_THREADS:-}" ]; then
+    M_CONFIG=$TMP/meridian.toml
+    sed -e "s|\.\./|$ROOT/|g" -e "s|^udp_workers .*|udp_workers = $UDP_THREADS|" bench/meridian.toml >"$M_CONFIG"
+fi
+MERIDIAN_LOG=warn,meridian::app=info "$MERIDIAN_BIN" serve --config "$M_CONFIG" \
     >"$TMP/meridian.log" 2>&1 &
 M_PID=$!
 add_pid "$M_PID"
