@@ -25,6 +25,9 @@ use tracing::debug;
 use super::cache::AnswerCache;
 use super::{Answerer, Transport};
 
+#[cfg(target_os = "linux")]
+mod plain;
+
 /// Prefix length grouping IPv4 clients into one network for the per-network cap: a /24, the
 /// smallest block routed on the Internet, so one site, not one host.
 pub(crate) const NETWORK_V4_PREFIX: u8 = 24;
@@ -104,6 +107,16 @@ pub(crate) async fn serve(
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    // Plain TCP on Linux: threads of its own (`plain`); on tokio (below) only should they fail
+    // to start, and elsewhere.
+    #[cfg(target_os = "linux")]
+    let listener = match tls {
+        Some(_) => listener,
+        None => match plain::serve(listener, answerer.clone(), token.clone(), limits).await {
+            Ok(()) => return,
+            Err(listener) => listener,
+        },
+    };
     if tls.is_none() {
         // Inherited by every accepted connection: a close is a reset unless `close` says
         // otherwise. A connection refused at accept (over a cap) is reset too: it cost the
@@ -149,7 +162,8 @@ pub(crate) async fn serve(
                 let mut stream = stream;
                 let end =
                     connection(&mut stream, peer, answerer, token, idle, Transport::Tcp).await;
-                close(stream, end);
+                close(&stream, end);
+                drop(stream);
                 drop(permit);
                 drop(slot);
             });
@@ -298,31 +312,32 @@ enum End {
 ///
 /// Otherwise (idle, shutdown, errors, or bytes not yet acknowledged) it clears the linger
 /// first, so the close is an orderly FIN after the data.
-fn close(stream: tokio::net::TcpStream, end: End) {
+/// The caller drops the stream after.
+fn close<S: std::os::fd::AsFd>(stream: &S, end: End) {
     let reset = match end {
-        End::PeerClosed => all_acknowledged(&stream),
+        End::PeerClosed => all_acknowledged(stream),
         End::Stalled => true,
         End::Other => false,
     };
-    if !reset && let Err(e) = socket2::SockRef::from(&stream).set_linger(None) {
+    if !reset && let Err(e) = socket2::SockRef::from(stream).set_linger(None) {
         debug!(error = %e, "cannot clear SO_LINGER before closing");
     }
 }
 
 /// Whether the peer has acknowledged every byte written on `stream` (Linux: `SIOCOUTQ` is 0).
 #[cfg(target_os = "linux")]
-fn all_acknowledged(stream: &tokio::net::TcpStream) -> bool {
+fn all_acknowledged<S: std::os::fd::AsFd>(stream: &S) -> bool {
     use std::os::fd::AsRawFd;
     let mut unacked: libc::c_int = -1;
     // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one int through the pointer, which points to
     // a live c_int; the descriptor is the stream's own and open for the duration of the call.
-    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+    let r = unsafe { libc::ioctl(stream.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
     r == 0 && unacked == 0
 }
 
 /// Elsewhere: not known, so never (an orderly close).
 #[cfg(not(target_os = "linux"))]
-fn all_acknowledged(_: &tokio::net::TcpStream) -> bool {
+fn all_acknowledged<S: std::os::fd::AsFd>(_: &S) -> bool {
     false
 }
 
@@ -371,19 +386,7 @@ impl Conn {
             Ok(mut cache) => answerer.respond_cached(query, peer, transport, out, &mut cache),
             Err(_) => answerer.respond(query, peer, transport, out),
         });
-        if !answered {
-            return true;
-        }
-        answerer.query_log.offer(peer, transport.as_str(), out);
-        // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
-        // should it ever not, a wrong length prefix would desynchronize the stream: close.
-        let Ok(len) = u16::try_from(out.len()) else {
-            debug!(%peer, len = out.len(), "tcp response longer than 65535 bytes, closing");
-            return false;
-        };
-        self.pending.extend_from_slice(&len.to_be_bytes());
-        self.pending.extend_from_slice(out);
-        true
+        !answered || frame(answerer, peer, transport, out, &mut self.pending)
     }
 
     /// Moves the unanswered bytes to the front of the buffer and makes sure the rest of the
@@ -436,6 +439,27 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Offers the response in `out` to the query log and appends it, framed, to `pending`;
+/// returns false when the connection must close.
+fn frame(
+    answerer: &Answerer,
+    peer: SocketAddr,
+    transport: Transport,
+    out: &[u8],
+    pending: &mut Vec<u8>,
+) -> bool {
+    answerer.query_log.offer(peer, transport.as_str(), out);
+    // The answer path truncates anything longer (RFC 1035 §4.2.2: the length is 16 bits);
+    // should it ever not, a wrong length prefix would desynchronize the stream: close.
+    let Ok(len) = u16::try_from(out.len()) else {
+        debug!(%peer, len = out.len(), "tcp response longer than 65535 bytes, closing");
+        return false;
+    };
+    pending.extend_from_slice(&len.to_be_bytes());
+    pending.extend_from_slice(out);
+    true
 }
 
 /// One timer per connection, re-armed only when it fires before the deadline of the moment

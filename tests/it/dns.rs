@@ -635,6 +635,62 @@ fn issue_18_a_tcp_client_that_shuts_its_side_reads_every_answer_and_idle_closes_
 }
 
 #[test]
+fn issue_18_at_shutdown_open_tcp_connections_close_in_order_without_waiting_for_their_idle_timeout()
+{
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    // A long idle timeout: only the shutdown can end these connections soon.
+    let mut s = Server::start(&format!(
+        "[server]\ndns_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"\"\n\
+         tcp_idle_timeout = \"60s\"\n{ZONE}"
+    ));
+    let q = query("example.net.", RecordType::SOA).to_vec().unwrap();
+    // One connection that has been answered and waits for its next query, one in the middle
+    // of its first query.
+    let mut served = std::net::TcpStream::connect(s.dns).unwrap();
+    served
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let r = Message::from_vec(&crate::harness::tcp_exchange(&mut served, &q).unwrap()).unwrap();
+    assert_eq!(r.answers.len(), 1);
+    let mut partial = std::net::TcpStream::connect(s.dns).unwrap();
+    partial
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(&mut partial, &q[..q.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(30))
+        .expect("exited after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    let mut b = [0u8; 1];
+    // The answered connection ends with a FIN (end of file), not a reset or a timeout.
+    assert_eq!(
+        served.read(&mut b).unwrap(),
+        0,
+        "an orderly close at shutdown"
+    );
+    // The other is closed too (a FIN; a reset had the listener closed before it was
+    // accepted), not left hanging until the read timeout.
+    match partial.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection in the middle of a query: {other:?}"),
+    }
+    assert!(
+        !s.log_text().contains("did not stop in time"),
+        "{}",
+        s.log_text()
+    );
+    println!(
+        "stopped with two open TCP connections in {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn rate_limit_drops_and_slips_a_flood_from_one_network_but_not_others_or_tcp() {
     use std::net::UdpSocket;
     use std::time::Duration;
