@@ -204,12 +204,23 @@ type AddressTo = [(&'static str, String); 2];
 /// One label: `check` or `result`.
 type OneLabel = [(&'static str, String); 1];
 
+/// Answers counted where the answer path reads anyway (a snapshot's services) and added to
+/// their `meridian_dns_answers_total` counters later: when the counters are read
+/// ([`Metrics::flush_answers`]) and when the holder is dropped.
+pub(crate) trait PendingAnswers: Send + Sync {
+    /// Adds the counts not yet added to their counters, and zeroes them.
+    fn flush_answers(&self);
+}
+
 /// Every metric the process keeps.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     /// `meridian_dns_queries_total`.
     pub(crate) dns: DnsCounters,
     answers: Family<ServiceRegionFamily, Counter>,
+    /// Holders of answer counts not yet added to `answers` (live snapshots), flushed before
+    /// the counters are read.
+    pending_answers: std::sync::Mutex<Vec<std::sync::Weak<dyn PendingAnswers>>>,
     /// Every answer counter handed out, to read them all (the status page's traffic share).
     answer_handles: std::sync::Mutex<Vec<AnswerHandle>>,
     /// `meridian_dns_ecs_queries_total{ecs="yes"}`: one atomic add, no lock.
@@ -246,6 +257,7 @@ impl Default for Metrics {
         let metrics = Self {
             dns: DnsCounters::default(),
             answers: Family::default(),
+            pending_answers: std::sync::Mutex::new(Vec::new()),
             answer_handles: std::sync::Mutex::new(Vec::new()),
             ecs_yes,
             ecs_no,
@@ -315,8 +327,35 @@ impl Metrics {
         counters
     }
 
+    /// Has [`Metrics::flush_answers`] flush `holder` as long as it lives.
+    pub(crate) fn watch_pending_answers(&self, holder: std::sync::Weak<dyn PendingAnswers>) {
+        let mut all = self
+            .pending_answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.retain(|h| h.strong_count() > 0);
+        all.push(holder);
+    }
+
+    /// Adds every pending answer count to its counter: called before the counters are read.
+    pub(crate) fn flush_answers(&self) {
+        let holders: Vec<_> = {
+            let mut all = self
+                .pending_answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            all.retain(|h| h.strong_count() > 0);
+            all.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        // Outside the lock: a holder dropped here flushes in its `Drop`, which takes no lock.
+        for h in holders {
+            h.flush_answers();
+        }
+    }
+
     /// Returns the answers so far by (service, region), both families together.
     pub(crate) fn answer_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+        self.flush_answers();
         let handles = self
             .answer_handles
             .lock()

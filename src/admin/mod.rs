@@ -447,6 +447,7 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Result<Resp
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = negotiate(accept);
     let mut body = String::new();
+    s.app.metrics.flush_answers();
     prometheus_client::encoding::text::encode(&mut body, &s.registry)
         .map_err(|e| AdminError::Internal(format!("encoding metrics: {e}")))?;
     if format == Format::Prometheus {

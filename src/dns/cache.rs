@@ -658,6 +658,20 @@ mod tests {
         assert_eq!(t.get(b"\x01b\x00\x00\x01"), Some(&b""[..]));
         assert_eq!(t.get(b"\x01a\x00\x00\x1c"), None);
         assert_eq!(t.bytes(), 2 * 5 + 15);
+        // Past several doublings, every key still finds its own answer, and no other key does.
+        for i in 0..5000u32 {
+            t.insert(format!("k{i}").as_bytes(), &i.to_le_bytes());
+        }
+        assert_eq!(t.len(), 5002);
+        for i in 0..5000u32 {
+            assert_eq!(
+                t.get(format!("k{i}").as_bytes()),
+                Some(&i.to_le_bytes()[..])
+            );
+            assert_eq!(t.get(format!("x{i}").as_bytes()), None);
+        }
+        assert_eq!(t.get(b"\x01a\x00\x00\x01"), Some(&b"answer a, again"[..]));
+        assert_eq!(AnswerTable::new().get(b"anything"), None);
     }
 
     #[test]

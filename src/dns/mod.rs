@@ -547,7 +547,7 @@ impl<'a, 'q> Asked<'a, 'q> {
             .edns
             .as_ref()
             .and_then(|e| e.ecs)
-            .filter(|e| e.source > 0 && d.service().service().ecs);
+            .filter(|e| e.source > 0 && d.service().ecs());
         let decision = d.service().decide_at(
             &self.snap.geo,
             ecs.map_or(self.client, |e| e.addr),

@@ -67,6 +67,11 @@ pub trait HealthSource {
     fn service_load(&self, _service: &str) -> Option<&ServiceLoad> {
         None
     }
+    /// Returns false when [`HealthSource::service_load`] is `None` for every service: the
+    /// caller then skips reading the service's name (default: true, ask).
+    fn has_loads(&self) -> bool {
+        true
+    }
 }
 
 /// Which operator drain withdraws a target.
@@ -296,6 +301,10 @@ impl HealthSource for HealthView {
 
     fn service_load(&self, service: &str) -> Option<&ServiceLoad> {
         HealthView::service_load(self, service)
+    }
+
+    fn has_loads(&self) -> bool {
+        self.load.is_some()
     }
 }
 

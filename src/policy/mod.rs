@@ -249,20 +249,26 @@ struct NoTrace;
 
 impl Sink for NoTrace {}
 
-/// One endpoint of the service, compiled.
+/// One endpoint of the service, compiled. `repr(C)`: what an answer reads (targets, then the
+/// name and check whose pointers health lookups take) comes first, the ordering data after.
 #[derive(Debug, Clone)]
+#[repr(C)]
 struct CompiledRegion {
-    name: Box<str>,
-    bias_km: f64,
-    unit: Unit,
-    weight: u32,
-    priority: u32,
-    check: Option<Box<str>>,
     /// IPv4 targets, then IPv6 targets, each in config order: inline up to two per family, so
     /// that an answer reads no allocation of its own (issue 18: with 10,000 services each one
     /// was a cache miss per query).
     targets: [SmallVec<[IpAddr; 2]>; 2],
+    name: Box<str>,
+    check: Option<Box<str>>,
+    bias_km: f64,
+    unit: Unit,
+    weight: u32,
+    priority: u32,
 }
+
+/// Endpoints kept inside the compiled service rather than in an allocation of their own: an
+/// answer then reads the service's own memory, not one more pointer (issue 18).
+const INLINE_ENDPOINTS: usize = 4;
 
 /// The regions of the config, where a `[nets]` override may place a client: one list shared
 /// by every service compiled with the same [`Compiler`] (issue 18: a copy per service was
@@ -337,12 +343,34 @@ enum GeoMatch {
 }
 
 /// A service compiled against its config: region coordinates resolved, targets listed.
+///
+/// `repr(C)`, hot fields first: what an answer reads (the scope map, the service's settings,
+/// its endpoints inline) lies in a few adjacent cache lines, next to the key of the snapshot's
+/// table that holds it; the config's `Service` is behind a pointer, read by the slow paths
+/// only (issue 18: with 10,000 services, each separate piece was a cache miss per query).
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct CompiledService {
-    service: Service,
-    regions: Box<[CompiledRegion]>,
+    /// The widest-scope map, once built; shared by services with the same decision function
+    /// ([`share_scope_maps`]).
+    scope_map: Arc<scope::Slot>,
     /// Number of targets per family (index: [`Family::index`]).
     family_targets: [usize; 2],
+    /// Copies of the service's settings that every answer reads.
+    max_answers: usize,
+    ttl: u32,
+    policy: Policy,
+    when_all_down: WhenAllDown,
+    sticky: bool,
+    ecs: bool,
+    /// The answer never depends on the client's address (ECS scope 0).
+    location_independent: bool,
+    /// Some region has a non-zero bias: order by biased km instead of chord length.
+    has_bias: bool,
+    /// FNV-1a state after the service name and a 0xff separator.
+    sticky_basis: u64,
+    regions: SmallVec<[CompiledRegion; INLINE_ENDPOINTS]>,
+    service: Arc<Service>,
     /// Per family: (region index, target) in config order, for `all`.
     flat_targets: [Box<[(usize, IpAddr)]>; 2],
     config_order: Box<[usize]>,
@@ -353,15 +381,6 @@ pub struct CompiledService {
     /// used when a `[nets]` override places the client there (`regions.len()` each).
     nets_orders: Box<[usize]>,
     geo: GeoTable,
-    /// Some region has a non-zero bias: order by biased km instead of chord length.
-    has_bias: bool,
-    /// FNV-1a state after the service name and a 0xff separator.
-    sticky_basis: u64,
-    /// The answer never depends on the client's address (ECS scope 0).
-    location_independent: bool,
-    /// The widest-scope map, once built; shared by services with the same decision function
-    /// ([`share_scope_maps`]).
-    scope_map: Arc<scope::Slot>,
 }
 
 impl CompiledService {
@@ -372,7 +391,7 @@ impl CompiledService {
 
     /// Compiles `service` with what it shares with the other services of its config.
     pub(crate) fn compile(service: &Service, shared: &Compiler) -> Self {
-        let regions: Box<[CompiledRegion]> = service
+        let regions: SmallVec<[CompiledRegion; INLINE_ENDPOINTS]> = service
             .endpoints
             .iter()
             .map(|ep| {
@@ -445,25 +464,36 @@ impl CompiledService {
             Policy::Nearest | Policy::Geo => n == 1,
         };
         Self {
-            service: service.clone(),
-            regions,
+            scope_map: Arc::default(),
             family_targets,
+            max_answers: service.max_answers,
+            ttl: service.ttl,
+            policy: service.policy,
+            when_all_down: service.when_all_down,
+            sticky: service.sticky,
+            ecs: service.ecs,
+            location_independent,
+            has_bias,
+            sticky_basis,
+            regions,
+            service: Arc::new(service.clone()),
             flat_targets,
             config_order,
             failover_order: failover_order.into(),
             config_regions: shared.regions.clone(),
             nets_orders,
             geo,
-            has_bias,
-            sticky_basis,
-            location_independent,
-            scope_map: Arc::default(),
         }
     }
 
     /// Returns the service's config.
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// Returns the service's `ecs` setting (as `service().ecs`, from the hot fields).
+    pub(crate) fn ecs(&self) -> bool {
+        self.ecs
     }
 
     /// Returns the region whose endpoint lists `address` (for per-region answer metrics).
@@ -586,7 +616,7 @@ impl CompiledService {
             let scope = known.map_or_else(|| self.scope(located), |(_, scope)| scope);
             Decision {
                 outcome,
-                ttl: self.service.ttl,
+                ttl: self.ttl,
                 scope: if spill_seen {
                     scope.max(geometry::sticky_prefix(located.ip))
                 } else {
@@ -599,8 +629,14 @@ impl CompiledService {
             sink.note("the service has no target of this family");
             return decision(Outcome::NoData, false);
         }
-        let load = health.service_load(&self.service.name);
-        let spill = match (load, self.service.policy) {
+        // The name lives with the service's config, a cache line the answer need not read
+        // when no check reads load (issue 18).
+        let load = if health.has_loads() {
+            health.service_load(&self.service.name)
+        } else {
+            None
+        };
+        let spill = match (load, self.policy) {
             (Some(l), Policy::Nearest | Policy::Geo | Policy::Failover)
                 if l.regions.iter().any(|r| r.spill_fraction > 0.0) =>
             {
@@ -612,15 +648,15 @@ impl CompiledService {
             _ => None,
         };
         let mut spill_seen = false;
-        let seed = if self.service.sticky {
+        let seed = if self.sticky {
             geometry::sticky_hash(self.sticky_basis, located.ip)
         } else {
             random
         };
-        let max = self.service.max_answers.max(1);
+        let max = self.max_answers.max(1);
         let mut out = Vec::with_capacity(max.min(self.family_targets[fam]));
         // `all`: where the walk over the targets starts (sticky services only).
-        let start = if self.service.policy == Policy::All && self.service.sticky {
+        let start = if self.policy == Policy::All && self.sticky {
             below(seed, self.family_targets[fam] as u64) as usize
         } else {
             0
@@ -634,7 +670,7 @@ impl CompiledService {
             &mut heap
         };
         for pass in Pass::ALL {
-            if pass != Pass::Healthy && self.service.when_all_down != WhenAllDown::All {
+            if pass != Pass::Healthy && self.when_all_down != WhenAllDown::All {
                 break;
             }
             sink.pass(pass);
@@ -648,7 +684,7 @@ impl CompiledService {
                 load,
                 spill_seen: &mut spill_seen,
             };
-            let has_candidate = match self.service.policy {
+            let has_candidate = match self.policy {
                 Policy::Weighted => {
                     self.fill_weighted(seed, &mut p);
                     true
@@ -678,7 +714,7 @@ impl CompiledService {
                 return decision(Outcome::Addresses(out), spill_seen);
             }
         }
-        match self.service.when_all_down {
+        match self.when_all_down {
             WhenAllDown::Servfail => decision(Outcome::ServFail, spill_seen),
             // `All` reaches here only if the last pass found nothing, which cannot happen once
             // a candidate has a target; NODATA is the safe answer either way.
@@ -690,7 +726,7 @@ impl CompiledService {
     fn scope(&self, located: &Located) -> u8 {
         if self.location_independent {
             0
-        } else if self.service.sticky {
+        } else if self.sticky {
             located.via.scope(geometry::sticky_prefix(located.ip))
         } else if let Some(widest) = self.scope_map.get().and_then(|d| d.map.scope(located)) {
             widest
@@ -709,7 +745,7 @@ impl CompiledService {
     /// for every location (their decision functions), or `None` when the service needs no
     /// scope map (its scope does not come from the location, or it ignores ECS).
     fn decision_fingerprint(&self) -> Option<String> {
-        if self.location_independent || self.service.sticky || !self.service.ecs {
+        if self.location_independent || self.sticky || !self.ecs {
             return None;
         }
         let nets: Vec<(&str, Option<usize>, &[usize])> = (0..self.config_regions.len())
@@ -718,7 +754,7 @@ impl CompiledService {
                 (&*self.config_regions[i].name, o.endpoint, o.order)
             })
             .collect();
-        match self.service.policy {
+        match self.policy {
             Policy::Nearest => {
                 let regions: Vec<(&str, Unit, f64)> = self
                     .regions
@@ -769,7 +805,7 @@ impl CompiledService {
     /// Returns the region order of the ordered policies (all but `weighted`) for a client.
     /// `keys` (one slot per region) is scratch space for `nearest`.
     fn order<'a>(&'a self, located: &Located, keys: &'a mut [f64]) -> Order<'a> {
-        match self.service.policy {
+        match self.policy {
             Policy::Nearest => {
                 if let Some(o) = self.nets_order(located) {
                     return Order::list(None, o.order);

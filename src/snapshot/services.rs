@@ -6,9 +6,10 @@
 //! here and writes the answer.
 
 use crate::names::name_to_wire;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
@@ -17,9 +18,13 @@ use crate::metrics::{AnswerCounter, Metrics};
 use crate::policy::{CompiledService, Compiler};
 
 /// The dynamic names of a snapshot, keyed by their lowercase wire form.
+///
+/// A set of [`Dynamic`]s found by their key, not a map from key to value: the table's slot
+/// then holds the key and the hot fields of the service in one `repr(C)` record, in adjacent
+/// cache lines, where a map's (key, value) pair may be laid out in any order (issue 18).
 #[derive(Debug, Default)]
 pub(crate) struct Services {
-    by_wire: HashMap<WireKey, Dynamic>,
+    by_wire: HashSet<Dynamic>,
 }
 
 /// A lowercase wire name as a key, inline up to 48 bytes: comparing the query's name with it
@@ -27,16 +32,69 @@ pub(crate) struct Services {
 /// was a cache miss per query).
 type WireKey = SmallVec<[u8; 48]>;
 
-/// One dynamic name: its compiled service and its answer counters by region.
+/// One dynamic name: its key, its compiled service and its answer counters by region.
+///
+/// `repr(C)` and aligned to a cache line: the key (read to find the record), the answer
+/// counters and the service's hot fields follow each other from the start of a line.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Dynamic {
-    service: CompiledService,
+    key: WireKey,
     /// `meridian_dns_answers_total{service,region,family}` for A and AAAA, one entry per
-    /// endpoint in config order, with the index of the first endpoint of the same region (the
-    /// one counted for both); empty until [`Services::count_answers_in`]. Inline up to four
+    /// endpoint in config order; empty until [`Services::count_answers_in`]. Inline up to four
     /// endpoints: one allocation less to read per answer (issue 18).
-    answers: SmallVec<[(usize, [AnswerCounter; 2]); 4]>,
+    answers: SmallVec<[Answers; 4]>,
+    service: CompiledService,
 }
+
+/// The answer counts of one endpoint of a service.
+///
+/// An answer adds to `pending`, in the service's own record, which the answer path has just
+/// read: no cache miss for a counter elsewhere (issue 18: with 10,000 services each counter
+/// was one, per query). [`Services::flush_answers`] moves them to the counters before anyone
+/// reads those, and when the snapshot is dropped.
+#[derive(Debug)]
+struct Answers {
+    /// The index of the first endpoint of the same region: the one counted for both.
+    first: usize,
+    /// Answers not yet added to `counters`: A, AAAA.
+    pending: [AtomicU64; 2],
+    counters: [AnswerCounter; 2],
+}
+
+impl Answers {
+    /// Adds the pending counts to the counters.
+    fn flush(&self) {
+        for (p, c) in self.pending.iter().zip(&self.counters) {
+            // Read first: most endpoints have nothing pending, and a swap would write the
+            // line the answer path reads.
+            if p.load(Ordering::Relaxed) > 0 {
+                c.inc_by(p.swap(0, Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Dynamic {
+    fn borrow(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl std::hash::Hash for Dynamic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: `Borrow` requires the owned and the borrowed form to agree.
+        self.key[..].hash(state);
+    }
+}
+
+impl PartialEq for Dynamic {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Dynamic {}
 
 impl Dynamic {
     /// Returns the compiled service.
@@ -48,18 +106,25 @@ impl Dynamic {
     pub(crate) fn count(&self, addrs: &[IpAddr]) {
         let region = |a: &IpAddr| {
             let i = self.service.endpoint_of(*a)?;
-            self.answers.get(i).map(|(first, _)| *first)
+            self.answers.get(i).map(|e| e.first)
         };
         for (i, a) in addrs.iter().enumerate() {
             let Some(r) = region(a) else {
                 continue;
             };
             if !addrs[..i].iter().any(|b| region(b) == Some(r))
-                && let Some((_, c)) = self.answers.get(r)
+                && let Some(e) = self.answers.get(r)
             {
-                c[usize::from(a.is_ipv6())].inc();
+                e.pending[usize::from(a.is_ipv6())].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        // Counts of a replaced snapshot's last answers are not lost.
+        self.flush_answers();
     }
 }
 
@@ -67,22 +132,22 @@ impl Services {
     /// Compiles every service of `config`.
     pub(crate) fn new(config: &Config) -> Self {
         let compiler = Compiler::new(config);
-        let mut by_wire: HashMap<WireKey, Dynamic> = config
+        let mut all: Vec<Dynamic> = config
             .services
             .iter()
             .filter_map(|s| {
                 let service = CompiledService::compile(s, &compiler);
-                Some((
-                    WireKey::from_slice(&name_to_wire(&s.name)?),
-                    Dynamic {
-                        service,
-                        answers: SmallVec::new(),
-                    },
-                ))
+                Some(Dynamic {
+                    key: WireKey::from_slice(&name_to_wire(&s.name)?),
+                    answers: SmallVec::new(),
+                    service,
+                })
             })
             .collect();
-        crate::policy::share_scope_maps(by_wire.values_mut().map(|d| &mut d.service));
-        Self { by_wire }
+        crate::policy::share_scope_maps(all.iter_mut().map(|d| &mut d.service));
+        Self {
+            by_wire: all.into_iter().collect(),
+        }
     }
 
     /// Obtains the answer counters of every service and region from `metrics` (this takes a
@@ -90,7 +155,10 @@ impl Services {
     pub(crate) fn count_answers_in(&mut self, metrics: &Metrics) {
         // One shared copy of each region's name for every counter.
         let mut regions: HashSet<Arc<str>> = HashSet::new();
-        for d in self.by_wire.values_mut() {
+        // A set hands out no `&mut` to its elements: taken out, changed, put back (once per
+        // snapshot).
+        let mut all: Vec<Dynamic> = std::mem::take(&mut self.by_wire).into_iter().collect();
+        for d in &mut all {
             let s = d.service.service();
             let service: Arc<str> = s.name.as_str().into();
             d.answers = s
@@ -111,9 +179,23 @@ impl Services {
                             r
                         }
                     };
-                    (first, metrics.answer_counters(&service, &region))
+                    Answers {
+                        first,
+                        pending: Default::default(),
+                        counters: metrics.answer_counters(&service, &region),
+                    }
                 })
                 .collect();
+        }
+        self.by_wire = all.into_iter().collect();
+    }
+
+    /// Adds every pending answer count to its counter ([`Answers`]).
+    pub(crate) fn flush_answers(&self) {
+        for d in &self.by_wire {
+            for a in &d.answers {
+                a.flush();
+            }
         }
     }
 
@@ -130,6 +212,52 @@ impl Services {
     }
     /// Returns every service.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &CompiledService> {
-        self.by_wire.values().map(|d| &d.service)
+        self.by_wire.iter().map(|d| &d.service)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Issue 18: answers are counted in the service's record and reach
+    /// `meridian_dns_answers_total` when the counters are read, and when the snapshot goes
+    /// (a reload loses no count); an answer from two endpoints of one region counts once.
+    #[test]
+    fn answer_counts_reach_the_counters_when_read_and_when_the_snapshot_goes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/meridian.toml");
+        let metrics = Metrics::default();
+        let snap = crate::snapshot::load(&path).expect("bench config loads");
+        let snap = crate::snapshot::activate(snap, &metrics);
+        let d = snap
+            .services
+            .by_wire(b"\x03api\x07example\x03net\x00")
+            .expect("api is a service");
+        let us: IpAddr = "192.0.2.10".parse().unwrap();
+        let us6: IpAddr = "2001:db8:10::1".parse().unwrap();
+        let eu: IpAddr = "198.51.100.10".parse().unwrap();
+        d.count(&[us]);
+        d.count(&[us, eu]);
+        d.count(&[us6]);
+        let key = |r: &str| ("api.example.net.".to_string(), r.to_string());
+        let counts = metrics.answer_counts();
+        assert_eq!(counts.get(&key("us-east")), Some(&3));
+        assert_eq!(counts.get(&key("eu-west")), Some(&1));
+        assert_eq!(
+            metrics
+                .answer_counter("api.example.net.", "us-east", "AAAA")
+                .get(),
+            1
+        );
+        d.count(&[eu]);
+        drop(snap);
+        assert_eq!(metrics.answer_counts().get(&key("eu-west")), Some(&2));
+        assert_eq!(
+            metrics
+                .answer_counter("api.example.net.", "eu-west", "A")
+                .get(),
+            2
+        );
     }
 }
