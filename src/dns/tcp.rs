@@ -353,18 +353,20 @@ struct Conn {
     timer: Timer,
 }
 
+/// The complete length-prefixed message (RFC 1035 §4.2.2) that begins at `buf[start..]`, if
+/// all of it is there: its range in `buf`, the two length bytes left out.
+fn next_frame(buf: &[u8], start: usize) -> Option<std::ops::Range<usize>> {
+    let [a, b, ..] = *buf.get(start..)? else {
+        return None;
+    };
+    let msg = start + 2..start + 2 + usize::from(u16::from_be_bytes([a, b]));
+    (msg.end <= buf.len()).then_some(msg)
+}
+
 impl Conn {
     /// Takes the next complete message out of the buffer; returns its range in `input`.
     fn next_message(&mut self) -> Option<std::ops::Range<usize>> {
-        let buffered = self.input.get(self.start..)?;
-        let [a, b, ..] = *buffered else {
-            return None;
-        };
-        let len = usize::from(u16::from_be_bytes([a, b]));
-        if buffered.len() < 2 + len {
-            return None;
-        }
-        let msg = self.start + 2..self.start + 2 + len;
+        let msg = next_frame(&self.input, self.start)?;
         self.start = msg.end;
         Some(msg)
     }
@@ -500,5 +502,24 @@ impl Timer {
     fn rearm(&mut self, at: Instant) {
         self.at = at;
         self.sleep.as_mut().reset(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_frame;
+
+    #[test]
+    fn a_frame_is_taken_only_when_all_of_it_is_there() {
+        // Two messages of 3 and 0 bytes, then the first byte of a third's length.
+        let buf = [0, 3, b'a', b'b', b'c', 0, 0, 0];
+        assert_eq!(next_frame(&buf, 0), Some(2..5));
+        assert_eq!(next_frame(&buf, 5), Some(7..7));
+        assert_eq!(next_frame(&buf, 7), None, "half a length");
+        assert_eq!(next_frame(&buf, 8), None, "nothing left");
+        assert_eq!(next_frame(&buf, 9), None, "past the end");
+        assert_eq!(next_frame(&buf[..4], 0), None, "body incomplete");
+        let long = [0xff, 0xff, 1, 2];
+        assert_eq!(next_frame(&long, 0), None, "65,535 bytes announced");
     }
 }

@@ -255,15 +255,7 @@ impl Buffers {
 
     /// The next complete message: its range in `input`.
     fn next_message(&mut self) -> Option<std::ops::Range<usize>> {
-        let buffered = self.input.get(self.start..self.end)?;
-        let [a, b, ..] = *buffered else {
-            return None;
-        };
-        let len = usize::from(u16::from_be_bytes([a, b]));
-        if buffered.len() < 2 + len {
-            return None;
-        }
-        let msg = self.start + 2..self.start + 2 + len;
+        let msg = super::next_frame(self.input.get(..self.end)?, self.start)?;
         self.start = msg.end;
         Some(msg)
     }
