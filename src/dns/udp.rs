@@ -226,7 +226,7 @@ fn run(socket: &UdpSocket, answerer: &Answerer, limiter: &Limiter, token: &Cance
     }
 }
 
-/// `recvmmsg`/`sendmmsg` batches: the only unsafe code of the crate, kept to building the
+/// `recvmmsg`/`sendmmsg` batches: the unsafe code of this module, kept to building the
 /// message headers and the two calls.
 #[cfg(target_os = "linux")]
 mod mmsg {
