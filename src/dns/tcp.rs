@@ -363,6 +363,16 @@ fn next_frame(buf: &[u8], start: usize) -> Option<std::ops::Range<usize>> {
     (msg.end <= buf.len()).then_some(msg)
 }
 
+/// The bytes a buffer holding `buffered` (from the start of a message) must have room for: all
+/// of the message it begins (up to 2 + 65,535 bytes), and at least one more byte to read.
+fn frame_room(buffered: &[u8]) -> usize {
+    match buffered {
+        [a, b, ..] => 2 + usize::from(u16::from_be_bytes([*a, *b])),
+        _ => 2,
+    }
+    .max(buffered.len() + 1)
+}
+
 impl Conn {
     /// Takes the next complete message out of the buffer; returns its range in `input`.
     fn next_message(&mut self) -> Option<std::ops::Range<usize>> {
@@ -398,11 +408,7 @@ impl Conn {
             self.input.drain(..self.start);
             self.start = 0;
         }
-        let need = match self.input.as_slice() {
-            [a, b, ..] => 2 + usize::from(u16::from_be_bytes([*a, *b])),
-            _ => 2,
-        }
-        .max(self.input.len() + 1);
+        let need = frame_room(&self.input);
         if need > self.input.capacity() {
             self.input.reserve(need - self.input.len());
         }
@@ -507,7 +513,7 @@ impl Timer {
 
 #[cfg(test)]
 mod tests {
-    use super::next_frame;
+    use super::{frame_room, next_frame};
 
     #[test]
     fn a_frame_is_taken_only_when_all_of_it_is_there() {
@@ -521,5 +527,15 @@ mod tests {
         assert_eq!(next_frame(&buf[..4], 0), None, "body incomplete");
         let long = [0xff, 0xff, 1, 2];
         assert_eq!(next_frame(&long, 0), None, "65,535 bytes announced");
+    }
+
+    #[test]
+    fn room_is_the_whole_message_begun_and_one_byte_more() {
+        assert_eq!(frame_room(&[]), 2);
+        assert_eq!(frame_room(&[0]), 2);
+        assert_eq!(frame_room(&[0, 3, b'a']), 5);
+        assert_eq!(frame_room(&[0xff, 0xff]), 2 + 65_535);
+        // A whole message and more buffered: room to read past them.
+        assert_eq!(frame_room(&[0, 1, b'a', 0]), 5);
     }
 }

@@ -268,11 +268,7 @@ impl Buffers {
             self.end -= self.start;
             self.start = 0;
         }
-        let need = match self.input.get(..self.end) {
-            Some([a, b, ..]) => 2 + usize::from(u16::from_be_bytes([*a, *b])),
-            _ => 2,
-        }
-        .max(self.end + 1);
+        let need = super::frame_room(self.input.get(..self.end).unwrap_or_default());
         if need > self.input.len() {
             self.input.resize(need, 0);
         }
