@@ -718,7 +718,7 @@ fn issue_14_dnsviz_finds_no_error_in_static_dynamic_negative_and_cname_answers()
     let Some(viz) = tool(
         "dnssec DNSViz test",
         &["dnsviz"],
-        "python3-pip: pip install dnsviz",
+        "python3-pip: pip install dnsviz dnspython cryptography",
     ) else {
         return;
     };
