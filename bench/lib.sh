@@ -3,8 +3,8 @@
 # a script starts (stopped by pid and removed on exit), a free loopback port, waiting for a log
 # line.
 #
-# Sets: ROOT (and cds there). Defines: own_session, install_missing, build_meridian, bench_tmp,
-# add_pid, free_port, wait_for.
+# Sets: ROOT (and cds there). Defines: own_session, install_missing, need_dnspython,
+# build_meridian, bench_tmp, add_pid, free_port, wait_for.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -36,6 +36,19 @@ install_missing() {
     [ "$(id -u)" -eq 0 ] || sudo=sudo
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"
+}
+
+# need_dnspython: makes `import dns` work for the `python3` on PATH. Debian's package serves
+# Debian's python3 only; where PATH has another (pyenv's, a venv's), dnspython comes from PyPI.
+need_dnspython() {
+    python3 -c 'import dns.message' 2>/dev/null && return 0
+    if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+        install_missing python3-dnspython
+    else
+        echo "installing: dnspython (PyPI, for $(command -v python3))"
+        python3 -m pip install --quiet dnspython
+    fi
+    python3 -c 'import dns.message' || { echo "dnspython cannot be imported by python3" >&2; return 1; }
 }
 
 # build_meridian [CARGO ARGS...]: sets MERIDIAN_BIN to this tree's release build, unless it is

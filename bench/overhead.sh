@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 own_session "$@"
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
-python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
 install_missing "${missing[@]}"
+need_dnspython
 build_meridian --bin meridian
 exec python3 bench/overhead.py "$MERIDIAN_BIN"

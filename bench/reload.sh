@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 own_session "$@"
 missing=()
 command -v dnsperf >/dev/null || missing+=(dnsperf)
-python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
 install_missing "${missing[@]}"
+need_dnspython
 build_meridian --bin meridian
 exec python3 bench/reload.py "$MERIDIAN_BIN"

@@ -15,7 +15,7 @@ command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v gdnsd >/dev/null || missing+=(gdnsd)
 command -v knotd >/dev/null || missing+=(knot)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
-python3 -c 'import dns.message' 2>/dev/null || missing+=(python3-dnspython)
 install_missing "${missing[@]}"
+need_dnspython
 build_meridian --bin meridian
 exec python3 bench/scale.py run "$MERIDIAN_BIN"
